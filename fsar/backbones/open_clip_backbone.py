@@ -1,0 +1,175 @@
+"""open_clip wrapper: per-frame embeddings, patch grids and class-name text embeddings.
+
+Weights come from an open_clip pretrained tag (``ViT-B-16`` + ``openai``; downloaded by open_clip and
+cached), a local checkpoint file, or nowhere (random init). ``fsar-tiny`` is a small config shipped
+inside this package so tests and the offline demo run without any download.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fsar.data.transforms import FramePreprocess
+
+TINY_MODEL = "fsar-tiny"
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+class BackboneUnavailableError(RuntimeError):
+    """A backbone or its weights cannot be had here; the message says what to pass instead."""
+
+
+def _register_shipped_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(_CONFIG_DIR)
+        _registered = True
+
+
+def list_backbones() -> list[str]:
+    """Every model name ``build_backbone`` accepts (open_clip's configs plus the shipped ones)."""
+    import open_clip
+
+    _register_shipped_configs()
+    return list(open_clip.list_models())
+
+
+def _pretrained_tags(name: str) -> list[str]:
+    import open_clip
+
+    return [tag for model, tag in open_clip.list_pretrained() if model == name]
+
+
+class ClipBackbone(nn.Module):
+    """An open_clip model seen as a frame encoder.
+
+    ``encode(pixels (N, 3, S, S))`` → pooled ``(N, D)`` and, with ``patches=True``, the patch grid
+    ``(N, g, g, D)``: the final tokens after the vision tower's last norm, projected by the same matrix
+    as the pooled embedding, so patch and frame features (and text) share one space.
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, pretrained: str | None) -> None:
+        super().__init__()
+        import open_clip
+
+        self.model = model
+        self.name = name
+        self.pretrained = pretrained
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.preprocess = FramePreprocess(
+            size=self.image_size,
+            mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+            std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+        )
+        visual = model.visual
+        patch = getattr(visual, "patch_size", None)
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        self.patch_grid = self.image_size // int(patch) if patch else None
+        self.embed_dim = int(visual.output_dim)
+        self._tokenizer: Any = None
+
+    @property
+    def has_text(self) -> bool:
+        """Whether class names can be embedded (the model has a text tower)."""
+        return hasattr(self.model, "encode_text")
+
+    def describe(self) -> dict[str, Any]:
+        """What a feature store records to refuse mixing features of different encoders."""
+        return {
+            "backbone": self.name,
+            "pretrained": self.pretrained,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "patch_grid": self.patch_grid,
+        }
+
+    def encode(self, pixels: torch.Tensor, *, patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled ``(N, D)`` embeddings and, if asked, the projected patch grid ``(N, g, g, D)``."""
+        visual = self.model.visual
+        if not patches:
+            return visual(pixels), None
+        if self.patch_grid is None or not hasattr(visual, "output_tokens"):
+            raise BackboneUnavailableError(f"{self.name}: this vision tower exposes no patch tokens")
+        previous = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(pixels)
+        finally:
+            visual.output_tokens = previous
+        proj = getattr(visual, "proj", None)
+        if proj is not None:
+            tokens = tokens @ proj
+        n, length, dim = tokens.shape
+        g = self.patch_grid
+        if length != g * g:
+            raise BackboneUnavailableError(f"{self.name}: {length} patch tokens do not form a {g}x{g} grid")
+        return pooled, tokens.reshape(n, g, g, dim)
+
+    def encode_text(self, class_names: list[str], *, template: str = "a video of {}") -> torch.Tensor:
+        """Text embeddings ``(C, D)`` of ``template.format(name)`` for each class name."""
+        import open_clip
+
+        if not self.has_text:
+            raise BackboneUnavailableError(f"{self.name} has no text tower; choose a CLIP model")
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.name)
+        device = next(self.model.parameters()).device
+        tokens = self._tokenizer([template.format(n.replace("_", " ")) for n in class_names]).to(device)
+        return self.model.encode_text(tokens)
+
+
+def build_backbone(name: str, *, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipBackbone:
+    """Build ``name`` with weights from ``pretrained`` (an open_clip tag, a local file, or None = random).
+
+    Raises BackboneUnavailableError, before any heavy work, for an unknown model, a missing checkpoint
+    file, or a tag whose weights cannot be downloaded (offline machines).
+    """
+    import open_clip
+
+    _register_shipped_configs()
+    known = open_clip.list_models()
+    if name not in known:
+        close = [m for m in known if name.lower().replace("/", "-") in m.lower()][:8]
+        raise BackboneUnavailableError(
+            f"unknown backbone {name!r}; try one of {close or known[:8]} (or {TINY_MODEL!r} offline); "
+            "`python -c 'import open_clip; print(open_clip.list_models())'` lists all"
+        )
+    if pretrained is not None and pretrained != "":
+        as_path = Path(pretrained).expanduser()
+        looks_like_path = as_path.suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained
+        if looks_like_path:
+            if not as_path.is_file():
+                raise BackboneUnavailableError(f"checkpoint {as_path} does not exist; pass an existing file")
+            pretrained = str(as_path)
+        elif pretrained not in _pretrained_tags(name):
+            raise BackboneUnavailableError(
+                f"{name} has no pretrained tag {pretrained!r}; known tags: {_pretrained_tags(name) or 'none'}"
+            )
+    else:
+        pretrained = None
+    # open_clip logs an ERROR before raising on failed downloads; we raise our own, clearer message.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+    except (RuntimeError, OSError) as exc:
+        raise BackboneUnavailableError(
+            f"weights {name}/{pretrained} could not be loaded ({str(exc)[:160]}). Offline? Pass a local "
+            f"checkpoint (--pretrained /path/to/weights.pt) or use the shipped model (--backbone {TINY_MODEL})"
+        ) from exc
+    finally:
+        logger.setLevel(level)
+    model.eval()
+    return ClipBackbone(model, name=name, pretrained=pretrained)

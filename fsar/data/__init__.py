@@ -1,0 +1,1 @@
+"""Video data: decoding, frame sampling, manifests, episodes, synthetic videos."""

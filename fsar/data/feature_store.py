@@ -1,0 +1,183 @@
+"""Feature store: per-video frame features in Parquet shards plus ``store.json``.
+
+Layout: ``<root>/store.json`` (what produced the features: backbone, weights, frames, dims, sampling)
+and ``<root>/shard-NNNNN.parquet``, one per fixed chunk of the manifest, each written to a temporary
+name and renamed when complete — so a rerun skips exactly the finished shards and a reader never
+sees half a shard. Per row: ``video_id, label, class_name, split, num_frames, frame_indices`` and the
+features as raw little-endian fp16 bytes: ``frames`` (T×D) and optionally ``patches`` (T×g×g×D).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fsar.atomic import atomic_path, atomic_write_text
+
+STORE_VERSION = 1
+View = Literal["pooled", "grid"]
+
+ROW_SCHEMA = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("label", pa.int64(), nullable=False),
+        pa.field("class_name", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("num_frames", pa.int64()),
+        pa.field("frame_indices", pa.list_(pa.int32())),
+        pa.field("frames", pa.binary(), nullable=False),
+        pa.field("patches", pa.binary()),
+    ]
+)
+
+
+class FeatureStoreError(ValueError):
+    """A feature store is missing, incomplete or incompatible with what a job expects."""
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What produced a store; a job that expects other features refuses it up front."""
+
+    backbone: str  # open_clip model name
+    pretrained: str | None  # weights tag or checkpoint path; None = random init
+    frames: int  # T: frames sampled per video
+    embed_dim: int  # D: pooled embedding size (patches share it)
+    patch_grid: int  # g: stored patch grid side after pooling; 0 = no patches stored
+    image_size: int  # pixels the backbone saw
+    sampling: str = "segment-centre"  # frame sampling at embedding time
+    manifest: str = ""  # manifest the store was built from
+    shard_size: int = 256  # manifest rows per shard
+    version: int = STORE_VERSION  # store layout version
+    code_version: str = ""  # fsar version that wrote it
+    created: float = field(default_factory=time.time)  # unix time
+
+    @property
+    def default_view(self) -> View:
+        """Which per-frame vector methods get: the pooled patch grid when stored, else the embedding."""
+        return "grid" if self.patch_grid > 0 else "pooled"
+
+    def view_dim(self, view: View) -> int:
+        """Per-frame feature size of ``view``."""
+        return self.embed_dim * (self.patch_grid**2 if view == "grid" else 1)
+
+
+def shard_path(root: Path, shard: int) -> Path:
+    return root / f"shard-{shard:05d}.parquet"
+
+
+def finished_shards(root: str | Path) -> set[int]:
+    """Shard numbers whose files are complete (temporary files are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return set()
+    return {int(p.stem.split("-")[1]) for p in root.glob("shard-*.parquet")}
+
+
+def write_shard(root: str | Path, shard: int, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one shard atomically. Each row has the ROW_SCHEMA keys; arrays are converted to fp16 bytes."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["frames"] = np.ascontiguousarray(r["frames"], dtype="<f2").tobytes()
+        if r.get("patches") is not None:
+            r["patches"] = np.ascontiguousarray(r["patches"], dtype="<f2").tobytes()
+        else:
+            r["patches"] = None
+        r["frame_indices"] = [int(i) for i in r.get("frame_indices", [])]
+        out.append(r)
+    table = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+    path = shard_path(Path(root), shard)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def write_meta(root: str | Path, meta: StoreMeta) -> None:
+    atomic_write_text(Path(root) / "store.json", json.dumps(dataclasses.asdict(meta), indent=2))
+
+
+def read_meta(root: str | Path) -> StoreMeta:
+    path = Path(root) / "store.json"
+    if not path.is_file():
+        raise FeatureStoreError(f"{root} is not a feature store (no store.json); build one with `fsar embed`")
+    data = json.loads(path.read_text())
+    if data.get("version") != STORE_VERSION:
+        raise FeatureStoreError(f"{root}: store version {data.get('version')} but this fsar reads {STORE_VERSION}; re-embed")
+    known = {f.name for f in dataclasses.fields(StoreMeta)}
+    return StoreMeta(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """The videos of one split: ids, class labels and names, and features ``(N, T, F)`` fp16."""
+
+    video_ids: list[str]
+    labels: np.ndarray
+    class_names: dict[int, str]
+    features: np.ndarray
+
+
+class FeatureStore:
+    """Read side of a store: metadata checks and per-split feature arrays."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.meta = read_meta(self.root)
+        self._table: pa.Table | None = None
+
+    def check(self, *, backbone: str | None = None, pretrained: str | None = None, frames: int | None = None,
+              view: View | None = None) -> None:
+        """Refuse a store that does not hold what a job was configured for, saying how to fix it."""
+        m = self.meta
+        if backbone is not None and backbone != m.backbone:
+            raise FeatureStoreError(
+                f"feature store {self.root} was built with backbone {m.backbone!r} but the job expects "
+                f"{backbone!r}: re-embed with --backbone {backbone}, or set backbone={m.backbone} in the job"
+            )
+        if pretrained is not None and pretrained != m.pretrained:
+            raise FeatureStoreError(
+                f"feature store {self.root} holds {m.backbone} features from weights {m.pretrained!r}, "
+                f"the job expects {pretrained!r}: re-embed or change the job's pretrained setting"
+            )
+        if frames is not None and frames != m.frames:
+            raise FeatureStoreError(f"feature store {self.root} has {m.frames} frames per video, the job expects {frames}")
+        if view == "grid" and m.patch_grid == 0:
+            raise FeatureStoreError(f"feature store {self.root} holds no patch grid; re-embed with --patch-grid 4")
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            paths = sorted(self.root.glob("shard-*.parquet"))
+            if not paths:
+                raise FeatureStoreError(f"feature store {self.root} has no shards; the embed job did not finish")
+            self._table = pa.concat_tables([pq.read_table(p) for p in paths])
+        return self._table
+
+    def splits(self) -> list[str]:
+        return sorted(set(self.table["split"].to_pylist()))
+
+    def load_split(self, split: str, *, view: View | None = None) -> SplitFeatures:
+        """Features of one split as ``(N, T, F)`` fp16: F = D (pooled) or g·g·D (grid, flattened per frame)."""
+        view = view or self.meta.default_view
+        self.check(view=view)
+        table = self.table.filter(pa.compute.equal(self.table["split"], split))
+        if table.num_rows == 0:
+            raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
+        m = self.meta
+        column = "patches" if view == "grid" else "frames"
+        blobs = table[column].to_pylist()
+        flat = np.frombuffer(b"".join(blobs), dtype="<f2")
+        features = flat.reshape(table.num_rows, m.frames, m.view_dim(view))
+        labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
+        names = dict(zip(labels.tolist(), table["class_name"].to_pylist(), strict=True))
+        return SplitFeatures(table["video_id"].to_pylist(), labels, names, features)

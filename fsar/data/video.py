@@ -1,0 +1,190 @@
+"""Decode the sampled frames of one video: decord first, PyAV as fallback, one interface.
+
+Only the requested frames are converted to arrays: decord seeks to them (``get_batch``); PyAV demuxes
+sequentially, converts only the wanted frames and stops after the last one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from fsar.data.sampling import SampleMode, ShortVideoError, ShortVideoPolicy, segment_indices
+
+Backend = Literal["auto", "decord", "pyav"]
+SampleFn = Callable[[int], np.ndarray]
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be read; the message names the file and what each backend said."""
+
+
+class VideoDecoder(Protocol):
+    """What a decoding backend provides."""
+
+    name: str
+
+    def num_frames(self, path: str) -> int:
+        """Number of frames in the video."""
+        ...
+
+    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` (non-decreasing, may repeat) as ``(len(indices), H, W, 3)`` uint8 RGB."""
+        ...
+
+    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+        """Frames picked by ``sample(num_frames)``, the indices, and the frame count."""
+        ...
+
+
+class DecordDecoder:
+    """Frame-accurate random access through decord's VideoReader (one thread: workers parallelise)."""
+
+    name = "decord"
+
+    def _reader(self, path: str):  # decord imported lazily: it is optional at import time of fsar
+        import decord
+
+        return decord.VideoReader(path, num_threads=1)
+
+    def num_frames(self, path: str) -> int:
+        return len(self._reader(path))
+
+    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+        reader = self._reader(path)
+        return self._read_from(reader, indices)
+
+    @staticmethod
+    def _read_from(reader, indices: Sequence[int]) -> np.ndarray:
+        wanted = np.asarray(indices, dtype=np.int64)
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        frames = reader.get_batch(unique.tolist()).asnumpy()
+        return frames[inverse]
+
+    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+        """Count frames and read the ones ``sample(num_frames)`` picks, opening the file once."""
+        reader = self._reader(path)
+        n = len(reader)
+        indices = sample(n)
+        return self._read_from(reader, indices), indices, n
+
+
+class PyAVDecoder:
+    """Sequential decode with PyAV; converts only the wanted frames and stops after the last."""
+
+    name = "pyav"
+
+    def num_frames(self, path: str) -> int:
+        import av
+
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            # Some containers carry no frame count: count packets without decoding them.
+            return sum(1 for p in container.demux(stream) if p.size > 0)
+
+    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+        import av
+
+        wanted = np.asarray(indices, dtype=np.int64)
+        if wanted.size == 0:
+            raise ValueError("no frame indices requested")
+        unique = np.unique(wanted)
+        got: dict[int, np.ndarray] = {}
+        last = int(unique[-1])
+        wanted_set = set(unique.tolist())
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted_set:
+                    got[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        missing = [int(i) for i in unique if int(i) not in got]
+        if missing:
+            raise VideoDecodeError(f"{path}: frames {missing[:5]} not found (video has {len(got)} decodable)")
+        return np.stack([got[int(i)] for i in wanted])
+
+    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+        """Count frames and read the ones ``sample(num_frames)`` picks."""
+        n = self.num_frames(path)
+        indices = sample(n)
+        return self.read(path, indices), indices, n
+
+
+_DECODERS: dict[str, VideoDecoder] = {"decord": DecordDecoder(), "pyav": PyAVDecoder()}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def _precheck(path: str) -> None:
+    """Catch the cases with an obvious message before a backend produces a cryptic one."""
+    if "://" in path:
+        return
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"video {path}: file not found — check the manifest's path or the video root")
+    if os.path.isdir(path):
+        raise VideoDecodeError(f"video {path}: is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(f"video {path}: file is empty (0 bytes) — re-download or remove it")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Decoded frames of one video: ``frames`` (T, H, W, 3) uint8, the source ``indices`` (T,), the video's
+    frame count and the backend that decoded it."""
+
+    frames: np.ndarray
+    indices: np.ndarray
+    num_frames: int
+    backend: str
+
+
+def load_clip(
+    path: str | Path,
+    *,
+    num_segments: int,
+    mode: SampleMode = "eval",
+    rng: np.random.Generator | None = None,
+    short_video: ShortVideoPolicy = "repeat",
+    backend: Backend = "auto",
+) -> Clip:
+    """Decode ``num_segments`` segment-sampled frames of ``path``.
+
+    ``backend="auto"`` tries decord and falls back to PyAV; a video neither can read raises
+    VideoDecodeError naming the file and both reasons.
+    """
+    path = str(path)
+    _precheck(path)
+    names = ["decord", "pyav"] if backend == "auto" else [backend]
+    reasons = []
+
+    def sample(n: int) -> np.ndarray:
+        return segment_indices(n, num_segments, mode=mode, rng=rng, short_video=short_video)
+
+    state = rng.bit_generator.state if rng is not None else None
+    for name in names:
+        decoder = _DECODERS[name]
+        try:
+            if state is not None:  # a fallback must sample the same indices the first try drew
+                rng.bit_generator.state = state
+            frames, indices, n = decoder.read_sampled(path, sample)
+            if frames.ndim != 4 or frames.shape[0] != num_segments or frames.shape[-1] != 3:
+                raise VideoDecodeError(f"unexpected decoded shape {frames.shape}")
+            return Clip(frames=frames, indices=indices, num_frames=n, backend=name)
+        except ShortVideoError as exc:  # a property of the video, not of the backend: no fallback
+            raise VideoDecodeError(f"video {path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 — any other backend failure means "try the next one"
+            reasons.append(f"{name}: {_describe(exc)}")
+    raise VideoDecodeError(f"video {path}: cannot be decoded ({'; '.join(reasons)}) — the file is corrupt or "
+                           "not a video; re-encode or remove it")

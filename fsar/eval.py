@@ -1,0 +1,121 @@
+"""Few-shot evaluation: per-episode accuracy, mean ± 95% confidence interval, the results file.
+
+``results.json`` is a JSON list with one record per evaluated method (DESIGN "Results"); accuracy and
+ci95 are percentages, ci95 = 1.96 · std / √N over N episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fsar.atomic import atomic_write_text
+from fsar.data.episodes import Episodes, episode_labels
+
+RESULT_KEYS = ("method", "dataset", "split", "way", "shot", "episodes", "accuracy", "ci95", "seed", "store", "run", "seconds")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One method's score on one fixed set of episodes."""
+
+    method: str  # registered method name (or a run's label)
+    dataset: str  # dataset / manifest name
+    split: str  # split the episodes were drawn from
+    way: int  # classes per episode
+    shot: int  # support videos per class
+    episodes: int  # number of episodes N
+    accuracy: float  # mean accuracy, percent
+    ci95: float  # 1.96·std/√N, percent
+    seed: int  # episode seed
+    store: str  # feature store evaluated on
+    run: str | None  # training run folder, None for an untrained method
+    seconds: float  # wall time of the evaluation
+
+
+def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:
+    """Mean accuracy and the 95% CI half-width, both in percent, from per-episode accuracies in [0, 1]."""
+    acc = np.asarray(per_episode, dtype=np.float64)
+    if acc.size == 0:
+        raise ValueError("no episodes to summarise")
+    std = acc.std(ddof=1) if acc.size > 1 else 0.0
+    return float(100.0 * acc.mean()), float(100.0 * 1.96 * std / math.sqrt(acc.size))
+
+
+def gather_episodes(
+    features: torch.Tensor, episodes: Episodes
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index cached features into a batch of episodes.
+
+    features ``(N, T, F)`` → support ``(E, way·shot, T, F)``, support labels ``(E, way·shot)``,
+    query ``(E, way·query, T, F)``, query labels ``(E, way·query)``; labels are episode-local 0..way-1.
+    """
+    e, way, shot = episodes.support.shape
+    query = episodes.query.shape[2]
+    s_idx = torch.as_tensor(episodes.support.reshape(e, way * shot))
+    q_idx = torch.as_tensor(episodes.query.reshape(e, way * query))
+    s_lab = torch.as_tensor(episode_labels(way, shot)).expand(e, -1)
+    q_lab = torch.as_tensor(episode_labels(way, query)).expand(e, -1)
+    return features[s_idx], s_lab, features[q_idx], q_lab
+
+
+@torch.no_grad()
+def episode_accuracies(
+    method: torch.nn.Module,
+    features: np.ndarray | torch.Tensor,
+    episodes: Episodes,
+    *,
+    batch_size: int = 1000,
+    progress: bool = False,
+    desc: str = "eval",
+) -> np.ndarray:
+    """Accuracy of each episode ``(E,)`` in [0, 1], episodes run ``batch_size`` at a time in one forward."""
+    from tqdm.auto import tqdm
+
+    feats = torch.as_tensor(np.asarray(features)) if not isinstance(features, torch.Tensor) else features
+    feats = feats.float()
+    way = episodes.support.shape[1]
+    out = np.empty(len(episodes), dtype=np.float64)
+    was_training = method.training
+    method.eval()
+    try:
+        for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
+            batch = episodes[start : start + batch_size]
+            support, s_lab, query, q_lab = gather_episodes(feats, batch)
+            logits = method(support, s_lab, query, way)
+            out[start : start + len(batch)] = (logits.argmax(-1) == q_lab).float().mean(-1).cpu().numpy()
+    finally:
+        method.train(was_training)
+    return out
+
+
+def write_results(records: Sequence[ResultRecord], path: str | Path) -> Path:
+    """Write ``results.json`` (a list of records with RESULT_KEYS), atomically."""
+    atomic_write_text(Path(path), json.dumps([dataclasses.asdict(r) for r in records], indent=2) + "\n")
+    return Path(path)
+
+
+def read_results(path: str | Path) -> list[ResultRecord]:
+    data = json.loads(Path(path).read_text())
+    return [ResultRecord(**{k: rec[k] for k in RESULT_KEYS}) for rec in data]
+
+
+def format_table(records: Sequence[ResultRecord]) -> str:
+    """A Markdown table of the records (accuracy ± CI in percent)."""
+    lines = [
+        "| method | dataset | split | way | shot | episodes | accuracy (%) | seconds |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r.method} | {r.dataset} | {r.split} | {r.way} | {r.shot} | {r.episodes} | "
+            f"{r.accuracy:.2f} ± {r.ci95:.2f} | {r.seconds:.1f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Shared test set-up: offline, quiet Ray, and small real mp4 files written with PyAV."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "splits"
+
+
+def frame_value(i: int) -> int:
+    """Grey level of frame ``i`` in ``counter_video``: far apart, so codec noise cannot confuse two frames."""
+    return 20 + (i * 23) % 216
+
+
+def write_counter_video(path: Path, num_frames: int, *, size: tuple[int, int] = (48, 64), fps: int = 10) -> Path:
+    """An H.264 mp4 whose frame i is uniformly grey at ``frame_value(i)``: decoded pixels reveal the index."""
+    import av
+
+    h, w = size
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "10", "bf": "0", "preset": "ultrafast"}
+        for i in range(num_frames):
+            img = np.full((h, w, 3), frame_value(i), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decoded_index(frame: np.ndarray, num_frames: int) -> int:
+    """Which counter-video frame a decoded frame is (nearest grey level)."""
+    values = np.array([frame_value(i) for i in range(num_frames)])
+    return int(np.abs(values - frame.mean()).argmin())
+
+
+@pytest.fixture
+def counter_video(tmp_path: Path):
+    def make(num_frames: int, name: str = "counter.mp4", **kw) -> Path:
+        return write_counter_video(tmp_path / name, num_frames, **kw)
+
+    return make

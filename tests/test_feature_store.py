@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from fsar.data.feature_store import (
+    FeatureStore,
+    FeatureStoreError,
+    StoreMeta,
+    finished_shards,
+    read_meta,
+    write_meta,
+    write_shard,
+)
+
+META = StoreMeta(backbone="fsar-tiny", pretrained=None, frames=4, embed_dim=6, patch_grid=2, image_size=64)
+
+
+def rows(start, n, split="test"):
+    rng = np.random.default_rng(start)
+    return [
+        {"video_id": f"v{i}", "label": i % 3, "class_name": f"c{i % 3}", "split": split, "num_frames": 30,
+         "frame_indices": [1, 2, 3, 4], "frames": rng.normal(size=(4, 6)), "patches": rng.normal(size=(4, 2, 2, 6))}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path):
+    write_meta(tmp_path, META)
+    a, b = rows(0, 5), rows(5, 4, split="train")
+    write_shard(tmp_path, 0, a)
+    write_shard(tmp_path, 1, b)
+    return tmp_path, a + b
+
+
+def test_round_trip_views(store):
+    root, written = store
+    fs = FeatureStore(root)
+    assert fs.meta == read_meta(root) and fs.splits() == ["test", "train"]
+    test = fs.load_split("test", view="pooled")
+    assert test.features.shape == (5, 4, 6) and test.features.dtype == np.float16
+    np.testing.assert_allclose(test.features[2], written[2]["frames"].astype(np.float16))
+    grid = fs.load_split("test")  # default view with patches stored = grid
+    assert grid.features.shape == (5, 4, 24)
+    np.testing.assert_allclose(grid.features[1], written[1]["patches"].reshape(4, 24).astype(np.float16))
+    assert test.labels.tolist() == [0, 1, 2, 0, 1] and test.class_names == {0: "c0", 1: "c1", 2: "c2"}
+
+
+def test_finished_shards_ignore_temporary_files(store):
+    root, _ = store
+    (root / ".shard-00002.parquet.abc.tmp").write_bytes(b"partial")
+    assert finished_shards(root) == {0, 1}
+
+
+def test_mismatched_store_is_refused(store):
+    root, _ = store
+    fs = FeatureStore(root)
+    fs.check(backbone="fsar-tiny", frames=4)
+    with pytest.raises(FeatureStoreError, match="built with backbone 'fsar-tiny' but the job expects 'ViT-B-16'"):
+        fs.check(backbone="ViT-B-16")
+    with pytest.raises(FeatureStoreError, match="4 frames per video, the job expects 8"):
+        fs.check(frames=8)
+    with pytest.raises(FeatureStoreError, match="no videos in split 'val'"):
+        fs.load_split("val")
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(FeatureStoreError, match="not a feature store"):
+        FeatureStore(tmp_path)
+    write_meta(tmp_path, StoreMeta(backbone="b", pretrained=None, frames=4, embed_dim=6, patch_grid=0, image_size=8))
+    with pytest.raises(FeatureStoreError, match="no shards"):
+        FeatureStore(tmp_path).load_split("test")
+    with pytest.raises(FeatureStoreError, match="no patch grid"):
+        FeatureStore(tmp_path).check(view="grid")
