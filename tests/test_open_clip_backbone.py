@@ -13,7 +13,19 @@ def tiny():
 def test_tiny_model_is_listed_and_described(tiny):
     assert TINY_MODEL in list_backbones()
     d = tiny.describe()
-    assert d == {"backbone": TINY_MODEL, "pretrained": None, "embed_dim": 64, "image_size": 64, "patch_grid": 8}
+    assert d == {"backbone": TINY_MODEL, "pretrained": None, "init_seed": 0, "embed_dim": 64, "image_size": 64,
+                 "patch_grid": 8}
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(tiny):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    again = build_backbone(TINY_MODEL)
+    assert torch.equal(torch.rand(1), before)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), tiny.state_dict().values(), strict=True))
+    other = build_backbone(TINY_MODEL, init_seed=1)
+    assert not torch.equal(other.model.visual.proj, tiny.model.visual.proj)
 
 
 def test_patch_grid_is_projected_tokens_and_consistent_with_pooled(tiny):

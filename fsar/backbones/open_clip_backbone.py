@@ -56,13 +56,14 @@ class ClipBackbone(nn.Module):
     as the pooled embedding, so patch and frame features (and text) share one space.
     """
 
-    def __init__(self, model: nn.Module, *, name: str, pretrained: str | None) -> None:
+    def __init__(self, model: nn.Module, *, name: str, pretrained: str | None, init_seed: int | None = None) -> None:
         super().__init__()
         import open_clip
 
         self.model = model
         self.name = name
         self.pretrained = pretrained
+        self.init_seed = init_seed if pretrained is None else None
         cfg = open_clip.get_model_preprocess_cfg(model)
         size = cfg.get("size", 224)
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
@@ -89,6 +90,7 @@ class ClipBackbone(nn.Module):
         return {
             "backbone": self.name,
             "pretrained": self.pretrained,
+            "init_seed": self.init_seed,
             "embed_dim": self.embed_dim,
             "image_size": self.image_size,
             "patch_grid": self.patch_grid,
@@ -129,8 +131,13 @@ class ClipBackbone(nn.Module):
         return self.model.encode_text(tokens)
 
 
-def build_backbone(name: str, *, pretrained: str | None = None, device: str | torch.device = "cpu") -> ClipBackbone:
+def build_backbone(
+    name: str, *, pretrained: str | None = None, device: str | torch.device = "cpu", init_seed: int = 0
+) -> ClipBackbone:
     """Build ``name`` with weights from ``pretrained`` (an open_clip tag, a local file, or None = random).
+
+    A random init is seeded by ``init_seed`` (without touching the global RNG), so every worker of a
+    job, and every rerun that resumes a feature store, encodes with the very same weights.
 
     Raises BackboneUnavailableError, before any heavy work, for an unknown model, a missing checkpoint
     file, or a tag whose weights cannot be downloaded (offline machines).
@@ -163,7 +170,9 @@ def build_backbone(name: str, *, pretrained: str | None = None, device: str | to
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, device=device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except (RuntimeError, OSError) as exc:
         raise BackboneUnavailableError(
             f"weights {name}/{pretrained} could not be loaded ({str(exc)[:160]}). Offline? Pass a local "
@@ -172,4 +181,4 @@ def build_backbone(name: str, *, pretrained: str | None = None, device: str | to
     finally:
         logger.setLevel(level)
     model.eval()
-    return ClipBackbone(model, name=name, pretrained=pretrained)
+    return ClipBackbone(model, name=name, pretrained=pretrained, init_seed=init_seed)

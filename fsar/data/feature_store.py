@@ -54,6 +54,7 @@ class StoreMeta:
     embed_dim: int  # D: pooled embedding size (patches share it)
     patch_grid: int  # g: stored patch grid side after pooling; 0 = no patches stored
     image_size: int  # pixels the backbone saw
+    init_seed: int | None = None  # seed of a random-init backbone (None when weights were loaded)
     sampling: str = "segment-centre"  # frame sampling at embedding time
     manifest: str = ""  # manifest the store was built from
     shard_size: int = 256  # manifest rows per shard
