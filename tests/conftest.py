@@ -9,6 +9,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -51,3 +52,43 @@ def counter_video(tmp_path: Path):
         return write_counter_video(tmp_path / name, num_frames, **kw)
 
     return make
+
+
+@pytest.fixture
+def videos(tmp_path: Path) -> tuple[Path, Path]:
+    """Six good counter videos in two classes plus three broken files."""
+    root = tmp_path / "videos"
+    root.mkdir()
+    records = []
+    for i in range(6):
+        path = write_counter_video(root / f"good{i}.mp4", 12 + 3 * i)
+        records.append({"video_id": f"good{i}", "path": str(path), "label": i % 2, "class_name": f"c{i % 2}", "split": "test"})
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("not a video\n" * 20)
+    (root / "cut.mp4").write_bytes((root / "good5.mp4").read_bytes()[:400])
+    for name in ("empty", "text", "cut"):
+        records.append({"video_id": name, "path": str(root / f"{name}.mp4"), "label": 0, "class_name": "c0", "split": "test"})
+    from fsar.data.manifest import write_manifest
+
+    manifest = write_manifest(records, tmp_path / "manifest.parquet")
+    return manifest, tmp_path
+
+
+def embed_config(manifest: Path, out: Path, **kw: Any):
+    """A small embed config over the ``videos`` fixture: 4 frames, 2×2 patches, shards of 3 videos."""
+    from fsar.backbones import TINY_MODEL
+    from fsar.embedding import EmbedConfig
+
+    settings = {"backbone": TINY_MODEL, "pretrained": "none", "frames": 4, "patch_grid": 2, "batch_size": 2,
+                "shard_size": 3, "engine": "local"} | kw
+    return EmbedConfig(manifest=manifest, out=out, **settings)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance (2 CPUs, no dashboard, 127.0.0.1) shared by the tests that need Ray."""
+    from pipelines.ray_runtime import init_ray
+
+    ray = init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

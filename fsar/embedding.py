@@ -1,0 +1,269 @@
+"""Embed videos: decode the sampled frames (CPU) and encode them with a backbone, shard by shard.
+
+The two halves are separate functions so the Ray Data job can run them on different workers (decode in
+CPU tasks, encode in an actor pool); ``embed_manifest`` runs both in this process for a laptop or a test.
+A video that cannot be decoded is recorded with its reason and the job goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from fsar import __version__
+from fsar.atomic import atomic_path
+from fsar.backbones import ClipBackbone, build_backbone
+from fsar.data.feature_store import ROW_SCHEMA, StoreMeta, finished_shards, read_meta, write_meta, write_shard
+from fsar.data.manifest import read_manifest
+from fsar.data.transforms import FramePreprocess
+from fsar.data.video import VideoDecodeError, load_clip
+
+FAILURE_SCHEMA = pa.schema(
+    [("video_id", pa.string()), ("path", pa.string()), ("split", pa.string()), ("reason", pa.string())]
+)
+
+
+@dataclass
+class EmbedConfig:
+    """``fsar embed``: which videos, which encoder, what to store."""
+
+    manifest: Path  # manifest.parquet of the videos to embed
+    out: Path  # feature store folder (created; a rerun resumes it)
+    backbone: str = "ViT-B-16"  # open_clip model name, or fsar-tiny (shipped, offline)
+    pretrained: str = "default"  # open_clip tag, checkpoint path, "none" (random), or "default" (openai if the model has it)
+    frames: int = 8  # frames sampled per video (segment centres)
+    patch_grid: int = 0  # also store the patch grid average-pooled to g×g (0 = pooled embedding only)
+    batch_size: int = 32  # videos per encoder forward
+    shard_size: int = 256  # manifest rows per shard (the unit of resumption)
+    decode_backend: Literal["auto", "decord", "pyav"] = "auto"  # decord with PyAV fallback, or one of them
+    short_video: Literal["repeat", "error"] = "repeat"  # videos shorter than `frames`: repeat frames or fail them
+    init_seed: int = 0  # seed of a random-init backbone (pretrained none / fsar-tiny)
+    device: str = "auto"  # cpu, cuda, or auto (cuda when available)
+    engine: Literal["ray", "local"] = "ray"  # Ray Data (laptop or cluster) or this process alone
+    encoder_actors: int = 0  # Ray: encoder actors (0 = one per GPU, or 1 without GPUs)
+    decode_threads: int = 0  # local engine: parallel decodes (0 = number of CPUs)
+
+
+def resolve_pretrained(backbone: str, pretrained: str) -> str | None:
+    """``default`` → ``openai`` when the model has that tag, else random init; ``none`` → random init."""
+    if pretrained.lower() in ("none", ""):
+        return None
+    if pretrained != "default":
+        return pretrained
+    import open_clip
+
+    tags = [tag for model, tag in open_clip.list_pretrained() if model == backbone]
+    return "openai" if "openai" in tags else (tags[0] if tags else None)
+
+
+def decode_record(row: Mapping[str, Any], config: EmbedConfig, preprocess: FramePreprocess) -> dict[str, Any]:
+    """Decode one manifest row's segment centres into backbone-ready pixels.
+
+    Returns the row's identity plus ``pixels`` ``(T, 3, S, S)`` float16, ``frame_indices`` ``(T,)``,
+    ``num_frames`` and ``error`` (None, or the reason the video could not be decoded — never raised).
+    """
+    out = {k: row[k] for k in ("video_id", "path", "label", "class_name", "split")}
+    try:
+        clip = load_clip(row["path"], num_segments=config.frames, mode="eval", backend=config.decode_backend,
+                         short_video=config.short_video)
+    except VideoDecodeError as exc:
+        return {**out, "pixels": None, "frame_indices": None, "num_frames": None, "error": str(exc)}
+    return {**out, "pixels": preprocess(clip.frames).numpy().astype(np.float16), "frame_indices": clip.indices,
+            "num_frames": clip.num_frames, "error": None}
+
+
+@torch.no_grad()
+def encode_pixels(
+    backbone: ClipBackbone, pixels: torch.Tensor, *, patch_grid: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Encode clips ``(B, T, 3, S, S)`` → frame features ``(B, T, D)`` and optional patches ``(B, T, g, g, D)``, fp16."""
+    b, t = pixels.shape[:2]
+    device = next(backbone.parameters()).device
+    flat = pixels.reshape(b * t, *pixels.shape[2:]).to(device, non_blocking=True)
+    use_amp = device.type == "cuda"
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        pooled, grid = backbone.encode(flat, patches=patch_grid > 0)
+    frames = pooled.float().reshape(b, t, -1).cpu().numpy().astype(np.float16)
+    if grid is None:
+        return frames, None
+    grid = grid.float().permute(0, 3, 1, 2)  # (BT, D, g0, g0)
+    grid = F.adaptive_avg_pool2d(grid, patch_grid).permute(0, 2, 3, 1)
+    patches = grid.reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)
+    return frames, patches
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    """What an embed run did: shards written now / skipped as already done, good videos, failures."""
+
+    store: Path
+    shards_written: int
+    shards_skipped: int
+    videos: int
+    failures: int
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_backbone(config: EmbedConfig, *, device: str | None = None) -> ClipBackbone:
+    """The encoder ``config`` names, built identically on the driver and on every worker."""
+    return build_backbone(
+        config.backbone, pretrained=resolve_pretrained(config.backbone, config.pretrained),
+        device=_device(device or config.device), init_seed=config.init_seed,
+    )
+
+
+def store_meta_for(config: EmbedConfig, backbone: ClipBackbone) -> StoreMeta:
+    d = backbone.describe()
+    return StoreMeta(
+        backbone=d["backbone"], pretrained=d["pretrained"], frames=config.frames, embed_dim=d["embed_dim"],
+        patch_grid=config.patch_grid, image_size=d["image_size"], init_seed=d["init_seed"], manifest=str(config.manifest),
+        shard_size=config.shard_size, code_version=__version__,
+    )
+
+
+def check_resume(root: Path, meta: StoreMeta) -> None:
+    """A rerun into an existing store must use the same encoder and sampling, or the shards would mix."""
+    if not (root / "store.json").is_file():
+        return
+    old = read_meta(root)
+    for key in ("backbone", "pretrained", "init_seed", "frames", "embed_dim", "patch_grid", "shard_size"):
+        if getattr(old, key) != getattr(meta, key):
+            raise ValueError(
+                f"{root} already holds features with {key}={getattr(old, key)!r}, this run has "
+                f"{getattr(meta, key)!r}: choose another --out, or delete {root} to rebuild it"
+            )
+
+
+@dataclass
+class EmbedPlan:
+    """The shards of a manifest and which of them are still to be written."""
+
+    root: Path
+    rows: list[dict[str, Any]]  # manifest rows, paths resolved
+    shard_size: int
+    todo: list[int]  # shard numbers to write in this run
+    skipped: int  # shards already complete before this run
+
+    def shard_rows(self, shard: int) -> list[dict[str, Any]]:
+        return self.rows[shard * self.shard_size : (shard + 1) * self.shard_size]
+
+
+def plan_embedding(config: EmbedConfig, backbone: ClipBackbone, *, max_shards: int | None = None) -> EmbedPlan:
+    """Check the store can be (re)written with this encoder, record store.json, list unfinished shards."""
+    root = Path(config.out)
+    rows = read_manifest(config.manifest).to_pylist()
+    meta = store_meta_for(config, backbone)
+    check_resume(root, meta)
+    root.mkdir(parents=True, exist_ok=True)
+    write_meta(root, meta)
+    n_shards = (len(rows) + config.shard_size - 1) // config.shard_size
+    done = finished_shards(root)
+    todo = [s for s in range(n_shards) if s not in done]
+    if max_shards is not None:
+        todo = todo[:max_shards]
+    return EmbedPlan(root, rows, config.shard_size, todo, len(done))
+
+
+class ShardAssembler:
+    """Collects encoded rows and failures per shard, in any arrival order, and writes each shard (and its
+    failure list) as soon as all of its videos are accounted for."""
+
+    def __init__(self, plan: EmbedPlan) -> None:
+        self.plan = plan
+        self.expected = {s: len(plan.shard_rows(s)) for s in plan.todo}
+        self.good: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
+        self.failed: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
+        self.written = 0
+        for s in [s for s, n in self.expected.items() if n == 0]:
+            self._write(s)
+
+    def add(self, shard: int, record: Mapping[str, Any]) -> None:
+        """``record`` has an ``error`` (a failure) or ``frames`` (+ optional ``patches``) features."""
+        if record.get("error"):
+            self.failed[shard].append({k: record[k] for k in ("video_id", "path", "split")} | {"reason": record["error"]})
+        else:
+            self.good[shard].append({k: record.get(k) for k in ROW_SCHEMA.names})
+        if len(self.good[shard]) + len(self.failed[shard]) == self.expected[shard]:
+            self._write(shard)
+
+    def _write(self, shard: int) -> None:
+        # Failures first: the shard file is the completion marker a rerun trusts.
+        write_failures(self.plan.root, shard, self.failed.pop(shard, []))
+        write_shard(self.plan.root, shard, self.good.pop(shard, []))
+        self.written += 1
+
+    def finish(self) -> EmbedSummary:
+        if self.good:
+            raise RuntimeError(f"embedding ended with shards {sorted(self.good)} incomplete; rerun to finish them")
+        n_fail = merge_failures(self.plan.root)
+        n_good = sum(pq.read_metadata(p).num_rows for p in self.plan.root.glob("shard-*.parquet"))
+        return EmbedSummary(self.plan.root, self.written, self.plan.skipped, n_good, n_fail)
+
+
+def write_failures(root: Path, shard: int, failures: Sequence[dict[str, Any]]) -> None:
+    path = root / "failures" / f"shard-{shard:05d}.parquet"
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(list(failures), schema=FAILURE_SCHEMA), tmp)
+
+
+def merge_failures(root: Path) -> int:
+    """Collect per-shard failure files into ``failures.parquet``; returns the number of failed videos."""
+    parts = sorted((root / "failures").glob("shard-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else FAILURE_SCHEMA.empty_table()
+    with atomic_path(root / "failures.parquet") as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
+
+
+def encode_records(backbone: ClipBackbone, records: list[dict[str, Any]], *, patch_grid: int) -> None:
+    """Add ``frames`` (and ``patches``) features to the decoded records in place; failures are left alone."""
+    ok = [r for r in records if not r.get("error")]
+    if not ok:
+        return
+    pixels = torch.from_numpy(np.stack([r["pixels"] for r in ok])).float()
+    frames, patches = encode_pixels(backbone, pixels, patch_grid=patch_grid)
+    for i, r in enumerate(ok):
+        r["frames"] = frames[i]
+        r["patches"] = None if patches is None else patches[i]
+
+
+def embed_manifest(config: EmbedConfig, *, progress: bool = True, max_shards: int | None = None) -> EmbedSummary:
+    """Embed every video of the manifest into ``config.out`` in this process (threads decode, one encoder).
+
+    Finished shards are skipped, so an interrupted run resumes; ``max_shards`` stops after that many new
+    shards (used to test resumption).
+    """
+    from tqdm.auto import tqdm
+
+    backbone = load_backbone(config)
+    plan = plan_embedding(config, backbone, max_shards=max_shards)
+    assembler = ShardAssembler(plan)
+    threads = config.decode_threads or os.cpu_count() or 1
+    total = sum(len(plan.shard_rows(s)) for s in plan.todo)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
+            tqdm(total=total, desc="embed", unit="video", disable=not progress) as bar:
+        for shard in plan.todo:
+            rows = plan.shard_rows(shard)
+            for start in range(0, len(rows), config.batch_size):
+                batch = list(pool.map(lambda r: decode_record(r, config, backbone.preprocess),
+                                      rows[start : start + config.batch_size]))
+                encode_records(backbone, batch, patch_grid=config.patch_grid)
+                for record in batch:
+                    assembler.add(shard, record)
+                bar.update(len(batch))
+    return assembler.finish()

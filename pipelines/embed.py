@@ -1,0 +1,125 @@
+"""Embed a manifest's videos into a feature store with Ray Data.
+
+``python -m pipelines.embed --config embed.yaml [key=value ...]`` or ``fsar embed``. Rows of unfinished
+shards stream through CPU tasks that decode the sampled frames and an actor pool that encodes them
+(one GPU per actor when the cluster has GPUs); the driver assembles shards as their last video arrives
+and writes each atomically, so an interrupted job resumes from its finished shards. ``engine=local``
+runs the same steps in this process without Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from fsar.embedding import (
+    EmbedConfig,
+    EmbedSummary,
+    ShardAssembler,
+    decode_record,
+    embed_manifest,
+    encode_records,
+    load_backbone,
+    plan_embedding,
+)
+
+__all__ = ["EmbedConfig", "run", "main"]
+
+_PASS_THROUGH = ("video_id", "path", "label", "class_name", "split", "shard")
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig, preprocess: Any) -> dict[str, Any]:
+    """Ray Data map_batches task (CPU): manifest rows → pixels, or an error per bad video (never raised)."""
+    n = len(batch["video_id"])
+    size = preprocess.size
+    pixels = np.zeros((n, config.frames, 3, size, size), dtype=np.float16)
+    indices = np.zeros((n, config.frames), dtype=np.int64)
+    num_frames = np.zeros(n, dtype=np.int64)
+    errors = []
+    for i in range(n):
+        record = decode_record({k: batch[k][i] for k in _PASS_THROUGH}, config, preprocess)
+        errors.append(record["error"] or "")
+        if not record["error"]:
+            pixels[i], indices[i], num_frames[i] = record["pixels"], record["frame_indices"], record["num_frames"]
+    return {**{k: batch[k] for k in _PASS_THROUGH}, "pixels": pixels, "frame_indices": indices,
+            "num_frames": num_frames, "error": np.asarray(errors, dtype=object)}
+
+
+class _Encode:
+    """Ray Data actor: holds one backbone (on this actor's GPU if it has one) and encodes batches."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        self.config = config
+        self.backbone = load_backbone(config)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["video_id"])
+        records = [{"pixels": batch["pixels"][i], "error": batch["error"][i]} for i in range(n)]
+        encode_records(self.backbone, records, patch_grid=self.config.patch_grid)
+        dim = self.backbone.embed_dim
+        t, g = self.config.frames, self.config.patch_grid
+        frames = np.zeros((n, t, dim), dtype=np.float16)
+        patches = np.zeros((n, t, g, g, dim), dtype=np.float16) if g else None
+        for i, r in enumerate(records):
+            if "frames" in r:
+                frames[i] = r["frames"]
+                if patches is not None:
+                    patches[i] = r["patches"]
+        out = {k: batch[k] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error")}
+        out["frames"] = frames
+        if patches is not None:
+            out["patches"] = patches
+        return out
+
+
+def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
+            max_shards: int | None = None) -> EmbedSummary:
+    """The Ray Data engine (see module docstring)."""
+    from ray.data import ActorPoolStrategy
+
+    from pipelines.ray_runtime import init_ray
+
+    ray = init_ray(address=address)
+    driver_backbone = load_backbone(config, device="cpu")  # store.json and the resume check, before any work
+    plan = plan_embedding(config, driver_backbone, max_shards=max_shards)
+    assembler = ShardAssembler(plan)
+    items = [dict(row, shard=s) for s in plan.todo for row in plan.shard_rows(s)]
+    if items:
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        gpus = ray.cluster_resources().get("GPU", 0)
+        use_gpu = gpus > 0 and config.device in ("auto", "cuda")
+        actors = config.encoder_actors or (int(gpus) if use_gpu else 1)
+        ds = ray.data.from_items([{k: r[k] for k in _PASS_THROUGH} for r in items])
+        ds = ds.map_batches(_decode_batch, fn_kwargs={"config": config, "preprocess": driver_backbone.preprocess},
+                            batch_size=4, num_cpus=1)
+        ds = ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
+                            batch_size=config.batch_size, num_gpus=1 if use_gpu else 0,
+                            num_cpus=0 if use_gpu else 1)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for i in range(len(batch["video_id"])):
+                record = {k: batch[k][i] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error", "frames")}
+                record["patches"] = batch["patches"][i] if "patches" in batch else None
+                record["error"] = record["error"] or None
+                record["label"], record["num_frames"] = int(record["label"]), int(record["num_frames"])
+                assembler.add(int(record.pop("shard")), record)
+    return assembler.finish()
+
+
+def run(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
+        max_shards: int | None = None) -> EmbedSummary:
+    """Embed with the engine ``config.engine`` names."""
+    if config.engine == "local":
+        return embed_manifest(config, progress=progress, max_shards=max_shards)
+    return run_ray(config, address=address, progress=progress, max_shards=max_shards)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsar.cli import main as cli_main
+
+    return cli_main(["embed", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,25 @@
+"""Starting or joining Ray the same way from every job: a local instance on a laptop or in tests, the
+cluster named by ``address`` / ``RAY_ADDRESS`` otherwise. Local instances bind 127.0.0.1 and run no
+dashboard."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> Any:
+    """Connect to (or start) Ray once per process; a second call reuses the running instance."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    return ray
