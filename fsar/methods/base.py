@@ -1,0 +1,179 @@
+"""The few-shot method contract and the small pieces every method shares.
+
+A method maps one episode (or a batch of episodes) to class logits::
+
+    logits = method(support, support_labels, query, way)
+
+    support         (N_s, T, ...)  or (B, N_s, T, ...)   the method's input kind per video
+    support_labels  (N_s,)         or (B, N_s)           int64 in [0, way)
+    query           (N_q, T, ...)  or (B, N_q, T, ...)
+    logits          (N_q, way)     or (B, N_q, way)
+
+The per-video trailing shape is (T, D) for ``frames``, (T, g, g, d) for ``patches`` and (T, 3, H, W) for
+``pixels``. The base class checks the shapes once, adds the episode axis when it is missing and calls
+the subclass's batched ``episode_logits`` (or ``episode_forward`` when it has auxiliary losses), so a
+subclass only ever sees batched tensors and evaluation runs thousands of episodes in one call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+# Dimensions of one video per input kind (time first): frames (T, D), patches (T, g, g, d), pixels (T, 3, H, W).
+VIDEO_DIMS = {"frames": 2, "patches": 4, "pixels": 4}
+
+
+class FewShotMethod(nn.Module):
+    """Base of every registered method; see the module docstring for the forward contract.
+
+    Subclasses implement ``episode_logits`` (batched tensors in, ``(B, N_q, way)`` logits out), or
+    ``episode_forward`` when they also return auxiliary losses. ``register_method`` fills the class
+    attributes below.
+    """
+
+    method_name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = "frames"
+    needs_text: ClassVar[bool] = False
+
+    config: Any  # the method's resolved config dataclass, saved next to a run to rebuild the method
+
+    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Class logits ``(N_q, way)``, or ``(B, N_q, way)`` for a batch of episodes."""
+        return self.forward_with_aux(support, support_labels, query, way)[0]
+
+    def forward_with_aux(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits as ``forward`` plus named auxiliary losses (scalars, averaged over the episodes)."""
+        batched = self._check(support, support_labels, query, way)
+        if not batched:
+            support, support_labels, query = support.unsqueeze(0), support_labels.unsqueeze(0), query.unsqueeze(0)
+        logits, aux = self.episode_forward(support, support_labels, query, way)
+        return (logits if batched else logits.squeeze(0)), aux
+
+    def episode_forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Batched logits and auxiliary losses; override this instead of ``episode_logits`` to add losses."""
+        return self.episode_logits(support, support_labels, query, way), {}
+
+    def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Batched logits: support ``(B, N_s, T, ...)``, labels ``(B, N_s)``, query ``(B, N_q, T, ...)`` → ``(B, N_q, way)``."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither episode_logits nor episode_forward")
+
+    def _check(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> bool:
+        """Validate one call's shapes and labels; returns whether the inputs carry an episode axis."""
+        name = self.method_name or type(self).__name__
+        video_dims = VIDEO_DIMS[self.input_kind]
+        if support.dim() not in (video_dims + 1, video_dims + 2):
+            raise ValueError(
+                f"{name}: support must be (N_s, T, ...) or (B, N_s, T, ...) with {self.input_kind} of "
+                f"{video_dims} dims per video, got shape {tuple(support.shape)}"
+            )
+        batched = support.dim() == video_dims + 2
+        if query.dim() != support.dim() or support_labels.dim() != (2 if batched else 1):
+            raise ValueError(
+                f"{name}: support {tuple(support.shape)}, labels {tuple(support_labels.shape)} and query "
+                f"{tuple(query.shape)} must all have an episode axis or all lack one"
+            )
+        lead = 2 if batched else 1
+        if support.shape[:lead] != support_labels.shape:
+            raise ValueError(f"{name}: {tuple(support_labels.shape)} labels for support of shape {tuple(support.shape)}")
+        if batched and query.shape[0] != support.shape[0]:
+            raise ValueError(f"{name}: {query.shape[0]} query episodes but {support.shape[0]} support episodes")
+        # Time may differ between query and support (OTAM aligns L×M); the per-frame shape may not.
+        if support.shape[lead + 1 :] != query.shape[lead + 1 :]:
+            raise ValueError(
+                f"{name}: per-frame shapes differ: support {tuple(support.shape[lead + 1:])}, "
+                f"query {tuple(query.shape[lead + 1:])}"
+            )
+        if support_labels.dtype.is_floating_point or support_labels.dtype == torch.bool:
+            raise ValueError(f"{name}: support_labels must be integers, got {support_labels.dtype}")
+        if way < 1:
+            raise ValueError(f"{name}: way must be >= 1, got {way}")
+        if support_labels.numel():
+            low, high = torch.aminmax(support_labels)
+            if low < 0 or high >= way:
+                raise ValueError(f"{name}: support labels must lie in [0, {way}), got [{int(low)}, {int(high)}]")
+        present = torch.zeros(*support_labels.shape[:-1], way, dtype=torch.bool, device=support_labels.device)
+        present.scatter_(-1, support_labels.long(), True)
+        if not bool(present.all()):
+            raise ValueError(f"{name}: every one of the {way} classes needs at least one support video")
+        return batched
+
+
+def class_average(values: Tensor, support_labels: Tensor, way: int) -> Tensor:
+    """Mean of per-support values over each class's support videos (any number of shots per class).
+
+    Args:
+        values: ``(B, N_q, N_s)`` e.g. the distance of each query to each support video.
+        support_labels: ``(B, N_s)`` in [0, way), every class present.
+
+    Returns:
+        ``(B, N_q, way)``.
+    """
+    return values @ class_weights(support_labels, way, values.dtype)
+
+
+def class_prototypes(support: Tensor, support_labels: Tensor, way: int) -> Tensor:
+    """Mean support embedding per class: ``(B, N_s, *E)`` → ``(B, way, *E)``."""
+    weights = class_weights(support_labels, way, support.dtype)  # (B, N_s, way)
+    flat = support.reshape(*support.shape[:2], -1)
+    return (weights.transpose(1, 2) @ flat).reshape(support.shape[0], way, *support.shape[2:])
+
+
+def class_weights(support_labels: Tensor, way: int, dtype: torch.dtype) -> Tensor:
+    """``(B, N_s, way)`` averaging weights: 1/shots(c) where a support video is of class c, else 0."""
+    onehot = torch.nn.functional.one_hot(support_labels.long(), way).to(dtype)
+    return onehot / onehot.sum(dim=1, keepdim=True).clamp_min(1)
+
+
+def group_by_class(support: Tensor, support_labels: Tensor, way: int) -> Tensor:
+    """Support videos arranged by class, for methods that need equal shots: ``(B, N_s, ...)`` → ``(B, way, shot, ...)``.
+
+    Within a class the original support order is kept. Raises ValueError unless every class of every
+    episode has the same number of support videos.
+    """
+    batch, n_support = support_labels.shape
+    counts = torch.nn.functional.one_hot(support_labels.long(), way).sum(dim=1)
+    if n_support % way or not bool((counts == n_support // way).all()):
+        raise ValueError(
+            f"this method needs the same number of support videos in every class; got per-class counts "
+            f"{counts[0].tolist()}{' (first episode)' if batch > 1 else ''} for {n_support} support videos"
+        )
+    order = torch.sort(support_labels, dim=1, stable=True).indices
+    index = order.reshape(batch, n_support, *([1] * (support.dim() - 2))).expand_as(support)
+    return support.gather(1, index).reshape(batch, way, n_support // way, *support.shape[2:])
+
+
+def make_projection(feature_dim: int, proj_dim: int) -> nn.Module:
+    """Learned per-frame linear map ``feature_dim → proj_dim``, or identity when ``proj_dim`` is 0."""
+    if proj_dim < 0:
+        raise ValueError(f"proj_dim must be >= 0, got {proj_dim}")
+    if proj_dim and feature_dim < 1:
+        raise ValueError(f"feature_dim must be >= 1 for a projection, got {feature_dim}")
+    return nn.Linear(feature_dim, proj_dim) if proj_dim else nn.Identity()
+
+
+class LogitScale(nn.Module):
+    """``logits = -distance / temperature``; with ``learn=True`` the scale 1/temperature is trained.
+
+    The learned scale lives in log space so it stays positive; it starts at 1/temperature.
+    """
+
+    def __init__(self, temperature: float, *, learn: bool = False) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        log_scale = torch.tensor(-math.log(temperature))
+        if learn:
+            self.log_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale, persistent=False)
+
+    def forward(self, distance: Tensor) -> Tensor:
+        return -distance * self.log_scale.exp().to(distance.dtype)

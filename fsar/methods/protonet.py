@@ -1,0 +1,49 @@
+"""ProtoNet / TSN baseline: a video is the temporal mean of its frame features, a class the mean of its shots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from fsar.config import ConfigError
+from fsar.methods.base import FewShotMethod, LogitScale, class_prototypes, make_projection
+from fsar.methods.registry import register_method
+from fsar.ops.frame_distance import cosine_distance
+
+
+@dataclass
+class ProtoNetConfig:
+    """Knobs of the ProtoNet/TSN baseline."""
+
+    temperature: float = 0.1  # logits = -(1 - cos) / temperature; cosine needs a small one to be trainable
+    proj_dim: int = 0  # 0: features as stored; > 0: a learned Linear(feature_dim, proj_dim) per frame
+    learn_scale: bool = False  # train the logit scale 1/temperature (it starts at 1/temperature)
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"protonet: temperature must be > 0, got {self.temperature}")
+        if self.proj_dim < 0:
+            raise ConfigError(f"protonet: proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
+
+
+@register_method(
+    "protonet", config=ProtoNetConfig, input_kind="frames",
+    description="ProtoNet/TSN: temporal mean pooling, cosine to the class mean",
+)
+class ProtoNet(FewShotMethod):
+    """Order-blind baseline: cosine distance between mean-pooled query and class prototypes."""
+
+    def __init__(self, config: ProtoNetConfig, *, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = make_projection(feature_dim, config.proj_dim)
+        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """support ``(B, N_s, T, D)``, labels ``(B, N_s)``, query ``(B, N_q, T, D)`` → ``(B, N_q, way)``."""
+        # The projection is affine, so projecting the temporal mean equals averaging projected frames, T× cheaper.
+        support_video = self.proj(support.mean(dim=2))  # (B, N_s, D')
+        query_video = self.proj(query.mean(dim=2))  # (B, N_q, D')
+        prototypes = class_prototypes(support_video, support_labels, way)  # (B, way, D')
+        return self.scale(cosine_distance(query_video, prototypes))

@@ -1,0 +1,238 @@
+"""fsar.methods registry and base contract, checked on every registered method.
+
+The per-method tests iterate ``list_methods()``, so a newly registered method is covered without
+editing this file: each is built with every parameter-bearing option switched on (``SMALL_KNOBS``),
+on small random episodes of its declared input kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsar.config import ConfigError
+from fsar.methods import (
+    FewShotMethod,
+    UnknownMethodError,
+    build_method,
+    list_methods,
+    method_info,
+    register_method,
+)
+from fsar.methods.base import LogitScale, class_average, class_prototypes, group_by_class
+from fsar.methods.registry import MethodInfo
+
+FEATURE_DIM = 12
+# Knobs that switch on a method's learned parts at a small size; applied where the config has the field.
+# A new method with a size knob that defaults large can add it here.
+SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True}
+PER_VIDEO = {"frames": (FEATURE_DIM,), "patches": (2, 2, FEATURE_DIM), "pixels": (3, 16, 16)}
+
+
+def knob_names(info: MethodInfo) -> set[str]:
+    return {f.name for f in dataclasses.fields(info.config)}
+
+
+def build_small(name: str) -> FewShotMethod:
+    info = method_info(name)
+    if info.needs_text:
+        pytest.fail(f"{name} needs text, which this test does not supply yet: extend make_episodes")
+    knobs = {k: v for k, v in SMALL_KNOBS.items() if k in knob_names(info)}
+    torch.manual_seed(0)
+    return build_method(name, feature_dim=FEATURE_DIM, **knobs)
+
+
+def make_episodes(name: str, *, batch: int = 3, way: int = 3, shot: int = 2, n_query: int = 2, frames: int = 4, seed: int = 0):
+    """Random balanced episodes, labels shuffled within each episode; returns support, labels, query, query labels."""
+    gen = torch.Generator().manual_seed(seed)
+    per_video = (frames, *PER_VIDEO[method_info(name).input_kind])
+
+    def labels(per_class: int) -> torch.Tensor:
+        base = torch.arange(way).repeat_interleave(per_class)
+        return torch.stack([base[torch.randperm(len(base), generator=gen)] for _ in range(batch)])
+
+    support_labels, query_labels = labels(shot), labels(n_query)
+    support = torch.randn(batch, way * shot, *per_video, generator=gen)
+    query = torch.randn(batch, way * n_query, *per_video, generator=gen)
+    return support, support_labels, query, query_labels
+
+
+METHODS = list_methods()
+
+
+def test_builtin_methods_are_registered():
+    assert {"protonet", "otam", "bimhm"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_info_describes_the_method(name):
+    info = method_info(name)
+    assert info.name == name
+    assert info.input_kind in PER_VIDEO
+    assert isinstance(info.needs_text, bool)
+    assert info.description.strip()
+    assert issubclass(info.cls, FewShotMethod)
+    assert info.cls.method_name == name and info.cls.input_kind == info.input_kind
+    missing = [f.name for f in dataclasses.fields(info.config)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    assert not missing, f"{name}: knobs without defaults {missing}; `build_method(name)` must work with none"
+    method = build_method(name, feature_dim=FEATURE_DIM)
+    assert type(method) is info.cls
+    assert isinstance(method.config, info.config)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_output_shapes_and_values(name):
+    method = build_small(name).eval()
+    support, labels, query, _ = make_episodes(name)
+    batched = method(support, labels, query, 3)
+    assert batched.shape == (3, 6, 3)
+    assert torch.isfinite(batched).all()
+    single = method(support[0], labels[0], query[0], 3)
+    assert single.shape == (6, 3)
+    logits, aux = method.forward_with_aux(support, labels, query, 3)
+    torch.testing.assert_close(logits, batched)
+    assert isinstance(aux, dict)
+    for key, value in aux.items():
+        assert isinstance(key, str) and value.dim() == 0 and torch.isfinite(value), key
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gradients_reach_every_parameter(name):
+    method = build_small(name).train()
+    support, labels, query, query_labels = make_episodes(name)
+    logits, aux = method.forward_with_aux(support, labels, query, 3)
+    loss = F.cross_entropy(logits.reshape(-1, 3), query_labels.reshape(-1)) + sum(aux.values())
+    loss.backward()
+    params = dict(method.named_parameters())
+    if "proj_dim" in knob_names(method_info(name)):
+        assert params, f"{name} built with proj_dim=16 has no parameters"
+    for pname, param in params.items():
+        assert param.grad is not None, f"{name}.{pname} got no gradient"
+        assert param.grad.abs().sum() > 0, f"{name}.{pname} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_batched_equals_one_episode_at_a_time(name):
+    method = build_small(name).eval()
+    support, labels, query, _ = make_episodes(name, batch=4)
+    with torch.no_grad():
+        batched = method(support, labels, query, 3)
+        for b in range(4):
+            torch.testing.assert_close(method(support[b], labels[b], query[b], 3), batched[b], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_support_order_does_not_matter_and_query_order_permutes_rows(name):
+    method = build_small(name).eval()
+    support, labels, query, _ = make_episodes(name, batch=2)
+    gen = torch.Generator().manual_seed(1)
+    s_perm = torch.randperm(support.shape[1], generator=gen)
+    q_perm = torch.randperm(query.shape[1], generator=gen)
+    with torch.no_grad():
+        logits = method(support, labels, query, 3)
+        torch.testing.assert_close(method(support[:, s_perm], labels[:, s_perm], query, 3), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(method(support, labels, query[:, q_perm], 3), logits[:, q_perm], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_unknown_knob_is_rejected_with_the_valid_ones(name):
+    with pytest.raises(ConfigError) as err:
+        build_method(name, feature_dim=FEATURE_DIM, not_a_knob=1)
+    message = str(err.value)
+    assert "not_a_knob" in message
+    for knob in knob_names(method_info(name)):
+        assert knob in message
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_out_of_range_knobs_are_rejected(name):
+    names = knob_names(method_info(name))
+    if "temperature" in names:
+        with pytest.raises(ConfigError, match="temperature"):
+            build_method(name, feature_dim=FEATURE_DIM, temperature=0.0)
+    if "proj_dim" in names:
+        with pytest.raises(ConfigError, match="proj_dim"):
+            build_method(name, feature_dim=FEATURE_DIM, proj_dim=-1)
+        with pytest.raises(ConfigError, match="proj_dim"):
+            build_method(name, feature_dim=FEATURE_DIM, proj_dim="16")
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(UnknownMethodError) as err:
+        build_method("otma", feature_dim=8)
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
+    message = str(err.value)
+    assert message.startswith("unknown method 'otma'")
+    for name in METHODS:
+        assert name in message
+    with pytest.raises(KeyError):
+        method_info("nope")
+
+
+def test_registration_errors():
+    class Stray(FewShotMethod):
+        pass
+
+    @dataclasses.dataclass
+    class Knobs:
+        x: int = 1
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("otam", config=Knobs)(Stray)
+    with pytest.raises(TypeError, match="not a FewShotMethod"):
+        register_method("stray-module", config=Knobs)(torch.nn.Linear)
+    with pytest.raises(ValueError, match="input_kind"):
+        register_method("stray-kind", config=Knobs, input_kind="audio")
+    with pytest.raises(TypeError, match="dataclass"):
+        register_method("stray-config", config=dict)
+    assert "stray-module" not in list_methods() and "stray-kind" not in list_methods()
+
+
+def test_inputs_are_checked_with_clear_messages():
+    method = build_method("protonet", feature_dim=FEATURE_DIM)
+    support, labels, query, _ = make_episodes("protonet", batch=2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        method(support, labels + 1, query, 3)
+    with pytest.raises(ValueError, match="at least one support video"):
+        method(support, labels.clamp(max=1), query, 3)
+    with pytest.raises(ValueError, match="episode axis"):
+        method(support, labels, query[0], 3)
+    with pytest.raises(ValueError, match="per-frame shapes differ"):
+        method(support, labels, query[..., :5], 3)
+    with pytest.raises(ValueError, match="must be integers"):
+        method(support, labels.float(), query, 3)
+    with pytest.raises(ValueError, match=r"\(N_s, T, \.\.\.\)"):
+        method(support[0, 0], labels[0, :1], query[0, 0], 3)
+
+
+def test_class_average_handles_unequal_shots():
+    values = torch.tensor([[[1.0, 2.0, 3.0, 10.0]]])  # one query, four support videos
+    labels = torch.tensor([[0, 0, 0, 1]])
+    torch.testing.assert_close(class_average(values, labels, 2), torch.tensor([[[2.0, 10.0]]]))
+    support = torch.arange(8.0).reshape(1, 4, 2)
+    torch.testing.assert_close(class_prototypes(support, labels, 2), torch.tensor([[[2.0, 3.0], [6.0, 7.0]]]))
+
+
+def test_group_by_class_keeps_order_and_needs_equal_shots():
+    support = torch.arange(6.0).reshape(1, 6, 1) * torch.ones(1, 1, 2)
+    labels = torch.tensor([[1, 0, 2, 0, 1, 2]])
+    grouped = group_by_class(support, labels, 3)
+    assert grouped.shape == (1, 3, 2, 2)
+    assert grouped[0, :, :, 0].tolist() == [[1.0, 3.0], [0.0, 4.0], [2.0, 5.0]]
+    with pytest.raises(ValueError, match="same number of support videos"):
+        group_by_class(support, torch.tensor([[0, 0, 0, 1, 1, 2]]), 3)
+
+
+def test_logit_scale():
+    fixed = LogitScale(0.5)
+    assert not list(fixed.parameters())
+    torch.testing.assert_close(fixed(torch.tensor([1.0, 2.0])), torch.tensor([-2.0, -4.0]))
+    learned = LogitScale(0.5, learn=True)
+    assert len(list(learned.parameters())) == 1
+    torch.testing.assert_close(learned(torch.tensor([1.0])), torch.tensor([-2.0]))
+    with pytest.raises(ValueError, match="temperature"):
+        LogitScale(0.0)
