@@ -1,0 +1,92 @@
+"""The ``fsar`` command: flags, config files and overrides reach the jobs; bad input exits 2 with a message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fsar.cli import main
+from fsar.data.feature_store import StoreMeta, write_meta, write_shard
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A tiny store whose test classes are separable: class c's frames point along axis c."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(6):
+        for v in range(4):
+            feats = rng.normal(scale=0.3, size=(4, 8))
+            feats[:, c] += 3.0
+            rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class {c}", "split": "test",
+                         "num_frames": 20, "frame_indices": [2, 7, 12, 17], "frames": feats})
+    root = tmp_path / "store"
+    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=4, embed_dim=8, patch_grid=0, image_size=64))
+    write_shard(root, 0, rows)
+    return root
+
+
+def test_eval_writes_results_for_each_method(store, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["eval", "--store", str(store), "--out", str(out), "--method", "protonet", "--method", "otam",
+                 "--episodes", "200", "query=2"])
+    assert code == 0
+    records = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in records] == ["protonet", "otam"]
+    assert all(r["episodes"] == 200 and r["accuracy"] > 90 for r in records)
+    assert "| protonet |" in capsys.readouterr().out
+    episode_files = list(out.glob("episodes-*.json"))
+    assert len(episode_files) == 1 and "2q" in episode_files[0].name
+
+
+def test_config_file_then_overrides(store, tmp_path):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"store: {store}\nout: {tmp_path / 'e'}\nmethods: [bimhm]\nepisodes: 50\nshot: 2\n")
+    assert main(["eval", "--config", str(cfg), "shot=1"]) == 0
+    (record,) = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert (record["method"], record["shot"], record["episodes"]) == ("bimhm", 1, 50)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["shto=1"], "unknown key(s) ['shto']"),
+        (["--method", "nosuch"], "nosuch"),
+        (["--shot", "5"], "shot+query=6"),
+        (["split=val"], "no videos in split 'val'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(store, tmp_path, capsys, args, message):
+    code = main(["eval", "--store", str(store), "--out", str(tmp_path / "e"), "--episodes", "10", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_not_a_store(tmp_path, capsys):
+    assert main(["eval", "--store", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "not a feature store" in capsys.readouterr().err
+
+
+def test_methods_lists_the_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("protonet", "otam", "bimhm"):
+        assert name in out
+
+
+def test_manifest_from_folder_tree(tmp_path, capsys):
+    for c in range(5):
+        for v in range(2):
+            path = tmp_path / "videos" / f"class{c}" / f"clip{v}.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\0")
+    out = tmp_path / "m.parquet"
+    assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--class-split", "0.6,0.2,0.2"]) == 0
+    from fsar.data.manifest import read_manifest
+
+    table = read_manifest(out)
+    assert table.num_rows == 10 and sorted(set(table["split"].to_pylist())) == ["test", "train", "val"]
+    assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--benchmark", "ucf_arn"]) == 2
+    assert "--splits and --benchmark go together" in capsys.readouterr().err
