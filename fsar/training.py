@@ -1,0 +1,244 @@
+"""Episodic training on cached features, independent of Ray: the loss module, one optimiser step,
+validation on fixed episodes, and checkpoints that carry their own config.
+
+``pipelines/train.py`` runs ``train_worker`` in each Ray Train worker (or in this process); the
+functions here take the worker's rank and world size and a ``report`` callback, nothing Ray-specific.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fsar.atomic import atomic_path
+from fsar.data.episodes import Episodes, EpisodeSampler
+from fsar.data.feature_store import FeatureStore, SplitFeatures
+from fsar.eval import accuracy_ci, episode_accuracies, gather_episodes
+from fsar.methods import FewShotMethod, build_method, method_info
+
+CHECKPOINT_FORMAT = "fsar-checkpoint/1"
+
+
+@dataclass
+class TrainConfig:
+    """``fsar train``: one method trained episodically on a feature store's train split."""
+
+    store: Path  # feature store folder (from `fsar embed`)
+    method: str  # registered method name (`fsar methods`)
+    out: Path  # run folder: best.pt, train_config.yaml, metrics, mlflow.db
+    knobs: dict[str, Any] = field(default_factory=dict)  # the method's config fields, e.g. {proj_dim: 256}
+    way: int = 5  # classes per training episode
+    shot: int = 1  # support videos per class
+    query: int = 4  # query videos per class in training episodes
+    steps: int = 500  # optimiser steps
+    episodes_per_step: int = 8  # episodes per optimiser step on each worker
+    lr: float = 1e-3  # learning rate
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # optimiser
+    weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD)
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 0
+    grad_clip: float = 5.0  # max gradient norm (0 = off)
+    val_every: int = 50  # validate every this many steps (and at the last step)
+    val_episodes: int = 500  # fixed validation episodes (seed `seed + 1`), 1 query per class
+    val_split: str = "val"  # split validated on; never the test split
+    seed: int = 0  # training episodes and initialisation seed
+    view: Literal["auto", "pooled", "grid"] = "auto"  # per-frame features: pooled embedding or flattened patch grid
+    backbone: str | None = None  # if set, refuse a store built with another backbone
+    workers: int = 0  # Ray Train workers (0 = run the loop in this process)
+    use_gpu: bool = False  # one GPU per worker
+    threads_per_worker: int = 1  # torch CPU threads per worker
+    mlflow_uri: str | None = None  # MLflow tracking URI (default: sqlite file in the run folder)
+    experiment: str = "fsar"  # MLflow experiment name
+    mlflow_parent_run_id: str | None = None  # set by a sweep: the run is logged as this run's child
+
+
+class EpisodicLoss(nn.Module):
+    """Cross-entropy of a method's query logits plus its auxiliary losses — the module DDP wraps, so
+    gradient all-reduce sees one forward per step whatever the method returns."""
+
+    def __init__(self, method: FewShotMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor,
+                way: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Batched episodes in; (total loss, query accuracy, auxiliary losses) out."""
+        logits, aux = self.method.forward_with_aux(support, support_labels, query, way)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, way), query_labels.reshape(-1))
+        accuracy = (logits.argmax(-1) == query_labels).float().mean()
+        total = loss + sum(aux.values(), torch.zeros((), device=loss.device))
+        return total, accuracy, {"ce": loss.detach(), **{k: v.detach() for k, v in aux.items()}}
+
+
+def load_features(config: TrainConfig) -> tuple[FeatureStore, str, SplitFeatures, SplitFeatures]:
+    """Open and check the store; the train and validation splits' features (fp16, host memory)."""
+    info = method_info(config.method)
+    if info.input_kind != "frames":
+        raise ValueError(f"method {config.method} needs {info.input_kind} inputs; train it end to end from a manifest")
+    if config.val_split == "test":
+        raise ValueError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
+    store = FeatureStore(config.store)
+    store.check(backbone=config.backbone)
+    view = store.meta.default_view if config.view == "auto" else config.view
+    return store, view, store.load_split("train", view=view), store.load_split(config.val_split, view=view)
+
+
+def build_for_training(config: TrainConfig, feature_dim: int) -> FewShotMethod:
+    torch.manual_seed(config.seed)
+    method = build_method(config.method, feature_dim=feature_dim, **config.knobs)
+    if not any(p.requires_grad for p in method.parameters()):
+        raise ValueError(
+            f"method {config.method} has no learnable parameters with knobs {config.knobs}; "
+            "give it some (e.g. knobs.proj_dim=256) or evaluate it untrained with `fsar eval`"
+        )
+    return method
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def validation_episodes(config: TrainConfig, split: SplitFeatures) -> Episodes:
+    """The fixed validation episodes: 1 query per class, seed ``seed + 1`` (never the training stream)."""
+    sampler = EpisodeSampler(split.labels, way=config.way, shot=config.shot, query=1, seed=config.seed + 1,
+                             class_names=split.class_names, split=config.val_split)
+    return sampler.batch(0, config.val_episodes)
+
+
+def validate(method: nn.Module, features: Tensor, episodes: Episodes) -> tuple[float, float]:
+    """Validation accuracy and its 95% CI, percent."""
+    return accuracy_ci(episode_accuracies(method, features, episodes, batch_size=500))
+
+
+def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, feature_dim: int, step: int,
+                       val_accuracy: float, store_meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint is plain data (tensors, numbers, strings), loadable with ``weights_only=True``."""
+    from fsar.config import to_dict
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "method": config.method,
+        "knobs": to_dict(method.config),
+        "feature_dim": feature_dim,
+        "view": config.view,
+        "state_dict": {k: v.detach().cpu() for k, v in method.state_dict().items()},
+        "train_config": to_dict(config),
+        "store_meta": store_meta,
+        "step": step,
+        "val_accuracy": val_accuracy,
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
+    """Rebuild a trained method from its checkpoint (untrusted input: ``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
+    method = build_method(payload["method"], feature_dim=payload["feature_dim"], **payload["knobs"])
+    method.load_state_dict(payload["state_dict"])
+    method.eval()
+    return method, payload
+
+
+Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+
+
+def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, device: torch.device | None = None,
+                 start_step: int = 0, state: dict[str, Any] | None = None) -> None:
+    """Train on this worker's episode stream; call ``report(metrics, checkpoint_or_None)`` every
+    ``val_every`` steps. Rank 0 validates and passes the checkpoint payload (latest weights, optimiser
+    state; ``metrics["is_best"]`` says whether validation improved); other ranks pass None.
+
+    ``wrap`` makes the loss module distributed (DDP); ``state`` resumes from a checkpoint payload.
+    """
+    torch.set_num_threads(max(1, config.threads_per_worker))
+    device = device or torch.device("cpu")
+    store, view, train, val = load_features(config)
+    feature_dim = train.features.shape[-1]
+    method = build_for_training(config, feature_dim)
+    best = -1.0
+    if state is not None:
+        method.load_state_dict(state["state_dict"])
+        best = float(state.get("best_val_accuracy", state.get("val_accuracy", -1.0)))
+    method.to(device)
+    loss_module = wrap(EpisodicLoss(method))
+    opt, schedule = make_optimizer(config, [p for p in method.parameters() if p.requires_grad])
+    if state is not None and "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+    train_feats = torch.from_numpy(train.features.astype(np.float32)).to(device)
+    val_feats = torch.from_numpy(val.features.astype(np.float32)).to(device)
+    sampler = EpisodeSampler(train.labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
+                             class_names=train.class_names, split="train")
+    val_eps = validation_episodes(config, val) if rank == 0 else None
+    stream = sampler.stream(rank=rank, world_size=world_size, episodes_per_step=config.episodes_per_step)
+    for _ in range(start_step):  # a resumed run continues the same episode stream
+        next(stream)
+    window: list[tuple[float, float]] = []
+    started = time.perf_counter()
+    for step in range(start_step, config.steps):
+        support, s_lab, query, q_lab = gather_episodes(train_feats, next(stream))
+        method.train()
+        loss, acc, parts = loss_module(support, s_lab.to(device), query, q_lab.to(device), config.way)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+        opt.step()
+        schedule.step()
+        window.append((float(loss.detach()), float(acc)))
+        last = step + 1 == config.steps
+        if (step + 1) % config.val_every == 0 or last:
+            metrics = {
+                "step": step + 1,
+                "train_loss": float(np.mean([w[0] for w in window])),
+                "train_accuracy": 100.0 * float(np.mean([w[1] for w in window])),
+                "lr": float(schedule.get_last_lr()[0]),
+                "episodes_per_s": len(window) * config.episodes_per_step * world_size / (time.perf_counter() - started),
+            }
+            window.clear()
+            payload = None
+            if rank == 0:
+                val_acc, val_ci = validate(method, val_feats, val_eps)
+                metrics |= {"val_accuracy": val_acc, "val_ci95": val_ci}
+                improved = val_acc > best
+                best = max(best, val_acc)
+                metrics |= {"best_val_accuracy": best, "is_best": float(improved)}
+                payload = checkpoint_payload(config, method, feature_dim=feature_dim, step=step + 1,
+                                             val_accuracy=val_acc, store_meta=dataclasses.asdict(store.meta))
+                payload |= {"optimizer": opt.state_dict(), "scheduler": schedule.state_dict(),
+                            "best_val_accuracy": best}
+            report(metrics, payload)
+            started = time.perf_counter()

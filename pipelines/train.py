@@ -1,0 +1,155 @@
+"""Episodic training with Ray Train on a feature store.
+
+``python -m pipelines.train --config train.yaml [key=value ...]`` or ``fsar train``. ``workers`` Ray Train
+workers each draw their own episodes (disjoint streams of one seeded sequence), gradients are
+all-reduced by DDP, and rank 0 validates every ``val_every`` steps on fixed validation-split episodes,
+keeps ``<out>/best.pt`` (best validation accuracy; the checkpoint carries its config) and logs to
+MLflow. ``workers=0`` runs the same loop in this process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsar.config import dump_yaml, from_dict, to_dict
+from fsar.tracking import RunLogger, tracking_uri
+from fsar.training import TrainConfig, load_features, save_checkpoint, train_worker
+
+__all__ = ["TrainConfig", "TrainResult", "run", "main"]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run left its outputs and how it did on validation."""
+
+    run_dir: Path
+    best_checkpoint: Path
+    best_val_accuracy: float
+    best_step: int
+    steps: int
+    mlflow_run_id: str | None
+
+
+def _worker_entry(config_dict: dict[str, Any]) -> None:
+    """Ray Train worker body: DDP set-up, resume, and the rank-0 side effects of each report."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+
+    config = from_dict(TrainConfig, config_dict)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    out = Path(config.out)
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if world > 1:
+            import ray.train.torch
+
+            return ray.train.torch.prepare_model(module, move_to_device=False)
+        return module
+
+    state, start_step = None, 0
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as folder:
+            state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        start_step = int(state["step"])
+
+    logger = _mlflow_run(config) if rank == 0 else None
+
+    def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
+        if logger is not None:
+            logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        if payload is None:
+            ray.train.report(metrics)
+            return
+        if metrics.get("is_best"):
+            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}, out / "best.pt")
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(payload, Path(folder) / "checkpoint.pt")
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    status = "FAILED"
+    try:
+        train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, start_step=start_step, state=state)
+        status = "FINISHED"
+    finally:
+        if logger is not None:
+            logger.log_artifact(out / "train_config.yaml")
+            logger.end(status)
+
+
+def _mlflow_run(config: TrainConfig) -> RunLogger:
+    out = Path(config.out)
+    run_id_file = out / "mlflow_run_id"
+    uri = tracking_uri(out, config.mlflow_uri)
+    if run_id_file.is_file():  # a restarted worker group continues the same MLflow run
+        return RunLogger(uri=uri, experiment=config.experiment, run_id=run_id_file.read_text().strip())
+    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{out.name}",
+                       params=to_dict(config), tags={"fsar.method": config.method, "fsar.kind": "train"},
+                       parent_run_id=config.mlflow_parent_run_id)
+    run_id_file.write_text(logger.run_id)
+    return logger
+
+
+def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
+    """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``)."""
+    import torch
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_runtime import init_ray
+
+    # Fail before any worker starts: unknown method/knobs, wrong store, impossible episodes.
+    _, _, train_split, val_split = load_features(config)
+    from fsar.training import build_for_training, validation_episodes
+
+    build_for_training(config, train_split.features.shape[-1])
+    from fsar.data.episodes import EpisodeSampler
+
+    EpisodeSampler(train_split.labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
+                   class_names=train_split.class_names, split="train")
+    validation_episodes(dataclasses.replace(config, val_episodes=1), val_split)
+
+    out = Path(config.out).resolve()
+    config = dataclasses.replace(config, out=out, store=Path(config.store).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id"):
+        (out / stale).unlink(missing_ok=True)
+    dump_yaml(config, out / "train_config.yaml")
+    if config.workers > 0:
+        init_ray(address=address)
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config=to_dict(config),
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": config.threads_per_worker}),
+        run_config=RunConfig(
+            name="ray_train", storage_path=str(out),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=3),
+        ),
+    )
+    trainer.fit()
+    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    run_id = (out / "mlflow_run_id").read_text().strip() if (out / "mlflow_run_id").is_file() else None
+    return TrainResult(out, out / "best.pt", float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fsar.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
