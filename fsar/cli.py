@@ -1,4 +1,4 @@
-"""The ``fsar`` command: synth, manifest, embed, eval, demo, methods.
+"""The ``fsar`` command: synth, manifest, embed, train, eval, demo, methods.
 
 Every command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (values parsed as YAML:
 ``shot=5``, ``methods=[otam]``, ``knobs.otam.gamma=0.05``). Priority, lowest first: the config class's
@@ -117,6 +117,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int)
     p.add_argument("--patch-grid", dest="patch_grid", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     _common(p)
     p.set_defaults(run=_run_embed)
 
@@ -127,11 +128,39 @@ def _run_embed(args: argparse.Namespace) -> int:
     config = resolve(EmbedConfig, file=args.config, overrides=args.overrides,
                      flags=_flags(args, "manifest", "out", "backbone", "pretrained", "frames", "patch_grid", "batch_size"))
     start = time.perf_counter()
-    summary = run(config)
+    summary = run(config, address=args.address)
     seconds = time.perf_counter() - start
     print(f"store {summary.store}: {summary.videos} videos embedded, {summary.failures} failed "
           f"(see failures.parquet); {summary.shards_written} shard(s) written, {summary.shards_skipped} already done; "
           f"{seconds:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- train
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="episodic training on a feature store (Ray Train; workers=0 in-process)")
+    p.add_argument("--store", type=Path)
+    p.add_argument("--method")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--way", type=int)
+    p.add_argument("--shot", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--mlflow-uri", dest="mlflow_uri")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    _common(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pipelines.train import TrainConfig, run
+
+    config = resolve(TrainConfig, file=args.config, overrides=args.overrides,
+                     flags=_flags(args, "store", "method", "out", "way", "shot", "steps", "workers", "lr", "mlflow_uri"))
+    result = run(config, address=args.address)
+    print(f"run {result.run_dir}: best validation accuracy {result.best_val_accuracy:.2f}% at step "
+          f"{result.best_step}/{result.steps}; checkpoint {result.best_checkpoint}; MLflow run {result.mlflow_run_id}")
     return 0
 
 
@@ -140,7 +169,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score methods on fixed seeded test episodes (accuracy ± 95%% CI)")
     p.add_argument("--store", type=Path)
     p.add_argument("--out", type=Path)
-    p.add_argument("--method", dest="methods", action="append", help="method name (repeatable)")
+    p.add_argument("--method", dest="methods", action="append", help="untrained method name (repeatable)")
+    p.add_argument("--run", dest="runs", action="append", type=Path, help="trained run folder or .pt (repeatable)")
     p.add_argument("--episodes", type=int)
     p.add_argument("--way", type=int)
     p.add_argument("--shot", type=int)
@@ -154,7 +184,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pipelines.evaluate import EvalConfig, run
 
     config = resolve(EvalConfig, file=args.config, overrides=args.overrides,
-                     flags=_flags(args, "store", "out", "methods", "episodes", "way", "shot", "split", "seed"))
+                     flags=_flags(args, "store", "out", "methods", "runs", "episodes", "way", "shot", "split", "seed"))
     from fsar.eval import format_table
 
     records = run(config)
@@ -196,7 +226,7 @@ def _run_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_synth, _add_manifest, _add_embed, _add_eval, _add_demo, _add_methods,
+    _add_synth, _add_manifest, _add_embed, _add_train, _add_eval, _add_demo, _add_methods,
 )
 
 

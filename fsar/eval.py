@@ -119,3 +119,39 @@ def format_table(records: Sequence[ResultRecord]) -> str:
             f"{r.accuracy:.2f} ± {r.ci95:.2f} | {r.seconds:.1f} |"
         )
     return "\n".join(lines)
+
+
+def plot_results(records: Sequence[ResultRecord], path: str | Path) -> Path:
+    """Bar chart of accuracy with 95% CI whiskers, one group per (way, shot) setting; chance marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(r.way, r.shot) for r in records})
+    methods = list(dict.fromkeys(r.method for r in records))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(methods) * len(settings) + 2), 4))
+    width = 0.8 / max(1, len(methods))
+    for i, method in enumerate(methods):
+        xs, ys, errs = [], [], []
+        for j, setting in enumerate(settings):
+            match = [r for r in records if r.method == method and (r.way, r.shot) == setting]
+            if match:
+                xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                ys.append(match[0].accuracy)
+                errs.append(match[0].ci95)
+        ax.bar(xs, ys, width=width * 0.95, yerr=errs, capsize=3, label=method)
+        for x, y in zip(xs, ys, strict=True):
+            ax.text(x, y + 1.0, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(settings)), [f"{w}-way {s}-shot" for w, s in settings])
+    for j, (way, _) in enumerate(settings):
+        ax.hlines(100.0 / way, j - 0.45, j + 0.45, colors="grey", linestyles="dotted")
+    ax.set_ylabel("accuracy (%) ± 95% CI")
+    ax.set_ylim(0, 105)
+    title = {(r.dataset, r.split) for r in records}
+    ax.set_title(", ".join(f"{d} / {s}" for d, s in sorted(title)) + f" — {records[0].episodes} episodes")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fsar.atomic import atomic_path
+from fsar.config import ConfigError
 from fsar.data.episodes import Episodes, EpisodeSampler
 from fsar.data.feature_store import FeatureStore, SplitFeatures
 from fsar.eval import accuracy_ci, episode_accuracies, gather_episodes
@@ -82,9 +83,9 @@ def load_features(config: TrainConfig) -> tuple[FeatureStore, str, SplitFeatures
     """Open and check the store; the train and validation splits' features (fp16, host memory)."""
     info = method_info(config.method)
     if info.input_kind != "frames":
-        raise ValueError(f"method {config.method} needs {info.input_kind} inputs; train it end to end from a manifest")
+        raise ConfigError(f"method {config.method} needs {info.input_kind} inputs; train it end to end from a manifest")
     if config.val_split == "test":
-        raise ValueError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
+        raise ConfigError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
     store = FeatureStore(config.store)
     store.check(backbone=config.backbone)
     view = store.meta.default_view if config.view == "auto" else config.view
@@ -95,7 +96,7 @@ def build_for_training(config: TrainConfig, feature_dim: int) -> FewShotMethod:
     torch.manual_seed(config.seed)
     method = build_method(config.method, feature_dim=feature_dim, **config.knobs)
     if not any(p.requires_grad for p in method.parameters()):
-        raise ValueError(
+        raise ConfigError(
             f"method {config.method} has no learnable parameters with knobs {config.knobs}; "
             "give it some (e.g. knobs.proj_dim=256) or evaluate it untrained with `fsar eval`"
         )

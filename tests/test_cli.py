@@ -53,13 +53,13 @@ def test_config_file_then_overrides(store, tmp_path):
     ("args", "message"),
     [
         (["shto=1"], "unknown key(s) ['shto']"),
-        (["--method", "nosuch"], "nosuch"),
+        (["methods=[nosuch]"], "unknown method 'nosuch'"),
         (["--shot", "5"], "shot+query=6"),
         (["split=val"], "no videos in split 'val'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(store, tmp_path, capsys, args, message):
-    code = main(["eval", "--store", str(store), "--out", str(tmp_path / "e"), "--episodes", "10", *args])
+    code = main(["eval", "--store", str(store), "--out", str(tmp_path / "e"), "--episodes", "10", "methods=[otam]", *args])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -90,3 +90,25 @@ def test_manifest_from_folder_tree(tmp_path, capsys):
     assert table.num_rows == 10 and sorted(set(table["split"].to_pylist())) == ["test", "train", "val"]
     assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--benchmark", "ucf_arn"]) == 2
     assert "--splits and --benchmark go together" in capsys.readouterr().err
+
+
+def test_train_then_eval_the_run_beside_untrained_methods(tmp_path, capsys):
+    from test_training import make_signal_store
+
+    store = make_signal_store(tmp_path / "store")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--store", str(store), "--method", "protonet", "--out", str(run_dir), "--steps", "40",
+                 "--lr", "0.03", "knobs.proj_dim=16", "val_every=20", "val_episodes=200", "workers=0"]) == 0
+    assert "best validation accuracy" in capsys.readouterr().out
+    out = tmp_path / "eval"
+    assert main(["eval", "--store", str(store), "--out", str(out), "--method", "protonet", "--run", str(run_dir),
+                 "--episodes", "300"]) == 0
+    untrained, trained = json.loads((out / "results.json").read_text())
+    assert untrained["run"] is None and trained["run"] == str(run_dir)
+    assert trained["accuracy"] > untrained["accuracy"] + trained["ci95"] + untrained["ci95"]
+    assert (out / "results.png").stat().st_size > 1000 and (out / "results.md").is_file()
+
+
+def test_nothing_to_evaluate(store, tmp_path, capsys):
+    assert main(["eval", "--store", str(store), "--out", str(tmp_path / "e")]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
