@@ -1,0 +1,120 @@
+"""Benchmarks, measured in one run on this machine and printed as ratios and rates.
+
+``python -m pipelines.bench [--videos-per-class 5 --classes 40 --episodes 10000]``
+
+1. Embedding: decode alone, encode alone, and the Ray Data pipeline on the same videos (videos/s);
+   pipeline efficiency = pipeline rate / min(decode rate, encode rate). Ray start-up is timed apart.
+2. Training from cached features: episodes/s of the in-process loop (OTAM with a learned projection).
+3. Evaluation from cached features: episodes/s for 10,000 5-way 1-shot episodes per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
+    from fsar.backbones import TINY_MODEL
+    from fsar.data.manifest import read_manifest
+    from fsar.embedding import EmbedConfig, decode_record, encode_pixels, load_backbone
+    from pipelines.embed import run_ray
+    from pipelines.ray_runtime import init_ray
+
+    config = EmbedConfig(manifest=manifest, out=work / "store", backbone=TINY_MODEL, pretrained="none", frames=8,
+                         patch_grid=4, batch_size=32)
+    rows = read_manifest(manifest).to_pylist()
+    backbone = load_backbone(config)
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        records = list(pool.map(lambda r: decode_record(r, config, backbone.preprocess), rows))
+    decode_s = time.perf_counter() - start
+    pixels = torch.from_numpy(np.stack([r["pixels"] for r in records if not r["error"]])).float()
+    start = time.perf_counter()
+    for i in range(0, len(pixels), config.batch_size):
+        encode_pixels(backbone, pixels[i : i + config.batch_size], patch_grid=config.patch_grid)
+    encode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    init_ray()
+    ray_start_s = time.perf_counter() - start
+    start = time.perf_counter()
+    summary = run_ray(config, progress=False)
+    pipeline_s = time.perf_counter() - start
+    decode, encode, pipe = _rate(len(rows), decode_s), _rate(len(pixels), encode_s), _rate(summary.videos, pipeline_s)
+    return {"videos": len(rows), "decode_videos_per_s": decode, "encode_videos_per_s": encode,
+            "pipeline_videos_per_s": pipe, "pipeline_efficiency": pipe / min(decode, encode), "ray_start_s": ray_start_s}
+
+
+def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:
+    from fsar.training import TrainConfig, train_worker
+
+    reports: list[dict[str, float]] = []
+    config = TrainConfig(store=store, method="otam", out=work / "run", knobs={"proj_dim": 256}, steps=steps,
+                         episodes_per_step=8, val_every=steps, val_episodes=100, threads_per_worker=os.cpu_count() or 1)
+    train_worker(config, report=lambda m, p: reports.append(m))
+    return {"train_episodes_per_s": reports[-1]["episodes_per_s"]}
+
+
+def bench_evaluation(store: Path, *, episodes: int, methods: list[str]) -> dict[str, float]:
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.data.feature_store import FeatureStore
+    from fsar.eval import episode_accuracies
+    from fsar.methods import build_method
+
+    split = FeatureStore(store).load_split("test")
+    feats = torch.from_numpy(split.features.astype(np.float32))
+    eps = EpisodeSampler(split.labels, way=5, shot=1, query=1, seed=0).batch(0, episodes)
+    out = {}
+    for name in methods:
+        method = build_method(name, feature_dim=feats.shape[-1])
+        start = time.perf_counter()
+        episode_accuracies(method, feats, eps, batch_size=1000)
+        out[f"eval_{name}_episodes_per_s"] = _rate(episodes, time.perf_counter() - start)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", type=int, default=40)
+    parser.add_argument("--videos-per-class", type=int, default=5)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--episodes", type=int, default=10000)
+    parser.add_argument("--train-steps", type=int, default=50)
+    parser.add_argument("--methods", default="protonet,otam,bimhm")
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from fsar.data.synthetic import SynthConfig, generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        synth = SynthConfig(out=work / "data", classes=args.classes, videos_per_class=args.videos_per_class,
+                            size=args.size, seed=0)
+        start = time.perf_counter()
+        manifest = generate(synth, progress=False)
+        results: dict[str, float] = {"synth_videos_per_s": _rate(args.classes * args.videos_per_class,
+                                                                 time.perf_counter() - start)}
+        results |= bench_embedding(manifest, work)
+        results |= bench_training(work / "store", work, steps=args.train_steps)
+        results |= bench_evaluation(work / "store", episodes=args.episodes, methods=args.methods.split(","))
+    print(f"fsar benchmark — {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}")
+    print("| measure | value |\n|---|---:|")
+    for key, value in results.items():
+        print(f"| {key} | {value:,.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
