@@ -159,6 +159,24 @@ def make_projection(feature_dim: int, proj_dim: int) -> nn.Module:
     return nn.Linear(feature_dim, proj_dim) if proj_dim else nn.Identity()
 
 
+class TemporalCentre(nn.Module):
+    """Subtract each video's mean frame feature: ``(..., T, D)`` → ``(..., T, D)``.
+
+    What stays is how the frames differ from each other — the motion — while whatever is constant
+    over the clip (background, object colour and shape) is removed. Only order-aware metrics can use
+    the result: a temporal mean of centred features is zero.
+    """
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return frames - frames.mean(dim=-2, keepdim=True)
+
+
+def make_frame_encoder(feature_dim: int, proj_dim: int, *, temporal_centre: bool = False) -> nn.Module:
+    """Per-frame features a metric compares: optional temporal centring, then the optional projection."""
+    proj = make_projection(feature_dim, proj_dim)
+    return nn.Sequential(TemporalCentre(), proj) if temporal_centre else proj
+
+
 class LogitScale(nn.Module):
     """``logits = -distance / temperature``; with ``learn=True`` the scale 1/temperature is trained.
 

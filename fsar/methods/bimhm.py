@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_projection
+from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_frame_encoder
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 
@@ -24,6 +24,7 @@ class BiMHMConfig:
 
     temperature: float = 0.1  # logits = -distance / temperature; the distance lies in [0, 4]
     proj_dim: int = 0  # 0: features as stored; > 0: a learned Linear(feature_dim, proj_dim) per frame
+    temporal_centre: bool = False  # subtract each video's mean frame first: match motion, not static appearance
     learn_scale: bool = False  # train the logit scale 1/temperature (it starts at 1/temperature)
 
     def __post_init__(self) -> None:
@@ -43,7 +44,7 @@ class BiMHM(FewShotMethod):
     def __init__(self, config: BiMHMConfig, *, feature_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.proj = make_projection(feature_dim, config.proj_dim)
+        self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
     def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_projection
+from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_frame_encoder
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_cumulative
@@ -28,6 +28,7 @@ class OTAMConfig:
     bidirectional: bool = True  # add the support→query alignment cost to the query→support one
     temperature: float = 1.0  # logits = -distance / temperature (1.0: logits = -distance, the usual choice)
     proj_dim: int = 0  # 0: features as stored; > 0: a learned Linear(feature_dim, proj_dim) per frame
+    temporal_centre: bool = False  # subtract each video's mean frame first: match motion, not static appearance
     learn_scale: bool = False  # train the logit scale 1/temperature (it starts at 1/temperature)
 
     def __post_init__(self) -> None:
@@ -49,7 +50,7 @@ class OTAM(FewShotMethod):
     def __init__(self, config: OTAMConfig, *, feature_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.proj = make_projection(feature_dim, config.proj_dim)
+        self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
     def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
