@@ -267,7 +267,9 @@ def _bilinear(n: int, size: int) -> np.ndarray:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A static per-video background (size, size, 3) float32: solid colour, smooth blotches, a light
     gradient, sometimes faint stripes, and fine grain."""
-    base = rng.uniform(20, 235, size=3)
+    # Dark, moderately tinted scenes: a random-init encoder's features are dominated by overall colour, so a
+    # full-range background colour would drown the motion that defines the class (measured: chance level).
+    base = rng.uniform(35, 95) + rng.uniform(-15, 15, size=3)
     n = int(rng.integers(3, 9))
     blotch = rng.normal(0, 1, size=(n, n, 1)) * rng.uniform(6, 26)  # brightness, shared by the channels
     tint = rng.normal(0, 1, size=(n, n, 3)) * rng.uniform(0, 8)
