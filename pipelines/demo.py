@@ -34,9 +34,12 @@ class DemoConfig:
     frames: int = 8  # frames sampled per video
     patch_grid: int = 4  # patch grid kept per frame (g×g, flattened): what carries motion for a random encoder
     engine: Literal["ray", "local"] = "ray"  # embedding engine
-    baselines: list[str] = field(default_factory=lambda: ["protonet", "otam", "bimhm"])  # scored untrained
-    train: list[str] = field(default_factory=lambda: ["protonet", "otam"])  # trained with a learned projection
-    proj_dim: int = 256  # size of the learned projection
+    baselines: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "protonet": {}, "otam": {"temporal_centre": True}, "bimhm": {"temporal_centre": True},
+    })  # scored untrained: method → knobs
+    train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True},
+    })  # trained with a learned projection: method → knobs
     steps: int = 300  # training steps per method
     lr: float = 1e-3  # learning rate
     workers: int = 2  # Ray Train workers per training run (0 = in-process)
@@ -74,14 +77,15 @@ def run(config: DemoConfig, *, progress: bool = True) -> list[ResultRecord]:
         manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=config.frames,
         patch_grid=config.patch_grid, engine=config.engine), progress=progress))
     runs = []
-    for method in config.train:
-        result = stage(f"train {method}", lambda method=method: train(TrainConfig(
-            store=store, method=method, out=out / "runs" / method, knobs={"proj_dim": config.proj_dim},
+    for method, knobs in config.train.items():
+        result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
+            store=store, method=method, out=out / "runs" / method, knobs=dict(knobs),
             steps=config.steps, lr=config.lr, workers=config.workers, seed=config.seed, backbone=TINY_MODEL,
             mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo")))
         print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
         runs.append(result.run_dir)
     base = EvalConfig(store=store, out=out / "eval", methods=list(config.baselines), runs=runs,
+                      knobs={k: dict(v) for k, v in config.baselines.items() if v},
                       episodes=config.episodes, seed=config.seed, dataset="fsar-synth")
     records: list[ResultRecord] = stage("evaluate", lambda: [
         r for shot in config.shots for r in evaluate(replace(base, shot=shot), progress=progress)])

@@ -87,7 +87,11 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
     assembler = ShardAssembler(plan)
     items = [dict(row, shard=s) for s in plan.todo for row in plan.shard_rows(s)]
     if items:
-        ray.data.DataContext.get_current().enable_progress_bars = progress
+        from tqdm.auto import tqdm
+
+        # One bar on the driver, counting finished videos; Ray's own per-operator output is off (outside a
+        # terminal it would log a status block every few seconds).
+        ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
         actors = config.encoder_actors or (int(gpus) if use_gpu else 1)
@@ -97,13 +101,16 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
         ds = ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
                             batch_size=config.batch_size, num_gpus=1 if use_gpu else 0,
                             num_cpus=0 if use_gpu else 1)
+        bar = tqdm(total=len(items), desc="embed", unit="video", disable=not progress)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            bar.update(len(batch["video_id"]))
             for i in range(len(batch["video_id"])):
                 record = {k: batch[k][i] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error", "frames")}
                 record["patches"] = batch["patches"][i] if "patches" in batch else None
                 record["error"] = record["error"] or None
                 record["label"], record["num_frames"] = int(record["label"]), int(record["num_frames"])
                 assembler.add(int(record.pop("shard")), record)
+        bar.close()
     return assembler.finish()
 
 

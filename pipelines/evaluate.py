@@ -56,7 +56,9 @@ def _candidates(config: EvalConfig, store: FeatureStore, view: str) -> list[tupl
         info = method_info(name)  # unknown names fail here
         if info.input_kind != "frames":
             raise ConfigError(f"method {name} needs {info.input_kind} inputs; this evaluator reads frame features")
-        out.append((name, None, lambda dim, name=name: build_method(name, feature_dim=dim, **config.knobs.get(name, {}))))
+        knobs = config.knobs.get(name, {})
+        label = name + (f"[{', '.join(f'{k}={v}' for k, v in sorted(knobs.items()))}]" if knobs else "")
+        out.append((label, None, lambda dim, name=name, knobs=knobs: build_method(name, feature_dim=dim, **knobs)))
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         meta = payload["store_meta"]

@@ -21,5 +21,4 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> Any:
         ray.init(address=address, log_to_driver=True)
     else:
         ray.init(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1", log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = True
     return ray
