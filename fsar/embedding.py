@@ -51,6 +51,8 @@ class EmbedConfig:
     device: str = "auto"  # cpu, cuda, or auto (cuda when available)
     engine: Literal["ray", "local"] = "ray"  # Ray Data (laptop or cluster) or this process alone
     encoder_actors: int = 0  # Ray: encoder actors (0 = one per GPU, or 1 without GPUs)
+    decode_cpus: float = 0.5  # Ray: CPUs reserved per decode task (decoding 8 frames is light and partly I/O)
+    decode_batch: int = 16  # Ray: videos per decode task (fewer, larger tasks amortise Ray's per-task cost)
     decode_threads: int = 0  # local engine: parallel decodes (0 = number of CPUs)
 
 

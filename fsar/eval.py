@@ -130,7 +130,7 @@ def plot_results(records: Sequence[ResultRecord], path: str | Path) -> Path:
 
     settings = sorted({(r.way, r.shot) for r in records})
     methods = list(dict.fromkeys(r.method for r in records))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(methods) * len(settings) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * len(methods) * len(settings) + 4), 4))
     width = 0.8 / max(1, len(methods))
     for i, method in enumerate(methods):
         xs, ys, errs = [], [], []
@@ -150,7 +150,7 @@ def plot_results(records: Sequence[ResultRecord], path: str | Path) -> Path:
     ax.set_ylim(0, 105)
     title = {(r.dataset, r.split) for r in records}
     ax.set_title(", ".join(f"{d} / {s}" for d, s in sorted(title)) + f" — {records[0].episodes} episodes")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import os
 import tempfile
 import time
@@ -48,12 +49,21 @@ def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
     start = time.perf_counter()
     init_ray()
     ray_start_s = time.perf_counter() - start
+    # A first, small job starts Ray's worker processes (torch and open_clip imports, the encoder
+    # actor); the measured job reuses them, so the rate below is the pipeline's, not start-up's.
+    from fsar.data.manifest import write_manifest
+
+    warm = write_manifest(read_manifest(manifest, resolve_paths=True).slice(0, 64), work / "warm.parquet")
+    start = time.perf_counter()
+    run_ray(dataclasses.replace(config, manifest=warm, out=work / "warm-store"), progress=False)
+    warm_s = time.perf_counter() - start
     start = time.perf_counter()
     summary = run_ray(config, progress=False)
     pipeline_s = time.perf_counter() - start
     decode, encode, pipe = _rate(len(rows), decode_s), _rate(len(pixels), encode_s), _rate(summary.videos, pipeline_s)
     return {"videos": len(rows), "decode_videos_per_s": decode, "encode_videos_per_s": encode,
-            "pipeline_videos_per_s": pipe, "pipeline_efficiency": pipe / min(decode, encode), "ray_start_s": ray_start_s}
+            "pipeline_videos_per_s": pipe, "pipeline_efficiency": pipe / min(decode, encode), "ray_start_s": ray_start_s,
+            "first_job_64_videos_s": warm_s}
 
 
 def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:

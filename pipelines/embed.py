@@ -96,8 +96,10 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
         actors = config.encoder_actors or (int(gpus) if use_gpu else 1)
         ds = ray.data.from_items([{k: r[k] for k in _PASS_THROUGH} for r in items])
+        # Decode tasks ask for a different CPU share than the encoder actor: with equal remote args Ray Data
+        # fuses decode into the actor, and one actor then decodes and encodes serially on one CPU.
         ds = ds.map_batches(_decode_batch, fn_kwargs={"config": config, "preprocess": driver_backbone.preprocess},
-                            batch_size=4, num_cpus=1)
+                            batch_size=config.decode_batch, num_cpus=config.decode_cpus)
         ds = ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
                             batch_size=config.batch_size, num_gpus=1 if use_gpu else 0,
                             num_cpus=0 if use_gpu else 1)

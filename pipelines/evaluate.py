@@ -71,7 +71,8 @@ def _candidates(config: EvalConfig, store: FeatureStore, view: str) -> list[tupl
         trained_view = (store.meta.default_view if trained_view == "auto" else trained_view)
         if trained_view != view:
             raise FeatureStoreError(f"run {run_path} was trained on the {trained_view!r} view; evaluate with view={trained_view}")
-        label = f"{payload['method']} ({Path(run_path).name})"
+        folder = Path(run_path).parent.name if Path(run_path).suffix == ".pt" else Path(run_path).name
+        label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
         out.append((label, str(run_path), lambda dim, method=method: method))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")

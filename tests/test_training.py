@@ -81,3 +81,17 @@ def test_up_front_errors(signal_store, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(Exception):  # noqa: B017 — torch's unpickling error type varies by version
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_every_registered_frame_method_trains(signal_store, tmp_path):
+    """Each method with learnable parameters (here: its projection) runs the loop and reports finite metrics."""
+    from fsar.methods import list_methods, method_info
+
+    for name in list_methods():
+        if method_info(name).input_kind != "frames":
+            continue
+        reports = []
+        cfg = config(signal_store, tmp_path / name, method=name, steps=6, val_every=3, val_episodes=20)
+        train_worker(cfg, report=lambda m, p, reports=reports: reports.append(m))
+        assert [m["step"] for m in reports] == [3, 6], name
+        assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m in reports), name
