@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,57 @@ def gather_episodes(
     return features[s_idx], s_lab, features[q_idx], q_lab
 
 
+def frame_distance_table(encoded: torch.Tensor) -> torch.Tensor:
+    """1 − cos between every frame of every video: ``(N, T, D)`` → ``(N, N, T, T)``, entry [i, j, l, m]
+    comparing frame l of video i with frame m of video j (one matmul for a whole split)."""
+    n, t, d = encoded.shape
+    unit = torch.nn.functional.normalize(encoded.reshape(n * t, d), dim=-1, eps=1e-8)
+    return (1.0 - unit @ unit.T).view(n, t, n, t).permute(0, 2, 1, 3).contiguous()
+
+
+EpisodeScorer = Callable[[Episodes], torch.Tensor]
+
+
+def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
+                   table_limit: int = 12288) -> EpisodeScorer:
+    """A function from a batch of episodes to logits ``(E, way·query, way)``, as fast as the method allows.
+
+    A method built from ``encode_videos`` + ``metric_logits`` has every video encoded once here instead of
+    once per episode; a frame-distance method (OTAM, Bi-MHM) with at most ``table_limit`` encoded frames
+    in the split gets all its frame distances from one table, indexed per episode. Anything else runs
+    its plain forward on gathered features. All three give the same logits.
+    """
+    from fsar.methods.base import FewShotMethod, FrameDistanceMethod
+
+    default_flow = (isinstance(method, FewShotMethod)
+                    and type(method).episode_logits is FewShotMethod.episode_logits
+                    and type(method).episode_forward is FewShotMethod.episode_forward)
+    if not default_flow:
+        def forward(batch: Episodes) -> torch.Tensor:
+            support, s_lab, query, _ = gather_episodes(features, batch)
+            return method(support, s_lab, query, way)
+
+        return forward
+    encoded = method.encode_videos(features)
+    if isinstance(method, FrameDistanceMethod) and encoded.shape[0] * encoded.shape[1] <= table_limit:
+        table = frame_distance_table(encoded)
+
+        def from_table(batch: Episodes) -> torch.Tensor:
+            e = len(batch)
+            s_idx = torch.as_tensor(batch.support.reshape(e, -1))
+            q_idx = torch.as_tensor(batch.query.reshape(e, -1))
+            s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
+            return method.logits_from_distances(table[q_idx[:, :, None], s_idx[:, None, :]], s_lab, way)
+
+        return from_table
+
+    def from_encoded(batch: Episodes) -> torch.Tensor:
+        support, s_lab, query, _ = gather_episodes(encoded, batch)
+        return method.metric_logits(support, s_lab, query, way)
+
+    return from_encoded
+
+
 @torch.no_grad()
 def episode_accuracies(
     method: torch.nn.Module,
@@ -81,15 +132,16 @@ def episode_accuracies(
 
     feats = torch.as_tensor(np.asarray(features)) if not isinstance(features, torch.Tensor) else features
     feats = feats.float()
-    way = episodes.support.shape[1]
+    way, query = episodes.support.shape[1], episodes.query.shape[2]
+    q_lab = torch.as_tensor(episode_labels(way, query))
     out = np.empty(len(episodes), dtype=np.float64)
     was_training = method.training
     method.eval()
     try:
+        score = episode_scorer(method, feats, way)
         for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = episodes[start : start + batch_size]
-            support, s_lab, query, q_lab = gather_episodes(feats, batch)
-            logits = method(support, s_lab, query, way)
+            logits = score(batch)
             out[start : start + len(batch)] = (logits.argmax(-1) == q_lab).float().mean(-1).cpu().numpy()
     finally:
         method.train(was_training)

@@ -62,3 +62,24 @@ def test_results_file_schema_and_table(tmp_path):
     assert list(data[0]) == list(RESULT_KEYS)
     assert read_results(path) == [rec]
     assert "| otam | synth | test | 5 | 1 | 100 | 55.50 ± 1.20 |" in format_table([rec])
+
+
+@pytest.mark.parametrize("knobs", [{}, {"proj_dim": 8}, {"proj_dim": 8, "temporal_centre": True}], ids=str)
+def test_fast_scorers_equal_the_plain_forward_for_every_method(knobs):
+    """The encode-once and distance-table paths give the logits of ``method(support, labels, query, way)``."""
+    from fsar.eval import episode_scorer
+    from fsar.methods import build_method, list_methods, method_info
+
+    torch.manual_seed(0)
+    labels = np.repeat(np.arange(8), 5)
+    feats = torch.randn(40, 6, 12)
+    eps = EpisodeSampler(labels, way=5, shot=2, query=2, seed=3).batch(0, 30)
+    support, s_lab, query, _ = gather_episodes(feats, eps)
+    for name in list_methods():
+        fields = method_info(name).config.__dataclass_fields__
+        method = build_method(name, feature_dim=12, **{k: v for k, v in knobs.items() if k in fields}).eval()
+        with torch.no_grad():
+            expected = method(support, s_lab, query, 5)
+            for limit in (0, 10**6):  # encoded-gather path, distance-table path
+                got = episode_scorer(method, feats, 5, table_limit=limit)(eps)
+                torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=f"{name} {knobs} limit={limit}")

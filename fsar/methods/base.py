@@ -62,8 +62,26 @@ class FewShotMethod(nn.Module):
         return self.episode_logits(support, support_labels, query, way), {}
 
     def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """Batched logits: support ``(B, N_s, T, ...)``, labels ``(B, N_s)``, query ``(B, N_q, T, ...)`` → ``(B, N_q, way)``."""
-        raise NotImplementedError(f"{type(self).__name__} implements neither episode_logits nor episode_forward")
+        """Batched logits: support ``(B, N_s, T, ...)``, labels ``(B, N_s)``, query ``(B, N_q, T, ...)`` → ``(B, N_q, way)``.
+
+        By default: ``encode_videos`` on each side, then ``metric_logits``.
+        """
+        return self.metric_logits(self.encode_videos(support), support_labels, self.encode_videos(query), way)
+
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """What the metric compares, per video: ``(..., T, D)`` → ``(..., T', D')``; identity by default.
+
+        It must depend on each video alone (no episode context), so that evaluation can run it once per
+        video of a split instead of once per episode the video appears in.
+        """
+        return videos
+
+    def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Logits from encoded videos: support ``(B, N_s, T', D')``, query ``(B, N_q, T', D')`` → ``(B, N_q, way)``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements none of episode_logits, episode_forward and metric_logits"
+        )
+
 
     def _check(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> bool:
         """Validate one call's shapes and labels; returns whether the inputs carry an episode axis."""
@@ -104,6 +122,23 @@ class FewShotMethod(nn.Module):
         if not bool(present.all()):
             raise ValueError(f"{name}: every one of the {way} classes needs at least one support video")
         return batched
+
+
+class FrameDistanceMethod(FewShotMethod):
+    """A method whose metric reads only frame-to-frame cosine distances between encoded videos.
+
+    Subclasses implement ``logits_from_distances``; evaluation may then compute the distances of a whole
+    split once (one Gram matrix) and index them per episode instead of gathering features.
+    """
+
+    def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        from fsar.ops.frame_distance import pairwise_frame_distance
+
+        return self.logits_from_distances(pairwise_frame_distance(query, support), support_labels, way)
+
+    def logits_from_distances(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
+        """``dist`` ``(B, N_q, N_s, L, M)`` of encoded frames (1 − cos), labels ``(B, N_s)`` → ``(B, N_q, way)``."""
+        raise NotImplementedError
 
 
 def class_average(values: Tensor, support_labels: Tensor, way: int) -> Tensor:

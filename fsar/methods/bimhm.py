@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_frame_encoder
+from fsar.methods.base import FrameDistanceMethod, LogitScale, class_average, make_frame_encoder
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 
@@ -38,7 +38,7 @@ class BiMHMConfig:
     "bimhm", config=BiMHMConfig, input_kind="frames",
     description="Bi-MHM: bidirectional mean nearest-frame cosine distance",
 )
-class BiMHM(FewShotMethod):
+class BiMHM(FrameDistanceMethod):
     """Order-free frame matching metric: mean nearest-frame distance, query→support plus support→query."""
 
     def __init__(self, config: BiMHMConfig, *, feature_dim: int) -> None:
@@ -47,11 +47,19 @@ class BiMHM(FewShotMethod):
         self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
-    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
-        """Bi-MHM distance of every (query, support) pair: → ``(B, N_q, N_s)``."""
-        dist = pairwise_frame_distance(self.proj(query), self.proj(support))  # (B, N_q, N_s, L, M)
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""
+        return self.proj(videos)
+
+    @staticmethod
+    def hausdorff(dist: Tensor) -> Tensor:
+        """Bidirectional mean nearest-frame distance: ``(B, N_q, N_s, L, M)`` → ``(B, N_q, N_s)``."""
         return dist.amin(dim=-1).mean(dim=-1) + dist.amin(dim=-2).mean(dim=-1)
 
-    def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """support ``(B, N_s, M, D)``, labels ``(B, N_s)``, query ``(B, N_q, L, D)`` → ``(B, N_q, way)``."""
-        return self.scale(class_average(self.pair_distance(support, query), support_labels, way))
+    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
+        """Bi-MHM distance of every (query, support) pair: → ``(B, N_q, N_s)``."""
+        return self.hausdorff(pairwise_frame_distance(self.encode_videos(query), self.encode_videos(support)))
+
+    def logits_from_distances(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
+        """``(B, N_q, N_s, L, M)`` frame distances, labels ``(B, N_s)`` → ``(B, N_q, way)``."""
+        return self.scale(class_average(self.hausdorff(dist), support_labels, way))

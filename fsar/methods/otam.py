@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, class_average, make_frame_encoder
+from fsar.methods.base import FrameDistanceMethod, LogitScale, class_average, make_frame_encoder
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_cumulative
@@ -44,7 +44,7 @@ class OTAMConfig:
     "otam", config=OTAMConfig, input_kind="frames",
     description="OTAM: soft-DTW frame alignment with free start/end, both directions",
 )
-class OTAM(FewShotMethod):
+class OTAM(FrameDistanceMethod):
     """Temporal-order-aware metric: soft-DTW alignment cost between query and support frame sequences."""
 
     def __init__(self, config: OTAMConfig, *, feature_dim: int) -> None:
@@ -53,9 +53,12 @@ class OTAM(FewShotMethod):
         self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
-    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
-        """Alignment cost of every (query, support) pair: ``(B, N_s, M, D)``, ``(B, N_q, L, D)`` → ``(B, N_q, N_s)``."""
-        dist = pairwise_frame_distance(self.proj(query), self.proj(support))  # (B, N_q, N_s, L, M)
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""
+        return self.proj(videos)
+
+    def alignment_cost(self, dist: Tensor) -> Tensor:
+        """OTAM cost of every (query, support) pair: ``(B, N_q, N_s, L, M)`` frame distances → ``(B, N_q, N_s)``."""
         gamma = self.config.gamma
         if not self.config.bidirectional:
             return otam_cumulative(dist, gamma)
@@ -64,6 +67,10 @@ class OTAM(FewShotMethod):
             return otam_cumulative(torch.stack([dist, dist.transpose(-1, -2)]), gamma).sum(0)
         return otam_cumulative(dist, gamma) + otam_cumulative(dist.transpose(-1, -2), gamma)
 
-    def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """support ``(B, N_s, M, D)``, labels ``(B, N_s)``, query ``(B, N_q, L, D)`` → ``(B, N_q, way)``."""
-        return self.scale(class_average(self.pair_distance(support, query), support_labels, way))
+    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
+        """Alignment cost of every (query, support) pair: ``(B, N_s, M, D)``, ``(B, N_q, L, D)`` → ``(B, N_q, N_s)``."""
+        return self.alignment_cost(pairwise_frame_distance(self.encode_videos(query), self.encode_videos(support)))
+
+    def logits_from_distances(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
+        """``(B, N_q, N_s, L, M)`` frame distances, labels ``(B, N_s)`` → ``(B, N_q, way)``."""
+        return self.scale(class_average(self.alignment_cost(dist), support_labels, way))

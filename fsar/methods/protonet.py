@@ -40,10 +40,12 @@ class ProtoNet(FewShotMethod):
         self.proj = make_projection(feature_dim, config.proj_dim)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
-    def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """support ``(B, N_s, T, D)``, labels ``(B, N_s)``, query ``(B, N_q, T, D)`` → ``(B, N_q, way)``."""
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """Temporal mean, then the projection: ``(..., T, D)`` → ``(..., 1, D')``."""
         # The projection is affine, so projecting the temporal mean equals averaging projected frames, T× cheaper.
-        support_video = self.proj(support.mean(dim=2))  # (B, N_s, D')
-        query_video = self.proj(query.mean(dim=2))  # (B, N_q, D')
-        prototypes = class_prototypes(support_video, support_labels, way)  # (B, way, D')
-        return self.scale(cosine_distance(query_video, prototypes))
+        return self.proj(videos.mean(dim=-2, keepdim=True))
+
+    def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Encoded support ``(B, N_s, 1, D')``, labels ``(B, N_s)``, query ``(B, N_q, 1, D')`` → ``(B, N_q, way)``."""
+        prototypes = class_prototypes(support[:, :, 0], support_labels, way)  # (B, way, D')
+        return self.scale(cosine_distance(query[:, :, 0], prototypes))
