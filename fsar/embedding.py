@@ -50,9 +50,9 @@ class EmbedConfig:
     init_seed: int = 0  # seed of a random-init backbone (pretrained none / fsar-tiny)
     device: str = "auto"  # cpu, cuda, or auto (cuda when available)
     engine: Literal["ray", "local"] = "ray"  # Ray Data (laptop or cluster) or this process alone
-    encoder_actors: int = 0  # Ray: encoder actors (0 = one per GPU, or 1 without GPUs)
-    decode_cpus: float = 0.5  # Ray: CPUs reserved per decode task (decoding 8 frames is light and partly I/O)
-    decode_batch: int = 16  # Ray: videos per decode task (fewer, larger tasks amortise Ray's per-task cost)
+    encoder_actors: int = 0  # Ray with GPUs: encoder actors (0 = one per GPU); without GPUs tasks encode
+    decode_cpus: float = 0.5  # Ray with GPUs: CPUs reserved per decode task (decoding 8 frames is light)
+    decode_batch: int = 16  # Ray with GPUs: videos per decode task (fewer, larger tasks amortise Ray's cost)
     decode_threads: int = 0  # local engine: parallel decodes (0 = number of CPUs)
 
 

@@ -1,10 +1,11 @@
 """Embed a manifest's videos into a feature store with Ray Data.
 
 ``python -m pipelines.embed --config embed.yaml [key=value ...]`` or ``fsar embed``. Rows of unfinished
-shards stream through CPU tasks that decode the sampled frames and an actor pool that encodes them
-(one GPU per actor when the cluster has GPUs); the driver assembles shards as their last video arrives
-and writes each atomically, so an interrupted job resumes from its finished shards. ``engine=local``
-runs the same steps in this process without Ray.
+shards stream through Ray Data: on a cluster with GPUs, CPU tasks decode the sampled frames and an
+actor per GPU encodes them; without GPUs, tasks on every core decode and encode (the model cached once
+per worker process). The driver assembles shards as their last video arrives and writes each
+atomically, so an interrupted job resumes from its finished shards. ``engine=local`` runs the same
+steps in this process without Ray.
 """
 
 from __future__ import annotations
@@ -47,31 +48,47 @@ def _decode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig, preproce
             "num_frames": num_frames, "error": np.asarray(errors, dtype=object)}
 
 
+def _encode_batch(batch: dict[str, Any], backbone: Any, config: EmbedConfig) -> dict[str, Any]:
+    """Decoded batch → the same rows with ``frames`` (and ``patches``) features; failed rows get zeros."""
+    n = len(batch["video_id"])
+    records = [{"pixels": batch["pixels"][i], "error": batch["error"][i]} for i in range(n)]
+    encode_records(backbone, records, patch_grid=config.patch_grid)
+    t, g, dim = config.frames, config.patch_grid, backbone.embed_dim
+    frames = np.zeros((n, t, dim), dtype=np.float16)
+    patches = np.zeros((n, t, g, g, dim), dtype=np.float16) if g else None
+    for i, r in enumerate(records):
+        if "frames" in r:
+            frames[i] = r["frames"]
+            if patches is not None:
+                patches[i] = r["patches"]
+    out = {k: batch[k] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error")}
+    out["frames"] = frames
+    if patches is not None:
+        out["patches"] = patches
+    return out
+
+
 class _Encode:
-    """Ray Data actor: holds one backbone (on this actor's GPU if it has one) and encodes batches."""
+    """Ray Data actor (GPU): holds one backbone on this actor's GPU and encodes batches."""
 
     def __init__(self, config: EmbedConfig) -> None:
         self.config = config
         self.backbone = load_backbone(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        n = len(batch["video_id"])
-        records = [{"pixels": batch["pixels"][i], "error": batch["error"][i]} for i in range(n)]
-        encode_records(self.backbone, records, patch_grid=self.config.patch_grid)
-        dim = self.backbone.embed_dim
-        t, g = self.config.frames, self.config.patch_grid
-        frames = np.zeros((n, t, dim), dtype=np.float16)
-        patches = np.zeros((n, t, g, g, dim), dtype=np.float16) if g else None
-        for i, r in enumerate(records):
-            if "frames" in r:
-                frames[i] = r["frames"]
-                if patches is not None:
-                    patches[i] = r["patches"]
-        out = {k: batch[k] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error")}
-        out["frames"] = frames
-        if patches is not None:
-            out["patches"] = patches
-        return out
+        return _encode_batch(batch, self.backbone, self.config)
+
+
+_WORKER_BACKBONES: dict[tuple[Any, ...], Any] = {}
+
+
+def _decode_and_encode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig, preprocess: Any) -> dict[str, Any]:
+    """Ray Data task (CPU-only clusters): decode and encode in one task. Ray reuses worker processes, so
+    the backbone is built once per process (cached here), not once per task or per job."""
+    key = (config.backbone, config.pretrained, config.init_seed)
+    if key not in _WORKER_BACKBONES:
+        _WORKER_BACKBONES[key] = load_backbone(config, device="cpu")
+    return _encode_batch(_decode_batch(batch, config=config, preprocess=preprocess), _WORKER_BACKBONES[key], config)
 
 
 def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
@@ -94,15 +111,20 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
         ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
-        actors = config.encoder_actors or (int(gpus) if use_gpu else 1)
         ds = ray.data.from_items([{k: r[k] for k in _PASS_THROUGH} for r in items])
-        # Decode tasks ask for a different CPU share than the encoder actor: with equal remote args Ray Data
-        # fuses decode into the actor, and one actor then decodes and encodes serially on one CPU.
-        ds = ds.map_batches(_decode_batch, fn_kwargs={"config": config, "preprocess": driver_backbone.preprocess},
-                            batch_size=config.decode_batch, num_cpus=config.decode_cpus)
-        ds = ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
-                            batch_size=config.batch_size, num_gpus=1 if use_gpu else 0,
-                            num_cpus=0 if use_gpu else 1)
+        kwargs = {"config": config, "preprocess": driver_backbone.preprocess}
+        if use_gpu:
+            # Decode in CPU tasks, encode in one actor per GPU. Decode asks for a different CPU share than
+            # the actor: with equal remote args Ray Data would fuse decoding into the GPU actor.
+            ds = ds.map_batches(_decode_batch, fn_kwargs=kwargs, batch_size=config.decode_batch,
+                                num_cpus=config.decode_cpus)
+            ds = ds.map_batches(_Encode, fn_constructor_args=(config,),
+                                compute=ActorPoolStrategy(size=config.encoder_actors or int(gpus)),
+                                batch_size=config.batch_size, num_gpus=1, num_cpus=0)
+        else:
+            # Without GPUs an encoder actor would be one more process competing for the same cores, and
+            # costs seconds to start per job; tasks decode+encode on every core, model cached per process.
+            ds = ds.map_batches(_decode_and_encode_batch, fn_kwargs=kwargs, batch_size=config.batch_size, num_cpus=1)
         bar = tqdm(total=len(items), desc="embed", unit="video", disable=not progress)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(len(batch["video_id"]))
