@@ -17,6 +17,20 @@ import pytest  # noqa: E402
 SHARED_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "splits"
 
 
+def touch(path: Path) -> Path:
+    """An empty file at ``path`` (parents created): enough for manifest code, which never opens videos."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
+def class_tree(root: Path, classes: int, per_class: int = 3) -> None:
+    """``root/classNN/clipV.mp4`` empty files: a class-per-folder video tree."""
+    for c in range(classes):
+        for v in range(per_class):
+            touch(root / f"class{c:02d}" / f"clip{v}.mp4")
+
+
 def frame_value(i: int) -> int:
     """Grey level of frame ``i`` in ``counter_video``: far apart, so codec noise cannot confuse two frames."""
     return 20 + (i * 23) % 216

@@ -7,35 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import class_tree, touch
 
 from fsar.data import folder_tree as ft
 from fsar.data import manifest as mf
-
-SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "splits"
-needs_splits = pytest.mark.skipif(
-    not SPLITS_DIR.is_dir(), reason=f"standard split lists not found at {SPLITS_DIR} (../shared/splits beside the repo)"
-)
-
-# The published sizes, copied by hand from shared/splits/README.md: classes and videos per split.
-PUBLISHED = {
-    "ssv2_otam": ((64, 12, 24), (67013, 1926, 2857)),
-    "ssv2_cmn": ((64, 12, 24), (6400, 1200, 2400)),
-    "kinetics_cmn": ((64, 12, 24), (6400, 1200, 2400)),
-    "ucf_arn": ((70, 10, 21), (9154, 1421, 2745)),
-    "hmdb_arn": ((31, 10, 10), (4280, 1194, 1292)),
-}
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    return path
-
-
-def class_tree(root: Path, classes: int, per_class: int = 3) -> None:
-    for c in range(classes):
-        for v in range(per_class):
-            touch(root / f"class{c:02d}" / f"clip{v}.mp4")
 
 
 # ---------------------------------------------------------------- folder trees

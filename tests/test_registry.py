@@ -236,3 +236,19 @@ def test_logit_scale():
     torch.testing.assert_close(learned(torch.tensor([1.0])), torch.tensor([-2.0]))
     with pytest.raises(ValueError, match="temperature"):
         LogitScale(0.0)
+
+
+def test_temporal_centre_ignores_static_appearance():
+    """For every method with the knob: adding a per-video constant (background, colour) changes nothing."""
+    torch.manual_seed(0)
+    support, query = torch.randn(2, 5, 6, 16), torch.randn(2, 5, 6, 16)
+    labels = torch.arange(5).expand(2, 5)
+    shifted_s = support + 5 * torch.randn(2, 5, 1, 16)
+    shifted_q = query + 5 * torch.randn(2, 5, 1, 16)
+    names = [n for n in list_methods() if "temporal_centre" in method_info(n).config.__dataclass_fields__]
+    assert {"otam", "bimhm"} <= set(names)
+    for name in names:
+        method = build_method(name, feature_dim=16, temporal_centre=True)
+        torch.testing.assert_close(method(shifted_s, labels, shifted_q, 5), method(support, labels, query, 5))
+        plain = build_method(name, feature_dim=16)
+        assert not torch.allclose(plain(shifted_s, labels, shifted_q, 5), plain(support, labels, query, 5)), name

@@ -6,11 +6,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_SPLITS, touch
 
 from fsar.data import manifest as mf
 from fsar.data import split_lists as sl
 
-SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "splits"
+SPLITS_DIR = SHARED_SPLITS
 needs_splits = pytest.mark.skipif(
     not SPLITS_DIR.is_dir(), reason=f"standard split lists not found at {SPLITS_DIR} (../shared/splits beside the repo)"
 )
@@ -23,18 +24,6 @@ PUBLISHED = {
     "ucf_arn": ((70, 10, 21), (9154, 1421, 2745)),
     "hmdb_arn": ((31, 10, 10), (4280, 1194, 1292)),
 }
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    return path
-
-
-def class_tree(root: Path, classes: int, per_class: int = 3) -> None:
-    for c in range(classes):
-        for v in range(per_class):
-            touch(root / f"class{c:02d}" / f"clip{v}.mp4")
 
 
 # ---------------------------------------------------------------- standard split lists

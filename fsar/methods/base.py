@@ -128,8 +128,19 @@ class FrameDistanceMethod(FewShotMethod):
     """A method whose metric reads only frame-to-frame cosine distances between encoded videos.
 
     Subclasses implement ``logits_from_distances``; evaluation may then compute the distances of a whole
-    split once (one Gram matrix) and index them per episode instead of gathering features.
+    split once (one Gram matrix) and index them per episode instead of gathering features. The config
+    must have ``proj_dim``, ``temporal_centre``, ``temperature`` and ``learn_scale``.
     """
+
+    def __init__(self, config: Any, *, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
+        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""
+        return self.proj(videos)
 
     def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
         from fsar.ops.frame_distance import pairwise_frame_distance
@@ -183,6 +194,16 @@ def group_by_class(support: Tensor, support_labels: Tensor, way: int) -> Tensor:
     order = torch.sort(support_labels, dim=1, stable=True).indices
     index = order.reshape(batch, n_support, *([1] * (support.dim() - 2))).expand_as(support)
     return support.gather(1, index).reshape(batch, way, n_support // way, *support.shape[2:])
+
+
+def check_metric_knobs(method: str, *, temperature: float, proj_dim: int) -> None:
+    """The knob checks every metric method shares; raises ConfigError naming the method."""
+    from fsar.config import ConfigError
+
+    if not temperature > 0:
+        raise ConfigError(f"{method}: temperature must be > 0, got {temperature}")
+    if proj_dim < 0:
+        raise ConfigError(f"{method}: proj_dim must be >= 0 (0 = no projection), got {proj_dim}")
 
 
 def make_projection(feature_dim: int, proj_dim: int) -> nn.Module:

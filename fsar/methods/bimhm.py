@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fsar.config import ConfigError
-from fsar.methods.base import FrameDistanceMethod, LogitScale, class_average, make_frame_encoder
+from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 
@@ -28,10 +27,7 @@ class BiMHMConfig:
     learn_scale: bool = False  # train the logit scale 1/temperature (it starts at 1/temperature)
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ConfigError(f"bimhm: temperature must be > 0, got {self.temperature}")
-        if self.proj_dim < 0:
-            raise ConfigError(f"bimhm: proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
+        check_metric_knobs("bimhm", temperature=self.temperature, proj_dim=self.proj_dim)
 
 
 @register_method(
@@ -40,16 +36,6 @@ class BiMHMConfig:
 )
 class BiMHM(FrameDistanceMethod):
     """Order-free frame matching metric: mean nearest-frame distance, query→support plus support→query."""
-
-    def __init__(self, config: BiMHMConfig, *, feature_dim: int) -> None:
-        super().__init__()
-        self.config = config
-        self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
-        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
-
-    def encode_videos(self, videos: Tensor) -> Tensor:
-        """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""
-        return self.proj(videos)
 
     @staticmethod
     def hausdorff(dist: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FrameDistanceMethod, LogitScale, class_average, make_frame_encoder
+from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_cumulative
@@ -34,10 +34,7 @@ class OTAMConfig:
     def __post_init__(self) -> None:
         if self.gamma < 0:
             raise ConfigError(f"otam: gamma must be >= 0 (0 = hard DTW), got {self.gamma}")
-        if not self.temperature > 0:
-            raise ConfigError(f"otam: temperature must be > 0, got {self.temperature}")
-        if self.proj_dim < 0:
-            raise ConfigError(f"otam: proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
+        check_metric_knobs("otam", temperature=self.temperature, proj_dim=self.proj_dim)
 
 
 @register_method(
@@ -46,16 +43,6 @@ class OTAMConfig:
 )
 class OTAM(FrameDistanceMethod):
     """Temporal-order-aware metric: soft-DTW alignment cost between query and support frame sequences."""
-
-    def __init__(self, config: OTAMConfig, *, feature_dim: int) -> None:
-        super().__init__()
-        self.config = config
-        self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
-        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
-
-    def encode_videos(self, videos: Tensor) -> Tensor:
-        """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""
-        return self.proj(videos)
 
     def alignment_cost(self, dist: Tensor) -> Tensor:
         """OTAM cost of every (query, support) pair: ``(B, N_q, N_s, L, M)`` frame distances → ``(B, N_q, N_s)``."""

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, class_prototypes, make_projection
+from fsar.methods.base import FewShotMethod, LogitScale, check_metric_knobs, class_prototypes, make_projection
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import cosine_distance
 
@@ -21,10 +20,7 @@ class ProtoNetConfig:
     learn_scale: bool = False  # train the logit scale 1/temperature (it starts at 1/temperature)
 
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ConfigError(f"protonet: temperature must be > 0, got {self.temperature}")
-        if self.proj_dim < 0:
-            raise ConfigError(f"protonet: proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
+        check_metric_knobs("protonet", temperature=self.temperature, proj_dim=self.proj_dim)
 
 
 @register_method(
