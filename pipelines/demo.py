@@ -41,7 +41,7 @@ class DemoConfig:
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True},
     })  # trained with a learned projection: method → knobs
     steps: int = 300  # training steps per method
-    lr: float = 1e-3  # learning rate
+    lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
     workers: int = 2  # Ray Train workers per training run (0 = in-process)
     shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot evaluations
     episodes: int = 10000  # test episodes per setting
