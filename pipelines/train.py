@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
+
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if payload is None:
@@ -98,6 +100,26 @@ def _mlflow_run(config: TrainConfig) -> RunLogger:
                        parent_run_id=config.mlflow_parent_run_id)
     run_id_file.write_text(logger.run_id)
     return logger
+
+
+def _follow_metrics(path: Path, config: TrainConfig, stop: threading.Event) -> None:
+    """Driver-side progress bar: follows the metrics rank 0 appends at each validation (workers may run
+    on other machines; the run folder is the one thing driver and rank 0 share)."""
+    from tqdm.auto import tqdm
+
+    seen = 0
+    with tqdm(total=config.steps, desc=f"train {config.method}", unit="step") as bar:
+        while True:
+            finished = stop.wait(1.0)
+            lines = path.read_text().splitlines() if path.is_file() else []
+            for line in lines[seen:]:
+                m = json.loads(line)
+                bar.update(int(m["step"]) - bar.n)
+                bar.set_postfix(loss=f"{m['train_loss']:.3f}", val=f"{m['val_accuracy']:.1f}%",
+                                best=f"{m['best_val_accuracy']:.1f}%")
+            seen = len(lines)
+            if finished:
+                return
 
 
 def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
@@ -139,7 +161,14 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
             failure_config=FailureConfig(max_failures=3),
         ),
     )
-    trainer.fit()
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow_metrics, args=(out / "metrics.jsonl", config, stop), daemon=True)
+    follower.start()
+    try:
+        trainer.fit()
+    finally:
+        stop.set()
+        follower.join()
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     run_id = (out / "mlflow_run_id").read_text().strip() if (out / "mlflow_run_id").is_file() else None
     return TrainResult(out, out / "best.pt", float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
