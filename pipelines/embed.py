@@ -98,9 +98,10 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
 
     from pipelines.ray_runtime import init_ray
 
-    ray = init_ray(address=address)
-    driver_backbone = load_backbone(config, device="cpu")  # store.json and the resume check, before any work
+    # Manifest, weights and an incompatible existing store are checked before Ray starts.
+    driver_backbone = load_backbone(config, device="cpu")
     plan = plan_embedding(config, driver_backbone, max_shards=max_shards)
+    ray = init_ray(address=address)
     assembler = ShardAssembler(plan)
     items = [dict(row, shard=s) for s in plan.todo for row in plan.shard_rows(s)]
     if items:
