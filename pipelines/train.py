@@ -67,7 +67,6 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
-
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
         if payload is None:
