@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from fsar.atomic import atomic_path
 from fsar.config import ConfigError
 from fsar.data.episodes import Episodes, EpisodeSampler
-from fsar.data.feature_store import FeatureStore, SplitFeatures
+from fsar.data.feature_store import FeatureStore, SplitFeatures, View
 from fsar.eval import accuracy_ci, episode_accuracies, gather_episodes
 from fsar.methods import FewShotMethod, build_method, method_info
 
@@ -79,17 +79,34 @@ class EpisodicLoss(nn.Module):
         return total, accuracy, {"ce": loss.detach(), **{k: v.detach() for k, v in aux.items()}}
 
 
-def load_features(config: TrainConfig) -> tuple[FeatureStore, str, SplitFeatures, SplitFeatures]:
-    """Open and check the store; the train and validation splits' features (fp16, host memory)."""
+def open_store(config: TrainConfig) -> tuple[FeatureStore, View]:
+    """Open the store and check it and the config against each other; the per-frame view to read."""
     info = method_info(config.method)
     if info.input_kind != "frames":
         raise ConfigError(f"method {config.method} needs {info.input_kind} inputs; train it end to end from a manifest")
     if config.val_split == "test":
         raise ConfigError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
     store = FeatureStore(config.store)
-    store.check(backbone=config.backbone)
-    view = store.meta.default_view if config.view == "auto" else config.view
+    view: View = store.meta.default_view if config.view == "auto" else config.view
+    store.check(backbone=config.backbone, view=view)
+    return store, view
+
+
+def load_features(config: TrainConfig) -> tuple[FeatureStore, View, SplitFeatures, SplitFeatures]:
+    """Open and check the store; the train and validation splits' features (fp16, host memory)."""
+    store, view = open_store(config)
     return store, view, store.load_split("train", view=view), store.load_split(config.val_split, view=view)
+
+
+def check_training_inputs(config: TrainConfig) -> None:
+    """Everything a training job can get wrong, found before any worker starts and without reading
+    feature bytes: method and knobs, store and backbone, view, impossible training or validation episodes."""
+    store, view = open_store(config)
+    build_for_training(config, store.meta.view_dim(view))
+    labels, names = store.split_labels("train")
+    EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
+                   class_names=names, split="train")
+    validation_sampler(config, *store.split_labels(config.val_split))
 
 
 def build_for_training(config: TrainConfig, feature_dim: int) -> FewShotMethod:
@@ -118,11 +135,15 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> tuple[tor
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def validation_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[int, str]) -> EpisodeSampler:
+    """The validation episode sampler: 1 query per class, seed ``seed + 1`` (never the training stream)."""
+    return EpisodeSampler(labels, way=config.way, shot=config.shot, query=1, seed=config.seed + 1,
+                          class_names=class_names, split=config.val_split)
+
+
 def validation_episodes(config: TrainConfig, split: SplitFeatures) -> Episodes:
-    """The fixed validation episodes: 1 query per class, seed ``seed + 1`` (never the training stream)."""
-    sampler = EpisodeSampler(split.labels, way=config.way, shot=config.shot, query=1, seed=config.seed + 1,
-                             class_names=split.class_names, split=config.val_split)
-    return sampler.batch(0, config.val_episodes)
+    """The fixed validation episodes of ``split``."""
+    return validation_sampler(config, split.labels, split.class_names).batch(0, config.val_episodes)
 
 
 def validate(method: nn.Module, features: Tensor, episodes: Episodes) -> tuple[float, float]:

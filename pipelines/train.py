@@ -20,7 +20,7 @@ from typing import Any
 
 from fsar.config import dump_yaml, from_dict, to_dict
 from fsar.tracking import RunLogger, tracking_uri
-from fsar.training import TrainConfig, load_features, save_checkpoint, train_worker
+from fsar.training import TrainConfig, check_training_inputs, save_checkpoint, train_worker
 
 __all__ = ["TrainConfig", "TrainResult", "run", "main"]
 
@@ -129,16 +129,7 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
 
     from pipelines.ray_runtime import init_ray
 
-    # Fail before any worker starts: unknown method/knobs, wrong store, impossible episodes.
-    _, _, train_split, val_split = load_features(config)
-    from fsar.training import build_for_training, validation_episodes
-
-    build_for_training(config, train_split.features.shape[-1])
-    from fsar.data.episodes import EpisodeSampler
-
-    EpisodeSampler(train_split.labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
-                   class_names=train_split.class_names, split="train")
-    validation_episodes(dataclasses.replace(config, val_episodes=1), val_split)
+    check_training_inputs(config)
 
     out = Path(config.out).resolve()
     config = dataclasses.replace(config, out=out, store=Path(config.store).resolve())

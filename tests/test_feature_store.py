@@ -71,3 +71,14 @@ def test_not_a_store(tmp_path):
         FeatureStore(tmp_path).load_split("test")
     with pytest.raises(FeatureStoreError, match="no patch grid"):
         FeatureStore(tmp_path).check(view="grid")
+
+
+def test_split_labels_read_without_features(store):
+    root, _ = store
+    fs = FeatureStore(root)
+    labels, names = fs.split_labels("test")
+    assert fs._table is None  # no feature bytes were read
+    full = fs.load_split("test")
+    assert labels.tolist() == full.labels.tolist() and names == full.class_names
+    with pytest.raises(FeatureStoreError, match="no videos in split 'val'"):
+        fs.split_labels("val")

@@ -95,3 +95,12 @@ def test_every_registered_frame_method_trains(signal_store, tmp_path):
         train_worker(cfg, report=lambda m, p, reports=reports: reports.append(m))
         assert [m["step"] for m in reports] == [3, 6], name
         assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m in reports), name
+
+
+def test_check_training_inputs_catches_impossible_validation_episodes(signal_store, tmp_path):
+    from fsar.data.episodes import EpisodeError
+    from fsar.training import check_training_inputs
+
+    check_training_inputs(config(signal_store, tmp_path / "r"))
+    with pytest.raises(EpisodeError, match="^val: way=7 needs 7 classes"):  # 12 train classes, 6 val classes
+        check_training_inputs(config(signal_store, tmp_path / "r", way=7))

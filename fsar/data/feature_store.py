@@ -155,14 +155,35 @@ class FeatureStore:
         if view == "grid" and m.patch_grid == 0:
             raise FeatureStoreError(f"feature store {self.root} holds no patch grid; re-embed with --patch-grid 4")
 
+    def _read(self, columns: list[str] | None = None) -> pa.Table:
+        paths = sorted(self.root.glob("shard-*.parquet"))
+        if not paths:
+            raise FeatureStoreError(f"feature store {self.root} has no shards; the embed job did not finish")
+        return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+
     @property
     def table(self) -> pa.Table:
+        """Every row and column of every shard (read once, then cached)."""
         if self._table is None:
-            paths = sorted(self.root.glob("shard-*.parquet"))
-            if not paths:
-                raise FeatureStoreError(f"feature store {self.root} has no shards; the embed job did not finish")
-            self._table = pa.concat_tables([pq.read_table(p) for p in paths])
+            self._table = self._read()
         return self._table
+
+    def split_labels(self, split: str) -> tuple[np.ndarray, dict[int, str]]:
+        """Class labels ``(N,)`` and label → name of one split, reading no feature bytes (up-front checks)."""
+        table = self._table if self._table is not None else self._read(["label", "class_name", "split"])
+        return self._labels(self._split_rows(table, split))
+
+    def _split_rows(self, table: pa.Table, split: str) -> pa.Table:
+        rows = table.filter(pa.compute.equal(table["split"], split))
+        if rows.num_rows == 0:
+            present = sorted(set(table["split"].to_pylist()))
+            raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {present})")
+        return rows
+
+    @staticmethod
+    def _labels(rows: pa.Table) -> tuple[np.ndarray, dict[int, str]]:
+        labels = np.asarray(rows["label"].to_pylist(), dtype=np.int64)
+        return labels, dict(zip(labels.tolist(), rows["class_name"].to_pylist(), strict=True))
 
     def splits(self) -> list[str]:
         return sorted(set(self.table["split"].to_pylist()))
@@ -171,14 +192,11 @@ class FeatureStore:
         """Features of one split as ``(N, T, F)`` fp16: F = D (pooled) or g·g·D (grid, flattened per frame)."""
         view = view or self.meta.default_view
         self.check(view=view)
-        table = self.table.filter(pa.compute.equal(self.table["split"], split))
-        if table.num_rows == 0:
-            raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
+        table = self._split_rows(self.table, split)
         m = self.meta
         column = "patches" if view == "grid" else "frames"
         blobs = table[column].to_pylist()
         flat = np.frombuffer(b"".join(blobs), dtype="<f2")
         features = flat.reshape(table.num_rows, m.frames, m.view_dim(view))
-        labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
-        names = dict(zip(labels.tolist(), table["class_name"].to_pylist(), strict=True))
+        labels, names = self._labels(table)
         return SplitFeatures(table["video_id"].to_pylist(), labels, names, features)
