@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from fsar import __version__
 from fsar.atomic import atomic_path
 from fsar.backbones import ClipBackbone, build_backbone
-from fsar.data.feature_store import ROW_SCHEMA, StoreMeta, finished_shards, read_meta, write_meta, write_shard
+from fsar.data.feature_store import (
+    CLASS_TEXT_FILE,
+    ROW_SCHEMA,
+    StoreMeta,
+    finished_shards,
+    read_meta,
+    write_class_text,
+    write_meta,
+    write_shard,
+)
 from fsar.data.manifest import read_manifest
 from fsar.data.transforms import FramePreprocess
 from fsar.data.video import VideoDecodeError, load_clip
@@ -43,6 +52,7 @@ class EmbedConfig:
     pretrained: str = "default"  # open_clip tag, checkpoint path, "none" (random), or "default" (openai if the model has it)
     frames: int = 8  # frames sampled per video (segment centres)
     patch_grid: int = 0  # also store the patch grid average-pooled to g×g (0 = pooled embedding only)
+    text_template: str = "a video of {}"  # class-name prompt for the text tower ("" = store no class text)
     batch_size: int = 32  # videos per encoder forward
     shard_size: int = 256  # manifest rows per shard (the unit of resumption)
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"  # decord with PyAV fallback, or one of them
@@ -173,12 +183,24 @@ def plan_embedding(config: EmbedConfig, backbone: ClipBackbone, *, max_shards: i
     check_resume(root, meta)
     root.mkdir(parents=True, exist_ok=True)
     write_meta(root, meta)
+    write_store_class_text(root, rows, backbone, template=config.text_template)
     n_shards = (len(rows) + config.shard_size - 1) // config.shard_size
     done = finished_shards(root)
     todo = [s for s in range(n_shards) if s not in done]
     if max_shards is not None:
         todo = todo[:max_shards]
     return EmbedPlan(root, rows, config.shard_size, todo, len(done))
+
+
+def write_store_class_text(root: Path, rows: Sequence[Mapping[str, Any]], backbone: ClipBackbone, *,
+                           template: str) -> None:
+    """Embed every class name of the manifest with the backbone's text tower (when it has one), once."""
+    if not backbone.has_text or not template or (root / CLASS_TEXT_FILE).is_file():
+        return
+    classes = sorted({(int(r["label"]), str(r["class_name"])) for r in rows})
+    with torch.no_grad():
+        vectors = backbone.encode_text([name for _, name in classes], template=template).float().cpu().numpy()
+    write_class_text(root, [label for label, _ in classes], [name for _, name in classes], vectors, template=template)
 
 
 class ShardAssembler:

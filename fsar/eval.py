@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,12 +51,13 @@ def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:
 
 
 def gather_episodes(
-    features: torch.Tensor, episodes: Episodes
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Index cached features into a batch of episodes.
+    features: Any, episodes: Episodes
+) -> tuple[Any, torch.Tensor, Any, torch.Tensor]:
+    """Index per-video tensors into a batch of episodes.
 
-    features ``(N, T, F)`` → support ``(E, way·shot, T, F)``, support labels ``(E, way·shot)``,
-    query ``(E, way·query, T, F)``, query labels ``(E, way·query)``; labels are episode-local 0..way-1.
+    features ``(N, T, ...)`` (or a tuple of such tensors, indexed alike) → support ``(E, way·shot, T, ...)``,
+    support labels ``(E, way·shot)``, query ``(E, way·query, T, ...)``, query labels ``(E, way·query)``;
+    labels are episode-local 0..way-1.
     """
     e, way, shot = episodes.support.shape
     query = episodes.query.shape[2]
@@ -63,7 +65,21 @@ def gather_episodes(
     q_idx = torch.as_tensor(episodes.query.reshape(e, way * query))
     s_lab = torch.as_tensor(episode_labels(way, shot)).expand(e, -1)
     q_lab = torch.as_tensor(episode_labels(way, query)).expand(e, -1)
-    return features[s_idx], s_lab, features[q_idx], q_lab
+    return index_videos(features, s_idx), s_lab, index_videos(features, q_idx), q_lab
+
+
+def index_videos(encoded: Any, index: torch.Tensor) -> Any:
+    """``encoded[index]`` for a tensor, or for each tensor of a tuple (``encode_videos`` may return either)."""
+    if isinstance(encoded, tuple):
+        return tuple(part[index] for part in encoded)
+    return encoded[index]
+
+
+def episode_class_text(class_text: torch.Tensor | None, episodes: Episodes) -> torch.Tensor | None:
+    """Text embedding of each episode's classes in label order: table ``(n_labels, E)`` → ``(E, way, E_dim)``."""
+    if class_text is None:
+        return None
+    return class_text[torch.as_tensor(episodes.classes)]
 
 
 def frame_distance_table(encoded: torch.Tensor) -> torch.Tensor:
@@ -78,27 +94,33 @@ EpisodeScorer = Callable[[Episodes], torch.Tensor]
 
 
 def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
-                   table_limit: int = 12288) -> EpisodeScorer:
+                   class_text: torch.Tensor | None = None, table_limit: int = 12288) -> EpisodeScorer:
     """A function from a batch of episodes to logits ``(E, way·query, way)``, as fast as the method allows.
 
-    A method built from ``encode_videos`` + ``metric_logits`` has every video encoded once here instead of
+    A method built from ``encode_videos`` + ``metric_forward`` has every video encoded once here instead of
     once per episode; a frame-distance method (OTAM, Bi-MHM) with at most ``table_limit`` encoded frames
     in the split gets all its frame distances from one table, indexed per episode. Anything else runs
-    its plain forward on gathered features. All three give the same logits.
+    its plain forward on gathered features. All three give the same logits. ``class_text`` ``(n_labels, E)``
+    holds each split label's class-name embedding, for methods that read text.
     """
     from fsar.methods.base import FewShotMethod, FrameDistanceMethod
 
+    if not getattr(method, "uses_text", False):
+        class_text = None
     default_flow = (isinstance(method, FewShotMethod)
                     and type(method).episode_logits is FewShotMethod.episode_logits
                     and type(method).episode_forward is FewShotMethod.episode_forward)
     if not default_flow:
         def forward(batch: Episodes) -> torch.Tensor:
             support, s_lab, query, _ = gather_episodes(features, batch)
-            return method(support, s_lab, query, way)
+            if class_text is None:  # any nn.Module with the four-argument forward can be scored
+                return method(support, s_lab, query, way)
+            return method(support, s_lab, query, way, class_text=episode_class_text(class_text, batch))
 
         return forward
     encoded = method.encode_videos(features)
-    if isinstance(method, FrameDistanceMethod) and encoded.shape[0] * encoded.shape[1] <= table_limit:
+    if (isinstance(method, FrameDistanceMethod) and isinstance(encoded, torch.Tensor)
+            and encoded.shape[0] * encoded.shape[1] <= table_limit):
         table = frame_distance_table(encoded)
 
         def from_table(batch: Episodes) -> torch.Tensor:
@@ -112,7 +134,7 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
 
     def from_encoded(batch: Episodes) -> torch.Tensor:
         support, s_lab, query, _ = gather_episodes(encoded, batch)
-        return method.metric_logits(support, s_lab, query, way)
+        return method.metric_forward(support, s_lab, query, way, class_text=episode_class_text(class_text, batch))[0]
 
     return from_encoded
 
@@ -123,11 +145,15 @@ def episode_accuracies(
     features: np.ndarray | torch.Tensor,
     episodes: Episodes,
     *,
+    class_text: torch.Tensor | None = None,
     batch_size: int = 1000,
     progress: bool = False,
     desc: str = "eval",
 ) -> np.ndarray:
-    """Accuracy of each episode ``(E,)`` in [0, 1], episodes run ``batch_size`` at a time in one forward."""
+    """Accuracy of each episode ``(E,)`` in [0, 1], episodes run ``batch_size`` at a time in one forward.
+
+    ``features`` ``(N, T, ...)`` for the split's videos; ``class_text`` ``(n_labels, E)`` or None.
+    """
     from tqdm.auto import tqdm
 
     feats = torch.as_tensor(np.asarray(features)) if not isinstance(features, torch.Tensor) else features
@@ -138,7 +164,7 @@ def episode_accuracies(
     was_training = method.training
     method.eval()
     try:
-        score = episode_scorer(method, feats, way)
+        score = episode_scorer(method, feats, way, class_text=class_text)
         for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = episodes[start : start + batch_size]
             logits = score(batch)

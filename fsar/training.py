@@ -23,8 +23,9 @@ from fsar.atomic import atomic_path
 from fsar.config import ConfigError
 from fsar.data.episodes import Episodes, EpisodeSampler
 from fsar.data.feature_store import FeatureStore, SplitFeatures, View
-from fsar.eval import accuracy_ci, episode_accuracies, gather_episodes
+from fsar.eval import accuracy_ci, episode_accuracies, episode_class_text, gather_episodes
 from fsar.methods import FewShotMethod, build_method, method_info
+from fsar.methods.base import Supervision
 
 CHECKPOINT_FORMAT = "fsar-checkpoint/1"
 
@@ -51,7 +52,7 @@ class TrainConfig:
     val_episodes: int = 500  # fixed validation episodes (seed `seed + 1`), 1 query per class
     val_split: str = "val"  # split validated on; never the test split
     seed: int = 0  # training episodes and initialisation seed
-    view: Literal["auto", "pooled", "grid"] = "auto"  # per-frame features: pooled embedding or flattened patch grid
+    view: Literal["auto", "pooled", "grid", "patches"] = "auto"  # features read: pooled, flattened grid, or patch grid (auto: what the method takes)
     backbone: str | None = None  # if set, refuse a store built with another backbone
     workers: int = 0  # Ray Train workers (0 = run the loop in this process)
     use_gpu: bool = False  # one GPU per worker
@@ -70,9 +71,13 @@ class EpisodicLoss(nn.Module):
         self.method = method
 
     def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor,
-                way: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                way: int, class_text: Tensor | None = None,
+                supervision: Supervision | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Batched episodes in; (total loss, query accuracy, auxiliary losses) out."""
-        logits, aux = self.method.forward_with_aux(support, support_labels, query, way)
+        supervision = supervision or Supervision()
+        supervision.query_labels = query_labels
+        logits, aux = self.method.forward_with_aux(support, support_labels, query, way, class_text=class_text,
+                                                   supervision=supervision)
         loss = nn.functional.cross_entropy(logits.reshape(-1, way), query_labels.reshape(-1))
         accuracy = (logits.argmax(-1) == query_labels).float().mean()
         total = loss + sum(aux.values(), torch.zeros((), device=loss.device))
@@ -82,27 +87,43 @@ class EpisodicLoss(nn.Module):
 def open_store(config: TrainConfig) -> tuple[FeatureStore, View]:
     """Open the store and check it and the config against each other; the per-frame view to read."""
     info = method_info(config.method)
-    if info.input_kind != "frames":
-        raise ConfigError(f"method {config.method} needs {info.input_kind} inputs; train it end to end from a manifest")
     if config.val_split == "test":
         raise ConfigError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
     store = FeatureStore(config.store)
-    view: View = store.meta.default_view if config.view == "auto" else config.view
+    view = store.meta.view_for(info.input_kind, config.view)
     store.check(backbone=config.backbone, view=view)
     return store, view
 
 
 def load_features(config: TrainConfig) -> tuple[FeatureStore, View, SplitFeatures, SplitFeatures]:
-    """Open and check the store; the train and validation splits' features (fp16, host memory)."""
+    """Open and check the store; the train and validation splits' features (fp16, host memory), shaped
+    for the method's input kind."""
     store, view = open_store(config)
-    return store, view, store.load_split("train", view=view), store.load_split(config.val_split, view=view)
+    as_grid = method_info(config.method).input_kind == "patches"
+    return (store, view, store.load_split("train", view=view, as_grid=as_grid),
+            store.load_split(config.val_split, view=view, as_grid=as_grid))
+
+
+def class_text_table(store: FeatureStore, method: FewShotMethod) -> Tensor | None:
+    """The store's class-name embeddings ``(n_labels, E)`` when the method reads text, else None.
+
+    A method that cannot work without text (``needs_text``) on a store without it is refused."""
+    if not method.uses_text:
+        return None
+    table = store.class_text()
+    if table is None:
+        if method.needs_text:
+            raise ConfigError(f"method {method.method_name} needs class-name text embeddings but store {store.root} "
+                              "has none: re-embed with a CLIP backbone that has a text tower")
+        return None
+    return torch.from_numpy(table)
 
 
 def check_training_inputs(config: TrainConfig) -> None:
     """Everything a training job can get wrong, found before any worker starts and without reading
     feature bytes: method and knobs, store and backbone, view, impossible training or validation episodes."""
     store, view = open_store(config)
-    build_for_training(config, store.meta.view_dim(view))
+    class_text_table(store, build_for_training(config, store.meta.view_dim(view)))
     labels, names = store.split_labels("train")
     EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
                    class_names=names, split="train")
@@ -146,13 +167,14 @@ def validation_episodes(config: TrainConfig, split: SplitFeatures) -> Episodes:
     return validation_sampler(config, split.labels, split.class_names).batch(0, config.val_episodes)
 
 
-def validate(method: nn.Module, features: Tensor, episodes: Episodes) -> tuple[float, float]:
+def validate(method: nn.Module, features: Tensor, episodes: Episodes, *,
+             class_text: Tensor | None = None) -> tuple[float, float]:
     """Validation accuracy and its 95% CI, percent."""
-    return accuracy_ci(episode_accuracies(method, features, episodes, batch_size=500))
+    return accuracy_ci(episode_accuracies(method, features, episodes, class_text=class_text, batch_size=500))
 
 
 def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, feature_dim: int, step: int,
-                       val_accuracy: float, store_meta: dict[str, Any]) -> dict[str, Any]:
+                       val_accuracy: float, store_meta: dict[str, Any], resolved_view: str) -> dict[str, Any]:
     """A checkpoint is plain data (tensors, numbers, strings), loadable with ``weights_only=True``."""
     from fsar.config import to_dict
 
@@ -162,6 +184,7 @@ def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, feature_di
         "knobs": to_dict(method.config),
         "feature_dim": feature_dim,
         "view": config.view,
+        "resolved_view": resolved_view,
         "state_dict": {k: v.detach().cpu() for k, v in method.state_dict().items()},
         "train_config": to_dict(config),
         "store_meta": store_meta,
@@ -220,6 +243,8 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     if state is not None and "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
+    text = class_text_table(store, method)
+    text = None if text is None else text.to(device)
     train_feats = torch.from_numpy(train.features.astype(np.float32)).to(device)
     val_feats = torch.from_numpy(val.features.astype(np.float32)).to(device)
     sampler = EpisodeSampler(train.labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
@@ -231,9 +256,11 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     window: list[tuple[float, float]] = []
     started = time.perf_counter()
     for step in range(start_step, config.steps):
-        support, s_lab, query, q_lab = gather_episodes(train_feats, next(stream))
+        episodes = next(stream)
+        support, s_lab, query, q_lab = gather_episodes(train_feats, episodes)
         method.train()
-        loss, acc, parts = loss_module(support, s_lab.to(device), query, q_lab.to(device), config.way)
+        loss, acc, parts = loss_module(support, s_lab.to(device), query, q_lab.to(device), config.way,
+                                       episode_class_text(text, episodes))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
@@ -253,13 +280,14 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
             window.clear()
             payload = None
             if rank == 0:
-                val_acc, val_ci = validate(method, val_feats, val_eps)
+                val_acc, val_ci = validate(method, val_feats, val_eps, class_text=text)
                 metrics |= {"val_accuracy": val_acc, "val_ci95": val_ci}
                 improved = val_acc > best
                 best = max(best, val_acc)
                 metrics |= {"best_val_accuracy": best, "is_best": float(improved)}
                 payload = checkpoint_payload(config, method, feature_dim=feature_dim, step=step + 1,
-                                             val_accuracy=val_acc, store_meta=dataclasses.asdict(store.meta))
+                                             val_accuracy=val_acc, store_meta=dataclasses.asdict(store.meta),
+                                             resolved_view=view)
                 payload |= {"optimizer": opt.state_dict(), "scheduler": schedule.state_dict(),
                             "best_val_accuracy": best}
             report(metrics, payload)

@@ -39,7 +39,7 @@ class EvalConfig:
     query: int = 1  # query videos per class
     episodes: int = 10000  # number of test episodes
     seed: int = 0  # episode seed
-    view: Literal["auto", "pooled", "grid"] = "auto"  # per-frame features: pooled embedding or flattened patch grid
+    view: Literal["auto", "pooled", "grid"] = "auto"  # frame methods' features: pooled embedding or flattened patch grid (patch methods read the grid)
     batch_size: int = 500  # episodes per forward
     dataset: str = ""  # name in results.json (default: the store folder's name)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
@@ -49,16 +49,28 @@ def episode_file_name(config: EvalConfig) -> str:
     return f"episodes-{config.split}-{config.way}way{config.shot}shot{config.query}q-n{config.episodes}-seed{config.seed}.json"
 
 
-def _candidates(config: EvalConfig, store: FeatureStore, view: str) -> list[tuple[str, str | None, Any]]:
-    """(label, run, builder) per method to score; checks everything before any episode runs."""
-    out: list[tuple[str, str | None, Any]] = []
+@dataclass
+class Candidate:
+    """One method or trained run to score, and the features it reads."""
+
+    label: str  # row name in the results table
+    run: str | None  # run folder or checkpoint, None for an untrained method
+    view: str  # store view the method reads
+    as_grid: bool  # patch methods get pooled features as a 1x1 grid
+    make: Any  # feature_dim -> method
+
+
+def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
+    """What to score; checks everything (names, knobs, runs against the store) before any episode runs."""
+    out: list[Candidate] = []
     for name in config.methods:
         info = method_info(name)  # unknown names fail here
-        if info.input_kind != "frames":
-            raise ConfigError(f"method {name} needs {info.input_kind} inputs; this evaluator reads frame features")
+        view = store.meta.view_for(info.input_kind, config.view if info.input_kind == "frames" else "auto")
         knobs = config.knobs.get(name, {})
+        build_method(name, feature_dim=store.meta.view_dim(view), **knobs)  # bad knobs fail here
         label = name + (f"[{', '.join(f'{k}={v}' for k, v in sorted(knobs.items()))}]" if knobs else "")
-        out.append((label, None, lambda dim, name=name, knobs=knobs: build_method(name, feature_dim=dim, **knobs)))
+        out.append(Candidate(label, None, view, info.input_kind == "patches",
+                             lambda dim, name=name, knobs=knobs: build_method(name, feature_dim=dim, **knobs)))
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         meta = payload["store_meta"]
@@ -67,13 +79,16 @@ def _candidates(config: EvalConfig, store: FeatureStore, view: str) -> list[tupl
                 f"run {run_path} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
                 f"{store.root} holds {store.meta.backbone}/{store.meta.pretrained}: evaluate it on a matching store"
             )
-        trained_view = payload.get("view", "auto")
-        trained_view = (store.meta.default_view if trained_view == "auto" else trained_view)
-        if trained_view != view:
-            raise FeatureStoreError(f"run {run_path} was trained on the {trained_view!r} view; evaluate with view={trained_view}")
+        view = store.meta.view_for(method.input_kind, payload.get("view", "auto"))
+        if payload.get("resolved_view", view) != view:
+            raise FeatureStoreError(
+                f"run {run_path} was trained on the {payload['resolved_view']!r} view but store {store.root} "
+                f"gives it {view!r}: evaluate it on a store with the same features"
+            )
         folder = Path(run_path).parent.name if Path(run_path).suffix == ".pt" else Path(run_path).name
         label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
-        out.append((label, str(run_path), lambda dim, method=method: method))
+        out.append(Candidate(label, str(run_path), view, method.input_kind == "patches",
+                             lambda dim, method=method: method))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
@@ -84,33 +99,43 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     if config.threads:
         torch.set_num_threads(config.threads)
     store = FeatureStore(config.store)
-    view = store.meta.default_view if config.view == "auto" else config.view
-    candidates = _candidates(config, store, view)
-    split = store.load_split(config.split, view=view)
+    candidates = _candidates(config, store)
+    labels, class_names = store.split_labels(config.split)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / f"eval_config-{config.shot}shot.yaml")
+    features: dict[tuple[str, bool], Any] = {}
+
+    def split_features(view: str, as_grid: bool) -> Any:
+        if (view, as_grid) not in features:
+            features[(view, as_grid)] = store.load_split(config.split, view=view, as_grid=as_grid)  # type: ignore[arg-type]
+        return features[(view, as_grid)]
+
+    first = split_features(candidates[0].view, candidates[0].as_grid)
     episode_path = out / episode_file_name(config)
     if episode_path.is_file():
-        episodes, _ = read_episode_file(episode_path, split.video_ids, split.labels)
+        episodes, _ = read_episode_file(episode_path, first.video_ids, labels)
     else:
-        sampler = EpisodeSampler(split.labels, way=config.way, shot=config.shot, query=config.query,
-                                 seed=config.seed, class_names=split.class_names, split=config.split)
+        sampler = EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query,
+                                 seed=config.seed, class_names=class_names, split=config.split)
         episodes = sampler.batch(0, config.episodes)
-        write_episode_file(episode_path, episodes, split.video_ids,
+        write_episode_file(episode_path, episodes, first.video_ids,
                            meta={"seed": config.seed, "split": config.split, "store": str(config.store)})
-    features = torch.from_numpy(split.features.astype("float32"))
+    text = store.class_text()
     records = []
-    for label, run_path, make in candidates:
-        method = make(features.shape[-1])
+    for cand in candidates:
+        split = split_features(cand.view, cand.as_grid)
+        feats = torch.from_numpy(split.features.astype("float32"))
+        method = cand.make(feats.shape[-1])
         start = time.perf_counter()
-        acc = episode_accuracies(method, features, episodes, batch_size=config.batch_size, progress=progress, desc=label)
+        acc = episode_accuracies(method, feats, episodes, batch_size=config.batch_size, progress=progress,
+                                 desc=cand.label, class_text=None if text is None else torch.from_numpy(text))
         seconds = time.perf_counter() - start
         mean, ci = accuracy_ci(acc)
         records.append(ResultRecord(
-            method=label, dataset=config.dataset or Path(config.store).name, split=config.split, way=config.way,
+            method=cand.label, dataset=config.dataset or Path(config.store).name, split=config.split, way=config.way,
             shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed,
-            store=str(config.store), run=run_path, seconds=seconds,
+            store=str(config.store), run=cand.run, seconds=seconds,
         ))
     write_report(records, out)
     return records

@@ -5,6 +5,8 @@ and ``<root>/shard-NNNNN.parquet``, one per fixed chunk of the manifest, each wr
 name and renamed when complete — so a rerun skips exactly the finished shards and a reader never
 sees half a shard. Per row: ``video_id, label, class_name, split, num_frames, frame_indices`` and the
 features as raw little-endian fp16 bytes: ``frames`` (T×D) and optionally ``patches`` (T×g×g×D).
+When the backbone has a text tower, ``<root>/class_text.parquet`` holds each class name's text
+embedding (``label, class_name, template, embedding`` fp32 bytes, E = D), for methods that read text.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import pyarrow.parquet as pq
 from fsar.atomic import atomic_path, atomic_write_text
 
 STORE_VERSION = 1
-View = Literal["pooled", "grid"]
+View = Literal["pooled", "grid", "patches"]
+CLASS_TEXT_FILE = "class_text.parquet"
 
 ROW_SCHEMA = pa.schema(
     [
@@ -68,8 +71,24 @@ class StoreMeta:
         return "grid" if self.patch_grid > 0 else "pooled"
 
     def view_dim(self, view: View) -> int:
-        """Per-frame feature size of ``view``."""
+        """Size of the last feature axis of ``view`` (patches keep the grid as axes, so it is D)."""
         return self.embed_dim * (self.patch_grid**2 if view == "grid" else 1)
+
+    def view_for(self, input_kind: str, requested: str = "auto") -> View:
+        """The view a method of ``input_kind`` reads: frames get ``requested`` (auto = default_view);
+        patch methods get the patch grid, or the pooled embedding as a 1×1 grid when none is stored."""
+        if input_kind == "patches":
+            if requested not in ("auto", "patches", "pooled"):
+                raise FeatureStoreError(f"a patches method reads view 'patches' or 'pooled', not {requested!r}")
+            if requested == "auto":
+                return "patches" if self.patch_grid > 0 else "pooled"
+            return requested  # type: ignore[return-value]
+        if input_kind != "frames":
+            raise FeatureStoreError(f"a feature store holds frame and patch features, not {input_kind!r} inputs; "
+                                    "train this method end to end from a manifest")
+        if requested == "patches":
+            raise FeatureStoreError("view 'patches' is for patch-grid methods; frame methods read 'pooled' or 'grid'")
+        return self.default_view if requested == "auto" else requested  # type: ignore[return-value]
 
 
 def shard_path(root: Path, shard: int) -> Path:
@@ -152,7 +171,7 @@ class FeatureStore:
             )
         if frames is not None and frames != m.frames:
             raise FeatureStoreError(f"feature store {self.root} has {m.frames} frames per video, the job expects {frames}")
-        if view == "grid" and m.patch_grid == 0:
+        if view in ("grid", "patches") and m.patch_grid == 0:
             raise FeatureStoreError(f"feature store {self.root} holds no patch grid; re-embed with --patch-grid 4")
 
     def _read(self, columns: list[str] | None = None) -> pa.Table:
@@ -188,15 +207,53 @@ class FeatureStore:
     def splits(self) -> list[str]:
         return sorted(set(self.table["split"].to_pylist()))
 
-    def load_split(self, split: str, *, view: View | None = None) -> SplitFeatures:
-        """Features of one split as ``(N, T, F)`` fp16: F = D (pooled) or g·g·D (grid, flattened per frame)."""
+    def load_split(self, split: str, *, view: View | None = None, as_grid: bool = False) -> SplitFeatures:
+        """Features of one split, fp16: ``(N, T, D)`` pooled, ``(N, T, g·g·D)`` grid (flattened per frame)
+        or ``(N, T, g, g, D)`` patches. ``as_grid`` gives the pooled view as a 1×1 grid ``(N, T, 1, 1, D)``."""
         view = view or self.meta.default_view
         self.check(view=view)
         table = self._split_rows(self.table, split)
         m = self.meta
-        column = "patches" if view == "grid" else "frames"
+        column = "frames" if view == "pooled" else "patches"
         blobs = table[column].to_pylist()
         flat = np.frombuffer(b"".join(blobs), dtype="<f2")
         features = flat.reshape(table.num_rows, m.frames, m.view_dim(view))
+        if view == "patches":
+            features = features.reshape(table.num_rows, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
+        elif as_grid and view == "pooled":
+            features = features.reshape(table.num_rows, m.frames, 1, 1, m.embed_dim)
         labels, names = self._labels(table)
         return SplitFeatures(table["video_id"].to_pylist(), labels, names, features)
+
+    def has_class_text(self) -> bool:
+        return (self.root / CLASS_TEXT_FILE).is_file()
+
+    def class_text(self) -> np.ndarray | None:
+        """Class-name text embeddings as a table indexed by label, ``(max_label + 1, E)`` fp32 (rows of
+        labels without text are zero), or None when the store has none."""
+        if not self.has_class_text():
+            return None
+        table = pq.read_table(self.root / CLASS_TEXT_FILE)
+        labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
+        vectors = np.stack([np.frombuffer(b, dtype="<f4") for b in table["embedding"].to_pylist()])
+        out = np.zeros((int(labels.max()) + 1, vectors.shape[1]), dtype=np.float32)
+        out[labels] = vectors
+        return out
+
+
+def write_class_text(root: str | Path, labels: Iterable[int], class_names: Iterable[str], embeddings: np.ndarray,
+                     *, template: str) -> Path:
+    """Write ``class_text.parquet`` atomically: one row per class, embedding ``(E,)`` as fp32 bytes."""
+    vectors = np.ascontiguousarray(embeddings, dtype="<f4")
+    labels, names = [int(v) for v in labels], list(class_names)
+    if not len(labels) == len(names) == len(vectors):
+        raise ValueError(f"{len(labels)} labels, {len(names)} names and {len(vectors)} embeddings")
+    table = pa.table({
+        "label": pa.array(labels, pa.int64()), "class_name": pa.array(names, pa.string()),
+        "template": pa.array([template] * len(labels), pa.string()),
+        "embedding": pa.array([v.tobytes() for v in vectors], pa.binary()),
+    })
+    path = Path(root) / CLASS_TEXT_FILE
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path

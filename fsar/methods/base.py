@@ -13,11 +13,19 @@ The per-video trailing shape is (T, D) for ``frames``, (T, g, g, d) for ``patche
 ``pixels``. The base class checks the shapes once, adds the episode axis when it is missing and calls
 the subclass's batched ``episode_logits`` (or ``episode_forward`` when it has auxiliary losses), so a
 subclass only ever sees batched tensors and evaluation runs thousands of episodes in one call.
+
+Two optional keyword inputs travel beside the episode:
+
+    class_text      (way, E)  or (B, way, E)   text embedding of each episode class's name, in label
+                                               order (the store's CLIP text tower); None when absent
+    supervision     Supervision or None        training-only targets (query labels, masks); never
+                                               given at evaluation, so logits must not depend on it
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -25,6 +33,23 @@ from torch import Tensor, nn
 
 # Dimensions of one video per input kind (time first): frames (T, D), patches (T, g, g, d), pixels (T, 3, H, W).
 VIDEO_DIMS = {"frames": 2, "patches": 4, "pixels": 4}
+
+
+Encoded = Tensor | tuple[Tensor, ...]  # what encode_videos returns: one tensor or a tuple, each (..., N, ...)
+
+
+@dataclass
+class Supervision:
+    """Training-only targets for auxiliary losses, batched like the episode (B first).
+
+    Logits must never depend on these: evaluation passes no supervision.
+    """
+
+    query_labels: Tensor | None = None  # (B, N_q) episode-local labels of the queries
+    support_masks: Tensor | None = None  # (B, N_s, T, g, g) in [0, 1]: per-patch foreground masks
+    query_masks: Tensor | None = None  # (B, N_q, T, g, g)
+    support_mask_valid: Tensor | None = None  # (B, N_s) bool: whether that video has a mask
+    query_mask_valid: Tensor | None = None  # (B, N_q) bool
 
 
 class FewShotMethod(nn.Module):
@@ -41,47 +66,83 @@ class FewShotMethod(nn.Module):
 
     config: Any  # the method's resolved config dataclass, saved next to a run to rebuild the method
 
-    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+    @property
+    def uses_text(self) -> bool:
+        """Whether this instance reads ``class_text`` when the store has it (``needs_text`` methods must)."""
+        return self.needs_text
+
+    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
+                class_text: Tensor | None = None) -> Tensor:
         """Class logits ``(N_q, way)``, or ``(B, N_q, way)`` for a batch of episodes."""
-        return self.forward_with_aux(support, support_labels, query, way)[0]
+        return self.forward_with_aux(support, support_labels, query, way, class_text=class_text)[0]
 
     def forward_with_aux(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int
+        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits as ``forward`` plus named auxiliary losses (scalars, averaged over the episodes)."""
         batched = self._check(support, support_labels, query, way)
+        if class_text is not None:
+            self._check_text(class_text, support, way, batched)
         if not batched:
             support, support_labels, query = support.unsqueeze(0), support_labels.unsqueeze(0), query.unsqueeze(0)
-        logits, aux = self.episode_forward(support, support_labels, query, way)
+            class_text = None if class_text is None else class_text.unsqueeze(0)
+        logits, aux = self.episode_forward(support, support_labels, query, way,
+                                           class_text=class_text, supervision=supervision)
         return (logits if batched else logits.squeeze(0)), aux
 
     def episode_forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int
+        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Batched logits and auxiliary losses; override this instead of ``episode_logits`` to add losses."""
-        return self.episode_logits(support, support_labels, query, way), {}
+        """Batched logits and auxiliary losses.
+
+        By default ``episode_logits`` when a subclass overrides it, else ``encode_videos`` on each side
+        and then ``metric_forward`` — the split evaluation uses to encode every video only once.
+        """
+        if type(self).episode_logits is not FewShotMethod.episode_logits:
+            return self.episode_logits(support, support_labels, query, way), {}
+        return self.metric_forward(self.encode_videos(support), support_labels, self.encode_videos(query), way,
+                                   class_text=class_text, supervision=supervision)
 
     def episode_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
         """Batched logits: support ``(B, N_s, T, ...)``, labels ``(B, N_s)``, query ``(B, N_q, T, ...)`` → ``(B, N_q, way)``.
 
-        By default: ``encode_videos`` on each side, then ``metric_logits``.
+        Override this (or ``episode_forward``) only when the metric cannot be split into a per-video
+        ``encode_videos`` and a ``metric_forward``; evaluation is then slower.
         """
-        return self.metric_logits(self.encode_videos(support), support_labels, self.encode_videos(query), way)
+        return self.episode_forward(support, support_labels, query, way)[0]
 
-    def encode_videos(self, videos: Tensor) -> Tensor:
+    def encode_videos(self, videos: Tensor) -> Encoded:
         """What the metric compares, per video: ``(..., T, D)`` → ``(..., T', D')``; identity by default.
 
         It must depend on each video alone (no episode context), so that evaluation can run it once per
-        video of a split instead of once per episode the video appears in.
+        video of a split instead of once per episode the video appears in. It may return a tuple of
+        tensors that all share the leading ``(...,)`` video axes.
         """
         return videos
+
+    def metric_forward(
+        self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits and auxiliary losses from encoded videos; by default ``metric_logits`` and no losses."""
+        return self.metric_logits(support, support_labels, query, way), {}
 
     def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
         """Logits from encoded videos: support ``(B, N_s, T', D')``, query ``(B, N_q, T', D')`` → ``(B, N_q, way)``."""
         raise NotImplementedError(
-            f"{type(self).__name__} implements none of episode_logits, episode_forward and metric_logits"
+            f"{type(self).__name__} implements none of episode_logits, episode_forward, metric_forward and metric_logits"
         )
 
+    def _check_text(self, class_text: Tensor, support: Tensor, way: int, batched: bool) -> None:
+        name = self.method_name or type(self).__name__
+        expected = ((support.shape[0],) if batched else ()) + (way,)
+        if class_text.dim() != len(expected) + 1 or tuple(class_text.shape[:-1]) != expected:
+            raise ValueError(
+                f"{name}: class_text must be {'(B, way, E)' if batched else '(way, E)'} = "
+                f"{expected + ('E',)}, got {tuple(class_text.shape)}"
+            )
 
     def _check(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> bool:
         """Validate one call's shapes and labels; returns whether the inputs carry an episode axis."""
