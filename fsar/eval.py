@@ -94,16 +94,18 @@ EpisodeScorer = Callable[[Episodes], torch.Tensor]
 
 
 def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
-                   class_text: torch.Tensor | None = None, table_limit: int = 12288) -> EpisodeScorer:
+                   class_text: torch.Tensor | None = None, table_limit: int = 12288,
+                   pair_limit: int = 8192) -> EpisodeScorer:
     """A function from a batch of episodes to logits ``(E, way·query, way)``, as fast as the method allows.
 
     A method built from ``encode_videos`` + ``metric_forward`` has every video encoded once here instead of
     once per episode; a frame-distance method (OTAM, Bi-MHM) with at most ``table_limit`` encoded frames
-    in the split gets all its frame distances from one table, indexed per episode. Anything else runs
-    its plain forward on gathered features. All three give the same logits. ``class_text`` ``(n_labels, E)``
+    in the split gets all its frame distances from one table, indexed per episode; a pair-distance method
+    (A2M2) on at most ``pair_limit`` videos computes each (query, support) pair once, when an episode first
+    needs it. Anything else runs its plain forward on gathered features. All give the same logits. ``class_text`` ``(n_labels, E)``
     holds each split label's class-name embedding, for methods that read text.
     """
-    from fsar.methods.base import FewShotMethod, FrameDistanceMethod
+    from fsar.methods.base import FewShotMethod, FrameDistanceMethod, PairDistanceMethod
 
     if not getattr(method, "uses_text", False):
         class_text = None
@@ -119,6 +121,9 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
 
         return forward
     encoded = method.encode_videos(features)
+    n_videos = features.shape[0]
+    if isinstance(method, PairDistanceMethod) and n_videos <= pair_limit:
+        return pair_table_scorer(method, encoded, n_videos, way, class_text)
     if (isinstance(method, FrameDistanceMethod) and isinstance(encoded, torch.Tensor)
             and encoded.shape[0] * encoded.shape[1] <= table_limit):
         table = frame_distance_table(encoded)
@@ -137,6 +142,37 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
         return method.metric_forward(support, s_lab, query, way, class_text=episode_class_text(class_text, batch))[0]
 
     return from_encoded
+
+
+def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
+                      class_text: torch.Tensor | None, *, chunk: int = 4096) -> EpisodeScorer:
+    """Scorer of a ``PairDistanceMethod``: an ``(N, N)`` table of pair distances filled on demand, so a
+    (query, support) pair shared by many episodes is solved once (5-shot episodes share most pairs)."""
+    table = torch.full((n_videos, n_videos), float("nan"))
+    known = torch.zeros(n_videos, n_videos, dtype=torch.bool)
+
+    def fill(q_idx: torch.Tensor, s_idx: torch.Tensor) -> None:
+        flat = (q_idx[:, :, None] * n_videos + s_idx[:, None, :]).reshape(-1)
+        todo = torch.unique(flat[~known.view(-1)[flat]])
+        for start in range(0, len(todo), chunk):
+            pairs = todo[start : start + chunk]
+            qi, si = pairs // n_videos, pairs % n_videos
+            # Each pair as its own one-query, one-support "episode": (P, 1, ...) against (P, 1, ...).
+            dist = method.pair_distance(index_videos(encoded, si[:, None]), index_videos(encoded, qi[:, None]))
+            table.view(-1)[pairs] = dist.reshape(-1).to(table.dtype)
+            known.view(-1)[pairs] = True
+
+    def from_pairs(batch: Episodes) -> torch.Tensor:
+        e = len(batch)
+        s_idx = torch.as_tensor(batch.support.reshape(e, -1))
+        q_idx = torch.as_tensor(batch.query.reshape(e, -1))
+        fill(q_idx, s_idx)
+        s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
+        distance = table[q_idx[:, :, None], s_idx[:, None, :]]
+        return method.logits_from_pairs(distance, index_videos(encoded, s_idx), s_lab, index_videos(encoded, q_idx),
+                                        way, class_text=episode_class_text(class_text, batch))
+
+    return from_pairs
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ def test_unknown_keys_are_refused_with_the_valid_ones():
         ({"out": "x", "steps": "ten"}, "steps: expected an integer"),
         ({"out": "x", "steps": 2.5}, "steps: expected an integer"),
         ({"out": "x", "lr": True}, "lr: expected a number"),
+        ({"out": "x", "lr": "fast"}, "lr: expected a number"),
         ({"out": "x", "mode": "test"}, "is not one of"),
         ({"out": "x", "scales": 4}, "expected a list"),
         ({}, "out"),
@@ -57,6 +58,11 @@ def test_ill_typed_values(data, message):
 def test_int_promotes_to_float_and_optional_accepts_none():
     cfg = from_dict(Job, {"out": "x", "lr": 1, "backbone": None})
     assert isinstance(cfg.lr, float) and cfg.backbone is None
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 reads lr=3e-3 as the string "3e-3"; users write it that way.
+    assert from_dict(Job, {"out": "x", **parse_overrides(["lr=3e-3"])}).lr == pytest.approx(0.003)
 
 
 def test_overrides_parse_yaml_values():

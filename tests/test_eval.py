@@ -66,20 +66,28 @@ def test_results_file_schema_and_table(tmp_path):
 
 @pytest.mark.parametrize("knobs", [{}, {"proj_dim": 8}, {"proj_dim": 8, "temporal_centre": True}], ids=str)
 def test_fast_scorers_equal_the_plain_forward_for_every_method(knobs):
-    """The encode-once and distance-table paths give the logits of ``method(support, labels, query, way)``."""
-    from fsar.eval import episode_scorer
+    """The encode-once, distance-table and pair-table paths give the logits of ``method(support, labels, query, way)``.
+
+    Every cached-feature method (frames or patches) is checked; text-reading ones get class-name embeddings."""
+    from fsar.eval import episode_class_text, episode_scorer
     from fsar.methods import build_method, list_methods, method_info
 
     torch.manual_seed(0)
     labels = np.repeat(np.arange(8), 5)
-    feats = torch.randn(40, 6, 12)
+    per_kind = {"frames": torch.randn(40, 6, 12), "patches": torch.randn(40, 6, 2, 2, 12)}
+    text = torch.randn(8, 12)
     eps = EpisodeSampler(labels, way=5, shot=2, query=2, seed=3).batch(0, 30)
-    support, s_lab, query, _ = gather_episodes(feats, eps)
     for name in list_methods():
-        fields = method_info(name).config.__dataclass_fields__
+        info = method_info(name)
+        if info.input_kind not in per_kind:
+            continue  # end-to-end methods are not scored from cached features
+        feats = per_kind[info.input_kind]
+        support, s_lab, query, _ = gather_episodes(feats, eps)
+        fields = info.config.__dataclass_fields__
         method = build_method(name, feature_dim=12, **{k: v for k, v in knobs.items() if k in fields}).eval()
+        class_text = text if method.uses_text else None
         with torch.no_grad():
-            expected = method(support, s_lab, query, 5)
-            for limit in (0, 10**6):  # encoded-gather path, distance-table path
-                got = episode_scorer(method, feats, 5, table_limit=limit)(eps)
+            expected = method(support, s_lab, query, 5, class_text=episode_class_text(class_text, eps))
+            for limit in (0, 10**6):  # encoded-gather path, distance/pair-table path
+                got = episode_scorer(method, feats, 5, class_text=class_text, table_limit=limit, pair_limit=limit)(eps)
                 torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=f"{name} {knobs} limit={limit}")

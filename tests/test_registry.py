@@ -22,13 +22,15 @@ from fsar.methods import (
     method_info,
     register_method,
 )
-from fsar.methods.base import LogitScale, class_average, class_prototypes, group_by_class
+from fsar.methods.base import LogitScale, Supervision, class_average, class_prototypes, group_by_class
 from fsar.methods.registry import MethodInfo
 
 FEATURE_DIM = 12
 # Knobs that switch on a method's learned parts at a small size; applied where the config has the field.
 # A new method with a size knob that defaults large can add it here.
-SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True}
+# num_frames: methods with a fixed clip length get make_episodes' 4 frames; gate_init: residual gates that
+# start at 0 would leave the weights behind them without gradient on the first step.
+SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1}
 PER_VIDEO = {"frames": (FEATURE_DIM,), "patches": (2, 2, FEATURE_DIM), "pixels": (3, 16, 16)}
 
 
@@ -104,10 +106,13 @@ def test_output_shapes_and_values(name):
 def test_gradients_reach_every_parameter(name):
     method = build_small(name).train()
     support, labels, query, query_labels = make_episodes(name)
-    logits, aux = method.forward_with_aux(support, labels, query, 3)
+    # Text-reading methods get class-name embeddings and training-only labels, so their text parts train too.
+    text = torch.randn(support.shape[0], 3, FEATURE_DIM) if method.uses_text else None
+    logits, aux = method.forward_with_aux(support, labels, query, 3, class_text=text,
+                                          supervision=Supervision(query_labels=query_labels))
     loss = F.cross_entropy(logits.reshape(-1, 3), query_labels.reshape(-1)) + sum(aux.values())
     loss.backward()
-    params = dict(method.named_parameters())
+    params = {n: p for n, p in method.named_parameters() if p.requires_grad}  # frozen backbones do not train
     if "proj_dim" in knob_names(method_info(name)):
         assert params, f"{name} built with proj_dim=16 has no parameters"
     for pname, param in params.items():
@@ -240,15 +245,16 @@ def test_logit_scale():
 
 def test_temporal_centre_ignores_static_appearance():
     """For every method with the knob: adding a per-video constant (background, colour) changes nothing."""
-    torch.manual_seed(0)
-    support, query = torch.randn(2, 5, 6, 16), torch.randn(2, 5, 6, 16)
-    labels = torch.arange(5).expand(2, 5)
-    shifted_s = support + 5 * torch.randn(2, 5, 1, 16)
-    shifted_q = query + 5 * torch.randn(2, 5, 1, 16)
     names = [n for n in list_methods() if "temporal_centre" in method_info(n).config.__dataclass_fields__]
     assert {"otam", "bimhm"} <= set(names)
     for name in names:
+        torch.manual_seed(0)
+        per_frame = (*PER_VIDEO[method_info(name).input_kind][:-1], 16)
+        support, query = torch.randn(2, 5, 6, *per_frame), torch.randn(2, 5, 6, *per_frame)
+        labels = torch.arange(5).expand(2, 5)
+        shifted_s = support + 5 * torch.randn(2, 5, 1, *per_frame)
+        shifted_q = query + 5 * torch.randn(2, 5, 1, *per_frame)
         method = build_method(name, feature_dim=16, temporal_centre=True)
         torch.testing.assert_close(method(shifted_s, labels, shifted_q, 5), method(support, labels, query, 5))
-        plain = build_method(name, feature_dim=16)
+        plain = build_method(name, feature_dim=16, temporal_centre=False)
         assert not torch.allclose(plain(shifted_s, labels, shifted_q, 5), plain(support, labels, query, 5)), name

@@ -114,6 +114,37 @@ def test_pot_backend_agrees_with_torch() -> None:
     torch.testing.assert_close(grad_pot, grad, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("epsilon", [0.1, 0.05, 0.01])
+def test_scaling_form_matches_pot_and_the_log_domain(epsilon: float) -> None:
+    """The multiplicative iterates equal the log-domain ones; at ε = 0.01 (spread/ε = 200) they run in fp64."""
+    cost, a, b = random_problem(4, 12, 9, seed=SEEDS[12, 9], dtype=torch.float32)
+    ref_plan = pot_reference(cost, a, b, epsilon)
+    plan, transport = sinkhorn(cost, a, b, epsilon=epsilon, iterations=ITERATIONS[epsilon], backend="scaling")
+    assert plan.dtype == torch.float32 and torch.isfinite(plan).all()
+    np.testing.assert_allclose(plan.double().numpy(), ref_plan, atol=1e-5, rtol=0)
+    few_log = sinkhorn_log(cost, a, b, epsilon=epsilon, iterations=7)
+    few_scaling = sinkhorn(cost, a, b, epsilon=epsilon, iterations=7, backend="scaling")
+    for log_part, scaling_part in zip(few_log, few_scaling, strict=True):
+        torch.testing.assert_close(scaling_part, log_part, atol=1e-5, rtol=0)
+
+
+def test_scaling_form_gradients_match_the_log_domain() -> None:
+    cost, a, b = random_problem(3, 6, 8, seed=5, dtype=torch.float32)
+    cost.requires_grad_()
+    grads = []
+    for backend in ("torch", "scaling"):
+        _, transport = sinkhorn(cost, a, b, epsilon=0.02, iterations=30, backend=backend)
+        grads.append(torch.autograd.grad(transport.sum(), cost)[0])
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=0)
+
+
+def test_scaling_form_falls_back_to_the_log_domain_for_tiny_epsilon() -> None:
+    cost, a, b = random_problem(2, 5, 5, seed=3, dtype=torch.float32)
+    plan, _ = sinkhorn(cost, a, b, epsilon=0.002, iterations=20, backend="scaling")
+    torch.testing.assert_close(plan, sinkhorn_log(cost, a, b, epsilon=0.002, iterations=20)[0])
+
+
 def test_rejects_bad_inputs() -> None:
     cost, a, b = random_problem(2, 3, 4, seed=8)
     with pytest.raises(ValueError, match=r"\(B, n, m\)"):

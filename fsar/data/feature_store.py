@@ -217,7 +217,7 @@ class FeatureStore:
         column = "frames" if view == "pooled" else "patches"
         blobs = table[column].to_pylist()
         flat = np.frombuffer(b"".join(blobs), dtype="<f2")
-        features = flat.reshape(table.num_rows, m.frames, m.view_dim(view))
+        features = flat.reshape(table.num_rows, m.frames, m.view_dim("pooled" if view == "pooled" else "grid"))
         if view == "patches":
             features = features.reshape(table.num_rows, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
         elif as_grid and view == "pooled":

@@ -4,8 +4,8 @@
 say what exists and what each consumes. Importing this package registers the built-in methods.
 """
 
-# bimhm, otam, protonet: imported for their registration side effect.
-from fsar.methods import bimhm, otam, protonet  # noqa: F401
+# Imported for their registration side effect.
+from fsar.methods import a2m2, bimhm, otam, protonet  # noqa: F401
 from fsar.methods.base import FewShotMethod
 from fsar.methods.registry import (
     MethodInfo,

@@ -213,6 +213,41 @@ class FrameDistanceMethod(FewShotMethod):
         raise NotImplementedError
 
 
+class PairDistanceMethod(FewShotMethod):
+    """A method whose logits come from a distance between each (query, support) video pair, plus parts that
+    read only per-video encodings (and class text).
+
+    Evaluation can then compute each pair's distance once for the whole split and reuse it in every
+    episode the pair meets in (``fsar.eval.episode_scorer``). Subclasses implement ``pair_distance`` and
+    ``logits_from_pairs``.
+    """
+
+    def metric_forward(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+                       class_text: Tensor | None = None,
+                       supervision: Supervision | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        logits = self.logits_from_pairs(self.pair_distance(support, query), support, support_labels, query, way,
+                                        class_text=class_text)
+        return logits, self.auxiliary_losses(support, support_labels, query, way, class_text=class_text,
+                                             supervision=supervision)
+
+    def pair_distance(self, support: Encoded, query: Encoded) -> Tensor:
+        """Encoded support ``(B, N_s, ...)`` and query ``(B, N_q, ...)`` → distances ``(B, N_q, N_s)``.
+
+        Entry [b, i, j] must depend on query i and support j of episode b only."""
+        raise NotImplementedError
+
+    def logits_from_pairs(self, distance: Tensor, support: Encoded, support_labels: Tensor, query: Encoded,
+                          way: int, *, class_text: Tensor | None = None) -> Tensor:
+        """Pair distances ``(B, N_q, N_s)`` (and the encodings, for per-video terms) → logits ``(B, N_q, way)``."""
+        raise NotImplementedError
+
+    def auxiliary_losses(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+                         class_text: Tensor | None = None,
+                         supervision: Supervision | None = None) -> dict[str, Tensor]:
+        """Training-only losses; none by default."""
+        return {}
+
+
 def class_average(values: Tensor, support_labels: Tensor, way: int) -> Tensor:
     """Mean of per-support values over each class's support videos (any number of shots per class).
 

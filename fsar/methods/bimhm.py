@@ -14,7 +14,7 @@ from torch import Tensor
 
 from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
 from fsar.methods.registry import register_method
-from fsar.ops.frame_distance import pairwise_frame_distance
+from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
 
 
 @dataclass
@@ -40,7 +40,7 @@ class BiMHM(FrameDistanceMethod):
     @staticmethod
     def hausdorff(dist: Tensor) -> Tensor:
         """Bidirectional mean nearest-frame distance: ``(B, N_q, N_s, L, M)`` → ``(B, N_q, N_s)``."""
-        return dist.amin(dim=-1).mean(dim=-1) + dist.amin(dim=-2).mean(dim=-1)
+        return mean_hausdorff(dist)
 
     def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
         """Bi-MHM distance of every (query, support) pair: → ``(B, N_q, N_s)``."""

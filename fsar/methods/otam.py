@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from fsar.config import ConfigError
 from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import pairwise_frame_distance
-from fsar.ops.soft_dtw import otam_cumulative
+from fsar.ops.soft_dtw import otam_distance
 
 
 @dataclass
@@ -46,13 +45,7 @@ class OTAM(FrameDistanceMethod):
 
     def alignment_cost(self, dist: Tensor) -> Tensor:
         """OTAM cost of every (query, support) pair: ``(B, N_q, N_s, L, M)`` frame distances → ``(B, N_q, N_s)``."""
-        gamma = self.config.gamma
-        if not self.config.bidirectional:
-            return otam_cumulative(dist, gamma)
-        if dist.shape[-1] == dist.shape[-2]:
-            # Equal lengths: both directions in one call, so the recursion runs once over twice the pairs.
-            return otam_cumulative(torch.stack([dist, dist.transpose(-1, -2)]), gamma).sum(0)
-        return otam_cumulative(dist, gamma) + otam_cumulative(dist.transpose(-1, -2), gamma)
+        return otam_distance(dist, self.config.gamma, bidirectional=self.config.bidirectional)
 
     def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
         """Alignment cost of every (query, support) pair: ``(B, N_s, M, D)``, ``(B, N_q, L, D)`` → ``(B, N_q, N_s)``."""

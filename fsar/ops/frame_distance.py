@@ -40,3 +40,8 @@ def pairwise_frame_distance(query: Tensor, support: Tensor) -> Tensor:
     # One (N_q·L) × (N_s·M) matmul per episode instead of N_q·N_s small ones.
     dist = cosine_distance(query.reshape(batch, n_query * length, dim), support.reshape(batch, n_support * width, dim))
     return dist.view(batch, n_query, length, n_support, width).permute(0, 1, 3, 2, 4)
+
+
+def mean_hausdorff(dist: Tensor) -> Tensor:
+    """Bidirectional mean nearest-frame distance (Bi-MHM) of ``(..., L, M)`` frame distances → ``(...)``."""
+    return dist.amin(dim=-1).mean(dim=-1) + dist.amin(dim=-2).mean(dim=-1)

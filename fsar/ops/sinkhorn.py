@@ -92,6 +92,47 @@ def sinkhorn_log(
     return plan, (plan * cost).sum(dim=(-2, -1))
 
 
+# Largest cost spread / ε for which the kernel exp(-(C - min C)/ε) and the scalings stay inside fp32's range
+# (e^±87); beyond it the scaling solver works in fp64 (e^±708), which covers ε down to ~0.003 for costs in [0, 2].
+_FP32_SPREAD = 30.0
+_FP64_SPREAD = 600.0
+
+
+def sinkhorn_scaling(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    *,
+    epsilon: float,
+    iterations: int = 50,
+    validate: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """:func:`sinkhorn_log`'s iterates in the multiplicative (scaling) form: same arguments, same results.
+
+    ``u ← a / (K v)``, ``v ← b / (Kᵀ u)`` with ``K = exp(−(C − min C)/ε)`` from ``v = 1`` are the log-domain
+    updates exponentiated (the per-problem shift ``min C`` cancels in the plan). Without a ``logsumexp``
+    per iteration it is several times faster on small problems, but it needs ``exp(−spread/ε)`` to be
+    representable: fp32 when ``spread/ε ≤ 30``, fp64 up to 600 (ε ≥ 0.0034 for costs in [0, 2]);
+    beyond that it falls back to :func:`sinkhorn_log`.
+    """
+    _check_inputs(cost, a, b, epsilon, iterations, validate)
+    out_dtype = torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
+    low = cost.detach().amin(dim=(-2, -1), keepdim=True)
+    spread = float((cost.detach().amax(dim=(-2, -1), keepdim=True) - low).max()) / epsilon
+    if spread > _FP64_SPREAD:
+        return sinkhorn_log(cost, a, b, epsilon=epsilon, iterations=iterations, validate=False)
+    dtype = torch.float64 if spread > _FP32_SPREAD or out_dtype == torch.float64 else torch.float32
+    work = cost.to(dtype)
+    kernel = torch.exp((work - low.to(dtype)) / -epsilon)
+    a, b = a.to(dtype), b.to(dtype)
+    v = torch.ones_like(b)
+    for _ in range(iterations):
+        u = a / (kernel @ v.unsqueeze(-1)).squeeze(-1)
+        v = b / (u.unsqueeze(-2) @ kernel).squeeze(-2)
+    plan = u.unsqueeze(-1) * kernel * v.unsqueeze(-2)
+    return plan.to(out_dtype), (plan * work).sum(dim=(-2, -1)).to(out_dtype)
+
+
 def sinkhorn(
     cost: Tensor,
     a: Tensor,
@@ -99,10 +140,12 @@ def sinkhorn(
     *,
     epsilon: float,
     iterations: int = 50,
-    backend: Literal["torch", "pot"] = "torch",
+    backend: Literal["torch", "scaling", "pot"] = "torch",
     validate: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """:func:`sinkhorn_log` with a choice of implementation; same arguments, shapes and results.
+
+    ``backend="scaling"`` runs the same iterates multiplicatively (:func:`sinkhorn_scaling`, faster).
 
     ``backend="pot"`` calls POT's batched solver ``ot.batch.solve_batch(..., method="log_sinkhorn",
     grad="autodiff")`` (POT ≥ 0.9.6), which runs the same log-domain updates from the same start, for
@@ -111,8 +154,10 @@ def sinkhorn(
     """
     if backend == "torch":
         return sinkhorn_log(cost, a, b, epsilon=epsilon, iterations=iterations, validate=validate)
+    if backend == "scaling":
+        return sinkhorn_scaling(cost, a, b, epsilon=epsilon, iterations=iterations, validate=validate)
     if backend != "pot":
-        raise ValueError(f"sinkhorn: backend must be 'torch' or 'pot', got {backend!r}")
+        raise ValueError(f"sinkhorn: backend must be 'torch', 'scaling' or 'pot', got {backend!r}")
     _check_inputs(cost, a, b, epsilon, iterations, validate)
     try:
         from ot.batch import solve_batch

@@ -81,3 +81,14 @@ def otam_cumulative(dist: Tensor, gamma: float = 0.1) -> Tensor:
     for row in range(length - 1):
         end = combine(entry[row], end)
     return (end / scale).reshape(batch).to(dist.dtype)
+
+
+def otam_distance(dist: Tensor, gamma: float = 0.1, *, bidirectional: bool = True) -> Tensor:
+    """OTAM distance of frame-distance matrices ``(..., L, M)`` → ``(...)``: the soft-DTW cost query→support,
+    plus support→query when ``bidirectional`` (as most FSAR codebases score OTAM)."""
+    if not bidirectional:
+        return otam_cumulative(dist, gamma)
+    if dist.shape[-1] == dist.shape[-2]:
+        # Equal lengths: both directions in one call, so the recursion runs once over twice the pairs.
+        return otam_cumulative(torch.stack([dist, dist.transpose(-1, -2)]), gamma).sum(0)
+    return otam_cumulative(dist, gamma) + otam_cumulative(dist.transpose(-1, -2), gamma)

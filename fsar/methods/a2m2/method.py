@@ -1,0 +1,176 @@
+"""A2M2-Net: adaptively aligned multi-scale second-order moments, registered as ``a2m2``.
+
+Per video (``encode_videos``, run once per video at evaluation): the M2 block's candidates, the A2
+module's candidate weight logits, the frames the optional frame-level metric compares, and the
+video's weighted mean candidate (its embedding for the text branch). Per episode (``metric_forward``):
+
+    distance(q, c) = mean over c's support videos of [(1 − fusion) · OT(q, s) + fusion · frame_metric(q, s)]
+                     + text_weight · (1 − cos(video(q), prototype_c ⊕ text_c))      (text branch, when on)
+    logits = −distance · scale
+
+With the text branch on, the store's class-name embeddings (CLIP text tower) are projected into the
+candidate space and added to each class prototype, and in training a video–text cross-entropy over the
+episode's classes (support videos, and queries through the training-only labels) is returned as the
+auxiliary loss ``text_ce``, weighted by ``text_loss``.
+
+What the paper states and what is reconstructed: see ``moments`` and ``alignment``, and DESIGN
+"A2M2-Net". Every reconstructed choice is a knob of ``A2M2Config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from fsar.config import ConfigError
+from fsar.methods.a2m2.alignment import CandidateWeights, motion_summary, transport_distance
+from fsar.methods.a2m2.moments import M2Block, Scale
+from fsar.methods.base import (
+    Encoded,
+    LogitScale,
+    PairDistanceMethod,
+    Supervision,
+    class_average,
+    class_prototypes,
+)
+from fsar.methods.registry import register_method
+from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+from fsar.ops.soft_dtw import otam_distance
+
+
+@dataclass
+class A2M2Config:
+    """Knobs of A2M2 ([recon] = our reconstruction; the paper does not publish it)."""
+
+    reduce_dim: int = 32  # d: channels after the 1x1 reduction; each moment is d x d [recon; paper range 64-128 costs 8-64x more]
+    scales: list[int] = field(default_factory=lambda: [1, 2, 4])  # temporal window lengths in frames [recon]
+    spatial_scales: list[int] = field(default_factory=lambda: [0])  # patch-block sides (must divide g); 0 = whole grid [recon]
+    ns_iters: int = 5  # Newton-Schulz iterations of the matrix square root (iSQRT: 3-5)
+    embed_dim: int = 128  # e: candidate size after the learned projection of the upper triangle
+    temporal_centre: bool = True  # subtract each video's mean over time per patch before the moments [recon]
+    time_encoding: bool = True  # add an encoding of each window's time to its candidate (order-aware transport) [recon]
+    marginals: Literal["learned", "uniform"] = "learned"  # candidate weights: motion-guided MLP, or uniform
+    weight_hidden: int = 64  # hidden units of the candidate-weight MLP
+    ot_epsilon: float = 0.05  # entropic regularisation of the transport (costs lie in [0, 2])
+    ot_iters: int = 30  # Sinkhorn iterations
+    ot_backend: Literal["scaling", "torch", "pot"] = "scaling"  # Sinkhorn: multiplicative (fast), log-domain, or POT's batched solver
+    fusion: float = 0.0  # weight of the frame-level metric in the distance: (1 - fusion) * OT + fusion * frame
+    frame_metric: Literal["otam", "bimhm"] = "otam"  # frame-level metric fused with the transport distance
+    frame_gamma: float = 0.1  # soft-DTW temperature of the OTAM frame metric
+    text: bool = True  # use class-name text embeddings when the feature store has them
+    text_weight: float = 0.5  # weight of the text-fused prototype distance
+    text_loss: float = 0.1  # weight of the video-text cross-entropy (training only)
+    text_temperature: float = 0.1  # temperature of the video-text cross-entropy's cosine logits
+    temperature: float = 0.1  # logits = -distance / temperature at the start
+    learn_scale: bool = True  # train the logit scale (starts at 1/temperature)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"a2m2: {what}")
+
+        need(self.reduce_dim >= 2, f"reduce_dim must be >= 2, got {self.reduce_dim}")
+        need(self.embed_dim >= 1, f"embed_dim must be >= 1, got {self.embed_dim}")
+        need(bool(self.scales) and all(int(s) >= 1 for s in self.scales), f"scales must be frame counts >= 1, got {self.scales}")
+        need(len(set(self.scales)) == len(self.scales), f"scales must not repeat, got {self.scales}")
+        need(bool(self.spatial_scales) and all(int(p) >= 0 for p in self.spatial_scales),
+             f"spatial_scales must be block sides >= 0 (0 = whole grid), got {self.spatial_scales}")
+        need(len(set(self.spatial_scales)) == len(self.spatial_scales), f"spatial_scales must not repeat, got {self.spatial_scales}")
+        need(self.ns_iters >= 1, f"ns_iters must be >= 1, got {self.ns_iters}")
+        need(self.weight_hidden >= 1, f"weight_hidden must be >= 1, got {self.weight_hidden}")
+        need(self.ot_epsilon > 0, f"ot_epsilon must be > 0, got {self.ot_epsilon}")
+        need(self.ot_iters >= 1, f"ot_iters must be >= 1, got {self.ot_iters}")
+        need(0.0 <= self.fusion <= 1.0, f"fusion must lie in [0, 1], got {self.fusion}")
+        need(self.frame_gamma >= 0, f"frame_gamma must be >= 0, got {self.frame_gamma}")
+        need(self.text_weight >= 0 and self.text_loss >= 0, "text_weight and text_loss must be >= 0")
+        need(self.text_temperature > 0 and self.temperature > 0, "temperatures must be > 0")
+        need(self.marginals in ("learned", "uniform"), f"marginals must be 'learned' or 'uniform', got {self.marginals!r}")
+        need(self.ot_backend in ("scaling", "torch", "pot"),
+             f"ot_backend must be 'scaling', 'torch' or 'pot', got {self.ot_backend!r}")
+        need(self.frame_metric in ("otam", "bimhm"), f"frame_metric must be 'otam' or 'bimhm', got {self.frame_metric!r}")
+
+
+@register_method(
+    "a2m2", config=A2M2Config, input_kind="patches",
+    description="A2M2-Net: multi-scale second-order moments aligned by motion-weighted optimal transport (+ text)",
+)
+class A2M2(PairDistanceMethod):
+    """M2 block → A2 weights → batched entropic OT between candidate sets, optional frame metric and text."""
+
+    def __init__(self, config: A2M2Config, *, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        scales = [Scale(int(s), int(p)) for s in config.scales for p in config.spatial_scales]
+        self.m2 = M2Block(feature_dim=feature_dim, reduce_dim=config.reduce_dim, embed_dim=config.embed_dim,
+                          scales=scales, ns_iterations=config.ns_iters, temporal_centre=config.temporal_centre,
+                          time_encoding=config.time_encoding)
+        self.weights = CandidateWeights(embed_dim=config.embed_dim, motion_dim=config.reduce_dim,
+                                        hidden=config.weight_hidden, learned=config.marginals == "learned")
+        # CLIP text embeddings share the image embedding space, so their size is the feature size.
+        self.text_projection = nn.Linear(feature_dim, config.embed_dim) if config.text else None
+        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    @property
+    def uses_text(self) -> bool:
+        return self.config.text
+
+    def encode_videos(self, videos: Tensor) -> Encoded:
+        """``(..., T, g, g, D)`` → candidates ``(..., K, e)``, weight logits ``(..., K)``, frames for the
+        frame metric ``(..., T, g·g·d)`` (``(..., T, 0)`` when ``fusion`` is 0) and the video embedding ``(..., e)``."""
+        candidates, reduced = self.m2(videos)
+        logits = self.weights(candidates, motion_summary(reduced))
+        embedding = (torch.softmax(logits, dim=-1)[..., None] * candidates).sum(dim=-2)
+        # Only the frame-level metric reads frames; without fusion an empty tensor keeps the tuple's shape.
+        frames = reduced.flatten(-3) if self.config.fusion > 0 else reduced.new_zeros(*reduced.shape[:-3], 0)
+        return candidates, logits, frames, embedding
+
+    def pair_distance(self, support: Encoded, query: Encoded) -> Tensor:
+        """Distance of every (query, support) pair: encoded ``(B, N_s, ...)``, ``(B, N_q, ...)`` → ``(B, N_q, N_s)``."""
+        s_cand, s_logit, s_frames, _ = support
+        q_cand, q_logit, q_frames, _ = query
+        c = self.config
+        dist = transport_distance(q_cand, q_logit, s_cand, s_logit, epsilon=c.ot_epsilon, iterations=c.ot_iters,
+                                  backend=c.ot_backend)
+        if c.fusion > 0:
+            frame_dist = pairwise_frame_distance(q_frames, s_frames)
+            frame = (otam_distance(frame_dist, c.frame_gamma) if c.frame_metric == "otam"
+                     else mean_hausdorff(frame_dist))
+            dist = (1.0 - c.fusion) * dist + c.fusion * frame
+        return dist
+
+    def logits_from_pairs(self, distance: Tensor, support: Encoded, support_labels: Tensor, query: Encoded,
+                          way: int, *, class_text: Tensor | None = None) -> Tensor:
+        """Pair distances ``(B, N_q, N_s)`` → logits ``(B, N_q, way)``: class mean, plus the text-fused prototype term."""
+        distance = class_average(distance, support_labels, way)
+        text = self._text(class_text)
+        if text is not None:
+            s_emb = nn.functional.normalize(support[3], dim=-1)
+            q_emb = nn.functional.normalize(query[3], dim=-1)
+            prototypes = nn.functional.normalize(class_prototypes(s_emb, support_labels, way) + text, dim=-1)
+            distance = distance + self.config.text_weight * (1.0 - q_emb @ prototypes.transpose(-1, -2))
+        return self.scale(distance)
+
+    def auxiliary_losses(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+                         class_text: Tensor | None = None,
+                         supervision: Supervision | None = None) -> dict[str, Tensor]:
+        """In training with text: ``text_ce``, the video–text cross-entropy over the episode's classes
+        (support videos, and the queries when their training labels are given)."""
+        text = self._text(class_text)
+        if text is None or supervision is None or self.config.text_loss == 0:
+            return {}
+        embeddings, labels = support[3], support_labels
+        if supervision.query_labels is not None:
+            embeddings = torch.cat([support[3], query[3]], dim=1)
+            labels = torch.cat([support_labels, supervision.query_labels.to(support_labels.device)], dim=1)
+        text_logits = nn.functional.normalize(embeddings, dim=-1) @ text.transpose(-1, -2) / self.config.text_temperature
+        return {"text_ce": self.config.text_loss * nn.functional.cross_entropy(text_logits.reshape(-1, way),
+                                                                               labels.reshape(-1))}
+
+    def _text(self, class_text: Tensor | None) -> Tensor | None:
+        """Class-name embeddings ``(B, way, E)`` projected and normalised → ``(B, way, e)``; None when off."""
+        if class_text is None or self.text_projection is None:
+            return None
+        return nn.functional.normalize(self.text_projection(class_text.to(self.text_projection.weight.dtype)), dim=-1)
