@@ -1,0 +1,30 @@
+"""DMGAL (dual motion-guided attention): S-MGA, the MLP mixer, C-MGA, adapters and the two methods.
+
+Importing this package registers ``dmgal_ft`` and ``dmgal_adapter`` (see ``method``).
+"""
+
+from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter
+from fsar.methods.dmgal.backbones import ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
+from fsar.methods.dmgal.method import DMGALFT, DMGALAdapter, DMGALAdapterConfig, DMGALFTConfig
+from fsar.methods.dmgal.mixer import TimeChannelMixer
+from fsar.methods.dmgal.motion import CMGA, SMGA, CrossMotionAttention, MotionTokens, SelfMotionAttention
+
+__all__ = [
+    "CMGA",
+    "DMGALFT",
+    "SMGA",
+    "AdaptedViT",
+    "CMGAAdapter",
+    "ClipViTTrunk",
+    "CrossMotionAttention",
+    "DMGALAdapter",
+    "DMGALAdapterConfig",
+    "DMGALFTConfig",
+    "MotionTokens",
+    "ResNetMaps",
+    "SMGAAdapter",
+    "SelfMotionAttention",
+    "TimeChannelMixer",
+    "ViTMaps",
+    "build_feature_maps",
+]

@@ -1,0 +1,217 @@
+"""DMGAL (dual motion-guided attention), registered as ``dmgal_ft`` and ``dmgal_adapter``; input: pixels.
+
+Both take normalised pixels ``(B, N, T, 3, H, W)`` (the backbone's ``preprocess``, exposed as
+``method.preprocess``) and run the backbone inside the model.
+
+``dmgal_ft`` (the released code; whole backbone trainable)::
+
+    per video (encode_videos):  backbone maps (T, C, g, g) → S-MGA → time/channel MLP mixer
+    per task (metric_forward):  C-MGA(supports, queries) → spatial mean → frames (T, C)
+                                → Bi-MHM distance, class mean, logits = −distance / temperature
+
+``dmgal_adapter`` ([recon]; frozen open_clip ViT, see ``adapters``)::
+
+    per video:  ViT blocks with S-MGA adapters before the chosen early blocks, up to the last block's input
+    per task:   C-MGA adapter on the patch tokens → last block → final norm, projection, class token
+                (or patch mean) per frame → Bi-MHM as above
+
+Neither side of the per-task step lets a query influence another query or any support, so logits are
+transduction-free. (In training mode BatchNorm uses batch statistics, as in the released code, which
+couples the videos of one forward call; evaluation uses running statistics.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from torch import Tensor
+
+from fsar.backbones import TINY_MODEL
+from fsar.config import ConfigError
+from fsar.data.transforms import FramePreprocess
+from fsar.methods.base import FewShotMethod, LogitScale, Supervision, class_average
+from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, default_adapter_blocks
+from fsar.methods.dmgal.backbones import RESNET50, ClipViTTrunk, build_feature_maps
+from fsar.methods.dmgal.mixer import TimeChannelMixer
+from fsar.methods.dmgal.motion import CMGA, SMGA
+from fsar.methods.registry import register_method
+from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+
+
+@dataclass
+class DMGALShared:
+    """Knobs both DMGAL variants have ([code] = as released for DMGAL-FT, [recon] = ours)."""
+
+    _name: ClassVar[str] = "dmgal"  # the method name error messages start with
+
+    backbone: str = TINY_MODEL  # open_clip ViT name, or "resnet50" (torchvision; FT only, as released); fsar-tiny builds offline
+    pretrained: str | None = None  # None/"none": seeded random init; a local checkpoint file; an open_clip tag (ViTs)
+    init_seed: int = 0  # seed of a random-init backbone, so every worker starts from the same weights
+    reduction: int = 8  # motion tokens have C / reduction channels [code]
+    dropout: float = 0.1  # dropout on motion tokens and attention weights [code]
+    pe_scale: float = 0.1  # amplitude of S-MGA's sinusoidal position code [code]
+    gate_init: float = 0.0  # initial value of every residual gate γ [code: 0]
+    temperature: float = 0.125  # logits = -Bi-MHM / temperature; 1/8 = the released -sum over 8 frames [code]
+    learn_scale: bool = False  # train the logit scale 1/temperature (starts at 1/temperature) [recon]
+
+    def __post_init__(self) -> None:
+        name = self._name
+        if not self.backbone.strip():
+            raise ConfigError(f"{name}: backbone must name a model, e.g. {TINY_MODEL!r} or {RESNET50!r}")
+        if self.reduction < 1:
+            raise ConfigError(f"{name}: reduction must be >= 1, got {self.reduction}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{name}: dropout must lie in [0, 1), got {self.dropout}")
+        if not self.pe_scale >= 0.0:
+            raise ConfigError(f"{name}: pe_scale must be >= 0, got {self.pe_scale}")
+        if not math.isfinite(self.gate_init):
+            raise ConfigError(f"{name}: gate_init must be finite, got {self.gate_init}")
+        if not self.temperature > 0:
+            raise ConfigError(f"{name}: temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class DMGALFTConfig(DMGALShared):
+    """Knobs of DMGAL-FT (released defaults: ResNet-50, 8 frames, SGD lr 1.5e-4, 16 episodes per step)."""
+
+    _name: ClassVar[str] = "dmgal_ft"
+
+    num_frames: int = 8  # frames per video; the mixer's time MLP is num_frames x num_frames [code: 8]
+    smga: bool = True  # S-MGA on each video's maps [code]
+    mixer: bool = True  # time-then-channel MLP mixer after S-MGA [code]
+    cmga: bool = True  # C-MGA across the task's videos [code]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_frames < 1:
+            raise ConfigError(f"dmgal_ft: num_frames must be >= 1, got {self.num_frames}")
+
+
+@dataclass
+class DMGALAdapterConfig(DMGALShared):
+    """Knobs of DMGAL-Adapter (a frozen open_clip ViT; every knob below is [recon])."""
+
+    _name: ClassVar[str] = "dmgal_adapter"
+
+    adapter_blocks: list[int] | None = None  # blocks with an S-MGA adapter at their input; None = the first half
+    bottleneck: int = 0  # adapter bottleneck width; 0 = the ViT's width / 4
+    cmga_adapter: bool = True  # C-MGA adapter at the last block's input
+    train_layernorm: bool = False  # also train the ViT's LayerNorms
+    pool: Literal["cls", "mean"] = "cls"  # frame embedding: projected class token, or mean of the patch tokens
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backbone == RESNET50:
+            raise ConfigError(f"dmgal_adapter: adapters need an open_clip ViT backbone, not {RESNET50!r}")
+        if self.bottleneck < 0:
+            raise ConfigError(f"dmgal_adapter: bottleneck must be >= 0 (0 = width / 4), got {self.bottleneck}")
+        blocks = self.adapter_blocks
+        if blocks is not None and (any(b < 0 for b in blocks) or len(set(blocks)) != len(blocks)):
+            raise ConfigError(f"dmgal_adapter: adapter_blocks must be distinct block indices >= 0, got {blocks}")
+
+
+def bimhm_logits(support: Tensor, query: Tensor, support_labels: Tensor, way: int, scale: LogitScale) -> Tensor:
+    """Bi-MHM logits of frame embeddings: support ``(B, N_s, T, D)``, query ``(B, N_q, T, D)`` → ``(B, N_q, way)``."""
+    distance = mean_hausdorff(pairwise_frame_distance(query, support))  # (B, N_q, N_s)
+    return scale(class_average(distance, support_labels, way))
+
+
+@register_method(
+    "dmgal_ft", config=DMGALFTConfig, input_kind="pixels",
+    description="DMGAL-FT: trainable backbone, S-MGA + mixer per video, C-MGA per task, Bi-MHM",
+)
+class DMGALFT(FewShotMethod):
+    """DMGAL with the whole backbone trained; see the module docstring."""
+
+    def __init__(self, config: DMGALFTConfig, *, feature_dim: int = 0) -> None:
+        super().__init__()  # feature_dim is unused: the backbone fixes the feature size
+        self.config = config
+        self.backbone = build_feature_maps(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
+        channels = self.backbone.channels
+        knobs = {"reduction": config.reduction, "dropout": config.dropout, "gate_init": config.gate_init}
+        self.smga = SMGA(channels, pe_scale=config.pe_scale, **knobs) if config.smga else None
+        self.mixer = TimeChannelMixer(channels, config.num_frames) if config.mixer else None
+        self.cmga = CMGA(channels, **knobs) if config.cmga else None
+        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    @property
+    def preprocess(self) -> FramePreprocess:
+        """The pixel pipeline inputs must have been through (size, mean, std of the backbone)."""
+        return self.backbone.preprocess
+
+    def encode_videos(self, videos: Tensor) -> Tensor:
+        """Per-video maps: pixels ``(..., T, 3, H, W)`` → ``(..., T, C, g_h, g_w)``."""
+        *lead, frames = videos.shape[:-3]
+        maps = self.backbone(videos.reshape(-1, *videos.shape[-3:]))
+        maps = maps.reshape(-1, frames, *maps.shape[1:])
+        if self.smga is not None:
+            maps = self.smga(maps)
+        if self.mixer is not None:
+            maps = self.mixer(maps)
+        return maps.reshape(*lead, frames, *maps.shape[2:])
+
+    def frame_embeddings(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+        """C-MGA, then the spatial mean: maps ``(B, N, T, C, g, g)`` → frames ``(B, N, T, C)`` of each side."""
+        if self.cmga is not None:
+            support, query = self.cmga(support, query)
+        return support.mean(dim=(-2, -1)), query.mean(dim=(-2, -1))
+
+    def metric_forward(
+        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        support_frames, query_frames = self.frame_embeddings(support, query)
+        return bimhm_logits(support_frames, query_frames, support_labels, way, self.scale), {}
+
+
+@register_method(
+    "dmgal_adapter", config=DMGALAdapterConfig, input_kind="pixels",
+    description="DMGAL-Adapter: frozen CLIP ViT, S-MGA adapters early, C-MGA adapter last, Bi-MHM",
+)
+class DMGALAdapter(FewShotMethod):
+    """DMGAL on a frozen open_clip ViT; only the adapters (and optionally LayerNorms) train."""
+
+    def __init__(self, config: DMGALAdapterConfig, *, feature_dim: int = 0) -> None:
+        super().__init__()  # feature_dim is unused: the backbone fixes the feature size
+        self.config = config
+        trunk = ClipViTTrunk.build(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
+        blocks = default_adapter_blocks(trunk.depth) if config.adapter_blocks is None else config.adapter_blocks
+        if any(b >= trunk.depth for b in blocks):
+            raise ConfigError(
+                f"dmgal_adapter: adapter_blocks {blocks} out of range: {config.backbone} has blocks 0..{trunk.depth - 1}"
+            )
+        bottleneck = config.bottleneck or max(1, trunk.width // 4)
+        knobs = {"reduction": config.reduction, "dropout": config.dropout, "gate_init": config.gate_init}
+        self.vit = AdaptedViT(trunk, blocks=blocks, bottleneck=bottleneck, pe_scale=config.pe_scale,
+                              train_layernorm=config.train_layernorm, **knobs)
+        self.cross_adapter = CMGAAdapter(trunk.width, bottleneck, **knobs) if config.cmga_adapter else None
+        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    @property
+    def preprocess(self) -> FramePreprocess:
+        """The pixel pipeline inputs must have been through (open_clip's size, mean and std)."""
+        return self.vit.trunk.preprocess
+
+    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor]:
+        """Per video, up to the last block: pixels ``(..., T, 3, H, W)`` → class tokens ``(..., T, W)``, patches ``(..., T, g_h, g_w, W)``."""
+        return self.vit.encode(videos)
+
+    def frame_embeddings(self, support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """C-MGA adapter, last block, pooling: encoded videos of each side → frames ``(B, N, T, D)``."""
+        (support_cls, support_patches), (query_cls, query_patches) = support, query
+        if self.cross_adapter is not None:
+            support_patches, query_patches = self.cross_adapter(support_patches, query_patches)
+        return self._pool(self.vit.finish(support_cls, support_patches)), self._pool(self.vit.finish(query_cls, query_patches))
+
+    def _pool(self, tokens: Tensor) -> Tensor:
+        """Final tokens ``(..., T, 1 + L, D)`` → frame embeddings ``(..., T, D)``."""
+        return tokens[..., 0, :] if self.config.pool == "cls" else tokens[..., 1:, :].mean(dim=-2)
+
+    def metric_forward(
+        self, support: tuple[Tensor, Tensor], support_labels: Tensor, query: tuple[Tensor, Tensor], way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        support_frames, query_frames = self.frame_embeddings(support, query)
+        return bimhm_logits(support_frames, query_frames, support_labels, way, self.scale), {}
