@@ -1,4 +1,4 @@
-"""The ``fsar`` command: synth, manifest, embed, train, eval, demo, methods.
+"""The ``fsar`` command: synth, manifest, embed, train, eval, tune, demo, methods.
 
 Every command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (values parsed as YAML:
 ``shot=5``, ``methods=[otam]``, ``knobs.otam.gamma=0.05``). Priority, lowest first: the config class's
@@ -193,6 +193,37 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- tune
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="hyperparameter sweep (Ray Tune): trials of `fsar train`, ASHA on validation accuracy")
+    p.add_argument("--store", type=Path)
+    p.add_argument("--space", type=Path, help="search space YAML: method, metric, trials, fixed, space")
+    p.add_argument("--out", type=Path, help="sweep folder; rerunning on it resumes an interrupted sweep")
+    p.add_argument("--trials", type=int, help="trials to sample (default: the space file's)")
+    p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=float)
+    p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)
+    p.add_argument("--mlflow-uri", dest="mlflow_uri")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    _common(p)
+    p.set_defaults(run=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from pipelines.tune import SweepConfig, run
+
+    config = resolve(SweepConfig, file=args.config, overrides=args.overrides,
+                     flags=_flags(args, "store", "space", "out", "trials", "cpus_per_trial", "gpus_per_trial",
+                                  "mlflow_uri"))
+    result = run(config, address=args.address)
+    print((result.out / "results.md").read_text())
+    if not result.complete:
+        print(f"sweep {result.out}: interrupted; rerun the same command to resume (finished trials are kept)")
+        return 1
+    print(f"sweep {result.out}: best config {result.best_config} (`fsar train --config {result.best_config}`); "
+          f"table {result.out / 'trials.csv'}, plot {result.out / 'results.png'}; MLflow parent run {result.mlflow_run_id}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded default end to end: synth → embed → evaluate baselines")
@@ -226,7 +257,7 @@ def _run_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_synth, _add_manifest, _add_embed, _add_train, _add_eval, _add_demo, _add_methods,
+    _add_synth, _add_manifest, _add_embed, _add_train, _add_eval, _add_tune, _add_demo, _add_methods,
 )
 
 

@@ -1,0 +1,248 @@
+"""Search spaces for hyperparameter sweeps (``fsar tune --space FILE.yaml``).
+
+A space file names the method, the metric, a trial count, the settings every trial shares and a
+distribution per swept knob::
+
+    method: otam
+    metric: val_accuracy      # maximised
+    trials: 8
+    fixed: {steps: 200, proj_dim: 256, temporal_centre: true}
+    space:
+      lr: {loguniform: [1.0e-4, 1.0e-2]}
+      gamma: {choice: [0.01, 0.1, 0.5]}
+      temperature: {uniform: [0.1, 1.0]}
+
+A name is either a field of the method's config class (its knobs, as in ``fsar train knobs.X=``) or a
+field of ``TrainConfig`` (``lr``, ``weight_decay``, ``episodes_per_step``, ...). Every name, type and
+range is checked here, against the registry and the config classes, so a typo or an impossible range
+is refused before a cluster job starts rather than in its tenth trial. Ray-free: ``pipelines/tune.py``
+turns the distributions into Ray Tune domains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fsar.config import ConfigError, from_dict, load_yaml
+from fsar.training import TrainConfig
+
+Kind = Literal["uniform", "loguniform", "choice"]
+KINDS: tuple[str, ...] = typing.get_args(Kind)
+
+# TrainConfig fields a sweep sets itself: where a trial reads (a feature store: sweeps train cached-feature
+# methods) and writes, how it runs, where it logs.
+RESERVED = frozenset({"store", "manifest", "method", "out", "knobs", "workers", "use_gpu", "mlflow_uri",
+                      "experiment", "mlflow_parent_run_id"})
+# TrainConfig numbers that only make sense above a bound (the dataclass itself does not check them).
+_POSITIVE = frozenset({"lr", "steps", "episodes_per_step", "val_every", "val_episodes", "way", "shot", "query",
+                       "threads_per_worker"})
+_NON_NEGATIVE = frozenset({"weight_decay", "warmup_steps", "grad_clip", "seed"})
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One knob's distribution: ``uniform``/``loguniform`` over ``[low, high]``, or ``choice`` of values."""
+
+    kind: Kind  # how values are drawn
+    values: tuple[Any, ...]  # (low, high) for uniform/loguniform; the options for choice (any YAML values, lists too)
+
+    @property
+    def log(self) -> bool:
+        return self.kind == "loguniform"
+
+    def probes(self) -> list[Any]:
+        """Values that stand for the whole distribution in up-front checks: both ends and an interior,
+        non-integer point of a range (a range draws real numbers), or every option of a choice."""
+        if self.kind == "choice":
+            return list(self.values)
+        low, high = self.values
+        middle = math.sqrt(low * high) if self.log else (low + high) / 2
+        return [low, high, float(middle)]
+
+    def describe(self) -> str:
+        """``loguniform[0.0001, 0.01]`` / ``choice[[1], [1, 2]]``: for tables and MLflow params."""
+        return f"{self.kind}[{', '.join(map(repr, self.values))}]"
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {self.kind: list(self.values)}
+
+
+def parse_distribution(name: str, spec: Any, *, where: str = "space") -> Distribution:
+    """``{uniform: [lo, hi]}`` / ``{loguniform: [lo, hi]}`` / ``{choice: [v, ...]}`` → Distribution.
+
+    Ranges must be numbers with ``low < high`` (and ``low > 0`` for loguniform); a choice needs at
+    least one option."""
+    at = f"{where}.{name}"
+    if isinstance(spec, Distribution):
+        return spec
+    if not (isinstance(spec, Mapping) and len(spec) == 1):
+        raise ConfigError(f"{at}: expected one of {{uniform: [low, high]}}, {{loguniform: [low, high]}}, "
+                          f"{{choice: [value, ...]}}, got {spec!r} (a value every trial shares goes under 'fixed')")
+    (kind, values), = spec.items()
+    if kind not in KINDS:
+        raise ConfigError(f"{at}: unknown distribution {kind!r}; use one of {list(KINDS)}")
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{at}: {kind} takes a list, got {values!r}")
+    if kind == "choice":
+        if not values:
+            raise ConfigError(f"{at}: choice needs at least one value")
+        return Distribution("choice", tuple(values))
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"{at}: {kind} takes [low, high] (two numbers), got {values!r}")
+    low, high = (float(v) for v in values)
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise ConfigError(f"{at}: {kind} range [{low}, {high}] is empty: low must be below high "
+                          "(a value every trial shares goes under 'fixed')")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{at}: loguniform needs 0 < low < high, got [{low}, {high}]")
+    return Distribution(kind, (low, high))  # type: ignore[arg-type]
+
+
+@dataclass
+class SearchSpace:
+    """A sweep: what is trained, what is maximised, and what varies between trials."""
+
+    method: str  # registered method name (`fsar methods`)
+    space: dict[str, Any]  # swept name → {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {choice: [v, ...]}
+    metric: Literal["val_accuracy"] = "val_accuracy"  # maximised: ASHA's signal and the best trial's ranking
+    trials: int = 8  # trials sampled from the space
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial shares: TrainConfig fields or knobs
+    search_seed: int = 0  # seed of the random search: which values each trial draws
+
+    def __post_init__(self) -> None:
+        from fsar.methods import method_info
+
+        method_info(self.method)  # an unknown method lists the registered ones
+        if self.trials < 1:
+            raise ConfigError(f"trials must be at least 1, got {self.trials}")
+        if not self.space:
+            raise ConfigError("space is empty: name at least one knob to sweep (e.g. lr: {loguniform: [1.0e-4, 1.0e-2]})")
+        self.space = {name: parse_distribution(name, spec) for name, spec in self.space.items()}
+        for name in [*self.fixed, *self.space]:
+            self.target(name)
+        both = sorted(set(self.fixed) & set(self.space))
+        if both:
+            raise ConfigError(f"{both} both fixed and swept: keep each name in one of 'fixed' and 'space'")
+        self._check_values()
+
+    # ------------------------------------------------------------------ names
+    @property
+    def _knob_types(self) -> dict[str, Any]:
+        from fsar.methods import method_info
+
+        return _init_fields(method_info(self.method).config)
+
+    @property
+    def _train_types(self) -> dict[str, Any]:
+        return {k: v for k, v in _init_fields(TrainConfig).items() if k not in RESERVED}
+
+    def target(self, name: str) -> Literal["knob", "train"]:
+        """Whether ``name`` is one of the method's knobs or a TrainConfig field; anything else is refused
+        with the valid names."""
+        knobs, train = self._knob_types, self._train_types
+        is_knob, is_train = name in knobs, name in train
+        if is_knob and is_train:
+            raise ConfigError(f"{name!r} is both a {self.method} knob and a training setting; "
+                              "rename the knob so a sweep can tell them apart")
+        if is_knob:
+            return "knob"
+        if is_train:
+            return "train"
+        if name in RESERVED:
+            raise ConfigError(f"{name!r} is set by the sweep itself (the tune command's store/out/MLflow "
+                              "settings and per-trial resources), not by the search space")
+        raise ConfigError(f"unknown parameter {name!r} for method {self.method}; its knobs: "
+                          f"{sorted(knobs)}; training settings: {sorted(train)}")
+
+    # ------------------------------------------------------------------ values
+    def _check_values(self) -> None:
+        """Every fixed value, and each swept value (probes) on top of the fixed ones, must build a valid
+        method config and TrainConfig: the same checks a trial would hit, run once here."""
+        try:
+            self._check({})
+        except ConfigError as exc:
+            raise ConfigError(f"fixed: {exc}") from None
+        for name, dist in self.space.items():
+            for value in dist.probes():
+                try:
+                    self._check({name: value})
+                except ConfigError as exc:
+                    hint = ""
+                    if dist.kind != "choice" and "expected" in str(exc):  # a type error, not a bound
+                        hint = f" ({dist.kind} draws real numbers; for an integer or other setting use choice: [...])"
+                    raise ConfigError(f"space.{name}: {dist.describe()} would give {value!r}: {exc}{hint}") from None
+
+    def _check(self, values: Mapping[str, Any]) -> None:
+        from fsar.methods import method_info
+
+        train, knobs = self.split({**self.fixed, **values})
+        from_dict(method_info(self.method).config, knobs, where=f"{self.method} knobs")
+        from_dict(TrainConfig, {"store": ".", "method": self.method, "out": ".", **train}, where="training settings")
+        for key, value in train.items():
+            if key in _POSITIVE and not value > 0:
+                raise ConfigError(f"{key} must be > 0, got {value!r}")
+            if key in _NON_NEGATIVE and not value >= 0:
+                raise ConfigError(f"{key} must be >= 0, got {value!r}")
+
+    def split(self, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``{name: value}`` → (TrainConfig fields, method knobs)."""
+        train: dict[str, Any] = {}
+        knobs: dict[str, Any] = {}
+        for name, value in values.items():
+            (knobs if self.target(name) == "knob" else train)[name] = plain(value)
+        return train, knobs
+
+    def train_config(self, values: Mapping[str, Any], *, store: str | Path, out: str | Path,
+                     **settings: Any) -> TrainConfig:
+        """The TrainConfig of one trial: the fixed settings, then the trial's drawn ``values``, then the
+        sweep's own ``settings`` (reserved fields such as ``use_gpu`` or the MLflow parent)."""
+        train, knobs = self.split({**self.fixed, **values})
+        data = {"store": store, "method": self.method, "out": out, "knobs": knobs, **train, **settings}
+        return from_dict(TrainConfig, data, where="trial config")
+
+    def probe_values(self) -> list[dict[str, Any]]:
+        """One ``{name: value}`` per probe of every swept name (others left at their fixed/default
+        value): what ``check_training_inputs`` is run on before a sweep starts."""
+        return [{name: value} for name, dist in self.space.items() for value in dist.probes()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The space as a YAML-safe mapping, the same shape as the file."""
+        return {"method": self.method, "metric": self.metric, "trials": self.trials, "search_seed": self.search_seed,
+                "fixed": plain(dict(self.fixed)), "space": {k: plain(d.to_dict()) for k, d in self.space.items()}}
+
+
+def _init_fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def plain(value: Any) -> Any:
+    """Numpy scalars (what samplers hand back) → Python numbers; tuples → lists, recursively."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def load_search_space(path: str | Path, *, trials: int | None = None,
+                      fixed: Mapping[str, Any] | None = None) -> SearchSpace:
+    """Read and check a space file; ``trials`` overrides the file's count and ``fixed`` adds to (or
+    replaces entries of) its fixed settings. Errors name the file."""
+    data = load_yaml(path)
+    if trials is not None:
+        data["trials"] = trials
+    if fixed:
+        data["fixed"] = {**(data.get("fixed") or {}), **fixed}
+    try:
+        return from_dict(SearchSpace, data, where="search space")
+    except ConfigError as exc:
+        raise ConfigError(f"search space {path}: {exc}") from None
