@@ -150,6 +150,16 @@ def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
     (query, support) pair shared by many episodes is solved once (5-shot episodes share most pairs)."""
     table = torch.full((n_videos, n_videos), float("nan"))
     known = torch.zeros(n_videos, n_videos, dtype=torch.bool)
+    parts = getattr(method, "logit_parts", None)
+    # Per episode only the parts logits_from_pairs reads are gathered (A2M2: the video embeddings, not the
+    # candidate sets, which the pair table already summarises).
+    needed = encoded if parts is None or not isinstance(encoded, tuple) else tuple(
+        part if i in parts else None for i, part in enumerate(encoded))
+
+    def gather(index: torch.Tensor) -> Any:
+        if isinstance(needed, tuple):
+            return tuple(None if part is None else part[index] for part in needed)
+        return needed[index]
 
     def fill(q_idx: torch.Tensor, s_idx: torch.Tensor) -> None:
         flat = (q_idx[:, :, None] * n_videos + s_idx[:, None, :]).reshape(-1)
@@ -169,8 +179,8 @@ def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
         fill(q_idx, s_idx)
         s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
         distance = table[q_idx[:, :, None], s_idx[:, None, :]]
-        return method.logits_from_pairs(distance, index_videos(encoded, s_idx), s_lab, index_videos(encoded, q_idx),
-                                        way, class_text=episode_class_text(class_text, batch))
+        return method.logits_from_pairs(distance, gather(s_idx), s_lab, gather(q_idx), way,
+                                        class_text=episode_class_text(class_text, batch))
 
     return from_pairs
 

@@ -5,7 +5,8 @@
 1. Embedding: decode alone, encode alone, and the Ray Data pipeline on the same videos (videos/s);
    pipeline efficiency = pipeline rate / min(decode rate, encode rate). Ray start-up is timed apart.
 2. Training from cached features: episodes/s of the in-process loop (OTAM with a learned projection).
-3. Evaluation from cached features: episodes/s for 10,000 5-way 1-shot episodes per method.
+3. Evaluation from cached features: episodes/s for 10,000 5-way 1-shot episodes per method (each on the
+   features it reads: OTAM the flattened grid, A2M2 the patch grid) and its parameter count.
 """
 
 from __future__ import annotations
@@ -77,20 +78,26 @@ def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:
 
 
 def bench_evaluation(store: Path, *, episodes: int, methods: list[str]) -> dict[str, float]:
+    """Evaluation episodes/s of untrained methods (default knobs), each on the features it reads."""
     from fsar.data.episodes import EpisodeSampler
     from fsar.data.feature_store import FeatureStore
     from fsar.eval import episode_accuracies
-    from fsar.methods import build_method
+    from fsar.methods import build_method, method_info
 
-    split = FeatureStore(store).load_split("test")
-    feats = torch.from_numpy(split.features.astype(np.float32))
-    eps = EpisodeSampler(split.labels, way=5, shot=1, query=1, seed=0).batch(0, episodes)
+    feature_store = FeatureStore(store)
+    text = feature_store.class_text()
     out = {}
     for name in methods:
+        kind = method_info(name).input_kind
+        split = feature_store.load_split("test", view=feature_store.meta.view_for(kind), as_grid=kind == "patches")
+        feats = torch.from_numpy(split.features.astype(np.float32))
+        eps = EpisodeSampler(split.labels, way=5, shot=1, query=1, seed=0).batch(0, episodes)
         method = build_method(name, feature_dim=feats.shape[-1])
         start = time.perf_counter()
-        episode_accuracies(method, feats, eps, batch_size=1000)
+        episode_accuracies(method, feats, eps, batch_size=1000,
+                           class_text=None if text is None else torch.from_numpy(text))
         out[f"eval_{name}_episodes_per_s"] = _rate(episodes, time.perf_counter() - start)
+        out[f"{name}_parameters"] = float(sum(p.numel() for p in method.parameters()))
     return out
 
 
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=10000)
     parser.add_argument("--train-steps", type=int, default=50)
-    parser.add_argument("--methods", default="protonet,otam,bimhm")
+    parser.add_argument("--methods", default="protonet,otam,bimhm,a2m2")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -97,6 +97,55 @@ def test_every_registered_frame_method_trains(signal_store, tmp_path):
         assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m in reports), name
 
 
+def make_patch_store(root, *, dim=8, grid=2, frames=4, seed=0):
+    """A store with a patch grid and class-name text: each class is a fixed pattern over the grid that
+    shifts over time, plus noise; the text embedding of a class is a noisy copy of its pattern."""
+    from fsar.data.feature_store import write_class_text
+
+    rng = np.random.default_rng(seed)
+    rows, texts = [], {}
+    for split, classes in (("train", range(0, 10)), ("val", range(10, 15)), ("test", range(15, 20))):
+        for c in classes:
+            pattern = rng.normal(size=(grid, grid, dim))
+            texts[c] = pattern.mean(axis=(0, 1)) + rng.normal(scale=0.1, size=dim)
+            for v in range(6):
+                feats = np.stack([np.roll(pattern, t, axis=1) for t in range(frames)])
+                feats = feats + rng.normal(scale=0.3, size=feats.shape)
+                rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class{c}", "split": split,
+                             "num_frames": 16, "frame_indices": list(range(frames)), "frames": feats.mean(axis=(1, 2)),
+                             "patches": feats})
+    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim, patch_grid=grid,
+                               image_size=64))
+    write_shard(root, 0, rows)
+    write_class_text(root, list(texts), [f"class{c}" for c in texts], np.stack(list(texts.values())),
+                     template="a video of {}")
+    return root
+
+
+def test_every_registered_patch_method_trains_and_reloads(tmp_path):
+    """Patch-grid methods read (N, T, g, g, D) and, when they use it, the store's class text; the
+    checkpoint records the view and rebuilds the method."""
+    from fsar.data.feature_store import FeatureStore
+    from fsar.methods import list_methods, method_info
+
+    store = make_patch_store(tmp_path / "store")
+    assert FeatureStore(store).class_text().shape == (20, 8)
+    names = [n for n in list_methods() if method_info(n).input_kind == "patches"]
+    assert "a2m2" in names
+    for name in names:
+        fields = method_info(name).config.__dataclass_fields__
+        knobs = {k: v for k, v in {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8}.items() if k in fields}
+        reports = []
+        cfg = config(store, tmp_path / name, method=name, knobs=knobs, steps=6, val_every=3, val_episodes=20)
+        train_worker(cfg, report=lambda m, p, reports=reports: reports.append((m, p)))
+        assert [m["step"] for m, _ in reports] == [3, 6], name
+        assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m, _ in reports), name
+        payload = reports[-1][1]
+        assert payload["resolved_view"] == "patches", name
+        method, _ = load_checkpoint(save_checkpoint(payload, tmp_path / f"{name}.pt"))
+        assert method.input_kind == "patches"
+
+
 def test_check_training_inputs_catches_impossible_validation_episodes(signal_store, tmp_path):
     from fsar.data.episodes import EpisodeError
     from fsar.training import check_training_inputs

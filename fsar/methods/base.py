@@ -222,6 +222,10 @@ class PairDistanceMethod(FewShotMethod):
     ``logits_from_pairs``.
     """
 
+    # Which parts of a tuple encoding ``logits_from_pairs`` reads (None: all); evaluation gathers only those
+    # per episode and passes None for the others.
+    logit_parts: ClassVar[tuple[int, ...] | None] = None
+
     def metric_forward(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
                        class_text: Tensor | None = None,
                        supervision: Supervision | None = None) -> tuple[Tensor, dict[str, Tensor]]:

@@ -92,9 +92,10 @@ def sinkhorn_log(
     return plan, (plan * cost).sum(dim=(-2, -1))
 
 
-# Largest cost spread / ε for which the kernel exp(-(C - min C)/ε) and the scalings stay inside fp32's range
-# (e^±87); beyond it the scaling solver works in fp64 (e^±708), which covers ε down to ~0.003 for costs in [0, 2].
-_FP32_SPREAD = 30.0
+# Largest cost spread / ε for which the kernel exp(-(C - min C)/ε) and the scalings (bounded by e^{spread/ε})
+# stay well inside fp32's normal range (e^±87); beyond it the scaling solver works in fp64 (e^±708), which
+# covers ε down to ~0.003 for costs in [0, 2].
+_FP32_SPREAD = 60.0
 _FP64_SPREAD = 600.0
 
 
@@ -112,7 +113,7 @@ def sinkhorn_scaling(
     ``u ← a / (K v)``, ``v ← b / (Kᵀ u)`` with ``K = exp(−(C − min C)/ε)`` from ``v = 1`` are the log-domain
     updates exponentiated (the per-problem shift ``min C`` cancels in the plan). Without a ``logsumexp``
     per iteration it is several times faster on small problems, but it needs ``exp(−spread/ε)`` to be
-    representable: fp32 when ``spread/ε ≤ 30``, fp64 up to 600 (ε ≥ 0.0034 for costs in [0, 2]);
+    representable: fp32 when ``spread/ε ≤ 60``, fp64 up to 600 (ε ≥ 0.0034 for costs in [0, 2]);
     beyond that it falls back to :func:`sinkhorn_log`.
     """
     _check_inputs(cost, a, b, epsilon, iterations, validate)

@@ -59,7 +59,7 @@ class CandidateWeights(nn.Module):
 
 
 def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, support_logits: Tensor, *,
-                       epsilon: float, iterations: int, backend: str = "scaling") -> Tensor:
+                       epsilon: float, iterations: int, backend: str = "scaling", unit: bool = False) -> Tensor:
     """Entropic-OT distance of every (query, support) pair of every episode.
 
     Args:
@@ -68,14 +68,15 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
         epsilon: entropic regularisation ε (costs lie in [0, 2]).
         iterations: Sinkhorn iterations.
         backend: ``"scaling"`` / ``"torch"`` (our solver, multiplicative or log-domain form) or ``"pot"``.
+        unit: the candidates are already unit vectors (skips normalising them again for every pair).
 
     Returns:
         ``(B, N_q, N_s)`` transport costs ⟨P, C⟩ with C = 1 − cos.
     """
     b, nq, k, _ = query.shape
     ns, k2 = support.shape[1], support.shape[2]
-    q = nn.functional.normalize(query, dim=-1, eps=1e-8)
-    s = nn.functional.normalize(support, dim=-1, eps=1e-8)
+    q = query if unit else nn.functional.normalize(query, dim=-1, eps=1e-8)
+    s = support if unit else nn.functional.normalize(support, dim=-1, eps=1e-8)
     # The transport runs in at least fp32 (half-precision log-weights lose the small marginals).
     work = torch.promote_types(query.dtype, torch.float32)
     cost = 1.0 - torch.einsum("bqke,bsle->bqskl", q.to(work), s.to(work))  # (B, N_q, N_s, K, K')

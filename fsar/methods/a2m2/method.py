@@ -100,6 +100,8 @@ class A2M2Config:
 class A2M2(PairDistanceMethod):
     """M2 block → A2 weights → batched entropic OT between candidate sets, optional frame metric and text."""
 
+    logit_parts = (3,)  # logits_from_pairs reads only the video embeddings (the text term)
+
     def __init__(self, config: A2M2Config, *, feature_dim: int) -> None:
         super().__init__()
         self.config = config
@@ -118,11 +120,13 @@ class A2M2(PairDistanceMethod):
         return self.config.text
 
     def encode_videos(self, videos: Tensor) -> Encoded:
-        """``(..., T, g, g, D)`` → candidates ``(..., K, e)``, weight logits ``(..., K)``, frames for the
+        """``(..., T, g, g, D)`` → unit candidates ``(..., K, e)``, weight logits ``(..., K)``, frames for the
         frame metric ``(..., T, g·g·d)`` (``(..., T, 0)`` when ``fusion`` is 0) and the video embedding ``(..., e)``."""
         candidates, reduced = self.m2(videos)
         logits = self.weights(candidates, motion_summary(reduced))
         embedding = (torch.softmax(logits, dim=-1)[..., None] * candidates).sum(dim=-2)
+        # The transport compares candidates by cosine: unit vectors once here, not once per pair.
+        candidates = nn.functional.normalize(candidates, dim=-1, eps=1e-8)
         # Only the frame-level metric reads frames; without fusion an empty tensor keeps the tuple's shape.
         frames = reduced.flatten(-3) if self.config.fusion > 0 else reduced.new_zeros(*reduced.shape[:-3], 0)
         return candidates, logits, frames, embedding
@@ -133,7 +137,7 @@ class A2M2(PairDistanceMethod):
         q_cand, q_logit, q_frames, _ = query
         c = self.config
         dist = transport_distance(q_cand, q_logit, s_cand, s_logit, epsilon=c.ot_epsilon, iterations=c.ot_iters,
-                                  backend=c.ot_backend)
+                                  backend=c.ot_backend, unit=True)
         if c.fusion > 0:
             frame_dist = pairwise_frame_distance(q_frames, s_frames)
             frame = (otam_distance(frame_dist, c.frame_gamma) if c.frame_metric == "otam"
