@@ -1,4 +1,4 @@
-"""The ``fsar`` command: synth, manifest, embed, train, eval, tune, demo, methods.
+"""The ``fsar`` command: synth, manifest, embed, masks, train, eval, tune, demo, methods.
 
 Every command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (values parsed as YAML:
 ``shot=5``, ``methods=[otam]``, ``knobs.otam.gamma=0.05``). Priority, lowest first: the config class's
@@ -136,6 +136,24 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- masks
+def _add_masks(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("masks", help="convert per-frame PNG masks (<video_id>/<frame>.png) into I2ST mask files")
+    p.add_argument("--png", type=Path, help="folder of <video_id>/<frame>.png masks")
+    p.add_argument("--out", type=Path, help="mask folder to write (<video_id>.npz); knobs.mask_files of i2st")
+    _common(p)
+    p.set_defaults(run=_run_masks)
+
+
+def _run_masks(args: argparse.Namespace) -> int:
+    from fsar.data.masks import MaskConvertConfig, convert_png_masks
+
+    config = resolve(MaskConvertConfig, file=args.config, overrides=args.overrides, flags=_flags(args, "png", "out"))
+    report = convert_png_masks(config)
+    print(f"masks {config.out}: {report.summary()}")
+    return 0 if report.written + report.skipped else 1
+
+
 # ---------------------------------------------------------------- train
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="episodic training on a feature store (Ray Train; workers=0 in-process)")
@@ -257,7 +275,7 @@ def _run_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_synth, _add_manifest, _add_embed, _add_train, _add_eval, _add_tune, _add_demo, _add_methods,
+    _add_synth, _add_manifest, _add_embed, _add_masks, _add_train, _add_eval, _add_tune, _add_demo, _add_methods,
 )
 
 

@@ -24,6 +24,7 @@ from fsar.config import ConfigError
 from fsar.data.episodes import Episodes, EpisodeSampler
 from fsar.data.feature_store import FeatureStore, SplitFeatures, View
 from fsar.eval import accuracy_ci, episode_accuracies, episode_class_text, gather_episodes
+from fsar.mask_supervision import check_mask_inputs, load_mask_table
 from fsar.methods import FewShotMethod, build_method, method_info
 from fsar.methods.base import Supervision
 
@@ -123,7 +124,9 @@ def check_training_inputs(config: TrainConfig) -> None:
     """Everything a training job can get wrong, found before any worker starts and without reading
     feature bytes: method and knobs, store and backbone, view, impossible training or validation episodes."""
     store, view = open_store(config)
-    class_text_table(store, build_for_training(config, store.meta.view_dim(view)))
+    method = build_for_training(config, store.meta.view_dim(view))
+    class_text_table(store, method)
+    check_mask_inputs(method, store)
     labels, names = store.split_labels("train")
     EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
                    class_names=names, split="train")
@@ -245,6 +248,7 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
         schedule.load_state_dict(state["scheduler"])
     text = class_text_table(store, method)
     text = None if text is None else text.to(device)
+    masks = load_mask_table(method, store, train, device=device)  # mask files (I2ST mask_source=files), else None
     train_feats = torch.from_numpy(train.features.astype(np.float32)).to(device)
     val_feats = torch.from_numpy(val.features.astype(np.float32)).to(device)
     sampler = EpisodeSampler(train.labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
@@ -260,7 +264,8 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
         support, s_lab, query, q_lab = gather_episodes(train_feats, episodes)
         method.train()
         loss, acc, parts = loss_module(support, s_lab.to(device), query, q_lab.to(device), config.way,
-                                       episode_class_text(text, episodes))
+                                       episode_class_text(text, episodes),
+                                       None if masks is None else masks.supervision(episodes))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

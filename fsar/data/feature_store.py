@@ -145,6 +145,7 @@ class SplitFeatures:
     labels: np.ndarray
     class_names: dict[int, str]
     features: np.ndarray
+    frame_indices: np.ndarray | None = None  # (N, T) decoded frame number of each sampled frame; -1 = not recorded
 
 
 class FeatureStore:
@@ -223,7 +224,8 @@ class FeatureStore:
         elif as_grid and view == "pooled":
             features = features.reshape(table.num_rows, m.frames, 1, 1, m.embed_dim)
         labels, names = self._labels(table)
-        return SplitFeatures(table["video_id"].to_pylist(), labels, names, features)
+        return SplitFeatures(table["video_id"].to_pylist(), labels, names, features,
+                             frame_indices=_frame_indices(table, m.frames))
 
     def has_class_text(self) -> bool:
         return (self.root / CLASS_TEXT_FILE).is_file()
@@ -239,6 +241,15 @@ class FeatureStore:
         out = np.zeros((int(labels.max()) + 1, vectors.shape[1]), dtype=np.float32)
         out[labels] = vectors
         return out
+
+
+def _frame_indices(rows: pa.Table, frames: int) -> np.ndarray:
+    """``(N, T)`` int64 sampled frame numbers of each row; -1 for a row that did not record ``frames`` of them."""
+    column = rows["frame_indices"].combine_chunks()
+    complete = pa.compute.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False) == frames
+    out = np.full((rows.num_rows, frames), -1, dtype=np.int64)
+    out[complete] = column.filter(pa.array(complete)).flatten().to_numpy(zero_copy_only=False).reshape(-1, frames)
+    return out
 
 
 def write_class_text(root: str | Path, labels: Iterable[int], class_names: Iterable[str], embeddings: np.ndarray,

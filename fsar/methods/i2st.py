@@ -1,0 +1,289 @@
+"""I2ST: joint image–instance spatial-temporal attention with global-local prototype matching.
+
+What the paper states (DESIGN "I2ST"): an instance perception module yields action-related instance
+embeddings, supervised during training by masks from a text-guided segmentation model; a pair of
+spatial-temporal attention sub-modules fuses image features and instance embeddings; matching combines a
+sequence-level and a frame-level distance. Everything below that is more specific is our reconstruction,
+each choice a knob of ``I2STConfig``:
+
+Per video (``encode_videos``, so evaluation runs it once per video of a split):
+
+1. patch grid ``(T, g, g, D)`` from the store → optionally minus its temporal mean per patch position
+   (``temporal_centre``: keep only what changes — the motion) → normalised (``input_norm``: by the frame's
+   RMS, keeping which patches stand out, or per patch by LayerNorm) → Linear to width ``dim`` + a 2-D
+   position code;
+2. instance perception (``InstancePerception``): ``instances`` learnable queries cross-attend to each
+   frame's patch tokens; mask logits = query · patch / √dim; instance embedding = mask-weighted mean of
+   the patch tokens (sigmoid mask);
+3. ``layers`` × (spatial sub-module: patch tokens ↔ instance tokens per frame; frame token = mean patch
+   token; temporal sub-module: self-attention across frames over [frame token; instance tokens]);
+4. per-frame vector: [frame token; mean instance token] (``match_features``), LayerNorm, optional
+   ``proj_dim`` projection.
+
+Per episode (``metric_forward``): distance = λ·global + (1 − λ)·local, where global is the cosine
+distance of the query's temporal-mean vector to the class prototype (mean of the class's support
+vectors) and local the frame-level alignment distance (OTAM both ways, or Bi-MHM) averaged over the
+class's support videos, with the ops the ``otam`` / ``bimhm`` methods use; logits = −distance·scale.
+
+Mask supervision (training only, ``mask_source``): ``files`` — per-patch foreground masks read by the
+training pipeline from ``mask_files`` (``fsar.data.masks``) and passed in ``Supervision``; ``pseudo`` —
+masks from the cosine similarity of the store's raw patch features with the class name's text
+embedding (support videos: their class; queries: ``supervision.query_labels``); ``none``. Loss: BCE +
+Dice after matching queries to the mask (``mask_match``), times ``mask_loss_weight``, returned as
+``aux["mask"]``. Mask logits exist only in training mode; at evaluation no mask source is touched, and
+I2ST logits never read ``class_text`` or ``supervision`` whatever the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from fsar.config import ConfigError
+from fsar.methods.base import (
+    Encoded,
+    FewShotMethod,
+    LogitScale,
+    Supervision,
+    TemporalCentre,
+    check_metric_knobs,
+    class_average,
+    class_prototypes,
+    make_projection,
+)
+from fsar.methods.i2st_blocks import (
+    FrameScale,
+    InstancePerception,
+    SpatialAttention,
+    TemporalAttention,
+    grid_code,
+)
+from fsar.methods.registry import register_method
+from fsar.ops.frame_distance import cosine_distance, mean_hausdorff, pairwise_frame_distance
+from fsar.ops.instance_masks import matched_mask_loss, text_pseudo_masks
+from fsar.ops.soft_dtw import otam_distance
+
+_ENCODE_CHUNK = 512  # videos encoded per step: bounds activation memory when evaluation encodes a whole split
+
+
+@dataclass
+class I2STConfig:
+    """Knobs of I2ST ([recon] choices documented in the module docstring)."""
+
+    instances: int = 4  # K learnable instance queries per frame
+    dim: int = 128  # token width of instance perception and attention (patches are projected D → dim)
+    heads: int = 4  # attention heads; dim must be divisible by it
+    layers: int = 1  # stacked (spatial, temporal) attention pairs; 0 = instance perception only
+    mlp_ratio: float = 2.0  # hidden width of every attention block's MLP, as a multiple of dim
+    input_norm: Literal["frame", "patch"] = "frame"  # scale patches by the frame's RMS, or LayerNorm each patch
+    match_features: Literal["both", "frame", "instances"] = "both"  # per-frame vector: [frame; mean instance] or one
+    proj_dim: int = 0  # 0: match the normalised tokens; > 0: a learned Linear(·, proj_dim) per frame first
+    lambda_global: float = 0.5  # distance = λ·global (sequence mean vs class prototype) + (1 − λ)·local
+    local_metric: Literal["otam", "bimhm"] = "otam"  # frame-level distance: OTAM (both ways) or Bi-MHM
+    otam_gamma: float = 0.1  # OTAM soft-min temperature (local_metric=otam); 0 = hard DTW
+    temporal_centre: bool = False  # subtract each video's temporal mean patch grid first: match motion, not appearance
+    temperature: float = 1.0  # logits = -distance / temperature, as OTAM's (its distance grows with the frame count)
+    learn_scale: bool = True  # train the logit scale 1/temperature (it starts at 1/temperature)
+    mask_source: Literal["none", "pseudo", "files"] = "none"  # training-only mask supervision (see docstring)
+    mask_files: str = ""  # mask folder (fsar.data.masks format) for mask_source=files; read by training only
+    mask_loss_weight: float = 1.0  # weight of the BCE + Dice mask loss in the training loss
+    mask_match: Literal["best", "union"] = "best"  # supervise the best-matching query, or the union of all
+    pseudo_threshold: float = 0.5  # pseudo-masks: binarise min-max-normalised similarity here (0 = keep soft)
+
+    def __post_init__(self) -> None:
+        check_metric_knobs("i2st", temperature=self.temperature, proj_dim=self.proj_dim)
+        for name in ("instances", "dim", "heads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"i2st: {name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ConfigError(f"i2st: dim={self.dim} must be divisible by heads={self.heads}")
+        if self.layers < 0:
+            raise ConfigError(f"i2st: layers must be >= 0, got {self.layers}")
+        if not self.mlp_ratio > 0:
+            raise ConfigError(f"i2st: mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.lambda_global <= 1.0:
+            raise ConfigError(f"i2st: lambda_global must lie in [0, 1], got {self.lambda_global}")
+        if self.otam_gamma < 0:
+            raise ConfigError(f"i2st: otam_gamma must be >= 0 (0 = hard DTW), got {self.otam_gamma}")
+        if self.mask_loss_weight < 0:
+            raise ConfigError(f"i2st: mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
+        if not 0.0 <= self.pseudo_threshold < 1.0:
+            raise ConfigError(f"i2st: pseudo_threshold must lie in [0, 1), got {self.pseudo_threshold}")
+        if self.mask_source == "files" and not self.mask_files:
+            raise ConfigError("i2st: mask_source=files needs mask_files (a folder written by `fsar masks`); "
+                              "or use mask_source=pseudo or none")
+
+
+@register_method(
+    "i2st", config=I2STConfig, input_kind="patches",
+    description="I2ST: instance queries + image-instance spatial-temporal attention, global+local matching",
+)
+class I2ST(FewShotMethod):
+    """Instance perception and spatial-temporal attention per video; λ·global + (1 − λ)·local matching."""
+
+    def __init__(self, config: I2STConfig, *, feature_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        norm = FrameScale() if c.input_norm == "frame" else nn.LayerNorm(feature_dim)
+        self.embed = nn.Sequential(norm, nn.Linear(feature_dim, c.dim))
+        # A fixed code of the patch position, scaled by a learned gain so it cannot swamp the features at init.
+        self.position_gain = nn.Parameter(torch.tensor(0.1))
+        self.perception = InstancePerception(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio)
+        self.spatial = nn.ModuleList(
+            SpatialAttention(c.dim, heads=c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.layers))
+        self.temporal = nn.ModuleList(
+            TemporalAttention(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio)
+            for _ in range(c.layers))
+        width = 2 * c.dim if c.match_features == "both" else c.dim
+        self.norm_out = nn.LayerNorm(width)
+        self.proj = make_projection(width, c.proj_dim)
+        self.centre = TemporalCentre() if c.temporal_centre else nn.Identity()
+        self.scale = LogitScale(c.temperature, learn=c.learn_scale)
+
+    @property
+    def uses_text(self) -> bool:
+        """Class-name text is read only to make pseudo-masks in training; logits never read it."""
+        return self.config.mask_source == "pseudo"
+
+    # ------------------------------------------------------------------ per video
+    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-video encoding: ``(..., T, g, g, D)`` → a tuple sharing the leading ``(...)`` axes:
+
+        - ``frames`` ``(..., T, E)``: the per-frame vectors the metric compares;
+        - ``mask_logits`` ``(..., T, K, g, g)`` in training mode with a mask source, else ``(..., 0)``;
+        - ``patches``: the input itself in training mode with ``mask_source=pseudo`` (pseudo-masks are
+          computed from it), else ``(..., 0)`` — so evaluation gathers nothing mask-related per episode.
+        """
+        lead, (frames, grid, _, dim) = videos.shape[:-4], videos.shape[-4:]
+        # Centring works on (..., T, features): the whole patch grid of a frame is one feature vector here.
+        flat = self.centre(videos.reshape(-1, frames, grid * grid * dim)).view(-1, frames, grid, grid, dim)
+        parts = [self._encode(flat[i : i + _ENCODE_CHUNK]) for i in range(0, flat.shape[0], _ENCODE_CHUNK)]
+        vectors = torch.cat([p[0] for p in parts]).view(*lead, frames, -1)
+        source = self.config.mask_source
+        empty = videos.new_zeros(*lead, 0)
+        masks = empty
+        if self.training and source != "none":
+            masks = torch.cat([p[1] for p in parts]).view(*lead, frames, self.config.instances, grid, grid)
+        return vectors, masks, videos if self.training and source == "pseudo" else empty
+
+    def _encode(self, videos: Tensor) -> tuple[Tensor, Tensor]:
+        """``(V, T, g, g, D)`` → per-frame vectors ``(V, T, E)`` and mask logits ``(V·T, K, g·g)``."""
+        n_videos, frames, grid, _, feature_dim = videos.shape
+        tokens = self.embed(videos.reshape(n_videos * frames, grid * grid, feature_dim))
+        tokens = tokens + self.position_gain * grid_code(grid, tokens.shape[-1], device=tokens.device).to(tokens.dtype)
+        instances, mask_logits = self.perception(tokens)  # (M, K, d), (M, K, P)
+        image, frame = tokens, tokens.mean(dim=1)
+        for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
+            image, instances = spatial(image, instances)
+            frame = image.mean(dim=1)  # (M, d): the frame token summarises the updated patch tokens
+            mixed = temporal(torch.cat([frame[:, None], instances], dim=1).view(n_videos, frames, -1, frame.shape[-1]))
+            mixed = mixed.reshape(n_videos * frames, -1, frame.shape[-1])
+            # The temporal update of the frame token reaches the next layer's patch tokens as a residual.
+            image = image + (mixed[:, 0] - frame)[:, None]
+            frame, instances = mixed[:, 0], mixed[:, 1:]
+        mode = self.config.match_features
+        if mode == "both":
+            vectors = torch.cat([frame, instances.mean(dim=1)], dim=-1)
+        else:
+            vectors = frame if mode == "frame" else instances.mean(dim=1)
+        vectors = self.proj(self.norm_out(vectors)).view(n_videos, frames, -1)
+        return vectors, mask_logits
+
+    # ------------------------------------------------------------------ per episode
+    def global_distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Sequence level: cosine distance of each query's temporal mean to each class prototype (the mean
+        of its support videos' temporal means): ``(B, N_s, M, E)``, ``(B, N_q, L, E)`` → ``(B, N_q, way)``."""
+        prototypes = class_prototypes(support.mean(dim=-2), support_labels, way)
+        return cosine_distance(query.mean(dim=-2), prototypes)
+
+    def local_distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """Frame level: OTAM (both directions) or Bi-MHM over 1 − cos frame distances, averaged over each
+        class's support videos: → ``(B, N_q, way)``."""
+        dist = pairwise_frame_distance(query, support)
+        if self.config.local_metric == "otam":
+            pair = otam_distance(dist, self.config.otam_gamma, bidirectional=True)
+        else:
+            pair = mean_hausdorff(dist)
+        return class_average(pair, support_labels, way)
+
+    def distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
+        """λ·global + (1 − λ)·local; a term whose weight is 0 is not computed."""
+        lam = self.config.lambda_global
+        total = query.new_zeros(())
+        if lam > 0:
+            total = total + lam * self.global_distance(support, support_labels, query, way)
+        if lam < 1:
+            total = total + (1.0 - lam) * self.local_distance(support, support_labels, query, way)
+        return total
+
+    def metric_forward(
+        self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+        class_text: Tensor | None = None, supervision: Supervision | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits ``(B, N_q, way)`` from the frame vectors alone; ``aux["mask"]`` when training with a
+        mask source and ``supervision`` (evaluation passes none, and has no mask logits)."""
+        (s_frames, s_masks, s_patches), (q_frames, q_masks, q_patches) = support, query
+        logits = self.scale(self.distance(s_frames, support_labels, q_frames, way))
+        aux: dict[str, Tensor] = {}
+        if supervision is not None and s_masks.shape[-1] > 0 and self.config.mask_loss_weight > 0:
+            loss = self.mask_loss((s_masks, q_masks), (s_patches, q_patches), support_labels,
+                                  class_text=class_text, supervision=supervision)
+            aux["mask"] = self.config.mask_loss_weight * loss
+        return logits, aux
+
+    def mask_loss(self, mask_logits: tuple[Tensor, Tensor], patches: tuple[Tensor, Tensor], support_labels: Tensor,
+                  *, class_text: Tensor | None, supervision: Supervision) -> Tensor:
+        """BCE + Dice of support and query mask logits ``(B, N, T, K, g, g)`` against the mask source's
+        targets, pooled over the videos that have one."""
+        targets, valids = self._mask_targets(patches, support_labels, class_text, supervision)
+        total, count = mask_logits[0].new_zeros(()), mask_logits[0].new_zeros(())
+        for logits, target, valid in zip(mask_logits, targets, valids, strict=True):
+            batch, videos, frames, instances, grid, _ = logits.shape
+            if target.shape != (batch, videos, frames, grid, grid):
+                raise ValueError(f"i2st: masks must be (B, N, T, g, g) = {(batch, videos, frames, grid, grid)} to "
+                                 f"match the patch grid, got {tuple(target.shape)}")
+            valid = valid.reshape(-1)
+            loss = matched_mask_loss(logits.reshape(batch * videos, frames, instances, grid * grid),
+                                     target.reshape(batch * videos, frames, grid * grid), valid,
+                                     match=self.config.mask_match)
+            n_valid = valid.sum().to(loss.dtype)
+            total, count = total + loss * n_valid, count + n_valid
+        return total / count.clamp_min(1.0)
+
+    def _mask_targets(self, patches: tuple[Tensor, Tensor], support_labels: Tensor, class_text: Tensor | None,
+                      supervision: Supervision) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """(support, query) targets ``(B, N, T, g, g)`` in [0, 1] and validity ``(B, N)``."""
+        if self.config.mask_source == "files":
+            if supervision.support_masks is None or supervision.query_masks is None:
+                raise ValueError("i2st: mask_source=files but the supervision carries no masks; the training "
+                                 "pipeline loads them from mask_files (fsar.mask_supervision)")
+            targets = (supervision.support_masks, supervision.query_masks)
+            valids = tuple(
+                torch.ones(m.shape[:2], dtype=torch.bool, device=m.device) if v is None else v
+                for m, v in ((targets[0], supervision.support_mask_valid), (targets[1], supervision.query_mask_valid))
+            )
+            return targets, valids  # type: ignore[return-value]
+        if class_text is None or supervision.query_labels is None:
+            raise ValueError("i2st: mask_source=pseudo needs class_text (the store's class-name embeddings) and "
+                             "supervision.query_labels in training; re-embed with a text tower or use mask_source=none")
+        if class_text.shape[-1] != patches[0].shape[-1]:
+            raise ValueError(f"i2st: pseudo-masks compare patches of width {patches[0].shape[-1]} with text "
+                             f"embeddings of width {class_text.shape[-1]}; they must share the CLIP space")
+        targets = tuple(
+            self._pseudo(p, class_text, labels) for p, labels in zip(patches, (support_labels, supervision.query_labels),
+                                                                   strict=True)
+        )
+        valids = tuple(torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) for t in targets)
+        return targets, valids  # type: ignore[return-value]
+
+    def _pseudo(self, patches: Tensor, class_text: Tensor, labels: Tensor) -> Tensor:
+        """Pseudo-masks of ``(B, N, T, g, g, D)`` patches from the text of each video's class (labels ``(B, N)``)."""
+        batch, videos, frames, grid, _, dim = patches.shape
+        text = class_text.gather(1, labels.long()[..., None].expand(-1, -1, class_text.shape[-1]))  # (B, N, E)
+        masks = text_pseudo_masks(patches.reshape(batch, videos, frames, grid * grid, dim), text[:, :, None],
+                                  threshold=self.config.pseudo_threshold)
+        return masks.view(batch, videos, frames, grid, grid)

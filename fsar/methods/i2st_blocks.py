@@ -1,0 +1,123 @@
+"""I2ST's per-video building blocks: instance perception and the spatial / temporal attention pair.
+
+All blocks are pre-norm residual transformer blocks (``x + Attn(LN x)``, then ``x + MLP(LN x)``), so a
+block starts close to the identity and the features the store holds pass through the residual stream.
+Shapes: M frames (all videos' frames flattened), P = g·g patches per frame, K instances, T frames per
+video, d the token width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from fsar.ops.instance_masks import mask_pool
+
+
+def sinusoid_code(positions: Tensor, width: int) -> Tensor:
+    """Fixed sine/cosine code of integer positions: ``(n,)`` → ``(n, width)``.
+
+    It works for any number of positions, so one model reads any patch grid size and any clip length.
+    """
+    half = (width + 1) // 2
+    steps = torch.arange(half, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / max(1, half))
+    angles = positions.float().unsqueeze(-1) * freqs
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :width]
+
+
+def grid_code(grid: int, width: int, *, device: torch.device | None = None) -> Tensor:
+    """2-D position code of a g×g patch grid, row-major: ``(g·g, width)`` (half the channels per axis)."""
+    axis = torch.arange(grid, device=device)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    row_width = width // 2
+    return torch.cat([sinusoid_code(rows.flatten(), row_width), sinusoid_code(cols.flatten(), width - row_width)], -1)
+
+
+class FrameScale(nn.Module):
+    """Divide a frame's patch features by their root mean square over the whole frame: ``(M, P, D)`` → same.
+
+    Unlike a per-patch LayerNorm this keeps how the patches of a frame differ in magnitude — which ones
+    stand out — and removes only the backbone's overall feature scale.
+    """
+
+    def forward(self, patches: Tensor) -> Tensor:
+        return patches * patches.pow(2).mean(dim=(-1, -2), keepdim=True).clamp_min(1e-12).rsqrt()
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm residual attention + MLP: ``x (M, n, d)`` attends to ``context (M, m, d)`` when ``cross``,
+    else to itself."""
+
+    def __init__(self, dim: int, *, heads: int, mlp_ratio: float, cross: bool) -> None:
+        super().__init__()
+        self.norm_x = nn.LayerNorm(dim)
+        # Cross-attention normalises its context on its own; self-attention has no second input to normalise.
+        self.norm_context = nn.LayerNorm(dim) if cross else None
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        hidden = max(1, round(dim * mlp_ratio))
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        query = self.norm_x(x)
+        if (context is None) != (self.norm_context is None):
+            raise ValueError("AttentionBlock: pass a context exactly when the block was built with cross=True")
+        source = query if self.norm_context is None else self.norm_context(context)
+        x = x + self.attn(query, source, source, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+class InstancePerception(nn.Module):
+    """K learnable instance queries read one frame's patch tokens; each yields a mask over the patches
+    (logits = query · patch / √d) and an instance embedding, the mask-weighted mean of the patch tokens."""
+
+    def __init__(self, dim: int, *, instances: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(instances, dim) * dim**-0.5)
+        self.read = AttentionBlock(dim, heads=heads, mlp_ratio=mlp_ratio, cross=True)
+        self.mask_query = nn.Linear(dim, dim)
+        self.mask_key = nn.Linear(dim, dim)
+
+    def forward(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        """``(M, P, d)`` patch tokens → instance embeddings ``(M, K, d)`` and mask logits ``(M, K, P)``."""
+        queries = self.read(self.queries.expand(patches.shape[0], -1, -1), patches)
+        logits = self.mask_query(queries) @ self.mask_key(patches).transpose(-1, -2) / math.sqrt(patches.shape[-1])
+        return mask_pool(patches, logits.sigmoid()), logits
+
+
+class SpatialAttention(nn.Module):
+    """Per frame, image ↔ instance: the patch tokens attend to the instance tokens, then the instance
+    tokens attend to the updated patch tokens."""
+
+    def __init__(self, dim: int, *, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.image_from_instances = AttentionBlock(dim, heads=heads, mlp_ratio=mlp_ratio, cross=True)
+        self.instances_from_image = AttentionBlock(dim, heads=heads, mlp_ratio=mlp_ratio, cross=True)
+
+    def forward(self, image: Tensor, instances: Tensor) -> tuple[Tensor, Tensor]:
+        """``(M, P, d)`` patch tokens and ``(M, K, d)`` instance tokens → both updated."""
+        image = self.image_from_instances(image, instances)
+        return image, self.instances_from_image(instances, image)
+
+
+class TemporalAttention(nn.Module):
+    """Per video, self-attention across frames over each frame's [frame token; instance tokens].
+
+    A learned slot embedding tells the frame token from the K instance slots, and a fixed time code
+    (scaled by a learned gain) gives the order of the frames, so the tokens can carry motion direction.
+    """
+
+    def __init__(self, dim: int, *, instances: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.slots = nn.Parameter(torch.zeros(1 + instances, dim))
+        self.time_gain = nn.Parameter(torch.tensor(0.1))
+        self.block = AttentionBlock(dim, heads=heads, mlp_ratio=mlp_ratio, cross=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``(V, T, 1 + K, d)`` → same shape (slot 0 is the frame token)."""
+        videos, frames, slots, dim = tokens.shape
+        time = sinusoid_code(torch.arange(frames, device=tokens.device), dim).to(tokens.dtype)
+        x = tokens + self.slots + self.time_gain * time[:, None, :]
+        return self.block(x.reshape(videos, frames * slots, dim)).view(videos, frames, slots, dim)
