@@ -29,7 +29,7 @@ class CompareConfig:
     out: Path  # output folder: runs/<method>, eval/, comparison.md
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True}, "a2m2": {},
-    })  # method -> knobs, each trained with the budget below
+    })  # method (or method@label, to compare settings of one method) -> knobs, each trained with the budget below
     steps: int = 300  # optimiser steps per method
     episodes_per_step: int = 8  # episodes per step on each worker
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine)
@@ -52,19 +52,20 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / "compare_config.yaml")
     runs, train_seconds, params = [], {}, {}
-    for method, knobs in config.methods.items():
+    for key, knobs in config.methods.items():
+        method = key.split("@")[0]
         start = time.perf_counter()
         result = train(TrainConfig(
-            store=Path(config.store), method=method, out=out / "runs" / method, knobs=dict(knobs), steps=config.steps,
+            store=Path(config.store), method=method, out=out / "runs" / key, knobs=dict(knobs), steps=config.steps,
             episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
             val_every=config.val_every, seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
             experiment="fsar-compare"))
-        train_seconds[method] = time.perf_counter() - start
+        train_seconds[key] = time.perf_counter() - start
         payload = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-        params[method] = sum(v.numel() for k, v in payload["state_dict"].items() if "running_" not in k
+        params[key] = sum(v.numel() for k, v in payload["state_dict"].items() if "running_" not in k
                              and not k.endswith("num_batches_tracked"))
-        print(f"{method}: best validation {result.best_val_accuracy:.1f}% at step {result.best_step}, "
-              f"{train_seconds[method]:.0f} s", flush=True)
+        print(f"{key}: best validation {result.best_val_accuracy:.1f}% at step {result.best_step}, "
+              f"{train_seconds[key]:.0f} s", flush=True)
         runs.append(result.run_dir)
     base = EvalConfig(store=Path(config.store), out=out / "eval", runs=runs, episodes=config.episodes,
                       seed=config.seed, dataset=Path(config.store).name)
@@ -77,14 +78,18 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
 
 
 def comparison_table(records: list[ResultRecord], params: dict[str, int], train_seconds: dict[str, float]) -> str:
-    """Markdown: one row per method, accuracy ± CI per shot, parameters, training time, evaluation rate."""
+    """Markdown: one row per trained run (named by its folder: method or method@label), accuracy ± CI per
+    shot, parameters, training time, evaluation rate."""
+    def key(r: ResultRecord) -> str:
+        return Path(r.run).name if r.run else r.method
+
     shots = sorted({r.shot for r in records})
-    methods = list(dict.fromkeys(r.method.split(" ")[0] for r in records))
+    methods = list(dict.fromkeys(key(r) for r in records))
     head = ("| method | " + " | ".join(f"{s}-shot accuracy (%)" for s in shots)
             + " | parameters | training (s) | evaluation (episodes/s, 1st shot) |")
     lines = [head, "|---|" + "---:|" * (len(shots) + 3)]
     for m in methods:
-        mine = {r.shot: r for r in records if r.method.split(" ")[0] == m}
+        mine = {r.shot: r for r in records if key(r) == m}
         cells = [f"{mine[s].accuracy:.2f} ± {mine[s].ci95:.2f}" if s in mine else "" for s in shots]
         first = mine[shots[0]]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {params.get(m, 0):,} | {train_seconds.get(m, 0):.0f} | "
