@@ -158,6 +158,7 @@ def _run_masks(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="episodic training on a feature store (Ray Train; workers=0 in-process)")
     p.add_argument("--store", type=Path)
+    p.add_argument("--manifest", type=Path, help="end-to-end (pixels) methods: train on these videos instead of a store")
     p.add_argument("--method")
     p.add_argument("--out", type=Path)
     p.add_argument("--way", type=int)
@@ -175,7 +176,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from pipelines.train import TrainConfig, run
 
     config = resolve(TrainConfig, file=args.config, overrides=args.overrides,
-                     flags=_flags(args, "store", "method", "out", "way", "shot", "steps", "workers", "lr", "mlflow_uri"))
+                     flags=_flags(args, "store", "manifest", "method", "out", "way", "shot", "steps", "workers", "lr",
+                                  "mlflow_uri"))
     result = run(config, address=args.address)
     print(f"run {result.run_dir}: best validation accuracy {result.best_val_accuracy:.2f}% at step "
           f"{result.best_step}/{result.steps}; checkpoint {result.best_checkpoint}; MLflow run {result.mlflow_run_id}")
@@ -186,6 +188,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score methods on fixed seeded test episodes (accuracy ± 95%% CI)")
     p.add_argument("--store", type=Path)
+    p.add_argument("--manifest", type=Path, help="end-to-end (pixels) methods and runs: decode these videos instead of a store")
     p.add_argument("--out", type=Path)
     p.add_argument("--method", dest="methods", action="append", help="untrained method name (repeatable)")
     p.add_argument("--run", dest="runs", action="append", type=Path, help="trained run folder or .pt (repeatable)")
@@ -202,7 +205,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from pipelines.evaluate import EvalConfig, run
 
     config = resolve(EvalConfig, file=args.config, overrides=args.overrides,
-                     flags=_flags(args, "store", "out", "methods", "runs", "episodes", "way", "shot", "split", "seed"))
+                     flags=_flags(args, "store", "manifest", "out", "methods", "runs", "episodes", "way", "shot", "split",
+                                  "seed"))
     from fsar.eval import format_table
 
     records = run(config)
@@ -247,6 +251,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded default end to end: synth → embed → evaluate baselines")
     p.add_argument("--out", type=Path)
     p.add_argument("--episodes", type=int)
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     _common(p)
     p.set_defaults(run=_run_demo)
 
@@ -254,7 +259,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoConfig, run
 
-    run(resolve(DemoConfig, file=args.config, overrides=args.overrides, flags=_flags(args, "out", "episodes")))
+    run(resolve(DemoConfig, file=args.config, overrides=args.overrides, flags=_flags(args, "out", "episodes")),
+        address=args.address)
     return 0
 
 

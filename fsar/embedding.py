@@ -212,12 +212,19 @@ class ShardAssembler:
         self.expected = {s: len(plan.shard_rows(s)) for s in plan.todo}
         self.good: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
         self.failed: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
+        self.seen: dict[int, set[str]] = {s: set() for s in plan.todo}
         self.written = 0
         for s in [s for s, n in self.expected.items() if n == 0]:
             self._write(s)
 
     def add(self, shard: int, record: Mapping[str, Any]) -> None:
-        """``record`` has an ``error`` (a failure) or ``frames`` (+ optional ``patches``) features."""
+        """``record`` has an ``error`` (a failure) or ``frames`` (+ optional ``patches``) features. A video
+        already added is ignored: Ray retries the task of a dead worker, and a retried task can deliver
+        rows that had already arrived, so each video is kept exactly once."""
+        seen = self.seen.get(shard)
+        if seen is None or str(record["video_id"]) in seen:
+            return
+        seen.add(str(record["video_id"]))
         if record.get("error"):
             self.failed[shard].append({k: record[k] for k in ("video_id", "path", "split")} | {"reason": record["error"]})
         else:
@@ -229,6 +236,7 @@ class ShardAssembler:
         # Failures first: the shard file is the completion marker a rerun trusts.
         write_failures(self.plan.root, shard, self.failed.pop(shard, []))
         write_shard(self.plan.root, shard, self.good.pop(shard, []))
+        self.seen.pop(shard, None)
         self.written += 1
 
     def finish(self) -> EmbedSummary:

@@ -202,7 +202,8 @@ def episode_accuracies(
     """
     from tqdm.auto import tqdm
 
-    feats = torch.as_tensor(np.asarray(features)) if not isinstance(features, torch.Tensor) else features
+    # A copy: store arrays are read-only views of Parquet buffers, which torch must not alias.
+    feats = torch.from_numpy(np.array(features)) if not isinstance(features, torch.Tensor) else features
     feats = feats.float()
     way, query = episodes.support.shape[1], episodes.query.shape[2]
     q_lab = torch.as_tensor(episode_labels(way, query))

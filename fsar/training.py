@@ -33,11 +33,13 @@ CHECKPOINT_FORMAT = "fsar-checkpoint/1"
 
 @dataclass
 class TrainConfig:
-    """``fsar train``: one method trained episodically on a feature store's train split."""
+    """``fsar train``: one method trained episodically on a feature store's train split (pixels methods:
+    on a manifest's decoded videos, see ``fsar.frame_training``)."""
 
-    store: Path  # feature store folder (from `fsar embed`)
     method: str  # registered method name (`fsar methods`)
     out: Path  # run folder: best.pt, train_config.yaml, metrics, mlflow.db
+    store: Path | None = None  # feature store folder (from `fsar embed`), for cached-feature methods
+    manifest: Path | None = None  # manifest.parquet, for end-to-end (input kind pixels) methods instead of a store
     knobs: dict[str, Any] = field(default_factory=dict)  # the method's config fields, e.g. {proj_dim: 256}
     way: int = 5  # classes per training episode
     shot: int = 1  # support videos per class
@@ -61,6 +63,10 @@ class TrainConfig:
     mlflow_uri: str | None = None  # MLflow tracking URI (default: sqlite file in the run folder)
     experiment: str = "fsar"  # MLflow experiment name
     mlflow_parent_run_id: str | None = None  # set by a sweep: the run is logged as this run's child
+    frames: int = 8  # pixels methods: frames decoded per video (TSN segments; random offsets in training)
+    episodes_per_forward: int = 0  # pixels methods: episodes per forward/backward, gradients accumulated (0 = a whole step)
+    decode_threads: int = 0  # pixels methods, workers=0: parallel decodes in this process (0 = number of CPUs)
+    encode_chunk: int = 32  # pixels methods: videos per no-grad encoder forward at validation
 
 
 class EpisodicLoss(nn.Module):
@@ -87,6 +93,9 @@ class EpisodicLoss(nn.Module):
 
 def open_store(config: TrainConfig) -> tuple[FeatureStore, View]:
     """Open the store and check it and the config against each other; the per-frame view to read."""
+    from fsar.frame_training import check_data_source
+
+    check_data_source(config)  # a pixels method given a store (or the reverse) is told what to pass
     info = method_info(config.method)
     if config.val_split == "test":
         raise ConfigError("val_split=test: model selection on the test split is not allowed; validate on 'val'")
@@ -123,6 +132,10 @@ def class_text_table(store: FeatureStore, method: FewShotMethod) -> Tensor | Non
 def check_training_inputs(config: TrainConfig) -> None:
     """Everything a training job can get wrong, found before any worker starts and without reading
     feature bytes: method and knobs, store and backbone, view, impossible training or validation episodes."""
+    if config.manifest is not None:  # end-to-end (pixels) methods train on decoded videos
+        from fsar.frame_training import check_frame_inputs
+
+        return check_frame_inputs(config)
     store, view = open_store(config)
     method = build_for_training(config, store.meta.view_dim(view))
     class_text_table(store, method)
@@ -214,9 +227,27 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
     method = build_method(payload["method"], feature_dim=payload["feature_dim"], **payload["knobs"])
-    method.load_state_dict(payload["state_dict"])
+    if payload.get("frozen_rebuilt"):  # frozen weights were left out: rebuilt from pretrained/init_seed above
+        from fsar.frame_training import load_partial_state
+
+        load_partial_state(method, payload["state_dict"], where=str(path))
+    else:
+        method.load_state_dict(payload["state_dict"])
     method.eval()
     return method, payload
+
+
+def window_metrics(window: list[tuple[float, float]], *, step: int, lr: float, episodes: int,
+                   started: float) -> dict[str, float]:
+    """The training metrics of one validation interval: mean loss and accuracy (%) of its steps' (loss,
+    accuracy) pairs, the learning rate, and episodes/s since ``started`` (a ``perf_counter`` time)."""
+    return {
+        "step": step,
+        "train_loss": float(np.mean([w[0] for w in window])),
+        "train_accuracy": 100.0 * float(np.mean([w[1] for w in window])),
+        "lr": lr,
+        "episodes_per_s": episodes / (time.perf_counter() - started),
+    }
 
 
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -231,6 +262,11 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
 
     ``wrap`` makes the loss module distributed (DDP); ``state`` resumes from a checkpoint payload.
     """
+    if config.manifest is not None:  # end-to-end (pixels) methods: decoded episodes instead of cached features
+        from fsar.frame_training import frame_train_worker
+
+        return frame_train_worker(config, rank=rank, world_size=world_size, report=report, wrap=wrap, device=device,
+                                  start_step=start_step, state=state)
     torch.set_num_threads(max(1, config.threads_per_worker))
     device = device or torch.device("cpu")
     store, view, train, val = load_features(config)
@@ -275,13 +311,8 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
         window.append((float(loss.detach()), float(acc)))
         last = step + 1 == config.steps
         if (step + 1) % config.val_every == 0 or last:
-            metrics = {
-                "step": step + 1,
-                "train_loss": float(np.mean([w[0] for w in window])),
-                "train_accuracy": 100.0 * float(np.mean([w[1] for w in window])),
-                "lr": float(schedule.get_last_lr()[0]),
-                "episodes_per_s": len(window) * config.episodes_per_step * world_size / (time.perf_counter() - started),
-            }
+            metrics = window_metrics(window, step=step + 1, lr=float(schedule.get_last_lr()[0]),
+                                     episodes=len(window) * config.episodes_per_step * world_size, started=started)
             window.clear()
             payload = None
             if rank == 0:

@@ -1,6 +1,7 @@
 """Benchmarks, measured in one run on this machine and printed as ratios and rates.
 
-``python -m pipelines.bench [--videos-per-class 5 --classes 40 --episodes 10000]``
+``python -m pipelines.bench [--videos-per-class 5 --classes 40 --episodes 10000]``, or
+``python -m pipelines.bench --store STORE --methods otam,a2m2`` for the evaluation figures alone.
 
 1. Embedding: decode alone, encode alone, and the Ray Data pipeline on the same videos (videos/s);
    pipeline efficiency = pipeline rate / min(decode rate, encode rate). Ray start-up is timed apart.
@@ -110,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=50)
     parser.add_argument("--methods", default="protonet,otam,bimhm,a2m2")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--store", type=Path, help="only the evaluation figures, on this existing feature store")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from fsar.data.synthetic import SynthConfig, generate
 
+    if args.store is not None:
+        return report(bench_evaluation(args.store, episodes=args.episodes, methods=args.methods.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         synth = SynthConfig(out=work / "data", classes=args.classes, videos_per_class=args.videos_per_class,
@@ -125,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         results |= bench_embedding(manifest, work)
         results |= bench_training(work / "store", work, steps=args.train_steps)
         results |= bench_evaluation(work / "store", episodes=args.episodes, methods=args.methods.split(","))
+    return report(results)
+
+
+def report(results: dict[str, float]) -> int:
     print(f"fsar benchmark — {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}")
     print("| measure | value |\n|---|---:|")

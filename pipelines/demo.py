@@ -48,7 +48,9 @@ class DemoConfig:
     seed: int = 0  # data, training and episode seed
 
 
-def run(config: DemoConfig, *, progress: bool = True) -> list[ResultRecord]:
+def run(config: DemoConfig, *, progress: bool = True, address: str | None = None) -> list[ResultRecord]:
+    """Synth → embed → train → evaluate under ``config.out``; ``address`` names a Ray cluster (default:
+    ``RAY_ADDRESS``, else a local instance)."""
     from fsar.data.synthetic import SynthConfig, generate
     from fsar.embedding import EmbedConfig
     from pipelines.embed import run as embed
@@ -75,13 +77,13 @@ def run(config: DemoConfig, *, progress: bool = True) -> list[ResultRecord]:
     store = out / "store"
     stage("embed", lambda: embed(EmbedConfig(
         manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=config.frames,
-        patch_grid=config.patch_grid, engine=config.engine), progress=progress))
+        patch_grid=config.patch_grid, engine=config.engine), progress=progress, address=address))
     runs = []
     for method, knobs in config.train.items():
         result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
             store=store, method=method, out=out / "runs" / method, knobs=dict(knobs),
             steps=config.steps, lr=config.lr, workers=config.workers, seed=config.seed, backbone=TINY_MODEL,
-            mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo")))
+            mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo"), address=address))
         print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
         runs.append(result.run_dir)
     base = EvalConfig(store=store, out=out / "eval", methods=list(config.baselines), runs=runs,

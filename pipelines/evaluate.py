@@ -28,8 +28,9 @@ from fsar.training import load_checkpoint
 class EvalConfig:
     """``fsar eval``: which methods, on which store, on which episodes."""
 
-    store: Path  # feature store folder (from `fsar embed`)
     out: Path  # output folder: results.json, results.md, the episode file, the resolved config
+    store: Path | None = None  # feature store folder (from `fsar embed`), for cached-feature methods
+    manifest: Path | None = None  # manifest.parquet, for end-to-end (pixels) methods and runs instead of a store
     methods: list[str] = field(default_factory=list)  # untrained methods, by registered name
     runs: list[Path] = field(default_factory=list)  # trained runs (folders holding best.pt, or .pt files)
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method knobs, e.g. {otam: {gamma: 0.05}}
@@ -43,6 +44,7 @@ class EvalConfig:
     batch_size: int = 500  # episodes per forward
     dataset: str = ""  # name in results.json (default: the store folder's name)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    frames: int = 8  # pixels methods given by name: frames decoded per video (a run uses its training value)
 
 
 def episode_file_name(config: EvalConfig) -> str:
@@ -65,6 +67,8 @@ def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
     out: list[Candidate] = []
     for name in config.methods:
         info = method_info(name)  # unknown names fail here
+        if info.input_kind == "pixels":
+            raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
         view = store.meta.view_for(info.input_kind, config.view if info.input_kind == "frames" else "auto")
         knobs = config.knobs.get(name, {})
         build_method(name, feature_dim=store.meta.view_dim(view), **knobs)  # bad knobs fail here
@@ -74,6 +78,8 @@ def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         meta = payload["store_meta"]
+        if meta is None:  # an end-to-end (pixels) run: no store behind it
+            raise ConfigError(f"run {run_path} trained {payload['method']} end to end: evaluate it with --manifest")
         if (meta["backbone"], meta["pretrained"]) != (store.meta.backbone, store.meta.pretrained):
             raise FeatureStoreError(
                 f"run {run_path} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
@@ -96,6 +102,10 @@ def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
 
 def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     """Evaluate every method and trained run of ``config`` on the same episodes; returns and writes the records."""
+    if config.manifest is not None or config.store is None:  # end-to-end (pixels) methods: decoded videos
+        from pipelines.evaluate_frames import run_frames
+
+        return run_frames(config, progress=progress)
     if config.threads:
         torch.set_num_threads(config.threads)
     store = FeatureStore(config.store)

@@ -9,14 +9,26 @@ from typing import Any
 
 
 def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> Any:
-    """Connect to (or start) Ray once per process; a second call reuses the running instance."""
+    """Connect to (or start) Ray once per process; a second call reuses the running instance.
+
+    ``address`` (else ``RAY_ADDRESS``) is what ``ray.init`` takes: ``host:6379`` (the head's GCS, from a
+    node of the cluster), ``ray://host:10001`` (Ray Client, from outside) or ``auto``. Inside a job that
+    ``ray job submit`` started, Ray sets ``RAY_ADDRESS`` itself, so jobs need no flag.
+    """
     import ray
+
+    from fsar.config import ConfigError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        # The dashboard's address is for `ray job submit`; a driver cannot connect through it.
+        raise ConfigError(f"{address} is a job-submission (dashboard) address: submit the job with "
+                         f"`ray job submit --address {address} -- python -m pipelines...`, or give this "
+                         "command the cluster's GCS address (host:6379) or a Ray Client address (ray://host:10001)")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

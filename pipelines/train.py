@@ -5,12 +5,18 @@ workers each draw their own episodes (disjoint streams of one seeded sequence), 
 all-reduced by DDP, and rank 0 validates every ``val_every`` steps on fixed validation-split episodes,
 keeps ``<out>/best.pt`` (best validation accuracy; the checkpoint carries its config) and logs to
 MLflow. ``workers=0`` runs the same loop in this process.
+
+Failures: when a worker process (or its node) dies, Ray Train replaces the worker group (up to 3 times)
+and every worker resumes from the latest reported checkpoint; metrics logged after that carry
+``resumed_from_step``. Rerunning the same config on the same ``out`` resumes an interrupted run and is a
+no-op for a finished one; a different config starts the folder afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -18,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsar.config import dump_yaml, from_dict, to_dict
+from fsar.atomic import atomic_write_text
+from fsar.config import ConfigError, dump_yaml, from_dict, to_dict
 from fsar.tracking import RunLogger, tracking_uri
 from fsar.training import TrainConfig, check_training_inputs, save_checkpoint, train_worker
 
@@ -35,6 +42,20 @@ class TrainResult:
     best_step: int
     steps: int
     mlflow_run_id: str | None
+
+
+def check_decode_room(config: TrainConfig, resources: dict[str, float]) -> None:
+    """A manifest run decodes its episodes in Ray Data tasks beside the training workers: when the workers
+    take every CPU, no decode task can start and training waits forever, so refuse it up front."""
+    if config.manifest is None:
+        return
+    cpus, taken = resources.get("CPU", 0.0), config.workers * config.threads_per_worker
+    if cpus - taken < 1:
+        raise ConfigError(
+            f"{config.workers} training workers x {config.threads_per_worker} CPU take all {cpus:g} CPUs of the "
+            "cluster, leaving none to decode videos: use fewer workers (workers=0 decodes in-process) or a "
+            "larger cluster"
+        )
 
 
 def _worker_entry(config_dict: dict[str, Any]) -> None:
@@ -65,6 +86,8 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     logger = _mlflow_run(config) if rank == 0 else None
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
+        if start_step:  # a restarted worker group (lost worker or resubmitted job): say where it resumed
+            metrics = {**metrics, "resumed_from_step": start_step}
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
             with (out / "metrics.jsonl").open("a") as f:
@@ -80,7 +103,10 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
 
     status = "FAILED"
     try:
-        train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, start_step=start_step, state=state)
+        worker = train_worker
+        if config.manifest is not None:  # end-to-end (pixels) methods: decoded episodes from Ray Data
+            from pipelines.train_frames import frame_worker as worker
+        worker(config, rank=rank, world_size=world, report=report, wrap=wrap, start_step=start_step, state=state)
         status = "FINISHED"
     finally:
         if logger is not None:
@@ -123,22 +149,31 @@ def _follow_metrics(path: Path, config: TrainConfig, stop: threading.Event) -> N
 
 def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``)."""
-    import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from pipelines.ray_runtime import init_ray
+    from pipelines.train_frames import trainer_kwargs
 
     check_training_inputs(config)
 
     out = Path(config.out).resolve()
-    config = dataclasses.replace(config, out=out, store=Path(config.store).resolve())
+    config = dataclasses.replace(config, out=out, store=config.store and Path(config.store).resolve(),
+                                 manifest=config.manifest and Path(config.manifest).resolve())
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id"):
-        (out / stale).unlink(missing_ok=True)
+    same_run = _same_config(config, out / "train_config.yaml")
+    if same_run and (out / "finished.json").is_file() and (out / "best.pt").is_file():
+        return _result(out, config)  # this exact run already finished: a rerun is a no-op
+    if not same_run:
+        # A new run in this folder. Ray Train's state goes too: with the same storage path and name it would
+        # resume the old run's latest checkpoint. The same config, unfinished, keeps everything and resumes.
+        for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id", "finished.json"):
+            (out / stale).unlink(missing_ok=True)
+        shutil.rmtree(out / "ray_train", ignore_errors=True)
     dump_yaml(config, out / "train_config.yaml")
     if config.workers > 0:
-        init_ray(address=address)
+        ray = init_ray(address=address)
+        check_decode_room(config, ray.cluster_resources())
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config=to_dict(config),
@@ -150,6 +185,7 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=3),
         ),
+        **trainer_kwargs(config),  # manifest runs: per-worker Ray Data streams of decoded episodes
     )
     stop = threading.Event()
     follower = threading.Thread(target=_follow_metrics, args=(out / "metrics.jsonl", config, stop), daemon=True)
@@ -159,6 +195,23 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     finally:
         stop.set()
         follower.join()
+    result = _result(out, config)
+    atomic_write_text(out / "finished.json", json.dumps({"best_val_accuracy": result.best_val_accuracy,
+                                                         "best_step": result.best_step, "steps": result.steps}))
+    return result
+
+
+def _same_config(config: TrainConfig, path: Path) -> bool:
+    """Whether ``path`` (a run folder's train_config.yaml) holds exactly this config."""
+    import yaml
+
+    return path.is_file() and path.read_text() == yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _result(out: Path, config: TrainConfig) -> TrainResult:
+    """The finished run's summary, read back from its folder."""
+    import torch
+
     best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
     run_id = (out / "mlflow_run_id").read_text().strip() if (out / "mlflow_run_id").is_file() else None
     return TrainResult(out, out / "best.pt", float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)

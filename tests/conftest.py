@@ -106,3 +106,15 @@ def ray_local():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny tensors gain nothing from a second one, and on a busy 2-core
+    machine the threads' spin-waiting makes small ops 5-100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

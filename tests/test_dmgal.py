@@ -10,15 +10,7 @@ from fsar.config import ConfigError
 from fsar.methods import build_method
 from fsar.methods.dmgal.backbones import ClipViTTrunk, ViTMaps
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the two threads'
-    synchronisation makes each step 5-20 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def episode(way: int = 3, shot: int = 1, n_query: int = 1, frames: int = 4, size: int = 32, batch: int = 2,

@@ -12,15 +12,7 @@ from fsar.methods import build_method
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter, default_adapter_blocks
 from fsar.methods.dmgal.backbones import ClipViTTrunk
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the two threads'
-    synchronisation makes each step 5-20 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def motion_params(channels: int, c: int) -> int:

@@ -9,15 +9,7 @@ import torchvision
 from fsar.backbones import TINY_MODEL, BackboneUnavailableError, build_backbone
 from fsar.methods.dmgal.backbones import RESNET50, ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the two threads'
-    synchronisation makes each step 5-20 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def seeded_resnet(seed: int) -> torchvision.models.ResNet:

@@ -11,15 +11,7 @@ from torch import nn
 
 from fsar.methods.dmgal.motion import CMGA, SMGA, MotionTokens, sinusoidal_positions
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the two threads'
-    synchronisation makes each step 5-20 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def randomise_norms(module: nn.Module) -> nn.Module:

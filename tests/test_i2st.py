@@ -23,13 +23,7 @@ from fsar.training import TrainConfig, load_checkpoint, save_checkpoint, train_w
 SMALL = {"dim": 16, "heads": 2, "instances": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and on a busy 2-core machine two threads spin-wait (up to 100× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def make_patch_store(root, *, masks_root=None, grid=3, dim=16, frames=4, videos=6, classes=(8, 5, 5), text=True,

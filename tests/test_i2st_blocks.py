@@ -16,14 +16,7 @@ from fsar.methods.i2st_blocks import (
 )
 from fsar.ops.instance_masks import mask_pool
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and on a busy 2-core machine two threads spin-wait (up to 100× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def test_position_codes_have_the_asked_width_and_tell_positions_apart():

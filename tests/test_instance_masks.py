@@ -14,14 +14,7 @@ from fsar.ops.instance_masks import (
     union_log_probs,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is fastest, and on a busy 2-core machine two threads spin-wait (up to 100× slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 def test_mask_pool_with_a_one_hot_mask_returns_exactly_that_patch():

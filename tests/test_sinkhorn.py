@@ -114,6 +114,9 @@ def test_pot_backend_agrees_with_torch() -> None:
     torch.testing.assert_close(grad_pot, grad, atol=1e-5, rtol=0)
 
 
+# POT's own stopping test (1e-10) is not always reached within its 20,000 iterations on this seed; the
+# reference is still converged far below the 1e-5 asserted here.
+@pytest.mark.filterwarnings("ignore:Sinkhorn did not converge")
 @pytest.mark.parametrize("epsilon", [0.1, 0.05, 0.01])
 def test_scaling_form_matches_pot_and_the_log_domain(epsilon: float) -> None:
     """The multiplicative iterates equal the log-domain ones; at ε = 0.01 (spread/ε = 200) they run in fp64."""
