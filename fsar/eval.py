@@ -93,6 +93,14 @@ def frame_distance_table(encoded: torch.Tensor) -> torch.Tensor:
 EpisodeScorer = Callable[[Episodes], torch.Tensor]
 
 
+def default_flow(method: Any) -> bool:
+    """Whether ``method`` is ``encode_videos`` + ``metric_forward`` (so each video can be encoded once)."""
+    from fsar.methods.base import FewShotMethod
+
+    return (isinstance(method, FewShotMethod) and type(method).episode_logits is FewShotMethod.episode_logits
+            and type(method).episode_forward is FewShotMethod.episode_forward)
+
+
 def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
                    class_text: torch.Tensor | None = None, table_limit: int = 12288,
                    pair_limit: int = 8192) -> EpisodeScorer:
@@ -105,14 +113,11 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
     needs it. Anything else runs its plain forward on gathered features. All give the same logits. ``class_text`` ``(n_labels, E)``
     holds each split label's class-name embedding, for methods that read text.
     """
-    from fsar.methods.base import FewShotMethod, FrameDistanceMethod, PairDistanceMethod
+    from fsar.methods.base import FrameDistanceMethod, PairDistanceMethod
 
     if not getattr(method, "uses_text", False):
         class_text = None
-    default_flow = (isinstance(method, FewShotMethod)
-                    and type(method).episode_logits is FewShotMethod.episode_logits
-                    and type(method).episode_forward is FewShotMethod.episode_forward)
-    if not default_flow:
+    if not default_flow(method):
         def forward(batch: Episodes) -> torch.Tensor:
             support, s_lab, query, _ = gather_episodes(features, batch)
             if class_text is None:  # any nn.Module with the four-argument forward can be scored
@@ -200,22 +205,32 @@ def episode_accuracies(
 
     ``features`` ``(N, T, ...)`` for the split's videos; ``class_text`` ``(n_labels, E)`` or None.
     """
-    from tqdm.auto import tqdm
-
     # A copy: store arrays are read-only views of Parquet buffers, which torch must not alias.
     feats = torch.from_numpy(np.array(features)) if not isinstance(features, torch.Tensor) else features
     feats = feats.float()
+    way = episodes.support.shape[1]
+    return score_episodes(method, lambda: episode_scorer(method, feats, way, class_text=class_text), episodes,
+                          batch_size=batch_size, progress=progress, desc=desc)
+
+
+@torch.no_grad()
+def score_episodes(method: torch.nn.Module, make_scorer: Callable[[], EpisodeScorer], episodes: Episodes, *,
+                   batch_size: int, progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """Per-episode accuracy ``(E,)`` in [0, 1]: ``method`` in eval mode, the scorer ``make_scorer()`` builds
+    (after the mode switch, so encodings use running statistics) run ``batch_size`` episodes at a time."""
+    from tqdm.auto import tqdm
+
     way, query = episodes.support.shape[1], episodes.query.shape[2]
     q_lab = torch.as_tensor(episode_labels(way, query))
     out = np.empty(len(episodes), dtype=np.float64)
     was_training = method.training
     method.eval()
     try:
-        score = episode_scorer(method, feats, way, class_text=class_text)
+        score = make_scorer()
         for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
             batch = episodes[start : start + batch_size]
             logits = score(batch)
-            out[start : start + len(batch)] = (logits.argmax(-1) == q_lab).float().mean(-1).cpu().numpy()
+            out[start : start + len(batch)] = (logits.argmax(-1).cpu() == q_lab).float().mean(-1).numpy()
     finally:
         method.train(was_training)
     return out

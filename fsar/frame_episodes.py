@@ -23,7 +23,7 @@ import collections
 import dataclasses
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ from fsar.data.episodes import Episodes, EpisodeSampler, episode_labels
 from fsar.data.manifest import ManifestError, read_manifest
 from fsar.data.transforms import FramePreprocess
 from fsar.data.video import VideoDecodeError, load_clip
-from fsar.eval import episode_class_text, index_videos
+from fsar.eval import default_flow, episode_class_text, index_videos, score_episodes
 
 _KNOWN_BAD: dict[str, str] = {}  # path -> reason, per process: a bad file is tried once, not once per episode
 _KNOWN_BAD_LOCK = threading.Lock()
@@ -280,14 +280,6 @@ def encode_split(method: Any, pixels: np.ndarray | Tensor, *, preprocess: FrameP
     return _concat(parts)
 
 
-def default_flow(method: Any) -> bool:
-    """Whether ``method`` is ``encode_videos`` + ``metric_forward`` (so videos can be encoded once)."""
-    from fsar.methods.base import FewShotMethod
-
-    return (isinstance(method, FewShotMethod) and type(method).episode_logits is FewShotMethod.episode_logits
-            and type(method).episode_forward is FewShotMethod.episode_forward)
-
-
 @torch.no_grad()
 def pixel_episode_accuracies(method: Any, pixels: np.ndarray | Tensor, episodes: Episodes, *,
                              preprocess: FramePreprocess, chunk: int = 32, batch_size: int = 50,
@@ -299,34 +291,27 @@ def pixel_episode_accuracies(method: Any, pixels: np.ndarray | Tensor, episodes:
     chunks; only the per-task part runs per episode, ``batch_size`` episodes at a time. Others run their
     full forward on each batch of episodes.
     """
-    from tqdm.auto import tqdm
-
     device = device or torch.device("cpu")
-    way, n_query = episodes.support.shape[1], episodes.query.shape[2]
-    q_lab = torch.as_tensor(episode_labels(way, n_query))
-    out = np.empty(len(episodes), dtype=np.float64)
-    was_training = method.training
-    method.eval()
-    try:
+    way = episodes.support.shape[1]
+
+    def make_scorer() -> Callable[[Episodes], Tensor]:
         encoded = encode_split(method, pixels, preprocess=preprocess, chunk=chunk, device=device,
                                progress=progress, desc=f"{desc}: encode") if default_flow(method) else None
         clips = torch.as_tensor(pixels)
-        for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = episodes[start : start + batch_size]
+
+        def score(batch: Episodes) -> Tensor:
             e = len(batch)
             s_idx = torch.as_tensor(batch.support.reshape(e, -1))
             q_idx = torch.as_tensor(batch.query.reshape(e, -1))
             s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1).to(device)
-            text = episode_class_text(class_text, batch)
             with autocast(device):
                 if encoded is not None:
-                    logits = method.metric_forward(index_videos(encoded, s_idx), s_lab, index_videos(encoded, q_idx),
-                                                   way, class_text=text)[0]
-                else:
-                    support = normalise(clips[s_idx].to(device), preprocess)
-                    query = normalise(clips[q_idx].to(device), preprocess)
-                    logits = method(support, s_lab, query, way)
-            out[start : start + e] = (logits.argmax(-1).cpu() == q_lab).float().mean(-1).numpy()
-    finally:
-        method.train(was_training)
-    return out
+                    return method.metric_forward(index_videos(encoded, s_idx), s_lab, index_videos(encoded, q_idx),
+                                                 way, class_text=episode_class_text(class_text, batch))[0]
+                support = normalise(clips[s_idx].to(device), preprocess)
+                query = normalise(clips[q_idx].to(device), preprocess)
+                return method(support, s_lab, query, way)
+
+        return score
+
+    return score_episodes(method, make_scorer, episodes, batch_size=batch_size, progress=progress, desc=desc)
