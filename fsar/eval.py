@@ -69,9 +69,10 @@ def gather_episodes(
 
 
 def index_videos(encoded: Any, index: torch.Tensor) -> Any:
-    """``encoded[index]`` for a tensor, or for each tensor of a tuple (``encode_videos`` may return either)."""
+    """``encoded[index]`` for a tensor, or for each tensor of a tuple (``encode_videos`` may return either);
+    a None part of a tuple (one a caller chose not to gather) stays None."""
     if isinstance(encoded, tuple):
-        return tuple(part[index] for part in encoded)
+        return tuple(None if part is None else part[index] for part in encoded)
     return encoded[index]
 
 
@@ -161,11 +162,6 @@ def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
     needed = encoded if parts is None or not isinstance(encoded, tuple) else tuple(
         part if i in parts else None for i, part in enumerate(encoded))
 
-    def gather(index: torch.Tensor) -> Any:
-        if isinstance(needed, tuple):
-            return tuple(None if part is None else part[index] for part in needed)
-        return needed[index]
-
     def fill(q_idx: torch.Tensor, s_idx: torch.Tensor) -> None:
         flat = (q_idx[:, :, None] * n_videos + s_idx[:, None, :]).reshape(-1)
         todo = torch.unique(flat[~known.view(-1)[flat]])
@@ -184,7 +180,7 @@ def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
         fill(q_idx, s_idx)
         s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
         distance = table[q_idx[:, :, None], s_idx[:, None, :]]
-        return method.logits_from_pairs(distance, gather(s_idx), s_lab, gather(q_idx), way,
+        return method.logits_from_pairs(distance, index_videos(needed, s_idx), s_lab, index_videos(needed, q_idx), way,
                                         class_text=episode_class_text(class_text, batch))
 
     return from_pairs

@@ -52,6 +52,11 @@ def _check_inputs(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iterations
             raise ValueError(f"sinkhorn: each row of {name} must sum to 1 (probability vector), found a sum of {worst:.6g}")
 
 
+def _work_dtype(cost: Tensor, a: Tensor, b: Tensor) -> torch.dtype:
+    """The inputs' promoted dtype, at least fp32 (half-precision log-weights lose the small marginals)."""
+    return torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
+
+
 def sinkhorn_log(
     cost: Tensor,
     a: Tensor,
@@ -79,7 +84,7 @@ def sinkhorn_log(
         term), in the promoted dtype of the inputs, computed in at least fp32.
     """
     _check_inputs(cost, a, b, epsilon, iterations, validate)
-    dtype = torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
+    dtype = _work_dtype(cost, a, b)
     cost = cost.to(dtype)
     log_kernel = cost / -epsilon
     log_a = a.to(dtype).log()
@@ -117,7 +122,7 @@ def sinkhorn_scaling(
     beyond that it falls back to :func:`sinkhorn_log`.
     """
     _check_inputs(cost, a, b, epsilon, iterations, validate)
-    out_dtype = torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
+    out_dtype = _work_dtype(cost, a, b)
     low = cost.detach().amin(dim=(-2, -1), keepdim=True)
     spread = float((cost.detach().amax(dim=(-2, -1), keepdim=True) - low).max()) / epsilon
     if spread > _FP64_SPREAD:
@@ -164,7 +169,7 @@ def sinkhorn(
         from ot.batch import solve_batch
     except ImportError as err:
         raise ImportError("sinkhorn(backend='pot') needs POT >= 0.9.6 (pip install pot), which provides ot.batch") from err
-    dtype = torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
+    dtype = _work_dtype(cost, a, b)
     cost = cost.to(dtype)
     # tol=0 never stops early: POT's test is `error < tol`, so all `iterations` steps run, as in sinkhorn_log.
     result = solve_batch(
