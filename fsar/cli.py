@@ -197,6 +197,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shot", type=int)
     p.add_argument("--split")
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="where methods run: auto (CUDA when present, the default), cpu, cuda, cuda:N")
     _common(p)
     p.set_defaults(run=_run_eval)
 
@@ -206,7 +207,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     config = resolve(EvalConfig, file=args.config, overrides=args.overrides,
                      flags=_flags(args, "store", "manifest", "out", "methods", "runs", "episodes", "way", "shot", "split",
-                                  "seed"))
+                                  "seed", "device"))
     from fsar.eval import format_table
 
     records = run(config)

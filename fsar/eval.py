@@ -53,19 +53,46 @@ def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:
 def gather_episodes(
     features: Any, episodes: Episodes
 ) -> tuple[Any, torch.Tensor, Any, torch.Tensor]:
-    """Index per-video tensors into a batch of episodes.
+    """Index per-video tensors into a batch of episodes, on the features' device.
 
     features ``(N, T, ...)`` (or a tuple of such tensors, indexed alike) → support ``(E, way·shot, T, ...)``,
     support labels ``(E, way·shot)``, query ``(E, way·query, T, ...)``, query labels ``(E, way·query)``;
     labels are episode-local 0..way-1.
     """
+    device = device_of(features)
+    s_idx, q_idx = episode_indices(episodes, device)
+    s_lab, q_lab = episode_label_tensors(episodes, device)
+    return index_videos(features, s_idx), s_lab, index_videos(features, q_idx), q_lab
+
+
+def device_of(encoded: Any) -> torch.device:
+    """The device of a tensor, or of the first tensor of a tuple (``encode_videos`` may return either)."""
+    if isinstance(encoded, tuple):
+        return next(part.device for part in encoded if part is not None)
+    return encoded.device
+
+
+def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array (indices, labels) as a tensor on ``device``. Bound for CUDA it goes through pinned
+    memory: a copy from pageable memory would first wait for everything queued on the device."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def episode_indices(episodes: Episodes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split rows of each episode's support ``(E, way·shot)`` and query ``(E, way·query)`` videos, on ``device``."""
+    e = len(episodes)
+    return host_to_device(episodes.support.reshape(e, -1), device), host_to_device(episodes.query.reshape(e, -1), device)
+
+
+def episode_label_tensors(episodes: Episodes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episode-local support ``(E, way·shot)`` and query ``(E, way·query)`` labels, on ``device``."""
     e, way, shot = episodes.support.shape
     query = episodes.query.shape[2]
-    s_idx = torch.as_tensor(episodes.support.reshape(e, way * shot))
-    q_idx = torch.as_tensor(episodes.query.reshape(e, way * query))
-    s_lab = torch.as_tensor(episode_labels(way, shot)).expand(e, -1)
-    q_lab = torch.as_tensor(episode_labels(way, query)).expand(e, -1)
-    return index_videos(features, s_idx), s_lab, index_videos(features, q_idx), q_lab
+    return (host_to_device(episode_labels(way, shot), device).expand(e, -1),
+            host_to_device(episode_labels(way, query), device).expand(e, -1))
 
 
 def index_videos(encoded: Any, index: torch.Tensor) -> Any:
@@ -77,18 +104,50 @@ def index_videos(encoded: Any, index: torch.Tensor) -> Any:
 
 
 def episode_class_text(class_text: torch.Tensor | None, episodes: Episodes) -> torch.Tensor | None:
-    """Text embedding of each episode's classes in label order: table ``(n_labels, E)`` → ``(E, way, E_dim)``."""
+    """Text embedding of each episode's classes in label order: table ``(n_labels, E)`` → ``(E, way, E_dim)``,
+    on the table's device."""
     if class_text is None:
         return None
-    return class_text[torch.as_tensor(episodes.classes)]
+    return class_text[host_to_device(episodes.classes, class_text.device)]
 
 
 def frame_distance_table(encoded: torch.Tensor) -> torch.Tensor:
     """1 − cos between every frame of every video: ``(N, T, D)`` → ``(N, N, T, T)``, entry [i, j, l, m]
-    comparing frame l of video i with frame m of video j (one matmul for a whole split)."""
+    comparing frame l of video i with frame m of video j (one matmul for a whole split), in fp32."""
     n, t, d = encoded.shape
-    unit = torch.nn.functional.normalize(encoded.reshape(n * t, d), dim=-1, eps=1e-8)
+    unit = torch.nn.functional.normalize(encoded.reshape(n * t, d).float(), dim=-1, eps=1e-8)
     return (1.0 - unit @ unit.T).view(n, t, n, t).permute(0, 2, 1, 3).contiguous()
+
+
+def to_device(features: np.ndarray | torch.Tensor, device: torch.device, *, dtype: torch.dtype | None = None
+              ) -> torch.Tensor:
+    """Host (or device) features onto ``device``, cast there (fp16 travels as fp16: half the bytes).
+
+    A host tensor bound for CUDA is pinned first, so the copy is asynchronous (``non_blocking``) instead of
+    a synchronous copy from pageable memory. A numpy array is copied once: store arrays are read-only
+    views of Parquet buffers, which torch must not alias.
+    """
+    tensor = torch.from_numpy(np.array(features)) if isinstance(features, np.ndarray) else features
+    if tensor.device != device:
+        if tensor.device.type == "cpu" and device.type == "cuda":
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(device, non_blocking=True)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
+def encode_features(method: Any, features: np.ndarray | torch.Tensor, *, device: torch.device,
+                 chunk: int = 1024) -> Any:
+    """``method.encode_videos`` of every video of a split, ``chunk`` videos at a time: features ``(N, T, ...)``
+    (fp16 on the host, or already on ``device``) → encodings ``(N, ...)`` on ``device``.
+
+    Only one chunk of the split is ever in fp32 at a time, so memory follows the encodings, not a float32
+    copy of the whole split.
+    """
+    parts = [method.encode_videos(to_device(features[i : i + chunk], device, dtype=torch.float32))
+             for i in range(0, len(features), chunk)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+    return torch.cat(parts)
 
 
 EpisodeScorer = Callable[[Episodes], torch.Tensor]
@@ -102,32 +161,44 @@ def default_flow(method: Any) -> bool:
             and type(method).episode_forward is FewShotMethod.episode_forward)
 
 
-def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
-                   class_text: torch.Tensor | None = None, table_limit: int = 12288,
-                   pair_limit: int = 8192) -> EpisodeScorer:
-    """A function from a batch of episodes to logits ``(E, way·query, way)``, as fast as the method allows.
+def episode_scorer(method: torch.nn.Module, features: np.ndarray | torch.Tensor, way: int, *,
+                   class_text: torch.Tensor | None = None, device: torch.device | None = None,
+                   table_limit: int = 12288, pair_limit: int = 8192) -> EpisodeScorer:
+    """A function from a batch of episodes to logits ``(E, way·query, way)`` on ``device``, as fast as the
+    method allows.
 
-    A method built from ``encode_videos`` + ``metric_forward`` has every video encoded once here instead of
-    once per episode; a frame-distance method (OTAM, Bi-MHM) with at most ``table_limit`` encoded frames
-    in the split gets all its frame distances from one table, indexed per episode; a pair-distance method
-    (A2M2) on at most ``pair_limit`` videos computes each (query, support) pair once, when an episode first
-    needs it. Anything else runs its plain forward on gathered features. All give the same logits. ``class_text`` ``(n_labels, E)``
-    holds each split label's class-name embedding, for methods that read text.
+    ``features`` ``(N, T, ...)`` may stay fp16 on the host: they are cast per chunk on ``device`` (default:
+    the features' own device). A method built from ``encode_videos`` + ``metric_forward`` has every video
+    encoded once here instead of once per episode; a frame-distance method (OTAM, Bi-MHM) with at most
+    ``table_limit`` encoded frames in the split gets all its frame distances from one table, indexed per
+    episode; a pair-distance method (A2M2) on at most ``pair_limit`` videos computes each (query, support)
+    pair once, when an episode first needs it. Anything else runs its plain forward on gathered features.
+    All give the same logits. ``class_text`` ``(n_labels, E)`` holds each split label's class-name
+    embedding, for methods that read text. Every tensor made here lives on ``device``.
     """
     from fsar.methods.base import FrameDistanceMethod, PairDistanceMethod
 
+    if device is None:
+        device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
     if not getattr(method, "uses_text", False):
         class_text = None
+    if class_text is not None:
+        class_text = class_text.to(device)
     if not default_flow(method):
+        source = torch.from_numpy(np.array(features)) if isinstance(features, np.ndarray) else features
+
         def forward(batch: Episodes) -> torch.Tensor:
-            support, s_lab, query, _ = gather_episodes(features, batch)
+            s_idx, q_idx = episode_indices(batch, source.device)
+            s_lab, _ = episode_label_tensors(batch, device)
+            support = to_device(source[s_idx], device, dtype=torch.float32)
+            query = to_device(source[q_idx], device, dtype=torch.float32)
             if class_text is None:  # any nn.Module with the four-argument forward can be scored
                 return method(support, s_lab, query, way)
             return method(support, s_lab, query, way, class_text=episode_class_text(class_text, batch))
 
         return forward
-    encoded = method.encode_videos(features)
-    n_videos = features.shape[0]
+    encoded = encode_features(method, features, device=device)
+    n_videos = len(features)
     if isinstance(method, PairDistanceMethod) and n_videos <= pair_limit:
         return pair_table_scorer(method, encoded, n_videos, way, class_text)
     if (isinstance(method, FrameDistanceMethod) and isinstance(encoded, torch.Tensor)
@@ -135,10 +206,8 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
         table = frame_distance_table(encoded)
 
         def from_table(batch: Episodes) -> torch.Tensor:
-            e = len(batch)
-            s_idx = torch.as_tensor(batch.support.reshape(e, -1))
-            q_idx = torch.as_tensor(batch.query.reshape(e, -1))
-            s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
+            s_idx, q_idx = episode_indices(batch, device)
+            s_lab, _ = episode_label_tensors(batch, device)
             return method.logits_from_distances(table[q_idx[:, :, None], s_idx[:, None, :]], s_lab, way)
 
         return from_table
@@ -153,32 +222,35 @@ def episode_scorer(method: torch.nn.Module, features: torch.Tensor, way: int, *,
 def pair_table_scorer(method: Any, encoded: Any, n_videos: int, way: int,
                       class_text: torch.Tensor | None, *, chunk: int = 4096) -> EpisodeScorer:
     """Scorer of a ``PairDistanceMethod``: an ``(N, N)`` table of pair distances filled on demand, so a
-    (query, support) pair shared by many episodes is solved once (5-shot episodes share most pairs)."""
-    table = torch.full((n_videos, n_videos), float("nan"))
-    known = torch.zeros(n_videos, n_videos, dtype=torch.bool)
+    (query, support) pair shared by many episodes is solved once (5-shot episodes share most pairs).
+
+    The table lives on the encodings' device; which pairs are known is kept on the host, where the episode
+    indices are, so deciding what to solve never waits for the device."""
+    device = device_of(encoded)
+    table = torch.full((n_videos, n_videos), float("nan"), device=device)
+    known = np.zeros(n_videos * n_videos, dtype=bool)
     parts = getattr(method, "logit_parts", None)
     # Per episode only the parts logits_from_pairs reads are gathered (A2M2: the video embeddings, not the
     # candidate sets, which the pair table already summarises).
     needed = encoded if parts is None or not isinstance(encoded, tuple) else tuple(
         part if i in parts else None for i, part in enumerate(encoded))
 
-    def fill(q_idx: torch.Tensor, s_idx: torch.Tensor) -> None:
-        flat = (q_idx[:, :, None] * n_videos + s_idx[:, None, :]).reshape(-1)
-        todo = torch.unique(flat[~known.view(-1)[flat]])
+    def fill(batch: Episodes) -> None:
+        e = len(batch)
+        flat = (batch.query.reshape(e, -1)[:, :, None] * n_videos + batch.support.reshape(e, -1)[:, None, :]).ravel()
+        todo = np.unique(flat[~known[flat]])
         for start in range(0, len(todo), chunk):
-            pairs = todo[start : start + chunk]
+            pairs = torch.as_tensor(todo[start : start + chunk], device=device)
             qi, si = pairs // n_videos, pairs % n_videos
             # Each pair as its own one-query, one-support "episode": (P, 1, ...) against (P, 1, ...).
             dist = method.pair_distance(index_videos(encoded, si[:, None]), index_videos(encoded, qi[:, None]))
             table.view(-1)[pairs] = dist.reshape(-1).to(table.dtype)
-            known.view(-1)[pairs] = True
+        known[todo] = True
 
     def from_pairs(batch: Episodes) -> torch.Tensor:
-        e = len(batch)
-        s_idx = torch.as_tensor(batch.support.reshape(e, -1))
-        q_idx = torch.as_tensor(batch.query.reshape(e, -1))
-        fill(q_idx, s_idx)
-        s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1)
+        fill(batch)
+        s_idx, q_idx = episode_indices(batch, device)
+        s_lab, _ = episode_label_tensors(batch, device)
         distance = table[q_idx[:, :, None], s_idx[:, None, :]]
         return method.logits_from_pairs(distance, index_videos(needed, s_idx), s_lab, index_videos(needed, q_idx), way,
                                         class_text=episode_class_text(class_text, batch))
@@ -194,42 +266,51 @@ def episode_accuracies(
     *,
     class_text: torch.Tensor | None = None,
     batch_size: int = 1000,
+    device: torch.device | None = None,
     progress: bool = False,
     desc: str = "eval",
 ) -> np.ndarray:
     """Accuracy of each episode ``(E,)`` in [0, 1], episodes run ``batch_size`` at a time in one forward.
 
-    ``features`` ``(N, T, ...)`` for the split's videos; ``class_text`` ``(n_labels, E)`` or None.
+    ``features`` ``(N, T, ...)`` for the split's videos (fp16 on the host is fine: they are cast per chunk
+    on the device); ``class_text`` ``(n_labels, E)`` or None; ``device`` where the method runs (default:
+    the features' device).
     """
-    # A copy: store arrays are read-only views of Parquet buffers, which torch must not alias.
-    feats = torch.from_numpy(np.array(features)) if not isinstance(features, torch.Tensor) else features
-    feats = feats.float()
     way = episodes.support.shape[1]
-    return score_episodes(method, lambda: episode_scorer(method, feats, way, class_text=class_text), episodes,
-                          batch_size=batch_size, progress=progress, desc=desc)
+    return score_episodes(method, lambda: episode_scorer(method, features, way, class_text=class_text, device=device),
+                          episodes, batch_size=batch_size, progress=progress, desc=desc)
 
 
 @torch.no_grad()
-def score_episodes(method: torch.nn.Module, make_scorer: Callable[[], EpisodeScorer], episodes: Episodes, *,
-                   batch_size: int, progress: bool = False, desc: str = "eval") -> np.ndarray:
-    """Per-episode accuracy ``(E,)`` in [0, 1]: ``method`` in eval mode, the scorer ``make_scorer()`` builds
-    (after the mode switch, so encodings use running statistics) run ``batch_size`` episodes at a time."""
+def episode_correct(method: torch.nn.Module, make_scorer: Callable[[], EpisodeScorer], episodes: Episodes, *,
+                    batch_size: int, progress: bool = False, desc: str = "eval") -> torch.Tensor:
+    """Per-episode accuracy ``(E,)`` in [0, 1] on the scorer's device: ``method`` in eval mode, the scorer
+    ``make_scorer()`` builds (after the mode switch, so encodings use running statistics) run ``batch_size``
+    episodes at a time. Nothing waits for the device until the caller reads the result."""
     from tqdm.auto import tqdm
 
     way, query = episodes.support.shape[1], episodes.query.shape[2]
-    q_lab = torch.as_tensor(episode_labels(way, query))
-    out = np.empty(len(episodes), dtype=np.float64)
+    labels = torch.as_tensor(episode_labels(way, query))
+    parts = []
     was_training = method.training
     method.eval()
     try:
         score = make_scorer()
         for start in tqdm(range(0, len(episodes), batch_size), desc=desc, unit="batch", disable=not progress):
-            batch = episodes[start : start + batch_size]
-            logits = score(batch)
-            out[start : start + len(batch)] = (logits.argmax(-1).cpu() == q_lab).float().mean(-1).numpy()
+            logits = score(episodes[start : start + batch_size])
+            if labels.device != logits.device:
+                labels = labels.to(logits.device)
+            parts.append((logits.argmax(-1) == labels).float().mean(-1))
     finally:
         method.train(was_training)
-    return out
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def score_episodes(method: torch.nn.Module, make_scorer: Callable[[], EpisodeScorer], episodes: Episodes, *,
+                   batch_size: int, progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """:func:`episode_correct` as a float64 numpy array on the host."""
+    correct = episode_correct(method, make_scorer, episodes, batch_size=batch_size, progress=progress, desc=desc)
+    return correct.cpu().numpy().astype(np.float64)
 
 
 def write_results(records: Sequence[ResultRecord], path: str | Path) -> Path:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fsar.config import ConfigError, to_dict
 from fsar.data.episodes import EpisodeSampler, episode_labels
-from fsar.eval import accuracy_ci
+from fsar.eval import accuracy_ci, host_to_device, to_device
 from fsar.frame_episodes import (
     EpisodeDecoder,
     SplitVideos,
@@ -49,7 +49,9 @@ from fsar.training import (
     Report,
     TrainConfig,
     build_for_training,
+    episodes_per_worker,
     make_optimizer,
+    training_device,
     validation_sampler,
     window_metrics,
 )
@@ -149,10 +151,10 @@ def train_stream(config: TrainConfig, sampler: EpisodeSampler, videos: SplitVide
                  rank: int, world_size: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
     """This worker's decoded training episodes, decoded in a local thread pool (``workers=0``)."""
     decoder = EpisodeDecoder(videos, config.frames, preprocess, seed=config.seed, train=True)
-    table = episode_table(sampler, rank=rank, world_size=world_size, episodes_per_step=config.episodes_per_step,
+    per_worker = episodes_per_worker(config, world_size)
+    table = episode_table(sampler, rank=rank, world_size=world_size, episodes_per_step=per_worker,
                           steps=config.steps, start_step=start_step)
-    return local_episode_stream(decoder, table, episodes_per_step=config.episodes_per_step,
-                                threads=config.decode_threads)
+    return local_episode_stream(decoder, table, episodes_per_step=per_worker, threads=config.decode_threads)
 
 
 def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
@@ -162,11 +164,16 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
     """``fsar.training.train_worker`` for pixels methods (same reports and checkpoint payloads).
 
     ``batches``: this worker's decoded steps from ``start_step`` on (dicts with ``episode`` ``(k,)``,
-    ``pixels`` ``(k, V, T, 3, S, S)`` uint8, ``ok`` ``(k,)``, ``failed`` ``(k,)``), e.g. a Ray Data shard;
-    None decodes them here in a thread pool.
+    ``pixels`` ``(k, V, T, 3, S, S)`` uint8, ``ok`` ``(k,)``, ``failed`` ``(k,)``), ``k`` = this worker's
+    share of ``episodes_per_step``), e.g. a Ray Data shard; None decodes them here in a thread pool.
+
+    On CUDA each step's uint8 clips are pinned and copied asynchronously, the backbone runs under bf16
+    autocast (the metric in fp32, see ``fsar.ops.precision``), and losses stay on the device until a report:
+    nothing waits for the device within a step.
     """
     torch.set_num_threads(max(1, config.threads_per_worker))
-    device = device or torch.device("cpu")
+    device = training_device(config, assigned=device)
+    per_worker = episodes_per_worker(config, world_size)
     train = read_split_videos(config.manifest, "train")
     method = build_for_training(config, 0)
     check_frames(config, method)
@@ -198,16 +205,16 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
         val_pixels = val_pixels[ok]
         val_eps = validation_sampler(config, val.labels, val.class_names).batch(0, config.val_episodes)
     way, n_support = config.way, config.way * config.shot
-    s_lab = torch.as_tensor(episode_labels(way, config.shot), device=device)
-    q_lab = torch.as_tensor(episode_labels(way, config.query), device=device)
-    per_forward = config.episodes_per_forward or config.episodes_per_step
-    window: list[tuple[float, float]] = []
+    s_lab = host_to_device(episode_labels(way, config.shot), device)
+    q_lab = host_to_device(episode_labels(way, config.query), device)
+    per_forward = config.episodes_per_forward or per_worker
+    window: list[tuple[Tensor, Tensor]] = []
     failed_videos = incomplete = 0
     started = time.perf_counter()
     batch_iter = iter(batches)
     for step in range(start_step, config.steps):
         batch = next(batch_iter)
-        pixels = torch.as_tensor(batch["pixels"])
+        pixels = torch.from_numpy(np.asarray(batch["pixels"]))
         ok = np.asarray(batch["ok"], dtype=bool)
         failed_videos += int(np.asarray(batch["failed"]).sum())
         incomplete += int((~ok).sum())
@@ -221,7 +228,7 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
         losses, accs = [], []
         chunks = list(range(0, len(pixels), per_forward))
         for i, start in enumerate(chunks):
-            clips = normalise(pixels[start : start + per_forward].to(device, non_blocking=True), preprocess)
+            clips = normalise(to_device(pixels[start : start + per_forward], device), preprocess)
             e = clips.shape[0]
             sync = loss_module.no_sync() if i + 1 < len(chunks) and hasattr(loss_module, "no_sync") else contextlib.nullcontext()
             with sync:
@@ -229,17 +236,17 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
                     loss, acc, _ = loss_module(clips[:, :n_support], s_lab.expand(e, -1), clips[:, n_support:],
                                                q_lab.expand(e, -1), way)
                 (loss * (weight * e / len(pixels))).backward()
-            losses.append(float(loss.detach()) * e)
-            accs.append(float(acc) * e)
+            losses.append(loss.detach() * e)
+            accs.append(acc.detach() * e)
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
         opt.step()
         schedule.step()
-        window.append((sum(losses) / len(pixels), sum(accs) / len(pixels)))
+        window.append((torch.stack(losses).sum() / len(pixels), torch.stack(accs).sum() / len(pixels)))
         last = step + 1 == config.steps
         if (step + 1) % config.val_every == 0 or last:
             metrics = window_metrics(window, step=step + 1, lr=float(schedule.get_last_lr()[0]),
-                                     episodes=len(window) * config.episodes_per_step * world_size, started=started)
+                                     episodes=len(window) * config.episodes_per_step, started=started)
             metrics |= {"failed_videos": float(failed_videos), "incomplete_episodes": float(incomplete)}
             window.clear()
             payload = None

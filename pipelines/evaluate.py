@@ -21,7 +21,7 @@ from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_
 from fsar.data.feature_store import FeatureStore, FeatureStoreError
 from fsar.eval import ResultRecord, accuracy_ci, episode_accuracies, format_table, plot_results, write_results
 from fsar.methods import build_method, method_info
-from fsar.training import load_checkpoint
+from fsar.training import load_checkpoint, resolve_device
 
 
 @dataclass
@@ -44,6 +44,7 @@ class EvalConfig:
     batch_size: int = 500  # episodes per forward
     dataset: str = ""  # name in results.json (default: the store folder's name)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    device: str = "auto"  # where methods run: auto (CUDA when present), cpu, cuda, cuda:N
     frames: int = 8  # pixels methods given by name: frames decoded per video (a run uses its training value)
 
 
@@ -71,10 +72,15 @@ def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
             raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
         view = store.meta.view_for(info.input_kind, config.view if info.input_kind == "frames" else "auto")
         knobs = config.knobs.get(name, {})
-        build_method(name, feature_dim=store.meta.view_dim(view), **knobs)  # bad knobs fail here
+        text_dim = store.text_dim()
+        if info.needs_text and text_dim is None:
+            raise FeatureStoreError(f"method {name} needs class-name text embeddings but store {store.root} has none: "
+                                    "re-embed with a CLIP backbone that has a text tower")
+        build_method(name, feature_dim=store.meta.view_dim(view), text_dim=text_dim, **knobs)  # bad knobs fail here
         label = name + (f"[{', '.join(f'{k}={v}' for k, v in sorted(knobs.items()))}]" if knobs else "")
         out.append(Candidate(label, None, view, info.input_kind == "patches",
-                             lambda dim, name=name, knobs=knobs: build_method(name, feature_dim=dim, **knobs)))
+                             lambda dim, name=name, knobs=knobs, text_dim=text_dim: build_method(
+                                 name, feature_dim=dim, text_dim=text_dim, **knobs)))
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         meta = payload["store_meta"]
@@ -108,6 +114,7 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
         return run_frames(config, progress=progress)
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     store = FeatureStore(config.store)
     candidates = _candidates(config, store)
     labels, class_names = store.split_labels(config.split)
@@ -132,14 +139,15 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
         write_episode_file(episode_path, episodes, first.video_ids,
                            meta={"seed": config.seed, "split": config.split, "store": str(config.store)})
     text = store.class_text()
+    text = None if text is None else torch.from_numpy(text)
     records = []
     for cand in candidates:
         split = split_features(cand.view, cand.as_grid)
-        feats = torch.from_numpy(split.features.astype("float32"))
-        method = cand.make(feats.shape[-1])
+        method = cand.make(split.features.shape[-1]).to(device)
         start = time.perf_counter()
-        acc = episode_accuracies(method, feats, episodes, batch_size=config.batch_size, progress=progress,
-                                 desc=cand.label, class_text=None if text is None else torch.from_numpy(text))
+        # Features stay fp16 on the host; each chunk is cast on the device as it is encoded.
+        acc = episode_accuracies(method, split.features, episodes, batch_size=config.batch_size, progress=progress,
+                                 desc=cand.label, class_text=text, device=device)
         seconds = time.perf_counter() - start
         mean, ci = accuracy_ci(acc)
         records.append(ResultRecord(

@@ -21,7 +21,7 @@ from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_
 from fsar.eval import ResultRecord, accuracy_ci
 from fsar.frame_episodes import decode_split, pixel_episode_accuracies, read_split_videos
 from fsar.methods import FewShotMethod, build_method, method_info
-from fsar.training import load_checkpoint
+from fsar.training import load_checkpoint, resolve_device
 from pipelines.evaluate import EvalConfig, episode_file_name, write_report
 
 EPISODE_BATCH = 64  # episodes per per-task forward (DMGAL's last stage runs on every video of each episode)
@@ -64,6 +64,7 @@ def run_frames(config: EvalConfig, *, progress: bool = True) -> list[ResultRecor
                           f"{'both were' if config.manifest is not None else 'neither was'} given")
     if config.threads:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     candidates = _candidates(config)
     videos = read_split_videos(config.manifest, config.split)
     out = Path(config.out)
@@ -101,9 +102,9 @@ def run_frames(config: EvalConfig, *, progress: bool = True) -> list[ResultRecor
             raise ConfigError(f"{cand.label}: another frame count decodes a different set of videos; "
                               "evaluate runs with different `frames` into separate folders")
         start = time.perf_counter()
-        acc = pixel_episode_accuracies(cand.method, pixels[ok], episodes, preprocess=cand.method.preprocess,
-                                       batch_size=min(config.batch_size, EPISODE_BATCH), progress=progress,
-                                       desc=cand.label)
+        acc = pixel_episode_accuracies(cand.method.to(device), pixels[ok], episodes,
+                                       preprocess=cand.method.preprocess, batch_size=min(config.batch_size, EPISODE_BATCH),
+                                       device=device, progress=progress, desc=cand.label)
         mean, ci = accuracy_ci(acc)
         records.append(ResultRecord(
             method=cand.label, dataset=config.dataset or Path(config.manifest).resolve().parent.name,

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,29 @@ def check_decode_room(config: TrainConfig, resources: dict[str, float]) -> None:
         )
 
 
+def ddp_wrap(world: int) -> Callable[[Any], Any]:
+    """The ``wrap`` of a Ray Train worker: DDP over a module already on its device (``train_worker`` moves
+    it first), nothing for a single worker.
+
+    Every method builds only parameters that get a gradient each step (checked for every registered method
+    by the tests), so DDP runs without its unused-parameter search. Across GPUs, BatchNorm (DMGAL's, as
+    released) becomes SyncBatchNorm, so its statistics are those of the global batch and the worker count
+    does not change the experiment; gloo (CPU) has no SyncBatchNorm, so there it stays per worker.
+    """
+
+    def wrap(module: Any) -> Any:
+        import ray.train.torch
+        import torch
+
+        if world <= 1:
+            return module
+        if next(module.parameters()).device.type == "cuda":
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return ray.train.torch.prepare_model(module, move_to_device=False)
+
+    return wrap
+
+
 def _worker_entry(config_dict: dict[str, Any]) -> None:
     """Ray Train worker body: DDP set-up, resume, and the rank-0 side effects of each report."""
     import ray.train
@@ -69,12 +93,10 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     out = Path(config.out)
 
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        if world > 1:
-            import ray.train.torch
+    import ray.train.torch
 
-            return ray.train.torch.prepare_model(module, move_to_device=False)
-        return module
+    device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
+    wrap = ddp_wrap(world)
 
     state, start_step = None, 0
     resume = ray.train.get_checkpoint()
@@ -106,7 +128,8 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
         worker = train_worker
         if config.manifest is not None:  # end-to-end (pixels) methods: decoded episodes from Ray Data
             from pipelines.train_frames import frame_worker as worker
-        worker(config, rank=rank, world_size=world, report=report, wrap=wrap, start_step=start_step, state=state)
+        worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device, start_step=start_step,
+               state=state)
         status = "FINISHED"
     finally:
         if logger is not None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fsar.data.episodes import EpisodeSampler
 from fsar.frame_episodes import EpisodeDecoder, decode_records, episode_table, read_split_videos
-from fsar.training import TrainConfig, build_for_training
+from fsar.training import TrainConfig, build_for_training, episodes_per_worker
 
 DATASET_PREFIX = "train_rank"
 
@@ -34,9 +34,10 @@ def episode_datasets(config: TrainConfig, *, preprocess: Any = None) -> dict[str
     decoder = EpisodeDecoder(videos, config.frames, preprocess, seed=config.seed, train=True)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver follows metrics.jsonl instead
     out = {}
+    per_worker = episodes_per_worker(config, config.workers)
     for rank in range(config.workers):
-        table = episode_table(sampler, rank=rank, world_size=config.workers,
-                              episodes_per_step=config.episodes_per_step, steps=config.steps)
+        table = episode_table(sampler, rank=rank, world_size=config.workers, episodes_per_step=per_worker,
+                              steps=config.steps)
         items = [{"episode": int(e), "rows": r} for e, r in zip(table["episode"], table["rows"], strict=True)]
         # One episode per task: decoding ~25 videos is the unit of work, and small tasks keep a worker fed early.
         ds = ray.data.from_items(items).map_batches(decode_records, fn_kwargs={"decoder": decoder}, batch_size=1,
@@ -64,9 +65,10 @@ def shard_batches(config: TrainConfig, rank: int, start_step: int) -> Iterator[d
     import ray.train
 
     shard = ray.train.get_dataset_shard(f"{DATASET_PREFIX}{rank}")
-    batches = shard.iter_batches(batch_size=config.episodes_per_step, batch_format="numpy", prefetch_batches=2)
+    per_worker = episodes_per_worker(config, config.workers)
+    batches = shard.iter_batches(batch_size=per_worker, batch_format="numpy", prefetch_batches=2)
     for step, batch in enumerate(batches):
-        expected = (step * config.workers + rank) * config.episodes_per_step
+        expected = (step * config.workers + rank) * per_worker
         if int(batch["episode"][0]) != expected:
             raise RuntimeError(f"rank {rank}: step {step} got episode {int(batch['episode'][0])}, expected {expected}")
         if step >= start_step:
@@ -75,16 +77,8 @@ def shard_batches(config: TrainConfig, rank: int, start_step: int) -> Iterator[d
 
 def frame_worker(config: TrainConfig, *, rank: int, world_size: int, start_step: int = 0, **kw: Any) -> None:
     """Ray Train worker body of a manifest run: the episode stream from Ray Data (or a local thread pool in
-    ``workers=0`` mode), the worker's device, then ``frame_train_worker``."""
-    import torch
-
+    ``workers=0`` mode), then ``frame_train_worker`` (``kw``: report, wrap, the worker's device, state)."""
     from fsar.frame_training import frame_train_worker
 
-    device = None
-    if config.use_gpu and torch.cuda.is_available():
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
     batches = shard_batches(config, rank, start_step) if config.workers > 0 else None
-    frame_train_worker(config, rank=rank, world_size=world_size, start_step=start_step, device=device,
-                       batches=batches, **kw)
+    frame_train_worker(config, rank=rank, world_size=world_size, start_step=start_step, batches=batches, **kw)

@@ -131,7 +131,9 @@ def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict
                 save_checkpoint(payload | {"metrics": metrics}, Path(folder) / "checkpoint.pt")
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-        device = torch.device("cuda") if config.use_gpu and torch.cuda.is_available() else None
+        # Ray makes only the trial's own GPUs visible to it; without gpus_per_trial the trial stays on the CPU
+        # even where the node has a GPU (another trial may hold it).
+        device = torch.device("cuda") if config.use_gpu else torch.device("cpu")
         train_worker(config, report=report, device=device, start_step=start_step, state=state)
 
     return fsar_trial

@@ -43,16 +43,19 @@ def split():
 def test_registered_as_a_patch_method_that_may_read_text():
     info = method_info("a2m2")
     assert info.input_kind == "patches" and not info.needs_text
-    assert build_method("a2m2", feature_dim=12).uses_text
-    off = build_method("a2m2", feature_dim=12, text=False)
+    assert build_method("a2m2", feature_dim=12, text_dim=8).uses_text
+    off = build_method("a2m2", feature_dim=12, text_dim=8, text=False)
     assert not off.uses_text and off.text_projection is None
+    # A store without text: no projection is built, so no parameter waits for a gradient that cannot come.
+    textless = build_method("a2m2", feature_dim=12)
+    assert not textless.uses_text and textless.text_projection is None
 
 
 @pytest.mark.parametrize("shot", [1, 3])
 def test_pair_table_evaluation_equals_the_plain_forward(split, shot):
     labels, feats, text = split
     torch.manual_seed(0)
-    method = build_method("a2m2", feature_dim=12, fusion=0.3, **SMALL).eval()
+    method = build_method("a2m2", feature_dim=12, text_dim=12, fusion=0.3, **SMALL).eval()
     episodes = EpisodeSampler(labels, way=3, shot=shot, query=2, seed=1).batch(0, 20)
     with torch.no_grad():
         fast = episode_scorer(method, feats, 3, class_text=text)(episodes)
@@ -108,7 +111,7 @@ def test_fusion_one_is_the_frame_metric_alone(split):
 def test_text_changes_logits_and_its_loss_is_training_only(split):
     labels, feats, text = split
     torch.manual_seed(0)
-    method = build_method("a2m2", feature_dim=12, **SMALL)
+    method = build_method("a2m2", feature_dim=12, text_dim=12, **SMALL)
     episodes = EpisodeSampler(labels, way=3, shot=1, query=2, seed=0).batch(0, 4)
     support, s_lab, query, q_lab = gather_episodes(feats, episodes)
     class_text = text[torch.as_tensor(episodes.classes)]

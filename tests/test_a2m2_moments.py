@@ -59,9 +59,9 @@ def test_candidates_equal_an_eigendecomposition_pipeline():
     scales = [Scale(1, 0), Scale(2, 2)]
     block = M2Block(feature_dim=6, reduce_dim=4, embed_dim=5, scales=scales, ns_iterations=25,
                     temporal_centre=True, time_encoding=True).eval()
-    # Non-trivial BatchNorm running statistics so that eval mode is not an identity.
-    block.norm.running_mean.uniform_(-0.2, 0.2)
-    block.norm.running_var.uniform_(0.5, 2.0)
+    # A non-trivial LayerNorm affine map, so that the normalisation is not an identity.
+    block.norm.weight.data.uniform_(0.5, 2.0)
+    block.norm.bias.data.uniform_(-0.2, 0.2)
     x = torch.randn(3, 4, 2, 2, 6)
     candidates, reduced = block(x)
     assert candidates.shape == (3, block.num_candidates(4, 2), 5) == (3, 4 * 1 + 2 * 1, 5)

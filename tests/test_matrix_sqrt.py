@@ -87,10 +87,19 @@ def test_zero_matrix_gives_zero() -> None:
 def test_half_precision_is_computed_in_fp32(dtype: torch.dtype) -> None:
     cov = random_spd(4, 16, condition=10.0, seed=3).to(dtype)
     root = newton_schulz_sqrt(cov, iterations=10)
-    assert root.dtype == dtype
-    # Identical to the fp32 computation on the same (rounded) input, up to the final cast.
-    expected = newton_schulz_sqrt(cov.float(), iterations=10).to(dtype)
+    assert root.dtype == torch.float32  # half inputs give an fp32 root (fsar.ops.precision)
+    # Identical to the fp32 computation on the same (rounded) input.
+    expected = newton_schulz_sqrt(cov.float(), iterations=10)
     torch.testing.assert_close(root, expected, atol=0, rtol=0)
+
+
+def test_bf16_autocast_does_not_reach_the_root() -> None:
+    """Under bf16 autocast the products still run in fp32: the same root as without autocast."""
+    cov = random_spd(4, 16, condition=10.0, seed=3).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        root = newton_schulz_sqrt(cov, iterations=10)
+    assert root.dtype == torch.float32
+    torch.testing.assert_close(root, newton_schulz_sqrt(cov, iterations=10), atol=0, rtol=0)
 
 
 def test_centred_covariance_matches_numpy() -> None:

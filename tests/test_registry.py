@@ -32,19 +32,28 @@ FEATURE_DIM = 12
 # start at 0 would leave the weights behind them without gradient on the first step.
 SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1}
 PER_VIDEO = {"frames": (FEATURE_DIM,), "patches": (2, 2, FEATURE_DIM), "pixels": (3, 16, 16)}
+METHODS = list_methods()
 
 
 def knob_names(info: MethodInfo) -> set[str]:
     return {f.name for f in dataclasses.fields(info.config)}
 
 
-def build_small(name: str) -> FewShotMethod:
+def build_small(name: str, *, text_dim: int | None = None, **extra) -> FewShotMethod:
     info = method_info(name)
     if info.needs_text:
         pytest.fail(f"{name} needs text, which this test does not supply yet: extend make_episodes")
-    knobs = {k: v for k, v in SMALL_KNOBS.items() if k in knob_names(info)}
+    knobs = {k: v for k, v in SMALL_KNOBS.items() if k in knob_names(info)} | extra
     torch.manual_seed(0)
-    return build_method(name, feature_dim=FEATURE_DIM, **knobs)
+    return build_method(name, feature_dim=FEATURE_DIM, text_dim=text_dim, **knobs)
+
+
+# Settings under which a method builds fewer parts; each must still give every parameter it builds a gradient
+# (DDP fails a step on a parameter that got none).
+LEAN_VARIANTS = {"i2st": [{"layers": 0, "match_features": "frame"}, {"layers": 0, "match_features": "instances"}],
+                 "a2m2": [{"marginals": "uniform", "time_encoding": False}, {"text_weight": 0.0, "text_loss": 0.0}]}
+GRADIENT_CASES = [(name, text, knobs) for name in METHODS for text in (None, FEATURE_DIM)
+                  for knobs in [{}, *LEAN_VARIANTS.get(name, [])]]
 
 
 def make_episodes(name: str, *, batch: int = 3, way: int = 3, shot: int = 2, n_query: int = 2, frames: int = 4, seed: int = 0):
@@ -61,8 +70,6 @@ def make_episodes(name: str, *, batch: int = 3, way: int = 3, shot: int = 2, n_q
     query = torch.randn(batch, way * n_query, *per_video, generator=gen)
     return support, support_labels, query, query_labels
 
-
-METHODS = list_methods()
 
 
 def test_builtin_methods_are_registered():
@@ -102,10 +109,13 @@ def test_output_shapes_and_values(name):
         assert isinstance(key, str) and value.dim() == 0 and torch.isfinite(value), key
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_gradients_reach_every_parameter(name):
-    method = build_small(name).train()
+@pytest.mark.parametrize(("name", "text_dim", "knobs"), GRADIENT_CASES)
+def test_gradients_reach_every_parameter(name, text_dim, knobs):
+    """On a store with class text and on one without, and in the methods' lean settings: every parameter a
+    method builds gets a gradient from one training step, so DDP needs no unused-parameter search."""
+    method = build_small(name, text_dim=text_dim, **knobs).train()
     support, labels, query, query_labels = make_episodes(name)
+    assert not method.uses_text or text_dim is not None, f"{name} reads text it was not offered"
     # Text-reading methods get class-name embeddings and training-only labels, so their text parts train too.
     text = torch.randn(support.shape[0], 3, FEATURE_DIM) if method.uses_text else None
     logits, aux = method.forward_with_aux(support, labels, query, 3, class_text=text,
@@ -118,6 +128,34 @@ def test_gradients_reach_every_parameter(name):
     for pname, param in params.items():
         assert param.grad is not None, f"{name}.{pname} got no gradient"
         assert param.grad.abs().sum() > 0, f"{name}.{pname} got an all-zero gradient"
+
+
+# Methods whose training-mode encoding couples the videos of a batch: DMGAL keeps the released code's
+# BatchNorm (S-MGA, and ResNet-50's in FT). Across GPUs the trainer turns it into SyncBatchNorm, so the worker
+# count still does not change the statistics; on CPU workers (gloo) it does. Every other method encodes each
+# video alone.
+BATCH_COUPLED = {"dmgal_ft", "dmgal_adapter"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_training_encodes_each_video_alone(name):
+    """In training mode a video's encoding does not depend on the other videos of its batch (no batch
+    statistics), except for the documented BatchNorm methods, which must indeed hold BatchNorm."""
+    method = build_small(name).train()
+    has_batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in method.modules())
+    assert has_batch_norm == (name in BATCH_COUPLED), name
+    if name in BATCH_COUPLED:
+        return
+    support, _, query, _ = make_episodes(name)
+    videos = torch.cat([support[0], query[0]])
+    with torch.no_grad():
+        together = method.encode_videos(videos)
+        alone = method.encode_videos(videos[:1])
+        others = method.encode_videos(torch.cat([videos[:1], 3.0 * videos[1:] + 1.0]))
+    first = (lambda e: tuple(p[:1] for p in e)) if isinstance(together, tuple) else (lambda e: e[:1])
+    for reference in (alone, first(others)):
+        for a, b in zip(*(x if isinstance(x, tuple) else (x,) for x in (first(together), reference)), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)

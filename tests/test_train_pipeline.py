@@ -1,10 +1,12 @@
-"""Ray Train job: in-process mode and a real 2-worker TorchTrainer on CPU, MLflow and best.pt outputs."""
+"""Ray Train job: in-process mode and real 2-worker TorchTrainers on CPU — the same experiment on any
+worker count, every cached-feature method under DDP — MLflow and best.pt outputs."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from test_training import config, make_signal_store
 
 from fsar.training import load_checkpoint
@@ -14,6 +16,12 @@ from pipelines.train import run
 @pytest.fixture(scope="module")
 def signal_store(tmp_path_factory):
     return make_signal_store(tmp_path_factory.mktemp("store") / "store")
+
+
+@pytest.fixture(scope="module")
+def in_process(signal_store, tmp_path_factory):
+    """The reference run: one worker, in this process."""
+    return run(config(signal_store, tmp_path_factory.mktemp("in-process") / "run", workers=0))
 
 
 def check_outputs(result, steps, val_every):
@@ -27,20 +35,38 @@ def check_outputs(result, steps, val_every):
     return lines
 
 
-def test_in_process(signal_store, tmp_path):
-    result = run(config(signal_store, tmp_path / "run", workers=0))
+def test_in_process(in_process, tmp_path):
+    result = in_process
     check_outputs(result, 60, 20)
     from mlflow.tracking import MlflowClient
 
-    logged = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    logged = MlflowClient(tracking_uri=f"sqlite:///{result.run_dir / 'mlflow.db'}").get_run(result.mlflow_run_id)
     assert logged.data.params["method"] == "protonet" and logged.data.params["knobs.proj_dim"] == "16"
     assert logged.data.metrics["best_val_accuracy"] == pytest.approx(result.best_val_accuracy)
 
 
-def test_two_workers(signal_store, tmp_path, ray_local):
-    result = run(config(signal_store, tmp_path / "run", workers=2, steps=60))
+def test_two_workers_run_the_same_experiment(signal_store, in_process, tmp_path, ray_local):
+    """``episodes_per_step`` is global: two DDP workers with half the episodes each follow the one-worker run's
+    training curve and end with its weights (up to the order of floating-point reductions)."""
+    result = run(config(signal_store, tmp_path / "run", workers=2))
     lines = check_outputs(result, 60, 20)
     assert lines[-1]["episodes_per_s"] > 0
+    reference = [json.loads(line) for line in (in_process.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for two, one in zip(lines, reference, strict=True):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-4)
+        assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=1e-6)
+    assert result.best_step == in_process.best_step
+    ours, _ = load_checkpoint(result.best_checkpoint)
+    theirs, _ = load_checkpoint(in_process.best_checkpoint)
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=name)
+
+
+def test_a_global_batch_the_workers_cannot_split_is_refused(signal_store, tmp_path):
+    from fsar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="episodes_per_step=6 .* does not divide among 4 workers"):
+        run(config(signal_store, tmp_path / "run", workers=4, episodes_per_step=6))
 
 
 def test_mlflow_artifacts_stay_in_the_run_folder(signal_store, tmp_path, monkeypatch):
@@ -48,3 +74,53 @@ def test_mlflow_artifacts_stay_in_the_run_folder(signal_store, tmp_path, monkeyp
     result = run(config(signal_store, tmp_path / "run", workers=0, steps=20))
     assert not (tmp_path / "mlruns").exists()
     assert list((result.run_dir / "mlartifacts").rglob("train_config.yaml"))
+
+
+def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_local):
+    """One real 2-worker TorchTrainer runs a few DDP steps of every registered cached-feature method (and of
+    the settings in which a method builds fewer parts) through ``train_worker`` and ``ddp_wrap``. A parameter
+    that gets no gradient would make DDP fail the step after it."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from test_training import make_patch_store
+
+    from fsar.methods import list_methods, method_info
+
+    with_text = str(make_patch_store(tmp_path / "store"))  # patch grid and class text
+    textless = str(make_signal_store(tmp_path / "textless"))  # pooled frames only, no class text
+    small = {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8, "dim": 8, "heads": 2, "proj_dim": 8}
+    cases = []
+    for name in list_methods():
+        if method_info(name).input_kind == "pixels":
+            continue
+        fields = method_info(name).config.__dataclass_fields__
+        cases.append((with_text, name, {k: v for k, v in small.items() if k in fields}))
+    cases += [(with_text, "i2st", {"dim": 8, "heads": 2, "layers": 0, "match_features": "frame"}),
+              (textless, "a2m2", {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8})]
+    assert {"protonet", "otam", "bimhm", "a2m2", "i2st"} <= {name for _, name, _ in cases}
+    settings = {"steps": 3, "val_every": 3, "val_episodes": 10, "episodes_per_step": 4, "workers": 2,
+                "warmup_steps": 1}
+
+    def loop(_: dict) -> None:
+        import ray.train
+
+        from fsar.training import TrainConfig, train_worker
+        from pipelines.train import ddp_wrap
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        done = []
+        for i, (store, name, knobs) in enumerate(cases):
+            config = TrainConfig(method=name, knobs=knobs, store=store, out=str(tmp_path / f"run{i}"), **settings)
+            steps = []
+            train_worker(config, rank=rank, world_size=world, wrap=ddp_wrap(world),
+                         report=lambda m, p, steps=steps: steps.append(m["step"]))
+            done.append(name if steps == [3] else f"{name}: reports at {steps}")
+        (tmp_path / f"rank{rank}.json").write_text(json.dumps(done))
+
+    result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=2),
+                          run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
+    assert result.error is None
+    expected = [name for _, name, _ in cases]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected

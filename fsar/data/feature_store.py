@@ -230,6 +230,14 @@ class FeatureStore:
     def has_class_text(self) -> bool:
         return (self.root / CLASS_TEXT_FILE).is_file()
 
+    def text_dim(self) -> int | None:
+        """Size E of the stored class-name embeddings, None when the store has none (reads the schema-sized
+        first row only)."""
+        if not self.has_class_text():
+            return None
+        first = pq.ParquetFile(self.root / CLASS_TEXT_FILE).read_row_group(0, columns=["embedding"])
+        return len(first["embedding"][0].as_py()) // 4  # fp32 bytes
+
     def class_text(self) -> np.ndarray | None:
         """Class-name text embeddings as a table indexed by label, ``(max_label + 1, E)`` fp32 (rows of
         labels without text are zero), or None when the store has none."""

@@ -174,6 +174,10 @@ class FewShotMethod(nn.Module):
             raise ValueError(f"{name}: support_labels must be integers, got {support_labels.dtype}")
         if way < 1:
             raise ValueError(f"{name}: way must be >= 1, got {way}")
+        if support_labels.device.type != "cpu":
+            # Reading label values on an accelerator waits for the device (a host sync every training step),
+            # and meta tensors have no values; labels that reach a device come from the episode sampler.
+            return batched
         if support_labels.numel():
             low, high = torch.aminmax(support_labels)
             if low < 0 or high >= way:
@@ -193,7 +197,7 @@ class FrameDistanceMethod(FewShotMethod):
     must have ``proj_dim``, ``temporal_centre``, ``temperature`` and ``learn_scale``.
     """
 
-    def __init__(self, config: Any, *, feature_dim: int) -> None:
+    def __init__(self, config: Any, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)

@@ -124,7 +124,7 @@ class I2STConfig:
 class I2ST(FewShotMethod):
     """Instance perception and spatial-temporal attention per video; λ·global + (1 − λ)·local matching."""
 
-    def __init__(self, config: I2STConfig, *, feature_dim: int) -> None:
+    def __init__(self, config: I2STConfig, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         c = config
@@ -132,7 +132,11 @@ class I2ST(FewShotMethod):
         self.embed = nn.Sequential(norm, nn.Linear(feature_dim, c.dim))
         # A fixed code of the patch position, scaled by a learned gain so it cannot swamp the features at init.
         self.position_gain = nn.Parameter(torch.tensor(0.1))
-        self.perception = InstancePerception(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio)
+        # Instances feed the attention layers, the matched vector or the mask loss; with none of those the
+        # module would hold parameters that never get a gradient (which DDP refuses), so it is not built.
+        uses_instances = c.layers > 0 or c.match_features != "frame" or c.mask_source != "none"
+        self.perception = (InstancePerception(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio)
+                           if uses_instances else None)
         self.spatial = nn.ModuleList(
             SpatialAttention(c.dim, heads=c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.layers))
         self.temporal = nn.ModuleList(
@@ -175,8 +179,10 @@ class I2ST(FewShotMethod):
         n_videos, frames, grid, _, feature_dim = videos.shape
         tokens = self.embed(videos.reshape(n_videos * frames, grid * grid, feature_dim))
         tokens = tokens + self.position_gain * grid_code(grid, tokens.shape[-1], device=tokens.device).to(tokens.dtype)
-        instances, mask_logits = self.perception(tokens)  # (M, K, d), (M, K, P)
         image, frame = tokens, tokens.mean(dim=1)
+        if self.perception is None:  # layers=0, frame tokens matched, no mask loss: instances are not needed
+            return self.proj(self.norm_out(frame)).view(n_videos, frames, -1), tokens.new_zeros(0)
+        instances, mask_logits = self.perception(tokens)  # (M, K, d), (M, K, P)
         for spatial, temporal in zip(self.spatial, self.temporal, strict=True):
             image, instances = spatial(image, instances)
             frame = image.mean(dim=1)  # (M, d): the frame token summarises the updated patch tokens

@@ -30,7 +30,7 @@ class ProtoNetConfig:
 class ProtoNet(FewShotMethod):
     """Order-blind baseline: cosine distance between mean-pooled query and class prototypes."""
 
-    def __init__(self, config: ProtoNetConfig, *, feature_dim: int) -> None:
+    def __init__(self, config: ProtoNetConfig, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.proj = make_projection(feature_dim, config.proj_dim)

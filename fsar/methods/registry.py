@@ -34,7 +34,7 @@ class MethodInfo:
     input_kind: str  # "frames" (N,T,D), "patches" (N,T,g,g,d) or "pixels" (N,T,3,H,W)
     needs_text: bool  # whether the method needs class-name text embeddings
     description: str  # one line for `fsar methods`
-    cls: type[FewShotMethod]  # the nn.Module class, built as cls(config, feature_dim=...)
+    cls: type[FewShotMethod]  # the nn.Module class, built as cls(config, feature_dim=..., text_dim=...)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
@@ -45,7 +45,7 @@ def register_method(
 ) -> Callable[[M], M]:
     """Class decorator registering a ``FewShotMethod`` subclass under ``name``.
 
-    The class must accept ``cls(config_instance, *, feature_dim=int)``.
+    The class must accept ``cls(config_instance, *, feature_dim=int, text_dim=int | None)``.
     """
     if input_kind not in VIDEO_DIMS:
         raise ValueError(f"method {name!r}: input_kind must be one of {sorted(VIDEO_DIMS)}, got {input_kind!r}")
@@ -77,12 +77,16 @@ def method_info(name: str) -> MethodInfo:
         raise UnknownMethodError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
 
 
-def build_method(name: str, *, feature_dim: int, **knobs: Any) -> FewShotMethod:
+def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, **knobs: Any) -> FewShotMethod:
     """Build method ``name`` for per-frame features of size ``feature_dim``.
+
+    ``text_dim``: the size of the class-name text embeddings the data offers (the store's text tower), None
+    when it has none. A method that can read text builds its text parameters only when there is text, so
+    no parameter exists that could never receive a gradient (DDP refuses those).
 
     ``knobs`` are fields of the method's config class; unknown or ill-typed ones raise ConfigError
     naming the valid ones. The resolved config is kept on the module as ``method.config``.
     """
     info = method_info(name)
     config = from_dict(info.config, knobs, where=f"method {name!r}")
-    return info.cls(config, feature_dim=feature_dim)
+    return info.cls(config, feature_dim=feature_dim, text_dim=text_dim)

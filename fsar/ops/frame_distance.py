@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fsar.ops.precision import full_precision
+
 _EPS = 1e-8  # floor on a vector's norm: an all-zero frame sits at distance 1 from everything, not NaN
 
 
+@full_precision
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     """``1 - cos`` between every row of ``a`` and every row of ``b``.
 
@@ -25,6 +28,7 @@ def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     return 1.0 - cos
 
 
+@full_precision
 def pairwise_frame_distance(query: Tensor, support: Tensor) -> Tensor:
     """Frame-to-frame ``1 - cos`` for every (query video, support video) pair of every episode.
 
@@ -42,6 +46,7 @@ def pairwise_frame_distance(query: Tensor, support: Tensor) -> Tensor:
     return dist.view(batch, n_query, length, n_support, width).permute(0, 1, 3, 2, 4)
 
 
+@full_precision
 def mean_hausdorff(dist: Tensor) -> Tensor:
     """Bidirectional mean nearest-frame distance (Bi-MHM) of ``(..., L, M)`` frame distances → ``(...)``."""
     return dist.amin(dim=-1).mean(dim=-1) + dist.amin(dim=-2).mean(dim=-1)

@@ -22,10 +22,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fsar.ops.precision import full_precision
+
 # Floor on the trace: an all-zero covariance (all samples identical) gives a zero root, not NaN.
 _TRACE_FLOOR = 1e-12
 
 
+@full_precision
 def centred_covariance(x: Tensor) -> Tensor:
     """Covariance of the ``n`` samples of ``x``: mean-centred, divided by ``n`` (not ``n - 1``).
 
@@ -33,7 +36,7 @@ def centred_covariance(x: Tensor) -> Tensor:
         x: ``(..., n, d)`` samples along ``n``.
 
     Returns:
-        ``(..., d, d)`` symmetric PSD matrices, in ``x``'s dtype.
+        ``(..., d, d)`` symmetric PSD matrices, in ``x``'s dtype (fp32 for fp16/bf16 input, see ``fsar.ops.precision``).
     """
     if x.dim() < 2:
         raise ValueError(f"centred_covariance expects (..., n, d) samples, got shape {tuple(x.shape)}")
@@ -44,6 +47,7 @@ def centred_covariance(x: Tensor) -> Tensor:
     return centred.transpose(-1, -2) @ centred / n
 
 
+@full_precision
 def newton_schulz_sqrt(cov: Tensor, *, iterations: int = 5, eps: float = 1e-5) -> Tensor:
     """Approximate square root of symmetric PSD matrices by coupled Newton–Schulz, differentiable.
 
@@ -60,7 +64,7 @@ def newton_schulz_sqrt(cov: Tensor, *, iterations: int = 5, eps: float = 1e-5) -
         eps: relative ridge added to the trace-normalised matrix, ≥ 0.
 
     Returns:
-        ``(..., d, d)`` approximate roots in ``cov``'s dtype.
+        ``(..., d, d)`` approximate roots in ``cov``'s dtype (fp32 for fp16/bf16 input).
     """
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2]:
         raise ValueError(f"newton_schulz_sqrt expects (..., d, d) square matrices, got shape {tuple(cov.shape)}")

@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from fsar.ops.precision import full_precision
+
 
 def _check_inputs(cost: Tensor, a: Tensor, b: Tensor, epsilon: float, iterations: int, validate: bool) -> None:
     if cost.dim() != 3:
@@ -57,6 +59,7 @@ def _work_dtype(cost: Tensor, a: Tensor, b: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(cost.dtype, a.dtype), torch.promote_types(b.dtype, torch.float32))
 
 
+@full_precision
 def sinkhorn_log(
     cost: Tensor,
     a: Tensor,
@@ -104,6 +107,7 @@ _FP32_SPREAD = 60.0
 _FP64_SPREAD = 600.0
 
 
+@full_precision
 def sinkhorn_scaling(
     cost: Tensor,
     a: Tensor,
@@ -112,6 +116,7 @@ def sinkhorn_scaling(
     epsilon: float,
     iterations: int = 50,
     validate: bool = True,
+    spread_bound: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`sinkhorn_log`'s iterates in the multiplicative (scaling) form: same arguments, same results.
 
@@ -120,11 +125,18 @@ def sinkhorn_scaling(
     per iteration it is several times faster on small problems, but it needs ``exp(−spread/ε)`` to be
     representable: fp32 when ``spread/ε ≤ 60``, fp64 up to 600 (ε ≥ 0.0034 for costs in [0, 2]);
     beyond that it falls back to :func:`sinkhorn_log`.
+
+    ``spread_bound``: an upper bound on every problem's cost spread (max − min) that the caller knows
+    (``1 − cos`` costs: 2). Given, the precision is chosen from it; otherwise the spread is measured, which
+    waits for the device (a host sync per call).
     """
     _check_inputs(cost, a, b, epsilon, iterations, validate)
     out_dtype = _work_dtype(cost, a, b)
     low = cost.detach().amin(dim=(-2, -1), keepdim=True)
-    spread = float((cost.detach().amax(dim=(-2, -1), keepdim=True) - low).max()) / epsilon
+    if spread_bound is None:
+        spread = float((cost.detach().amax(dim=(-2, -1), keepdim=True) - low).max()) / epsilon
+    else:
+        spread = spread_bound / epsilon
     if spread > _FP64_SPREAD:
         return sinkhorn_log(cost, a, b, epsilon=epsilon, iterations=iterations, validate=False)
     dtype = torch.float64 if spread > _FP32_SPREAD or out_dtype == torch.float64 else torch.float32
@@ -139,6 +151,7 @@ def sinkhorn_scaling(
     return plan.to(out_dtype), (plan * work).sum(dim=(-2, -1)).to(out_dtype)
 
 
+@full_precision
 def sinkhorn(
     cost: Tensor,
     a: Tensor,
@@ -148,10 +161,12 @@ def sinkhorn(
     iterations: int = 50,
     backend: Literal["torch", "scaling", "pot"] = "torch",
     validate: bool = True,
+    spread_bound: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`sinkhorn_log` with a choice of implementation; same arguments, shapes and results.
 
-    ``backend="scaling"`` runs the same iterates multiplicatively (:func:`sinkhorn_scaling`, faster).
+    ``backend="scaling"`` runs the same iterates multiplicatively (:func:`sinkhorn_scaling`, faster;
+    ``spread_bound`` is passed to it and ignored by the other backends).
 
     ``backend="pot"`` calls POT's batched solver ``ot.batch.solve_batch(..., method="log_sinkhorn",
     grad="autodiff")`` (POT ≥ 0.9.6), which runs the same log-domain updates from the same start, for
@@ -161,7 +176,8 @@ def sinkhorn(
     if backend == "torch":
         return sinkhorn_log(cost, a, b, epsilon=epsilon, iterations=iterations, validate=validate)
     if backend == "scaling":
-        return sinkhorn_scaling(cost, a, b, epsilon=epsilon, iterations=iterations, validate=validate)
+        return sinkhorn_scaling(cost, a, b, epsilon=epsilon, iterations=iterations, validate=validate,
+                                spread_bound=spread_bound)
     if backend != "pot":
         raise ValueError(f"sinkhorn: backend must be 'torch', 'scaling' or 'pot', got {backend!r}")
     _check_inputs(cost, a, b, epsilon, iterations, validate)

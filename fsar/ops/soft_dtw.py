@@ -32,7 +32,10 @@ import math
 import torch
 from torch import Tensor
 
+from fsar.ops.precision import full_precision
 
+
+@full_precision
 def otam_cumulative(dist: Tensor, gamma: float = 0.1) -> Tensor:
     """OTAM cumulative alignment cost of each distance matrix, differentiable.
 
@@ -83,6 +86,7 @@ def otam_cumulative(dist: Tensor, gamma: float = 0.1) -> Tensor:
     return (end / scale).reshape(batch).to(dist.dtype)
 
 
+@full_precision
 def otam_distance(dist: Tensor, gamma: float = 0.1, *, bidirectional: bool = True) -> Tensor:
     """OTAM distance of frame-distance matrices ``(..., L, M)`` → ``(...)``: the soft-DTW cost query→support,
     plus support→query when ``bidirectional`` (as most FSAR codebases score OTAM)."""

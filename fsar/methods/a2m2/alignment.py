@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fsar.ops.precision import full_precision
 from fsar.ops.sinkhorn import sinkhorn
 
 
@@ -58,6 +59,7 @@ class CandidateWeights(nn.Module):
         return self.mlp(torch.cat([candidates, motion], dim=-1)).squeeze(-1)
 
 
+@full_precision
 def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, support_logits: Tensor, *,
                        epsilon: float, iterations: int, backend: str = "scaling", unit: bool = False) -> Tensor:
     """Entropic-OT distance of every (query, support) pair of every episode.
@@ -83,5 +85,6 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
     a = torch.softmax(query_logits.to(work), dim=-1)[:, :, None].expand(b, nq, ns, k)
     w = torch.softmax(support_logits.to(work), dim=-1)[:, None].expand(b, nq, ns, k2)
     _, total = sinkhorn(cost.reshape(-1, k, k2), a.reshape(-1, k), w.reshape(-1, k2),
-                        epsilon=epsilon, iterations=iterations, backend=backend, validate=False)  # type: ignore[arg-type]
+                        epsilon=epsilon, iterations=iterations, backend=backend, validate=False,  # type: ignore[arg-type]
+                        spread_bound=2.0)  # 1 − cos lies in [0, 2]: no device sync to measure it
     return total.reshape(b, nq, ns).to(query.dtype)

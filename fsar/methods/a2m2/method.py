@@ -46,6 +46,7 @@ class A2M2Config:
     """Knobs of A2M2 ([recon] = our reconstruction; the paper does not publish it)."""
 
     reduce_dim: int = 32  # d: channels after the 1x1 reduction; each moment is d x d [recon; paper range 64-128 costs 8-64x more]
+    reduce_norm: Literal["layer", "batch"] = "layer"  # normalisation after the reduction: per-token LayerNorm (each video alone) or iSQRT-COV's BatchNorm (couples a training batch's videos; see moments) [recon]
     scales: list[int] = field(default_factory=lambda: [1, 2, 4])  # temporal window lengths in frames [recon]
     spatial_scales: list[int] = field(default_factory=lambda: [0])  # patch-block sides (must divide g); 0 = whole grid [recon]
     ns_iters: int = 5  # Newton-Schulz iterations of the matrix square root (iSQRT: 3-5)
@@ -87,6 +88,7 @@ class A2M2Config:
         need(self.frame_gamma >= 0, f"frame_gamma must be >= 0, got {self.frame_gamma}")
         need(self.text_weight >= 0 and self.text_loss >= 0, "text_weight and text_loss must be >= 0")
         need(self.text_temperature > 0 and self.temperature > 0, "temperatures must be > 0")
+        need(self.reduce_norm in ("layer", "batch"), f"reduce_norm must be 'layer' or 'batch', got {self.reduce_norm!r}")
         need(self.marginals in ("learned", "uniform"), f"marginals must be 'learned' or 'uniform', got {self.marginals!r}")
         need(self.ot_backend in ("scaling", "torch", "pot"),
              f"ot_backend must be 'scaling', 'torch' or 'pot', got {self.ot_backend!r}")
@@ -102,22 +104,24 @@ class A2M2(PairDistanceMethod):
 
     logit_parts = (3,)  # logits_from_pairs reads only the video embeddings (the text term)
 
-    def __init__(self, config: A2M2Config, *, feature_dim: int) -> None:
+    def __init__(self, config: A2M2Config, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         scales = [Scale(int(s), int(p)) for s in config.scales for p in config.spatial_scales]
         self.m2 = M2Block(feature_dim=feature_dim, reduce_dim=config.reduce_dim, embed_dim=config.embed_dim,
                           scales=scales, ns_iterations=config.ns_iters, temporal_centre=config.temporal_centre,
-                          time_encoding=config.time_encoding)
+                          time_encoding=config.time_encoding, norm=config.reduce_norm)
         self.weights = CandidateWeights(embed_dim=config.embed_dim, motion_dim=config.reduce_dim,
                                         hidden=config.weight_hidden, learned=config.marginals == "learned")
-        # CLIP text embeddings share the image embedding space, so their size is the feature size.
-        self.text_projection = nn.Linear(feature_dim, config.embed_dim) if config.text else None
+        # Built only when the data has class text and a term reads it: a projection that never sees text would
+        # get no gradient (which DDP refuses).
+        reads_text = config.text and bool(text_dim) and (config.text_weight > 0 or config.text_loss > 0)
+        self.text_projection = nn.Linear(text_dim, config.embed_dim) if reads_text else None
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
     @property
     def uses_text(self) -> bool:
-        return self.config.text
+        return self.text_projection is not None
 
     def encode_videos(self, videos: Tensor) -> Encoded:
         """``(..., T, g, g, D)`` → unit candidates ``(..., K, e)``, weight logits ``(..., K)``, frames for the

@@ -5,7 +5,13 @@ spatio-temporal scales"; how they are built is our reconstruction:
 
 1. optionally, subtract the video's mean over time at every patch position (``temporal_centre``), so
    the moments describe what changes rather than the static scene (background, object appearance);
-2. channel reduction of every patch feature, ``Linear(D, d)`` + BatchNorm + ReLU (a 1×1 convolution);
+2. channel reduction of every patch feature, ``Linear(D, d)`` + normalisation + ReLU (a 1×1 convolution).
+   The normalisation is a per-token LayerNorm by default (``reduce_norm="layer"``): each video's
+   candidates then depend on that video alone, in training as at evaluation, support and query alike,
+   and on any number of workers. ``"batch"`` is iSQRT-COV's BatchNorm, kept as an option: in training
+   it normalises with the statistics of whichever videos share the batch (support and query of every
+   episode on that worker), so a video's candidates change with its batch-mates and with the worker
+   count, and evaluation (running statistics) sees a different function from training;
 3. for every temporal scale ``s`` (non-overlapping windows of ``s`` consecutive frames) and spatial
    scale ``p`` (non-overlapping ``p×p`` blocks of the ``g×g`` grid; 0 = the whole grid), the
    ``n = s·p·p`` local features of each window give one ``d×d`` centred covariance (the raw second
@@ -89,7 +95,7 @@ class M2Block(nn.Module):
     """
 
     def __init__(self, *, feature_dim: int, reduce_dim: int, embed_dim: int, scales: list[Scale],
-                 ns_iterations: int, temporal_centre: bool, time_encoding: bool) -> None:
+                 ns_iterations: int, temporal_centre: bool, time_encoding: bool, norm: str = "layer") -> None:
         super().__init__()
         if not scales:
             raise ValueError("a2m2: at least one scale is needed")
@@ -97,13 +103,16 @@ class M2Block(nn.Module):
         self.ns_iterations = ns_iterations
         self.temporal_centre = temporal_centre
         self.reduce = nn.Linear(feature_dim, reduce_dim)
-        self.norm = nn.BatchNorm1d(reduce_dim)
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"a2m2: reduce_norm must be 'layer' or 'batch', got {norm!r}")
+        self.norm = nn.LayerNorm(reduce_dim) if norm == "layer" else nn.BatchNorm1d(reduce_dim)
         self.project = nn.Linear(reduce_dim * (reduce_dim + 1) // 2, embed_dim)
         self.scale_embedding = nn.Parameter(torch.zeros(len(self.scales), embed_dim))
         self.time_projection = nn.Linear(2 * TIME_FREQUENCIES, embed_dim, bias=False) if time_encoding else None
 
     def reduce_channels(self, x: Tensor) -> Tensor:
-        """``(..., D)`` → ``(..., d)``: the 1×1 reduction, BatchNorm over every patch of the batch, ReLU."""
+        """``(..., D)`` → ``(..., d)``: the 1×1 reduction, the normalisation (per token, or BatchNorm over every
+        patch of the batch), ReLU."""
         y = self.reduce(x)
         y = self.norm(y.reshape(-1, y.shape[-1])).reshape(y.shape)
         return torch.relu(y)

@@ -125,7 +125,7 @@ def bimhm_logits(support: Tensor, query: Tensor, support_labels: Tensor, way: in
 class DMGALFT(FewShotMethod):
     """DMGAL with the whole backbone trained; see the module docstring."""
 
-    def __init__(self, config: DMGALFTConfig, *, feature_dim: int = 0) -> None:
+    def __init__(self, config: DMGALFTConfig, *, feature_dim: int = 0, text_dim: int | None = None) -> None:
         super().__init__()  # feature_dim is unused: the backbone fixes the feature size
         self.config = config
         self.backbone = build_feature_maps(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
@@ -173,7 +173,7 @@ class DMGALFT(FewShotMethod):
 class DMGALAdapter(FewShotMethod):
     """DMGAL on a frozen open_clip ViT; only the adapters (and optionally LayerNorms) train."""
 
-    def __init__(self, config: DMGALAdapterConfig, *, feature_dim: int = 0) -> None:
+    def __init__(self, config: DMGALAdapterConfig, *, feature_dim: int = 0, text_dim: int | None = None) -> None:
         super().__init__()  # feature_dim is unused: the backbone fixes the feature size
         self.config = config
         trunk = ClipViTTrunk.build(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
