@@ -31,7 +31,7 @@ class CompareConfig:
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True}, "a2m2": {},
     })  # method (or method@label, to compare settings of one method) -> knobs, each trained with the budget below
     steps: int = 300  # optimiser steps per method
-    episodes_per_step: int = 8  # episodes per step on each worker
+    episodes_per_step: int = 16  # episodes per optimiser step over all workers (split evenly across them)
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine)
     workers: int = 2  # Ray Train workers (0 = in-process)
     val_every: int = 50  # validation interval (steps)

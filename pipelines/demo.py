@@ -42,7 +42,8 @@ class DemoConfig:
     })  # trained with a learned projection: method → knobs
     steps: int = 300  # training steps per method
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
-    workers: int = 2  # Ray Train workers per training run (0 = in-process)
+    episodes_per_step: int = 16  # episodes per optimiser step, over all workers together
+    workers: int = 2  # Ray Train workers per training run (0 = in-process): speed, not the experiment
     shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot evaluations
     episodes: int = 10000  # test episodes per setting
     seed: int = 0  # data, training and episode seed
@@ -82,7 +83,8 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     for method, knobs in config.train.items():
         result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
             store=store, method=method, out=out / "runs" / method, knobs=dict(knobs),
-            steps=config.steps, lr=config.lr, workers=config.workers, seed=config.seed, backbone=TINY_MODEL,
+            steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
+            seed=config.seed, backbone=TINY_MODEL,
             mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo"), address=address))
         print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
         runs.append(result.run_dir)
