@@ -38,22 +38,31 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="frame side in pixels")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int)
+    p.add_argument("--masks", action="store_true", default=None,
+                   help="also write ground-truth instance masks to OUT/masks/<video_id>.npz (knobs.mask_files of i2st)")
+    p.add_argument("--clutter", type=int, help="distractors per video, moving at random (default 0)")
+    p.add_argument("--misalign", type=float,
+                   help="0..1: the action fills a random 100..(100-60*misalign) %% of the clip, idle around it (default 0)")
     _common(p)
     p.set_defaults(run=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from fsar.data.manifest import read_manifest, summarize
-    from fsar.data.synthetic import SynthConfig, generate
+    from fsar.data.synthetic import MASKS_DIR, SynthConfig, generate
 
     config = resolve(SynthConfig, file=args.config, overrides=args.overrides,
-                     flags=_flags(args, "out", "classes", "videos_per_class", "frames", "size", "seed", "workers"))
+                     flags=_flags(args, "out", "classes", "videos_per_class", "frames", "size", "seed", "workers",
+                                  "masks", "clutter", "misalign"))
     start = time.perf_counter()
     manifest = generate(config, progress=True)
     seconds = time.perf_counter() - start
     table = read_manifest(manifest)
     print(summarize(table))
     print(f"wrote {table.num_rows} videos in {seconds:.1f} s ({table.num_rows / seconds:.0f} videos/s); manifest: {manifest}")
+    if config.masks:
+        print(f"instance masks: {Path(config.out).resolve() / MASKS_DIR} (i2st: knobs.mask_source=files "
+              f"knobs.mask_files=<that folder>)")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Synthetic motion dataset: class library, rendering, mp4 round trips, class splits, generation."""
+"""Synthetic motion dataset: class library, rendering, mp4 round trips, class splits, generation, and the
+mechanism variants (ground-truth masks, clutter, misalignment)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from fsar.data.manifest import read_manifest, validate_manifest
 from fsar.data.synthetic import (
     SynthConfig,
     SynthError,
+    action_clock,
+    action_timing,
     motion_classes,
     render_clip,
+    render_video,
     select_classes,
     video_rng,
     write_mp4,
@@ -198,6 +202,11 @@ def test_config_errors_name_the_setting():
         SynthConfig(out=Path("x"), classes=10, class_split=(6, 2, 1)).validate()
     with pytest.raises(SynthError, match="seed"):
         SynthConfig(out=Path("x"), seed=-1).validate()
+    with pytest.raises(SynthError, match="clutter=-1"):
+        SynthConfig(out=Path("x"), clutter=-1).validate()
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(SynthError, match="misalign"):
+            SynthConfig(out=Path("x"), misalign=bad).validate()
 
 
 # ---------------------------------------------------------------- generation
@@ -273,3 +282,189 @@ def _generate(config: SynthConfig) -> Path:
     from fsar.data.synthetic import generate
 
     return generate(config, progress=False)
+
+
+# ---------------------------------------------------------------- variants: misalignment, clutter, masks
+def _video(name: str, seed: int, *, frames: int = 16, size: int = 64, **variants):
+    return render_video(CLASSES[name], np.random.default_rng(seed), frames=frames, size=size, **variants)
+
+
+def test_variants_off_render_the_plain_frames_bit_for_bit():
+    for c in motion_classes()[::9]:
+        plain = render_clip(c, video_rng(0, c.id, 1), frames=12, size=32)
+        off = render_video(c, video_rng(0, c.id, 1), frames=12, size=32, clutter=0, misalign=0.0, masks=True)
+        assert np.array_equal(plain, off.frames), c.name
+        assert off.masks is not None and off.masks.shape == plain.shape[:3] and off.masks.dtype == np.uint8
+        assert render_video(c, video_rng(0, c.id, 1), frames=12, size=32).masks is None
+
+
+def test_action_timing_law():
+    t = np.linspace(0.0, 1.0, 9)
+    assert np.array_equal(action_clock(t, 1.0, 0.0), t)  # the neutral clock is the clip's own, exactly
+    rng = np.random.default_rng(0)
+    for strength in (0.0, 0.5, 1.0):
+        draws = np.array([action_timing(rng, strength) for _ in range(2000)])
+        share, start = draws[:, 0], draws[:, 1]
+        assert (share >= 1 - 0.6 * strength).all() and (share <= 1).all()
+        assert (start >= 0).all() and (start + share <= 1 + 1e-12).all()
+        if strength == 0:
+            assert (share == 1).all() and (start == 0).all()
+        else:  # the whole range is used: uniform in [1 − 0.6·s, 1], the start anywhere in the room left
+            assert share.min() < 1 - 0.55 * strength and share.max() > 1 - 0.05 * strength
+            assert np.quantile(start / (1 - share), [0.05, 0.95]) == pytest.approx([0.05, 0.95], abs=0.04)
+    clock = action_clock(np.linspace(0.0, 1.0, 11), 0.5, 0.2)
+    assert clock.tolist() == pytest.approx([0, 0, 0, 0.2, 0.4, 0.6, 0.8, 1, 1, 1, 1])
+
+
+def _idle_ends(video: np.ndarray) -> int:
+    """Frames at the start identical to the first plus frames at the end identical to the last."""
+    same = [np.array_equal(a, b) for a, b in zip(video[:-1], video[1:], strict=True)]
+    lead = next((i for i, s in enumerate(same) if not s), len(same))
+    trail = next((i for i, s in enumerate(same[::-1]) if not s), len(same))
+    return lead + trail
+
+
+@pytest.mark.parametrize("name", ["moving left to right", "circling clockwise", "swinging to a stop"])
+def test_misalignment_idles_around_the_same_motion(name):
+    idle_plain, idle_misaligned = 0, 0
+    for seed in range(10):
+        plain = _video(name, seed, frames=24, size=32).frames
+        shifted = _video(name, seed, frames=24, size=32, misalign=1.0).frames
+        assert shifted.shape == plain.shape  # the clip length does not change
+        # Same scene and motion, retimed: it starts at its start pose and ends at its end pose.
+        assert np.array_equal(shifted[0], plain[0]) and np.array_equal(shifted[-1], plain[-1])
+        idle_plain += _idle_ends(plain)
+        idle_misaligned += _idle_ends(shifted)
+    assert idle_misaligned > idle_plain + 2 * 10, (idle_plain, idle_misaligned)
+
+
+@pytest.mark.parametrize("variants", [{"masks": True}, {"clutter": 2, "masks": True}, {"misalign": 1.0, "masks": True},
+                                      {"clutter": 3, "misalign": 0.7, "masks": True}])
+def test_reversed_partner_stays_the_exact_reverse_with_variants(variants):
+    classes = motion_classes()
+    for pair in range(0, len(classes) // 2, 7):
+        forward, backward = classes[2 * pair], classes[2 * pair + 1]
+        fwd = render_video(forward, np.random.default_rng(100 + pair), frames=12, size=32, **variants)
+        bwd = render_video(backward, np.random.default_rng(100 + pair), frames=12, size=32, **variants)
+        assert np.array_equal(bwd.frames, fwd.frames[::-1]), forward.name
+        assert np.array_equal(bwd.masks, fwd.masks[::-1]), forward.name
+
+
+def test_masks_are_what_is_drawn():
+    for seed in range(8):
+        for name in ("moving left to right", "growing", "rotating clockwise"):
+            rendering = _video(name, seed, frames=16, size=64, masks=True)
+            video, masks = rendering.frames, rendering.masks
+            background = _render("fading in", seed, frames=16, size=64)[0]  # the bare scene, see _object_mask
+            changed = np.abs(video.astype(np.int16) - background).sum(axis=-1)
+            strong = changed > 45
+            assert set(np.unique(masks).tolist()) <= {0, 1}  # one object: instance 1
+            # Nothing but background where the mask is 0 and far from the object; the object where it is 1.
+            assert (changed[masks == 1] > 0).all(), (name, seed)
+            visible = strong.any(axis=(1, 2))
+            assert (masks.sum(axis=(1, 2))[visible] > 0).all(), (name, seed)
+            iou = (strong & (masks > 0)).sum() / (strong | (masks > 0)).sum()
+            assert iou > 0.75, (name, seed, iou)
+    # Two-object classes: the mover is instance 1 and the other object instance 2, both present.
+    masks = _video("pushing an object rightwards", 3, masks=True).masks
+    assert set(np.unique(masks).tolist()) == {0, 1, 2}
+
+
+def test_clutter_moves_outside_the_actor_and_stays_out_of_the_masks():
+    for seed in range(6):
+        plain = _video("moving left to right", seed, frames=16, size=64, masks=True)
+        cluttered = _video("moving left to right", seed, frames=16, size=64, masks=True, clutter=3)
+        actor, actor_cluttered = plain.masks > 0, cluttered.masks > 0
+        # Distractors only hide the actor (when in front); they never add to its mask.
+        assert not (actor_cluttered & ~actor).any()
+        distractor = (np.abs(cluttered.frames.astype(np.int16) - plain.frames).sum(axis=-1) > 30) & ~actor
+        assert (distractor.sum(axis=(1, 2)) > 0).all(), seed  # distractors are in every frame
+        assert not actor_cluttered[distractor].any()
+        # They move all the time: where the actor never goes, consecutive frames differ, so subtracting
+        # the video's temporal mean (temporal_centre) does not remove them.
+        never_actor = (plain.frames == plain.frames[0]).all(axis=(0, -1))
+        moved = (cluttered.frames[1:] != cluttered.frames[:-1]).any(axis=-1) & never_actor
+        assert (moved.sum(axis=(1, 2)) > 0).all(), seed
+        centred = cluttered.frames.astype(np.float32) - cluttered.frames.mean(axis=0)
+        assert (np.abs(centred).max(axis=-1)[:, never_actor].max(axis=1) > 20).all(), seed
+
+
+def test_clutter_differs_per_video_and_does_not_depend_on_misalignment():
+    a = _video("growing", 0, clutter=2, masks=True)
+    b = _video("growing", 1, clutter=2, masks=True)
+    c = _video("growing", 0, clutter=2, masks=True, misalign=1.0)
+    assert not np.array_equal(a.frames[0], b.frames[0])
+    # Same distractors at every strength: where the actor is in neither video, the frames agree.
+    neither = (a.masks == 0) & (c.masks == 0)
+    plain, retimed = _video("growing", 0).frames, _video("growing", 0, misalign=1.0).frames
+    untouched = neither & (plain == plain[0]).all(axis=(0, -1)) & (retimed == retimed[0]).all(axis=(0, -1))
+    assert untouched.sum() > 0.5 * untouched[0].size
+    assert np.array_equal(a.frames[untouched], c.frames[untouched])
+
+
+def test_generate_variants_writes_masks_and_refuses_other_settings(tmp_path):
+    from fsar.data.masks import load_masks, read_mask_file
+    from fsar.data.sampling import segment_indices
+
+    out = tmp_path / "variants"
+    config = _tiny(out, classes=4, class_split=(2, 1, 1), videos_per_class=2, clutter=2, misalign=0.5, masks=True)
+    manifest = _generate(config)
+    stamp = json.loads((out / "synth.json").read_text())
+    assert (stamp["masks"], stamp["clutter"], stamp["misalign"]) == (True, 2, 0.5)
+    rows = read_manifest(manifest).to_pylist()
+    assert len(rows) == 8
+    for r in rows:
+        masks, indices = read_mask_file(out / "masks" / f"{r['video_id']}.npz")
+        assert masks.shape == (r["num_frames"], 64, 64) and indices.tolist() == list(range(r["num_frames"]))
+        cid, index = int(r["video_id"][1:4]), int(r["video_id"].split("_v")[1])
+        rendering = render_video(motion_classes()[cid], video_rng(0, cid, index), frames=12, size=64, clutter=2,
+                                 misalign=0.5, masks=True)
+        assert np.array_equal(masks, rendering.masks)
+        assert _mae(_decode_decord(Path(r["path"])), rendering.frames) < 6.0
+    # Usable as mask_files: load_masks at a store's sampled frames, pooled to its grid.
+    ids = [r["video_id"] for r in rows]
+    sampled = np.stack([segment_indices(r["num_frames"], 8) for r in rows])
+    pooled, valid = load_masks(out / "masks", ids, sampled, 4)
+    assert valid.all() and pooled.shape == (8, 8, 4, 4)
+    assert (pooled.sum(axis=(1, 2, 3)) > 0).all() and pooled.max() <= 1.0
+
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    _generate(config)
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+    # A lost mask file is rendered again; its video is not re-encoded.
+    victim = out / "masks" / f"{rows[3]['video_id']}.npz"
+    before = read_mask_file(victim)[0]
+    victim.unlink()
+    _generate(config)
+    assert np.array_equal(read_mask_file(victim)[0], before)
+    assert {p: p.stat().st_mtime_ns for p in files if p != victim} == {p: t for p, t in stamps.items() if p != victim}
+
+    for other, key in [({"clutter": 3}, "clutter"), ({"misalign": 0.0}, "misalign"), ({"masks": False}, "masks")]:
+        with pytest.raises(SynthError, match=rf"other settings \(differ: {key} \(folder: .*, asked: "):
+            _generate(_tiny(out, **({"classes": 4, "class_split": (2, 1, 1), "videos_per_class": 2, "clutter": 2,
+                                     "misalign": 0.5, "masks": True} | other)))
+
+
+def test_folder_from_before_the_variants_is_resumed_at_their_defaults(tmp_path):
+    out = tmp_path / "old"
+    config = _tiny(out, classes=3, class_split=(1, 1, 1), videos_per_class=1)
+    _generate(config)
+    stamp = json.loads((out / "synth.json").read_text())
+    for key in ("masks", "clutter", "misalign"):
+        del stamp[key]
+    (out / "synth.json").write_text(json.dumps(stamp))
+    _generate(config)  # accepted: those settings were the only ones there were
+    with pytest.raises(SynthError, match="clutter"):
+        _generate(_tiny(out, classes=3, class_split=(1, 1, 1), videos_per_class=1, clutter=1))
+
+
+def test_synth_command_takes_the_variant_flags(tmp_path):
+    from fsar.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["synth", "--out", str(out), "--classes", "3", "--videos-per-class", "1", "--frames", "8", "--size",
+                 "32", "--workers", "1", "--masks", "--clutter", "1", "misalign=0.25"]) == 0
+    stamp = json.loads((out / "synth.json").read_text())
+    assert (stamp["masks"], stamp["clutter"], stamp["misalign"]) == (True, 1, 0.25)
+    assert len(list((out / "masks").glob("*.npz"))) == 3

@@ -1,24 +1,30 @@
 """The embedded default dataset: synthetic motion videos (H.264 mp4) plus a manifest.
 
 ``scene`` draws shapes, backgrounds and frames; ``motions`` holds the class library (time-reverse pairs);
-``dataset`` renders, encodes and writes a whole dataset (see its docstring for the layout).
+``variants`` holds the mechanism variants (misalignment, clutter); ``dataset`` renders, encodes and writes a
+whole dataset (see its docstring for the layout and the variants, masks included).
 """
 
 from fsar.data.synthetic.dataset import (
+    MASKS_DIR,
     RENDER_VERSION,
+    Rendering,
     SynthConfig,
     SynthError,
     clip_length,
     generate,
     render_clip,
+    render_video,
     select_classes,
     video_id,
     video_rng,
     write_mp4,
 )
 from fsar.data.synthetic.motions import MotionClass, motion_classes
+from fsar.data.synthetic.variants import action_clock, action_timing
 
 __all__ = [
-    "RENDER_VERSION", "MotionClass", "SynthConfig", "SynthError", "clip_length", "generate", "motion_classes",
-    "render_clip", "select_classes", "video_id", "video_rng", "write_mp4",
+    "MASKS_DIR", "RENDER_VERSION", "MotionClass", "Rendering", "SynthConfig", "SynthError", "action_clock",
+    "action_timing", "clip_length", "generate", "motion_classes", "render_clip", "render_video", "select_classes",
+    "video_id", "video_rng", "write_mp4",
 ]

@@ -22,9 +22,25 @@ count takes one member (chosen by the same generator) of a further pair, so no p
 splits unless ``classes`` is so close to 128 that no spare pair is left. Fewer classes than the library
 thus means "the first pairs of a seeded shuffle"; the same seed always picks the same classes.
 
+Mechanism variants (``SynthConfig`` fields; all off by default, and off means the videos above, bit
+for bit): ``masks`` writes the renderer's ground-truth instance masks; ``clutter`` adds that many
+distractors moving at random, independently of the class; ``misalign`` (strength in [0, 1]) squeezes
+the action into a random sub-interval of the clip, idle at its start and end poses around it. The
+exact laws are in :mod:`fsar.data.synthetic.variants` (misalignment, clutter) and
+:func:`fsar.data.synthetic.scene._compose` (masks). A reversed class stays the literal time reverse of
+its partner with every variant on (frames, masks and distractors are all reversed together).
+
+Masks (``fsar-masks/1``, :mod:`fsar.data.masks`): one file per video, every frame, at the video's
+size; pixel value = instance id: ``1, 2, ...`` = the class's objects in their scene order (the mover
+first; in two-object classes the other object is 2, since the class is defined by both), ``0`` =
+background and distractors. A pixel belongs to an instance when the class's objects make up at least
+half of its rendered colour (so a distractor in front hides the actor in the mask too). Train I2ST on
+them with ``knobs.mask_source=files knobs.mask_files=<out>/masks`` (an absolute path).
+
 Output of :func:`generate` (all paths relative to ``out``)::
 
     videos/<split>/<class_slug>/<video_id>.mp4   one video, written atomically
+    masks/<video_id>.npz                         with ``masks``: its instance masks (fsar-masks/1), atomically
     classes.json                                 chosen classes: id, name, family, partner, split, label
     synth.json                                   the settings the videos were made with (checked on rerun)
     manifest.parquet                             written last: its presence means the dataset is complete
@@ -32,6 +48,7 @@ Output of :func:`generate` (all paths relative to ``out``)::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import multiprocessing
@@ -44,8 +61,6 @@ import numpy as np
 
 from fsar.atomic import atomic_path, atomic_write_text
 from fsar.config import ConfigError
-
-# Part of synth.json: bump whenever rendering or the class library changes, so that a rerun into an
 from fsar.data.synthetic.motions import (
     _LIBRARY,
     _MOTIONS,
@@ -56,7 +71,9 @@ from fsar.data.synthetic.scene import (
     _compose,
     _scene,
 )
+from fsar.data.synthetic.variants import action_clock, action_timing, distractors
 
+# Part of synth.json: bump whenever rendering or the class library changes, so that a rerun into an
 # old folder refuses to mix videos of two versions instead of silently resuming.
 RENDER_VERSION = 2
 
@@ -64,6 +81,10 @@ DEFAULT_FRACTIONS = (0.64, 0.12, 0.24)
 SPLITS = ("train", "val", "test")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 TAU = 2.0 * math.pi
+MASKS_DIR = "masks"  # under ``out``: <video_id>.npz per video when ``masks`` is on
+# The mechanism variants' settings at their neutral values. synth.json files written before the
+# variants existed lack these keys; such a folder was made with these values.
+VARIANT_DEFAULTS: dict[str, Any] = {"masks": False, "clutter": 0, "misalign": 0.0}
 
 
 class SynthError(ConfigError):
@@ -91,6 +112,9 @@ class SynthConfig:
     workers: int = field(default_factory=_default_workers)  # rendering+encoding processes (1: in-process)
     crf: int = 18  # x264 constant rate factor: lower is closer to the rendered frames and bigger
     preset: str = "veryfast"  # x264 speed preset
+    masks: bool = False  # also write each video's ground-truth instance masks to <out>/masks/<video_id>.npz
+    clutter: int = 0  # distractors per video, moving at random independently of the class (0: none)
+    misalign: float = 0.0  # 0..1: the action fills a random 100 %..(100 − 60·misalign) % of the clip, idle around it
 
     def split_counts(self) -> tuple[int, int, int]:
         """Train/val/test class counts: ``class_split`` if given, else the default fractions of ``classes``."""
@@ -128,13 +152,18 @@ class SynthConfig:
             raise SynthError(f"preset={self.preset!r} is not an x264 preset; pick one of {', '.join(X264_PRESETS)}")
         if self.workers < 1:
             raise SynthError(f"workers={self.workers} must be at least 1")
+        if self.clutter < 0:
+            raise SynthError(f"clutter={self.clutter} must be a non-negative number of distractors")
+        if not 0.0 <= self.misalign <= 1.0:  # also refuses NaN
+            raise SynthError(f"misalign={self.misalign} must be a strength in [0, 1] (0: the action fills the clip)")
         self.split_counts()
 
     def stamp(self) -> dict[str, Any]:
         """The settings that decide what lands on disk (not ``out`` or ``workers``), for synth.json."""
         return {"render_version": RENDER_VERSION, "classes": self.classes, "videos_per_class": self.videos_per_class,
                 "frames": self.frames, "size": self.size, "fps": self.fps, "seed": self.seed,
-                "class_split": list(self.split_counts()), "crf": self.crf, "preset": self.preset}
+                "class_split": list(self.split_counts()), "crf": self.crf, "preset": self.preset,
+                "masks": self.masks, "clutter": self.clutter, "misalign": self.misalign}
 
 
 # ---------------------------------------------------------------- rendering one clip
@@ -143,21 +172,64 @@ def clip_length(rng: np.random.Generator, frames: int) -> int:
     return int(rng.integers(max(2, math.ceil(0.75 * frames)), frames + 1))
 
 
-def render_clip(motion_class: MotionClass, rng: np.random.Generator, *, frames: int, size: int) -> np.ndarray:
-    """Render one video of ``motion_class``: (T, size, size, 3) uint8 RGB, T in [ceil(0.75·frames), frames].
+@dataclass
+class Rendering:
+    """One rendered video: its frames and, when asked for, its instance masks."""
 
-    Draw order from ``rng``: clip length, scene (background, shapes, colours, sizes), then the motion's
-    own parameters. A reversed class renders its forward motion with the same draws and reverses the
-    frame order, so ``render_clip(reverse, rng_a) == render_clip(forward, rng_b)[::-1]`` for generators
-    in the same state.
+    frames: np.ndarray  # (T, size, size, 3) uint8 RGB
+    masks: np.ndarray | None = None  # (T, size, size) uint8: 0 background and distractors, 1.. the class's objects
+
+
+def render_video(motion_class: MotionClass, rng: np.random.Generator, *, frames: int, size: int,
+                 clutter: int = 0, misalign: float = 0.0, masks: bool = False) -> Rendering:
+    """Render one video of ``motion_class``, T in [ceil(0.75·frames), frames] frames.
+
+    Draw order from ``rng``: clip length, scene (background, shapes, colours, sizes), the motion's own
+    parameters, the action's timing (two numbers, drawn at every ``misalign``), then the ``clutter``
+    distractors. The variants' draws come last, so ``clutter=0, misalign=0`` renders exactly the
+    frames of a version without them, and a variant keeps the video's scene and motion parameters.
+    With ``misalign > 0`` the motion is evaluated a second time, on its retimed clock, from a copy of
+    the generator taken before its draws: motions draw only scalars, never anything that depends on
+    the time grid, so both evaluations draw the same parameters (checked).
+
+    A reversed class renders its forward motion with the same draws and reverses the frame order (and
+    the masks'), so ``render_video(reverse, rng_a) == render_video(forward, rng_b)[::-1]`` for
+    generators in the same state, whatever the variants.
     """
     t_len = clip_length(rng, frames)
     fn, pools = _MOTIONS[motion_class.motion]
     background, objects = _scene(rng, size, pools)
     t = np.linspace(0.0, 1.0, t_len)
-    tracks = fn(rng, t, [o.radius for o in objects])
-    video = _compose(background, objects, tracks, t_len)
-    return np.ascontiguousarray(video[::-1]) if motion_class.reversed else video
+    radii = [o.radius for o in objects]
+    before_motion = copy.deepcopy(rng)
+    tracks = fn(rng, t, radii)
+    after_motion = rng.bit_generator.state  # a fresh dict: later draws do not change it
+    share, start = action_timing(rng, misalign)
+    if share < 1.0:
+        tracks = fn(before_motion, action_clock(t, share, start), radii)
+        if before_motion.bit_generator.state != after_motion:
+            raise RuntimeError(f"motion {motion_class.motion!r} draws a different number of parameters on another "
+                               "time grid; misalignment needs motions whose draws do not depend on the clip times")
+    instances = [tr.obj + 1 for tr in tracks]  # every object of the class is one instance
+    if clutter:
+        clutter_objects, clutter_tracks, front = distractors(
+            rng, background, [o.colour for o in objects], clutter, t, len(objects))
+        objects = objects + clutter_objects
+        behind = [tr for tr, f in zip(clutter_tracks, front, strict=True) if not f]
+        ahead = [tr for tr, f in zip(clutter_tracks, front, strict=True) if f]
+        tracks = behind + tracks + ahead
+        instances = [0] * len(behind) + instances + [0] * len(ahead)
+    video, mask = _compose(background, objects, tracks, t_len, instances=instances if masks else None)
+    if motion_class.reversed:
+        video = np.ascontiguousarray(video[::-1])
+        mask = None if mask is None else np.ascontiguousarray(mask[::-1])
+    return Rendering(video, mask)
+
+
+def render_clip(motion_class: MotionClass, rng: np.random.Generator, *, frames: int, size: int,
+                clutter: int = 0, misalign: float = 0.0) -> np.ndarray:
+    """The frames of :func:`render_video`: (T, size, size, 3) uint8 RGB."""
+    return render_video(motion_class, rng, frames=frames, size=size, clutter=clutter, misalign=misalign).frames
 
 
 def video_rng(seed: int, class_id: int, index: int) -> np.random.Generator:
@@ -228,19 +300,48 @@ def video_id(class_id: int, index: int, videos_per_class: int) -> str:
     return f"c{class_id:03d}_v{index:0{width}d}"
 
 
-def _render_job(job: tuple[MotionClass, list[tuple[int, str]], int, int, int, int, int, str]) -> int:
-    """Worker: render and write the listed videos of one class; returns how many were written."""
-    motion_class, todo, seed, frames, size, fps, crf, preset = job
-    for index, path in todo:
-        if _complete(Path(path)):  # another run may have finished it meanwhile
+@dataclass(frozen=True)
+class _Task:
+    """One video to (re)write: its index in its class and the files still missing (None: present)."""
+
+    index: int
+    video: Path | None  # the mp4 to write
+    masks: Path | None  # the mask file to write
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one worker renders: the missing files of one class (picklable, for spawned processes)."""
+
+    motion_class: MotionClass
+    tasks: list[_Task]
+    config: SynthConfig
+
+
+def _render_job(job: _Job) -> int:
+    """Worker: render and write the listed files of one class; returns how many videos it handled."""
+    from fsar.data.masks import MASK_SUFFIX, write_mask_file  # imports torch: only where masks are written
+
+    mc, cfg = job.motion_class, job.config
+    for task in job.tasks:
+        # Another run may have finished a file meanwhile.
+        video_path = task.video if task.video is not None and not _complete(task.video) else None
+        masks_path = task.masks if task.masks is not None and not task.masks.is_file() else None
+        if video_path is None and masks_path is None:
             continue
         try:
-            video = render_clip(motion_class, video_rng(seed, motion_class.id, index), frames=frames, size=size)
-            write_mp4(path, video, fps, crf=crf, preset=preset)
+            rendering = render_video(mc, video_rng(cfg.seed, mc.id, task.index), frames=cfg.frames, size=cfg.size,
+                                     clutter=cfg.clutter, misalign=cfg.misalign, masks=masks_path is not None)
+            if masks_path is not None:
+                assert rendering.masks is not None
+                write_mask_file(masks_path.parent, masks_path.name.removesuffix(MASK_SUFFIX), rendering.masks,
+                                np.arange(len(rendering.masks)))
+            if video_path is not None:
+                write_mp4(video_path, rendering.frames, cfg.fps, crf=cfg.crf, preset=cfg.preset)
         except Exception as exc:
-            raise RuntimeError(f"synthetic video {path} (class {motion_class.id} {motion_class.name!r}, "
-                               f"index {index}): {exc}") from exc
-    return len(todo)
+            raise RuntimeError(f"synthetic video {task.video or task.masks} (class {mc.id} {mc.name!r}, "
+                               f"index {task.index}): {exc}") from exc
+    return len(job.tasks)
 
 
 def _complete(path: Path) -> bool:
@@ -258,9 +359,13 @@ def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = None
+        if isinstance(old, dict):
+            old = VARIANT_DEFAULTS | old  # written before the variants existed: made without them
         if old != stamp:
-            diff = sorted(k for k in stamp.keys() | (old or {}).keys() if (old or {}).get(k) != stamp.get(k))
-            raise SynthError(f"{out} holds a synthetic dataset made with other settings (differ: {', '.join(diff)}; "
+            old = old if isinstance(old, dict) else {}
+            diff = [f"{k} (folder: {old.get(k)!r}, asked: {stamp.get(k)!r})"
+                    for k in sorted(stamp.keys() | old.keys()) if old.get(k) != stamp.get(k)]
+            raise SynthError(f"{out} holds a synthetic dataset made with other settings (differ: {'; '.join(diff)}; "
                              f"see {path}); write to a new --out folder or delete {out}")
         return
     atomic_write_text(path, json.dumps(stamp, indent=2) + "\n")
@@ -275,8 +380,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 def generate(config: SynthConfig, *, progress: bool = True) -> Path:
     """Write the dataset under ``config.out`` and return the manifest path.
 
-    Resumable: finished videos are kept (never re-encoded), missing ones are written, and the manifest
-    comes last. Refuses (SynthError) a folder made with different settings. Parallel over classes in
+    Resumable: finished videos (and mask files) are kept (never re-encoded), missing ones are written,
+    and the manifest comes last. Refuses (SynthError) a folder made with different settings. Parallel over classes in
     ``config.workers`` spawned processes; the files do not depend on the worker count. Spawned workers
     re-import the calling script, so a script calling this with ``workers > 1`` needs the usual
     ``if __name__ == "__main__":`` guard (the ``fsar`` command and pytest have it).
@@ -304,13 +409,17 @@ def generate(config: SynthConfig, *, progress: bool = True) -> Path:
                 records.append({"video_id": vid, "path": rel, "label": labels[mc.name], "class_name": mc.name,
                                 "split": split, "num_frames": clip_length(video_rng(config.seed, mc.id, index),
                                                                          config.frames)})
-                if not _complete(out / rel):
-                    todo.append((index, str(out / rel)))
+                video_path = out / rel
+                masks_path = out / MASKS_DIR / f"{vid}.npz" if config.masks else None  # fsar.data.masks.mask_path
+                task = _Task(index, None if _complete(video_path) else video_path,
+                             None if masks_path is None or masks_path.is_file() else masks_path)
+                if task.video is not None or task.masks is not None:
+                    todo.append(task)
             if todo:
-                jobs.append((mc, todo, config.seed, config.frames, config.size, config.fps, config.crf, config.preset))
+                jobs.append(_Job(mc, todo, config))
 
     total = len(records)
-    pending = sum(len(j[1]) for j in jobs)
+    pending = sum(len(j.tasks) for j in jobs)
     with tqdm(total=total, initial=total - pending, unit="video", desc="synth", disable=not progress) as bar:
         if config.workers <= 1 or len(jobs) <= 1:
             for job in jobs:

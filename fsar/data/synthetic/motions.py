@@ -11,7 +11,6 @@ from functools import partial
 
 import numpy as np
 
-# Part of synth.json: bump whenever rendering or the class library changes, so that a rerun into an
 from fsar.data.synthetic.scene import (
     TAU,
     _Track,

@@ -1,5 +1,5 @@
 """Drawing synthetic scenes: shapes as signed distance fields, per-video backgrounds and colours, and
-compositing object tracks over a background into frames."""
+compositing object tracks over a background into frames (and, on request, into instance masks)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-# Part of synth.json: bump whenever rendering or the class library changes, so that a rerun into an
 
 TAU = 2.0 * math.pi
 
@@ -173,15 +171,18 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.float32)
 
 
-def _colours(rng: np.random.Generator, background: np.ndarray, count: int) -> list[np.ndarray]:
-    """Object colours far from the background's mean colour and from each other."""
+def _colours(rng: np.random.Generator, background: np.ndarray, count: int,
+             avoid: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
+    """Object colours far from the background's mean colour, from each other and from ``avoid`` (the
+    actors' colours, when drawing distractors: a distractor should not pass for an actor)."""
     bg = background.reshape(-1, 3).mean(axis=0)
     chosen: list[np.ndarray] = []
     for _ in range(count):
         best, best_score = None, -1.0
         for _ in range(24):  # a bounded number of draws keeps the stream of random numbers deterministic
             c = rng.uniform(0, 255, size=3)
-            score = min([np.linalg.norm(c - bg) / 130.0] + [np.linalg.norm(c - o) / 80.0 for o in chosen])
+            score = min([np.linalg.norm(c - bg) / 130.0]
+                        + [np.linalg.norm(c - o) / 80.0 for o in [*chosen, *avoid]])
             if score > best_score:
                 best, best_score = c, score
             if score >= 1.0:
@@ -201,20 +202,37 @@ def _scene(rng: np.random.Generator, size: int, pools: Sequence[str]) -> tuple[n
     return background, objects
 
 
-def _compose(background: np.ndarray, objects: Sequence[_Object], tracks: Sequence[_Track], frames: int) -> np.ndarray:
-    """Draw ``tracks`` (in list order: later ones on top) over ``background``: (T, H, W, 3) uint8."""
+def _compose(background: np.ndarray, objects: Sequence[_Object], tracks: Sequence[_Track], frames: int, *,
+             instances: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Draw ``tracks`` (in list order: later ones on top) over ``background``.
+
+    Returns the video (T, H, W, 3) uint8 and, when ``instances`` gives each track's instance id (1, 2, ...
+    for actors, 0 for a track that is not part of any instance), the instance masks (T, H, W) uint8.
+    A mask pixel holds the instance whose layers make up most of its colour, provided the instances
+    together make up at least half of it, else 0. The share is tracked through the same blending as
+    the colours (a layer of coverage c keeps 1 − c of what lies under it), so anti-aliased rims, fading,
+    sub-pixel fading and occlusion by a later layer (a distractor in front) are all accounted for:
+    the mask is what was drawn, not where the object would be.
+    """
     size = background.shape[0]
     per_track = []
     for tr in tracks:
         fields = {f: np.broadcast_to(np.asarray(getattr(tr, f), dtype=np.float64), (frames,)).tolist()
                   for f in ("x", "y", "r", "angle", "sx", "sy", "alpha", "bright")}
         per_track.append((objects[tr.obj], fields))
+    if instances is not None and len(instances) != len(tracks):
+        raise ValueError(f"_compose: {len(instances)} instance ids for {len(tracks)} tracks")
+    n_instances = max(instances, default=0) if instances is not None else 0
+    masks = None if instances is None else np.zeros((frames, size, size), dtype=np.uint8)
     # Start every frame as the rounded background and blend objects into their bounding boxes only:
     # whole-frame float work per frame would cost more than all the objects together.
     video = np.repeat(np.clip(background + 0.5, 0, 255).astype(np.uint8)[None], frames, axis=0)
     pixel = np.arange(size, dtype=np.float32)
     for t in range(frames):
-        for obj, f in per_track:
+        # Per instance, the share of each pixel's colour its layers contribute (frame-sized: cheap next
+        # to the colour work, and only when masks are asked for).
+        share = np.zeros((n_instances, size, size), dtype=np.float32) if n_instances else None
+        for k, (obj, f) in enumerate(per_track):
             ax = max(f["r"][t] * f["sx"][t], 1e-4)
             ay = max(f["r"][t] * f["sy"][t], 1e-4)
             # Sub-pixel objects (growing from a point) fade with their size instead of popping in.
@@ -242,4 +260,11 @@ def _compose(background: np.ndarray, objects: Sequence[_Object], tracks: Sequenc
             blend += cover[..., None] * (colour.astype(np.float32) - blend)
             # A convex mix of values in 0..255 stays in range: adding 0.5 and truncating rounds.
             np.copyto(region, blend + 0.5, casting="unsafe")
-    return video
+            if share is not None:
+                under = share[:, y0:y1, x0:x1]
+                under *= (1.0 - cover).astype(np.float32)
+                if instances[k]:
+                    under[instances[k] - 1] += cover
+        if masks is not None and share is not None:
+            masks[t] = np.where(share.sum(axis=0) >= 0.5, share.argmax(axis=0) + 1, 0)
+    return video, masks
