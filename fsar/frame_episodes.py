@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -88,9 +89,15 @@ def clip_uint8(frames: np.ndarray, preprocess: FramePreprocess, *, train: bool,
 
 def normalise(pixels: Tensor, preprocess: FramePreprocess) -> Tensor:
     """uint8 clips ``(..., 3, S, S)`` → float32 normalised with the backbone's mean and std (on their device)."""
-    mean = torch.tensor(preprocess.mean, device=pixels.device).view(3, 1, 1)
-    std = torch.tensor(preprocess.std, device=pixels.device).view(3, 1, 1)
+    mean, std = _channel_stats(tuple(preprocess.mean), tuple(preprocess.std), pixels.device)
     return (pixels.float() / 255.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Mean and std ``(3, 1, 1)`` on ``device``, made once: a fresh host tensor copied per batch would make
+    every step wait for the device (a copy from pageable memory synchronises)."""
+    return (torch.tensor(mean, device=device).view(3, 1, 1), torch.tensor(std, device=device).view(3, 1, 1))
 
 
 def episode_rows(episodes: Episodes) -> np.ndarray:

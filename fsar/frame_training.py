@@ -157,6 +157,40 @@ def train_stream(config: TrainConfig, sampler: EpisodeSampler, videos: SplitVide
     return local_episode_stream(decoder, table, episodes_per_step=per_worker, threads=config.decode_threads)
 
 
+def pixel_training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: nn.Module, pixels: Tensor,
+                        s_lab: Tensor, q_lab: Tensor, config: TrainConfig, *, per_forward: int, device: torch.device,
+                        preprocess: Any, weight: float = 1.0) -> tuple[Tensor, Tensor]:
+    """One optimiser step on a step's decoded episodes (the scheduler is stepped by the caller).
+
+    ``pixels`` ``(k, V, T, 3, S, S)`` uint8 on the host, support videos first in each episode; ``s_lab``
+    ``(way·shot,)`` and ``q_lab`` ``(way·query,)`` on ``device``. ``per_forward`` episodes at a time are
+    copied from pinned memory, normalised on the device and run under bf16 autocast on CUDA, gradients
+    accumulated (DDP synchronises on the last micro-batch only); ``weight`` 0 makes the step a no-op for the
+    weights (a step with no complete episode, kept so every DDP rank runs the same passes). Returns the
+    step's mean loss and accuracy as detached device scalars: nothing here waits for the device.
+    """
+    n_support = config.way * config.shot
+    method.train()
+    opt.zero_grad(set_to_none=True)
+    losses, accs = [], []
+    chunks = list(range(0, len(pixels), per_forward))
+    for i, start in enumerate(chunks):
+        clips = normalise(to_device(pixels[start : start + per_forward], device), preprocess)
+        e = clips.shape[0]
+        sync = loss_module.no_sync() if i + 1 < len(chunks) and hasattr(loss_module, "no_sync") else contextlib.nullcontext()
+        with sync:
+            with autocast(device):
+                loss, acc, _ = loss_module(clips[:, :n_support], s_lab.expand(e, -1), clips[:, n_support:],
+                                           q_lab.expand(e, -1), config.way)
+            (loss * (weight * e / len(pixels))).backward()
+        losses.append(loss.detach() * e)
+        accs.append(acc.detach() * e)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+    opt.step()
+    return torch.stack(losses).sum() / len(pixels), torch.stack(accs).sum() / len(pixels)
+
+
 def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
                        wrap: Any = lambda m: m, device: torch.device | None = None, start_step: int = 0,
                        state: dict[str, Any] | None = None,
@@ -204,7 +238,7 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
         val = val.subset(ok)
         val_pixels = val_pixels[ok]
         val_eps = validation_sampler(config, val.labels, val.class_names).batch(0, config.val_episodes)
-    way, n_support = config.way, config.way * config.shot
+    way = config.way
     s_lab = host_to_device(episode_labels(way, config.shot), device)
     q_lab = host_to_device(episode_labels(way, config.query), device)
     per_forward = config.episodes_per_forward or per_worker
@@ -223,26 +257,9 @@ def frame_train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 
         weight = 1.0 if ok.any() else 0.0
         if not ok.all() and ok.any():
             pixels = pixels[np.where(ok, np.arange(len(ok)), np.flatnonzero(ok)[0])]
-        method.train()
-        opt.zero_grad(set_to_none=True)
-        losses, accs = [], []
-        chunks = list(range(0, len(pixels), per_forward))
-        for i, start in enumerate(chunks):
-            clips = normalise(to_device(pixels[start : start + per_forward], device), preprocess)
-            e = clips.shape[0]
-            sync = loss_module.no_sync() if i + 1 < len(chunks) and hasattr(loss_module, "no_sync") else contextlib.nullcontext()
-            with sync:
-                with autocast(device):
-                    loss, acc, _ = loss_module(clips[:, :n_support], s_lab.expand(e, -1), clips[:, n_support:],
-                                               q_lab.expand(e, -1), way)
-                (loss * (weight * e / len(pixels))).backward()
-            losses.append(loss.detach() * e)
-            accs.append(acc.detach() * e)
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-        opt.step()
+        window.append(pixel_training_step(loss_module, opt, method, pixels, s_lab, q_lab, config, weight=weight,
+                                          per_forward=per_forward, device=device, preprocess=preprocess))
         schedule.step()
-        window.append((torch.stack(losses).sum() / len(pixels), torch.stack(accs).sum() / len(pixels)))
         last = step + 1 == config.steps
         if (step + 1) % config.val_every == 0 or last:
             metrics = window_metrics(window, step=step + 1, lr=float(schedule.get_last_lr()[0]),

@@ -33,7 +33,7 @@ def split(name: str, *, videos: int = 24, frames: int = 4):
 
 def knobs_for(name: str) -> dict:
     fields = method_info(name).config.__dataclass_fields__
-    return {k: v for k, v in {"proj_dim": 8, "learn_scale": True}.items() if k in fields}
+    return {k: v for k, v in {"proj_dim": 8, "learn_scale": True, "num_frames": 4}.items() if k in fields}
 
 
 @pytest.mark.parametrize("name", CACHED)

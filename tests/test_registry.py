@@ -30,7 +30,9 @@ FEATURE_DIM = 12
 # A new method with a size knob that defaults large can add it here.
 # num_frames: methods with a fixed clip length get make_episodes' 4 frames; gate_init: residual gates that
 # start at 0 would leave the weights behind them without gradient on the first step.
-SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1}
+# reduction: DMGAL's motion tokens get D / reduction channels, which must be > 1 for their LayerNorm to pass
+# a gradient (at D = 12 the released 8 leaves one channel).
+SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1, "reduction": 2}
 PER_VIDEO = {"frames": (FEATURE_DIM,), "patches": (2, 2, FEATURE_DIM), "pixels": (3, 16, 16)}
 METHODS = list_methods()
 
@@ -134,7 +136,7 @@ def test_gradients_reach_every_parameter(name, text_dim, knobs):
 # BatchNorm (S-MGA, and ResNet-50's in FT). Across GPUs the trainer turns it into SyncBatchNorm, so the worker
 # count still does not change the statistics; on CPU workers (gloo) it does. Every other method encodes each
 # video alone.
-BATCH_COUPLED = {"dmgal_ft", "dmgal_adapter"}
+BATCH_COUPLED = {"dmgal", "dmgal_ft", "dmgal_adapter"}
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -292,7 +294,8 @@ def test_temporal_centre_ignores_static_appearance():
         labels = torch.arange(5).expand(2, 5)
         shifted_s = support + 5 * torch.randn(2, 5, 1, *per_frame)
         shifted_q = query + 5 * torch.randn(2, 5, 1, *per_frame)
-        method = build_method(name, feature_dim=16, temporal_centre=True)
+        frames = {"num_frames": 6} if "num_frames" in method_info(name).config.__dataclass_fields__ else {}
+        method = build_method(name, feature_dim=16, temporal_centre=True, **frames).eval()
         torch.testing.assert_close(method(shifted_s, labels, shifted_q, 5), method(support, labels, query, 5))
-        plain = build_method(name, feature_dim=16, temporal_centre=False)
+        plain = build_method(name, feature_dim=16, temporal_centre=False, **frames).eval()
         assert not torch.allclose(plain(shifted_s, labels, shifted_q, 5), plain(support, labels, query, 5)), name

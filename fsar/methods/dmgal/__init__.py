@@ -1,10 +1,12 @@
 """DMGAL (dual motion-guided attention): S-MGA, the MLP mixer, C-MGA, adapters and the two methods.
 
-Importing this package registers ``dmgal_ft`` and ``dmgal_adapter`` (see ``method``).
+Importing this package registers ``dmgal_ft`` and ``dmgal_adapter`` (end to end, see ``method``) and
+``dmgal`` (the head on cached patch grids, see ``head``).
 """
 
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter
 from fsar.methods.dmgal.backbones import ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
+from fsar.methods.dmgal.head import DMGALHead, DMGALHeadConfig
 from fsar.methods.dmgal.method import DMGALFT, DMGALAdapter, DMGALAdapterConfig, DMGALFTConfig
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA, CrossMotionAttention, MotionTokens, SelfMotionAttention
@@ -20,6 +22,8 @@ __all__ = [
     "DMGALAdapter",
     "DMGALAdapterConfig",
     "DMGALFTConfig",
+    "DMGALHead",
+    "DMGALHeadConfig",
     "MotionTokens",
     "ResNetMaps",
     "SMGAAdapter",

@@ -1,0 +1,61 @@
+"""fsar.methods.dmgal.head: the ``dmgal`` head on cached patch grids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsar.config import ConfigError
+from fsar.methods import build_method
+from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+
+
+def grids(batch: int = 2, n: int = 6, frames: int = 4, g: int = 2, dim: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, n, frames, g, g, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_closed_gates_without_mixer_are_bimhm_on_the_pooled_grid():
+    """Gates start at 0 (as released): with the mixer off, the head is Bi-MHM on each frame's mean patch, or on
+    the flattened grid with ``pool=flatten``."""
+    support, query = grids(), grids(n=4, seed=1)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]] * 2)
+    for pool, frames in (("mean", lambda x: x.mean(dim=(-3, -2))), ("flatten", lambda x: x.flatten(-3))):
+        head = build_method("dmgal", feature_dim=16, num_frames=4, mixer=False, pool=pool, learn_scale=False).eval()
+        distance = mean_hausdorff(pairwise_frame_distance(frames(query), frames(support)))
+        expected = -(distance.view(2, 4, 3, 2).mean(-1)) / 0.125
+        torch.testing.assert_close(head(support, labels, query, 3), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_queries_never_influence_each_other_or_the_supports():
+    head = build_method("dmgal", feature_dim=16, num_frames=4, gate_init=0.5, reduction=2).eval()
+    support, query = grids(), grids(n=4, seed=1)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]] * 2)
+    changed = query.clone()
+    changed[:, 0] = torch.randn_like(changed[:, 0])
+    with torch.no_grad():
+        before, after = head(support, labels, query, 3), head(support, labels, changed, 3)
+        other_support = support.clone()
+        other_support[:, 0] += 1.0
+        moved = head(other_support, labels, query, 3)
+    torch.testing.assert_close(after[:, 1:], before[:, 1:])  # only the changed query's row moves
+    assert not torch.allclose(after[:, 0], before[:, 0])
+    assert not torch.allclose(moved, before)  # a support change does reach the logits: the test can fail
+
+
+def test_ablation_switches_remove_their_modules():
+    full = build_method("dmgal", feature_dim=16)
+    assert full.smga is not None and full.mixer is not None and full.cmga is not None
+    for switch in ("smga", "mixer", "cmga"):
+        lean = build_method("dmgal", feature_dim=16, **{switch: False})
+        assert getattr(lean, switch) is None
+        assert sum(p.numel() for p in lean.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_frame_count_and_knobs_are_checked():
+    head = build_method("dmgal", feature_dim=16, num_frames=8)
+    with pytest.raises(ValueError, match="knobs.num_frames=4"):
+        head.encode_videos(grids()[0])
+    build_method("dmgal", feature_dim=16, num_frames=8, mixer=False).encode_videos(grids()[0])  # no mixer, any T
+    for bad in ({"pool": "max"}, {"reduction": 0}, {"dropout": 1.0}, {"temperature": 0.0}):
+        with pytest.raises(ConfigError):
+            build_method("dmgal", feature_dim=16, **bad)

@@ -1,0 +1,144 @@
+"""GPU against CPU: embedding, cached training with validation, end-to-end bf16 training and evaluation.
+
+Every test here is marked ``gpu`` and skips without CUDA. This module imports only what the GPU machines
+this project is checked on have (torch, numpy, pyarrow, pytest, open_clip, and the ``fsar`` library):
+no Ray, MLflow or video decoder, so ``python -m pipelines.gpu_check`` can run it there. Clips are made
+as tensors and stores are written with ``fsar.data.feature_store``.
+
+Tolerances, and why:
+- fp32 paths (cached training, evaluation): CUDA and CPU kernels sum in different orders; 1e-4 on logits
+  and 1e-3 on weights after 20 AdamW steps.
+- bf16 paths (embedding, end-to-end training): bf16 keeps 8 significant bits, so features agree to a
+  cosine similarity of 0.99 and a first-step loss to 2 % relative; the metric on top stays fp32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+CUDA = torch.device("cuda")
+CPU = torch.device("cpu")
+
+
+def patch_store(root: Path, *, dim: int = 16, grid: int = 2, frames: int = 4, seed: int = 0) -> Path:
+    """A small store with a patch grid: each class a pattern that shifts over time, plus noise."""
+    from fsar.data.feature_store import StoreMeta, write_meta, write_shard
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, classes in (("train", range(0, 10)), ("val", range(10, 15)), ("test", range(15, 20))):
+        for c in classes:
+            pattern = rng.normal(size=(grid, grid, dim))
+            for v in range(6):
+                feats = np.stack([np.roll(pattern, t, axis=1) for t in range(frames)])
+                feats = feats + rng.normal(scale=0.5, size=feats.shape)
+                rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class{c}", "split": split,
+                             "num_frames": 16, "frame_indices": list(range(frames)),
+                             "frames": feats.mean(axis=(1, 2)), "patches": feats})
+    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim,
+                               patch_grid=grid, image_size=64))
+    write_shard(root, 0, rows)
+    return root
+
+
+def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, placement: str = "auto"):
+    from fsar.training import TrainConfig, train_worker
+
+    reports = []
+    config = TrainConfig(store=store, out=out, method=method, knobs=knobs, steps=20, val_every=10,
+                         val_episodes=200, episodes_per_step=4, lr=1e-2, warmup_steps=2, device=device,
+                         feature_placement=placement)  # type: ignore[arg-type]
+    train_worker(config, report=lambda m, p: reports.append((m, p)))
+    return reports
+
+
+@pytest.mark.parametrize(("method", "knobs"), [("otam", {"proj_dim": 16, "temporal_centre": True}),
+                                               ("a2m2", {"reduce_dim": 8, "embed_dim": 16})])
+def test_cached_training_with_validation_matches_cpu(tmp_path, method, knobs):
+    store = patch_store(tmp_path / "store")
+    on_cpu = train(store, tmp_path / "cpu", method=method, knobs=knobs, device="cpu")
+    for placement in ("device", "host"):
+        on_gpu = train(store, tmp_path / placement, method=method, knobs=knobs, device="cuda", placement=placement)
+        for (m_gpu, p_gpu), (m_cpu, p_cpu) in zip(on_gpu, on_cpu, strict=True):
+            assert m_gpu["train_loss"] == pytest.approx(m_cpu["train_loss"], rel=1e-3)
+            assert abs(m_gpu["val_accuracy"] - m_cpu["val_accuracy"]) <= 1.0  # near-ties may flip
+            for name, value in p_cpu["state_dict"].items():
+                torch.testing.assert_close(p_gpu["state_dict"][name], value, atol=1e-3, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("method", ["protonet", "otam", "bimhm", "a2m2", "i2st"])
+def test_evaluation_matches_cpu(method):
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.eval import episode_accuracies, episode_scorer
+    from fsar.methods import build_method, method_info
+
+    torch.manual_seed(0)
+    patches = method_info(method).input_kind == "patches"
+    features = torch.randn(60, 4, 2, 2, 16) if patches else torch.randn(60, 4, 16)
+    labels = np.repeat(np.arange(10), 6)
+    episodes = EpisodeSampler(labels, way=5, shot=2, query=1, seed=0).batch(0, 300)
+    knobs = {"proj_dim": 8} if method in ("protonet", "otam", "bimhm") else {}
+    model = build_method(method, feature_dim=16, **knobs).eval()
+    with torch.no_grad():
+        on_cpu = episode_scorer(model, features.half(), 5, device=CPU)(episodes)
+        on_gpu = episode_scorer(model.to(CUDA), features.half(), 5, device=CUDA)(episodes)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
+    accuracy = episode_accuracies(model, features.half(), episodes, device=CUDA)
+    assert accuracy.shape == (300,) and ((accuracy >= 0) & (accuracy <= 1)).all()
+
+
+def test_end_to_end_bf16_training_matches_cpu():
+    """DMGAL-Adapter (frozen fsar-tiny ViT) on uint8 clips: bf16 autocast on the GPU, the same steps in fp32
+    on the CPU; first-step losses agree to bf16 precision and the adapters move the same way."""
+    from fsar.data.episodes import episode_labels
+    from fsar.eval import host_to_device
+    from fsar.frame_training import pixel_training_step
+    from fsar.methods import build_method
+    from fsar.training import EpisodicLoss, TrainConfig, make_optimizer
+
+    config = TrainConfig(method="dmgal_adapter", out="unused", way=3, shot=1, query=2, steps=5, lr=1e-2,
+                         warmup_steps=1, episodes_per_step=2)
+    gen = torch.Generator().manual_seed(0)
+    steps = [torch.randint(0, 256, (2, 9, 4, 3, 64, 64), generator=gen, dtype=torch.uint8) for _ in range(3)]
+    results = {}
+    for device in (CPU, CUDA):
+        torch.manual_seed(0)
+        method = build_method("dmgal_adapter", feature_dim=0, gate_init=0.1, dropout=0.0).to(device)
+        before = {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
+        opt, _ = make_optimizer(config, [p for p in method.parameters() if p.requires_grad])
+        s_lab = host_to_device(episode_labels(3, 1), device)
+        q_lab = host_to_device(episode_labels(3, 2), device)
+        losses = [pixel_training_step(EpisodicLoss(method), opt, method, pixels, s_lab, q_lab, config, per_forward=1,
+                                      device=device, preprocess=method.preprocess)[0] for pixels in steps]
+        moved = torch.cat([(p.detach() - before[n]).flatten().cpu() for n, p in method.named_parameters()
+                           if p.requires_grad])
+        results[device.type] = ([float(v) for v in losses], moved)
+    cpu_losses, cpu_moved = results["cpu"]
+    gpu_losses, gpu_moved = results["cuda"]
+    assert all(np.isfinite(gpu_losses))
+    assert gpu_losses[0] == pytest.approx(cpu_losses[0], rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(gpu_moved, cpu_moved, dim=0) > 0.9
+
+
+def test_embedding_matches_cpu():
+    """uint8 clips of two sizes → device preprocessing → encoder: bf16 on the GPU, fp32 on the CPU."""
+    from fsar.backbones import TINY_MODEL, build_backbone
+    from fsar.embedding import encode_clips
+
+    gen = np.random.default_rng(0)
+    clips = [gen.integers(0, 256, size=(4, side, side, 3), dtype=np.uint8) for side in (64, 96, 96, 80)]
+    features = {}
+    for device in (CPU, CUDA):
+        backbone = build_backbone(TINY_MODEL, pretrained=None, device=device, init_seed=0)
+        features[device.type] = encode_clips(backbone, clips, patch_grid=2)
+    for cpu, gpu in zip(features["cpu"], features["cuda"], strict=True):
+        a, b = torch.from_numpy(cpu).float().flatten(2), torch.from_numpy(gpu).float().flatten(2)
+        assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
