@@ -2,6 +2,8 @@
 
 The two halves are separate functions so the Ray Data job can run them on different workers (decode in
 CPU tasks, encode in an actor pool); ``embed_manifest`` runs both in this process for a laptop or a test.
+Between them travel uint8 centre squares at the video's native size; resize and normalisation run on
+the encoder's device, batched (``encode_clips``).
 A video that cannot be decoded is recorded with its reason and the job goes on.
 """
 
@@ -34,7 +36,7 @@ from fsar.data.feature_store import (
     write_shard,
 )
 from fsar.data.manifest import read_manifest
-from fsar.data.transforms import FramePreprocess
+from fsar.data.transforms import centre_square, pixels_from_squares
 from fsar.data.video import VideoDecodeError, load_clip
 
 FAILURE_SCHEMA = pa.schema(
@@ -78,39 +80,79 @@ def resolve_pretrained(backbone: str, pretrained: str) -> str | None:
     return "openai" if "openai" in tags else (tags[0] if tags else None)
 
 
-def decode_record(row: Mapping[str, Any], config: EmbedConfig, preprocess: FramePreprocess) -> dict[str, Any]:
-    """Decode one manifest row's segment centres into backbone-ready pixels.
+def decode_record(row: Mapping[str, Any], config: EmbedConfig) -> dict[str, Any]:
+    """Decode one manifest row's segment centres into the clip the encoder takes: uint8 centre squares.
 
-    Returns the row's identity plus ``pixels`` ``(T, 3, S, S)`` float16, ``frame_indices`` ``(T,)``,
-    ``num_frames`` and ``error`` (None, or the reason the video could not be decoded — never raised).
+    Returns the row's identity plus ``clip`` ``(T, s, s, 3)`` uint8 at the video's native resolution
+    (s = its shorter side; cropped by slicing), ``frame_indices`` ``(T,)``, ``num_frames`` and ``error``
+    (None, or the reason the video could not be decoded — never raised).
+
+    Resize and normalisation are left to the encoder (``encode_clips``): a uint8 value is half the bytes
+    of the fp16 pixel it would become at equal size, and resampling is arithmetic the encoder's device
+    does for a whole batch at once while a CPU worker would do it frame by frame. (Above a side of about
+    1.4·S the native square outweighs the fp16 pixels it replaces; action datasets are mostly stored
+    at a 240–360 px shorter side.)
     """
     out = {k: row[k] for k in ("video_id", "path", "label", "class_name", "split")}
     try:
         clip = load_clip(row["path"], num_segments=config.frames, mode="eval", backend=config.decode_backend,
                          short_video=config.short_video)
     except VideoDecodeError as exc:
-        return {**out, "pixels": None, "frame_indices": None, "num_frames": None, "error": str(exc)}
-    return {**out, "pixels": preprocess(clip.frames).numpy().astype(np.float16), "frame_indices": clip.indices,
-            "num_frames": clip.num_frames, "error": None}
+        return {**out, "clip": None, "frame_indices": None, "num_frames": None, "error": str(exc)}
+    return {**out, "clip": centre_square(clip.frames), "frame_indices": clip.indices, "num_frames": clip.num_frames,
+            "error": None}
+
+
+def clips_to_device(clips: Sequence[np.ndarray], device: torch.device) -> tuple[list[torch.Tensor], list[int]]:
+    """Move uint8 clips ``(T, s_i, s_i, 3)`` of mixed sides to ``device``, one stacked tensor per side.
+
+    Returns the tensors ``(n_side · T, s, s, 3)`` and ``order``: the clip index of each stacked clip, so
+    row ``j`` of the concatenated frames belongs to clip ``order[j // T]``. For CUDA the clips are
+    stacked straight into pinned host memory, so the copy is a true asynchronous DMA that overlaps with
+    the work already queued on the device (from pageable memory ``non_blocking`` silently waits).
+    """
+    by_side: dict[int, list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_side.setdefault(int(clip.shape[1]), []).append(i)
+    pin = device.type == "cuda"
+    tensors, order = [], []
+    for side, members in by_side.items():
+        t = clips[members[0]].shape[0]
+        host = torch.empty((len(members), t, side, side, 3), dtype=torch.uint8, pin_memory=pin)
+        np.stack([clips[i] for i in members], out=host.numpy())
+        tensors.append(host.to(device, non_blocking=True).reshape(len(members) * t, side, side, 3))
+        order.extend(members)
+    return tensors, order
 
 
 @torch.no_grad()
-def encode_pixels(
-    backbone: ClipBackbone, pixels: torch.Tensor, *, patch_grid: int = 0
+def encode_clips(
+    backbone: ClipBackbone, clips: Sequence[np.ndarray], *, patch_grid: int = 0
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Encode clips ``(B, T, 3, S, S)`` → frame features ``(B, T, D)`` and optional patches ``(B, T, g, g, D)``, fp16."""
-    b, t = pixels.shape[:2]
+    """Encode uint8 clips → frame features ``(B, T, D)`` and optional patches ``(B, T, g, g, D)``, fp16.
+
+    ``clips`` are B videos' centre squares ``(T, s_i, s_i, 3)`` (``decode_record``); sides may differ. On
+    the backbone's device, in one batched step under its autocast: resize per side, normalise, encode
+    (``pixels_from_squares``, then ``backbone.encode``). Features come back in the order of ``clips``.
+    """
+    if not clips:
+        raise ValueError("no clips to encode")
+    b, t = len(clips), clips[0].shape[0]
+    if any(c.shape[0] != t for c in clips):
+        raise ValueError(f"clips must all have {t} frames, got {sorted({c.shape[0] for c in clips})}")
     device = next(backbone.parameters()).device
-    flat = pixels.reshape(b * t, *pixels.shape[2:]).to(device, non_blocking=True)
-    use_amp = device.type == "cuda"
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        pooled, grid = backbone.encode(flat, patches=patch_grid > 0)
-    frames = pooled.float().reshape(b, t, -1).cpu().numpy().astype(np.float16)
+    squares, order = clips_to_device(clips, device)
+    # bf16 autocast on CUDA only: on a CPU bf16 matmuls are slower than fp32.
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        pixels = pixels_from_squares(squares, backbone.preprocess)  # (B·T, 3, S, S), clips in `order`
+        pooled, grid = backbone.encode(pixels, patches=patch_grid > 0)
+    back = np.argsort(order)  # stacked position of each clip
+    frames = pooled.float().reshape(b, t, -1).cpu().numpy().astype(np.float16)[back]
     if grid is None:
         return frames, None
     grid = grid.float().permute(0, 3, 1, 2)  # (BT, D, g0, g0)
     grid = F.adaptive_avg_pool2d(grid, patch_grid).permute(0, 2, 3, 1)
-    patches = grid.reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)
+    patches = grid.reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)[back]
     return frames, patches
 
 
@@ -267,8 +309,7 @@ def encode_records(backbone: ClipBackbone, records: list[dict[str, Any]], *, pat
     ok = [r for r in records if not r.get("error")]
     if not ok:
         return
-    pixels = torch.from_numpy(np.stack([r["pixels"] for r in ok])).float()
-    frames, patches = encode_pixels(backbone, pixels, patch_grid=patch_grid)
+    frames, patches = encode_clips(backbone, [r["clip"] for r in ok], patch_grid=patch_grid)
     for i, r in enumerate(ok):
         r["frames"] = frames[i]
         r["patches"] = None if patches is None else patches[i]
@@ -292,8 +333,7 @@ def embed_manifest(config: EmbedConfig, *, progress: bool = True, max_shards: in
         for shard in plan.todo:
             rows = plan.shard_rows(shard)
             for start in range(0, len(rows), config.batch_size):
-                batch = list(pool.map(lambda r: decode_record(r, config, backbone.preprocess),
-                                      rows[start : start + config.batch_size]))
+                batch = list(pool.map(lambda r: decode_record(r, config), rows[start : start + config.batch_size]))
                 encode_records(backbone, batch, patch_grid=config.patch_grid)
                 for record in batch:
                     assembler.add(shard, record)

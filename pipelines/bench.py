@@ -3,7 +3,8 @@
 ``python -m pipelines.bench [--videos-per-class 5 --classes 40 --episodes 10000]``, or
 ``python -m pipelines.bench --store STORE --methods otam,a2m2`` for the evaluation figures alone.
 
-1. Embedding: decode alone, encode alone, and the Ray Data pipeline on the same videos (videos/s);
+1. Embedding: decode alone (sampled frames → uint8 centre squares), encode alone (resize, normalise and
+   the backbone, on the encoder's device), and the Ray Data pipeline on the same videos (videos/s);
    pipeline efficiency = pipeline rate / min(decode rate, encode rate). Ray start-up is timed apart.
 2. Training from cached features: episodes/s of the in-process loop (OTAM with a learned projection).
 3. Evaluation from cached features: episodes/s for 10,000 5-way 1-shot episodes per method (each on the
@@ -31,7 +32,7 @@ def _rate(count: int, seconds: float) -> float:
 def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
     from fsar.backbones import TINY_MODEL
     from fsar.data.manifest import read_manifest
-    from fsar.embedding import EmbedConfig, decode_record, encode_pixels, load_backbone
+    from fsar.embedding import EmbedConfig, decode_record, encode_clips, load_backbone
     from pipelines.embed import run_ray
     from pipelines.ray_runtime import init_ray
 
@@ -41,12 +42,12 @@ def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
     backbone = load_backbone(config)
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        records = list(pool.map(lambda r: decode_record(r, config, backbone.preprocess), rows))
+        records = list(pool.map(lambda r: decode_record(r, config), rows))
     decode_s = time.perf_counter() - start
-    pixels = torch.from_numpy(np.stack([r["pixels"] for r in records if not r["error"]])).float()
+    clips = [r["clip"] for r in records if not r["error"]]
     start = time.perf_counter()
-    for i in range(0, len(pixels), config.batch_size):
-        encode_pixels(backbone, pixels[i : i + config.batch_size], patch_grid=config.patch_grid)
+    for i in range(0, len(clips), config.batch_size):
+        encode_clips(backbone, clips[i : i + config.batch_size], patch_grid=config.patch_grid)
     encode_s = time.perf_counter() - start
     start = time.perf_counter()
     init_ray()
@@ -62,7 +63,7 @@ def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
     start = time.perf_counter()
     summary = run_ray(config, progress=False)
     pipeline_s = time.perf_counter() - start
-    decode, encode, pipe = _rate(len(rows), decode_s), _rate(len(pixels), encode_s), _rate(summary.videos, pipeline_s)
+    decode, encode, pipe = _rate(len(rows), decode_s), _rate(len(clips), encode_s), _rate(summary.videos, pipeline_s)
     return {"videos": len(rows), "decode_videos_per_s": decode, "encode_videos_per_s": encode,
             "pipeline_videos_per_s": pipe, "pipeline_efficiency": pipe / min(decode, encode), "ray_start_s": ray_start_s,
             "first_job_64_videos_s": warm_s}

@@ -2,7 +2,8 @@
 
 ``python -m pipelines.embed --config embed.yaml [key=value ...]`` or ``fsar embed``. Rows of unfinished
 shards stream through Ray Data: on a cluster with GPUs, CPU tasks decode the sampled frames and an
-actor per GPU encodes them; without GPUs, tasks on every core decode and encode (the model cached once
+actor per GPU encodes them (uint8 centre squares travel between the two; resize and normalisation run
+on the GPU); without GPUs, tasks on every core decode and encode (the model cached once
 per worker process). The driver assembles shards as their last video arrives and writes each
 atomically, so an interrupted job resumes from its finished shards. ``engine=local`` runs the same
 steps in this process without Ray.
@@ -31,27 +32,38 @@ __all__ = ["EmbedConfig", "run", "main"]
 _PASS_THROUGH = ("video_id", "path", "label", "class_name", "split", "shard")
 
 
-def _decode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig, preprocess: Any) -> dict[str, Any]:
-    """Ray Data map_batches task (CPU): manifest rows → pixels, or an error per bad video (never raised)."""
+def _decode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, Any]:
+    """Ray Data map_batches task (CPU): manifest rows → uint8 clips, or an error per bad video (never raised).
+
+    ``clip`` is an object column of ``(T, s, s, 3)`` uint8 arrays, s the video's own shorter side (a
+    failed video: ``(T, 0, 0, 3)``, so every row has the same rank). Ray Data stores such a column as
+    its variable-shaped tensor type — one contiguous buffer plus a shape per row — and hands the encoder
+    zero-copy views (a dense array when a batch's sizes agree). Padding to the batch's largest side
+    would ship bytes for nothing, and the padded size would still differ from batch to batch; grouping
+    rows by size across batches is a groupby, an all-to-all shuffle that stops the stream. The encoder
+    groups by size itself, within its batch (``encode_clips``).
+    """
     n = len(batch["video_id"])
-    size = preprocess.size
-    pixels = np.zeros((n, config.frames, 3, size, size), dtype=np.float16)
+    clips = np.empty(n, dtype=object)  # filled per row: np.array(list) would try to stack equal shapes
     indices = np.zeros((n, config.frames), dtype=np.int64)
     num_frames = np.zeros(n, dtype=np.int64)
     errors = []
     for i in range(n):
-        record = decode_record({k: batch[k][i] for k in _PASS_THROUGH}, config, preprocess)
+        record = decode_record({k: batch[k][i] for k in _PASS_THROUGH}, config)
         errors.append(record["error"] or "")
-        if not record["error"]:
-            pixels[i], indices[i], num_frames[i] = record["pixels"], record["frame_indices"], record["num_frames"]
-    return {**{k: batch[k] for k in _PASS_THROUGH}, "pixels": pixels, "frame_indices": indices,
+        if record["error"]:
+            clips[i] = np.zeros((config.frames, 0, 0, 3), dtype=np.uint8)
+        else:
+            clips[i], indices[i], num_frames[i] = record["clip"], record["frame_indices"], record["num_frames"]
+    return {**{k: batch[k] for k in _PASS_THROUGH}, "clip": clips, "frame_indices": indices,
             "num_frames": num_frames, "error": np.asarray(errors, dtype=object)}
 
 
 def _encode_batch(batch: dict[str, Any], backbone: Any, config: EmbedConfig) -> dict[str, Any]:
-    """Decoded batch → the same rows with ``frames`` (and ``patches``) features; failed rows get zeros."""
+    """Decoded batch (``_decode_batch``) → the same rows with ``frames`` (and ``patches``) features instead of
+    ``clip``; failed rows get zeros."""
     n = len(batch["video_id"])
-    records = [{"pixels": batch["pixels"][i], "error": batch["error"][i]} for i in range(n)]
+    records = [{"clip": batch["clip"][i], "error": batch["error"][i]} for i in range(n)]
     encode_records(backbone, records, patch_grid=config.patch_grid)
     t, g, dim = config.frames, config.patch_grid, backbone.embed_dim
     frames = np.zeros((n, t, dim), dtype=np.float16)
@@ -82,20 +94,32 @@ class _Encode:
 _WORKER_BACKBONES: dict[tuple[Any, ...], Any] = {}
 
 
-def _decode_and_encode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig, preprocess: Any) -> dict[str, Any]:
+def _decode_and_encode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, Any]:
     """Ray Data task (CPU-only clusters): decode and encode in one task. Ray reuses worker processes, so
     the backbone is built once per process (cached here), not once per task or per job."""
     key = (config.backbone, config.pretrained, config.init_seed)
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = load_backbone(config, device="cpu")
-    return _encode_batch(_decode_batch(batch, config=config, preprocess=preprocess), _WORKER_BACKBONES[key], config)
+    return _encode_batch(_decode_batch(batch, config=config), _WORKER_BACKBONES[key], config)
+
+
+def _decode_then_encode(ds: Any, config: EmbedConfig, *, actors: int, gpus_per_actor: float) -> Any:
+    """Decode in CPU tasks, encode in ``actors`` actors (one per GPU): the two stages of a GPU cluster.
+
+    uint8 clips cross between them (``_decode_batch``). Decode asks for a different CPU share than the
+    actor: with equal remote args Ray Data would fuse decoding into the encoder actor.
+    """
+    from ray.data import ActorPoolStrategy
+
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"config": config}, batch_size=config.decode_batch,
+                        num_cpus=config.decode_cpus)
+    return ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
+                          batch_size=config.batch_size, num_gpus=gpus_per_actor, num_cpus=0)
 
 
 def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
             max_shards: int | None = None) -> EmbedSummary:
     """The Ray Data engine (see module docstring)."""
-    from ray.data import ActorPoolStrategy
-
     from pipelines.ray_runtime import init_ray
 
     # Manifest, weights and an incompatible existing store are checked before Ray starts.
@@ -113,19 +137,13 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
         ds = ray.data.from_items([{k: r[k] for k in _PASS_THROUGH} for r in items])
-        kwargs = {"config": config, "preprocess": driver_backbone.preprocess}
         if use_gpu:
-            # Decode in CPU tasks, encode in one actor per GPU. Decode asks for a different CPU share than
-            # the actor: with equal remote args Ray Data would fuse decoding into the GPU actor.
-            ds = ds.map_batches(_decode_batch, fn_kwargs=kwargs, batch_size=config.decode_batch,
-                                num_cpus=config.decode_cpus)
-            ds = ds.map_batches(_Encode, fn_constructor_args=(config,),
-                                compute=ActorPoolStrategy(size=config.encoder_actors or int(gpus)),
-                                batch_size=config.batch_size, num_gpus=1, num_cpus=0)
+            ds = _decode_then_encode(ds, config, actors=config.encoder_actors or int(gpus), gpus_per_actor=1)
         else:
             # Without GPUs an encoder actor would be one more process competing for the same cores, and
             # costs seconds to start per job; tasks decode+encode on every core, model cached per process.
-            ds = ds.map_batches(_decode_and_encode_batch, fn_kwargs=kwargs, batch_size=config.batch_size, num_cpus=1)
+            ds = ds.map_batches(_decode_and_encode_batch, fn_kwargs={"config": config}, batch_size=config.batch_size,
+                                num_cpus=1)
         bar = tqdm(total=len(items), desc="embed", unit="video", disable=not progress)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             bar.update(len(batch["video_id"]))

@@ -54,6 +54,26 @@ def write_counter_video(path: Path, num_frames: int, *, size: tuple[int, int] = 
     return path
 
 
+def write_pattern_video(path: Path, num_frames: int, *, size: tuple[int, int], fps: int = 10) -> Path:
+    """An H.264 mp4 of a textured pattern (diagonal stripes per channel, shifting per frame): resizing it
+    changes pixels, unlike the uniform grey of ``write_counter_video``. ``size`` = (height, width), even."""
+    import av
+
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": "10", "bf": "0", "preset": "ultrafast"}
+        for i in range(num_frames):
+            img = np.stack([(x * 9 + y * 5 + 17 * i + 60 * c) % 256 for c in range(3)], axis=-1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def decoded_index(frame: np.ndarray, num_frames: int) -> int:
     """Which counter-video frame a decoded frame is (nearest grey level)."""
     values = np.array([frame_value(i) for i in range(num_frames)])
@@ -86,6 +106,26 @@ def videos(tmp_path: Path) -> tuple[Path, Path]:
 
     manifest = write_manifest(records, tmp_path / "manifest.parquet")
     return manifest, tmp_path
+
+
+MIXED_SIZES = ((48, 64), (80, 96), (64, 80), (48, 64), (96, 80), (40, 40))  # (H, W): up, down, equal to S=64
+
+
+@pytest.fixture
+def mixed_videos(tmp_path: Path) -> tuple[Path, Path]:
+    """Textured videos of several native sizes (two share 48×64; fsar-tiny's input side is 64, so some are
+    enlarged, some reduced, one only cropped) plus one broken file, in one manifest."""
+    from fsar.data.manifest import write_manifest
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    records = []
+    for i, size in enumerate(MIXED_SIZES):
+        path = write_pattern_video(root / f"v{i}.mp4", 10 + i, size=size)
+        records.append({"video_id": f"v{i}", "path": str(path), "label": i % 2, "class_name": f"c{i % 2}", "split": "test"})
+    (root / "text.mp4").write_text("not a video\n" * 20)
+    records.insert(2, {"video_id": "text", "path": str(root / "text.mp4"), "label": 0, "class_name": "c0", "split": "test"})
+    return write_manifest(records, tmp_path / "mixed.parquet"), tmp_path
 
 
 def embed_config(manifest: Path, out: Path, **kw: Any):

@@ -287,7 +287,7 @@ def test_a_video_delivered_twice_is_stored_once(videos):
     plan = plan_embedding(cfg, backbone)
     assembler = ShardAssembler(plan)
     for shard in plan.todo:
-        records = [decode_record(row, cfg, backbone.preprocess) for row in plan.shard_rows(shard)]
+        records = [decode_record(row, cfg) for row in plan.shard_rows(shard)]
         encode_records(backbone, records, patch_grid=cfg.patch_grid)
         for record in records[:2] + records + records[:1]:  # repeats before and after the shard completes
             assembler.add(shard, record)

@@ -2,11 +2,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import embed_config
+from conftest import MIXED_SIZES, embed_config
 
 from fsar.backbones import TINY_MODEL, build_backbone
 from fsar.data.feature_store import FeatureStore
-from fsar.embedding import decode_record, embed_manifest, encode_pixels, resolve_pretrained
+from fsar.data.manifest import read_manifest
+from fsar.data.video import load_clip
+from fsar.embedding import decode_record, embed_manifest, resolve_pretrained
 
 
 def test_good_rows_stored_and_failures_listed(videos):
@@ -27,24 +29,63 @@ def test_good_rows_stored_and_failures_listed(videos):
     assert good0["num_frames"] == 12 and good0["frame_indices"] == [1, 4, 7, 10]
 
 
-def test_stored_features_equal_a_direct_forward(videos):
-    manifest, tmp = videos
+def test_decode_ships_native_uint8_centre_squares(mixed_videos):
+    manifest, tmp = mixed_videos
     cfg = embed_config(manifest, tmp / "store")
-    embed_manifest(cfg, progress=False)
-    stored = FeatureStore(tmp / "store").load_split("test", view="pooled")
-    backbone = build_backbone(TINY_MODEL)  # the same seeded random init the embed job used
-    record = decode_record({"video_id": "good3", "path": str(tmp / "videos" / "good3.mp4"), "label": 1,
-                            "class_name": "c1", "split": "test"}, cfg, backbone.preprocess)
-    assert record["error"] is None and record["pixels"].shape == (4, 3, 64, 64)
-    pixels = torch.from_numpy(record["pixels"]).float()
-    frames, patches = encode_pixels(backbone, pixels[None], patch_grid=2)
+    for row in read_manifest(manifest).to_pylist():
+        record = decode_record(row, cfg)
+        if row["video_id"] == "text":
+            assert record["clip"] is None and "cannot be decoded" in record["error"]
+            continue
+        h, w = MIXED_SIZES[int(row["video_id"][1:])]
+        side = min(h, w)
+        assert record["error"] is None and record["clip"].dtype == np.uint8
+        assert record["clip"].shape == (4, side, side, 3) and record["clip"].flags.c_contiguous
+        full = load_clip(row["path"], num_segments=4).frames
+        top, left = (h - side) // 2, (w - side) // 2
+        np.testing.assert_array_equal(record["clip"], full[:, top : top + side, left : left + side])
+
+
+def _old_cpu_features(backbone, path: str, *, frames: int, grid: int, fp16_pixels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The computation the embed job did before pixels travelled as uint8: FramePreprocess (eval) on the CPU,
+    optionally the fp16 round trip the pixels took, then the backbone in fp32 and the patch grid averaged
+    to ``grid``×``grid`` blocks. Returns pooled ``(T, D)`` and flattened patches ``(T, grid·grid·D)``."""
+    pixels = backbone.preprocess(load_clip(path, num_segments=frames).frames)
+    if fp16_pixels:
+        pixels = pixels.half().float()
     with torch.no_grad():
-        pooled, grid = backbone.encode(pixels, patches=True)
-    np.testing.assert_allclose(frames[0].astype(np.float32), pooled.numpy(), atol=2e-3, rtol=1e-2)
-    pooled_grid = grid.reshape(4, 2, 4, 2, 4, 64).mean(dim=(2, 4))  # 8×8 → 2×2 by averaging 4×4 blocks
-    np.testing.assert_allclose(patches[0].astype(np.float32), pooled_grid.numpy(), atol=2e-3, rtol=1e-2)
-    row = stored.video_ids.index("good3")
-    np.testing.assert_allclose(stored.features[row].astype(np.float32), frames[0].astype(np.float32), atol=2e-3)
+        pooled, patches = backbone.encode(pixels, patches=True)
+    g0, d = patches.shape[1], patches.shape[-1]
+    k = g0 // grid
+    blocks = patches.reshape(frames, grid, k, grid, k, d).mean(dim=(2, 4))  # g0×g0 → grid×grid by block means
+    return pooled.numpy(), blocks.reshape(frames, -1).numpy()
+
+
+def test_uint8_path_stores_the_features_of_cpu_preprocessing(mixed_videos):
+    """Videos of five native sizes (enlarged, reduced, only cropped) in one encoder batch: the stored
+    features are those of FramePreprocess on the CPU followed by the backbone.
+
+    Against the exact float32 computation the only error left is the fp16 storage, at most half an fp16
+    ulp (≤ 2^-11·|x|); the bound used is one ulp (2^-10·|x|) plus 1e-5 for entries near zero, where the
+    float32 summation order of a different batch composition shows. Against what the previous code
+    stored (pixels rounded to fp16 before the encoder) the features differ by that rounding carried
+    through the network: within 2e-3 absolute (features are O(1))."""
+    manifest, tmp = mixed_videos
+    cfg = embed_config(manifest, tmp / "store", batch_size=8)
+    summary = embed_manifest(cfg, progress=False)
+    assert (summary.videos, summary.failures) == (6, 1)
+    store = FeatureStore(tmp / "store")
+    pooled = store.load_split("test", view="pooled")
+    grid = store.load_split("test", view="grid")
+    backbone = build_backbone(TINY_MODEL)  # the same seeded random init the embed job used
+    for i in range(len(MIXED_SIZES)):
+        path, row = str(tmp / "mixed" / f"v{i}.mp4"), pooled.video_ids.index(f"v{i}")
+        stored = (pooled.features[row].astype(np.float32), grid.features[grid.video_ids.index(f"v{i}")].astype(np.float32))
+        exact = _old_cpu_features(backbone, path, frames=4, grid=2, fp16_pixels=False)
+        before = _old_cpu_features(backbone, path, frames=4, grid=2, fp16_pixels=True)
+        for got, want, old in zip(stored, exact, before, strict=True):
+            np.testing.assert_allclose(got, want, rtol=2**-10, atol=1e-5)
+            np.testing.assert_allclose(got, old, rtol=0, atol=2e-3)
 
 
 def test_interrupted_run_resumes_without_duplicates(videos):
