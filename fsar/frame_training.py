@@ -49,6 +49,7 @@ from fsar.training import (
     Report,
     TrainConfig,
     build_for_training,
+    check_clip_length,
     episodes_per_worker,
     make_optimizer,
     training_device,
@@ -99,13 +100,8 @@ def check_frame_inputs(config: TrainConfig) -> FewShotMethod:
 
 
 def check_frames(config: TrainConfig, method: FewShotMethod) -> None:
-    """A method with a fixed clip length (DMGAL-FT's time mixer: ``num_frames``) must get that many frames."""
-    wanted = getattr(method.config, "num_frames", None)
-    if wanted is not None and wanted != config.frames:
-        raise ConfigError(
-            f"{config.method}: knobs.num_frames={wanted} but frames={config.frames} are decoded per video; "
-            f"set both to the same value"
-        )
+    """A method with a fixed clip length (DMGAL's time mixer: ``num_frames``) must get that many frames."""
+    check_clip_length(method, config.frames, source="are decoded per video (frames)")
 
 
 def trainable_state(method: nn.Module) -> tuple[dict[str, Tensor], bool]:

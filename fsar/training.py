@@ -202,6 +202,7 @@ def check_training_inputs(config: TrainConfig) -> None:
     store, view = open_store(config)
     text = class_text_table(store, config.method)
     method = build_for_training(config, store.meta.view_dim(view), text_dim=None if text is None else text.shape[-1])
+    check_clip_length(method, store.meta.frames, source=f"per video are in store {store.root}")
     check_mask_inputs(method, store)
     labels, names = store.split_labels("train")
     EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
@@ -219,6 +220,15 @@ def build_for_training(config: TrainConfig, feature_dim: int, *, text_dim: int |
             "give it some (e.g. knobs.proj_dim=256) or evaluate it untrained with `fsar eval`"
         )
     return method
+
+
+def check_clip_length(method: FewShotMethod, frames: int, *, source: str) -> None:
+    """A method with a fixed clip length (DMGAL's time mixer: ``num_frames``) must get that many frames;
+    ``source`` says where the count comes from, for the message."""
+    wanted = getattr(method.config, "num_frames", None)
+    if wanted is not None and wanted != frames:
+        raise ConfigError(f"{method.method_name}: knobs.num_frames={wanted} but {frames} frames {source}; "
+                          f"set knobs.num_frames={frames}")
 
 
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:

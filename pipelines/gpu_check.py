@@ -264,10 +264,13 @@ def format_report(report: dict[str, Any]) -> str:
              ("embed: pipeline ÷ encoder", f"{e['ratio']:.2f}")]
     rows += [(f"train: {k.split('_')[0]} episodes/s (cached, 1 worker)", f"{v:,.1f}") for k, v in report["train"].items()]
     d = report["e2e"]
-    rows += [(f"e2e: DMGAL-Adapter episodes/s ({d['frames']} frames, {d['image_size']} px, bf16)",
+    precision = "bf16" if report["device"] != "cpu" else "fp32"
+    rows += [(f"e2e: DMGAL-Adapter episodes/s ({d['frames']} frames, {d['image_size']} px, {precision})",
               f"{d['episodes_per_s']:,.2f}"),
              ("e2e: DMGAL-Adapter peak GPU memory (GiB)", f"{d['peak_memory_gib']:.1f}")]
-    rows += [(f"eval: {k.split('_')[0]} episodes/s (10,000 5-way 1-shot)", f"{v:,.0f}") for k, v in report["eval"].items()]
+    episodes = report["config"]["eval_episodes"]
+    rows += [(f"eval: {k.split('_')[0]} episodes/s ({episodes:,} 5-way 1-shot)", f"{v:,.0f}")
+             for k, v in report["eval"].items()]
     rows.append(("wall time (s)", f"{report['seconds']:.0f}"))
     return "\n".join(["| measure | value |", "|---|---:|", *[f"| {a} | {b} |" for a, b in rows]])
 

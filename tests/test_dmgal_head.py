@@ -59,3 +59,15 @@ def test_frame_count_and_knobs_are_checked():
     for bad in ({"pool": "max"}, {"reduction": 0}, {"dropout": 1.0}, {"temperature": 0.0}):
         with pytest.raises(ConfigError):
             build_method("dmgal", feature_dim=16, **bad)
+
+
+def test_training_refuses_a_store_with_another_frame_count(tmp_path):
+    from test_training import make_signal_store
+
+    from fsar.training import TrainConfig, check_training_inputs
+
+    store = make_signal_store(tmp_path / "store")  # 4 frames per video
+    config = TrainConfig(method="dmgal", out=tmp_path / "run", store=store)
+    with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames per video are in store .*; set knobs.num_frames=4"):
+        check_training_inputs(config)
+    check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", store=store, knobs={"num_frames": 4}))

@@ -84,7 +84,8 @@ def test_fast_scorers_equal_the_plain_forward_for_every_method(knobs):
         feats = per_kind[info.input_kind]
         support, s_lab, query, _ = gather_episodes(feats, eps)
         fields = info.config.__dataclass_fields__
-        method = build_method(name, feature_dim=12, **{k: v for k, v in knobs.items() if k in fields}).eval()
+        chosen = {k: v for k, v in (knobs | {"num_frames": 6}).items() if k in fields}
+        method = build_method(name, feature_dim=12, text_dim=12, **chosen).eval()
         class_text = text if method.uses_text else None
         with torch.no_grad():
             expected = method(support, s_lab, query, 5, class_text=episode_class_text(class_text, eps))

@@ -141,6 +141,6 @@ def test_errors_say_what_to_pass(synth, tmp_path):
         check_training_inputs(TrainConfig(method="protonet", out=tmp_path, manifest=synth))
     with pytest.raises(ConfigError, match="not both"):
         check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path, store=tmp_path, manifest=synth))
-    with pytest.raises(ConfigError, match="num_frames=8 but frames=4"):
+    with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames are decoded per video \(frames\); set knobs.num_frames=4"):
         check_training_inputs(small(synth, tmp_path, method="dmgal_ft", knobs={}))
     assert main(["train", "--store", str(tmp_path), "--method", "dmgal_adapter", "--out", str(tmp_path / "r")]) == 2

@@ -88,7 +88,7 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
 
     with_text = str(make_patch_store(tmp_path / "store"))  # patch grid and class text
     textless = str(make_signal_store(tmp_path / "textless"))  # pooled frames only, no class text
-    small = {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8, "dim": 8, "heads": 2, "proj_dim": 8}
+    small = {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8, "dim": 8, "heads": 2, "proj_dim": 8, "num_frames": 4}
     cases = []
     for name in list_methods():
         if method_info(name).input_kind == "pixels":

@@ -134,7 +134,8 @@ def test_every_registered_patch_method_trains_and_reloads(tmp_path):
     assert "a2m2" in names
     for name in names:
         fields = method_info(name).config.__dataclass_fields__
-        knobs = {k: v for k, v in {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8}.items() if k in fields}
+        knobs = {k: v for k, v in {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8, "num_frames": 4}.items()
+                 if k in fields}
         reports = []
         cfg = config(store, tmp_path / name, method=name, knobs=knobs, steps=6, val_every=3, val_episodes=20)
         train_worker(cfg, report=lambda m, p, reports=reports: reports.append((m, p)))
