@@ -10,7 +10,7 @@
   be floating-point reduction noise (the tests hold it to 1e-4 after 20 steps).
 
 Without ``--store`` it trains on a synthetic store of the demo's shape (random fp16 features, 4×4 grid
-of 512-d patches, 64/12/24 classes). Method: OTAM with a 256-d projection on the flattened grid, as in
+of 64-d patches as ``fsar-tiny`` gives, 8 frames, 64/12/24 classes of 20 videos). Method: OTAM with a 256-d projection on the flattened grid, as in
 the demo.
 """
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fsar-bench-workers-") as tmp:
         work = Path(tmp)
-        store = args.store or synthetic_store(work / "store", quick=False)
+        store = args.store or synthetic_store(work / "store", quick=False, dim=64)
         init_ray()
         results, curves, rates = {}, {}, {}
         for workers in (1, 2):

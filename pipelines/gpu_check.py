@@ -126,11 +126,12 @@ def measure_embedding(config: GpuCheckConfig, device: torch.device) -> dict[str,
             "ratio": pipeline_rate / encoder_rate}
 
 
-def synthetic_store(root: Path, *, quick: bool) -> Path:
-    """Random fp16 features of ViT-B-16 size: 512-d, 4×4 patch grid, 8 frames; 64/12/24 classes."""
+def synthetic_store(root: Path, *, quick: bool, dim: int = 512) -> Path:
+    """Random fp16 features: ``dim``-d (ViT-B-16: 512; fsar-tiny: 64), 4×4 patch grid, 8 frames; 64/12/24
+    classes of 20 videos (``quick``: 16-d, 2×2, 4 frames, 6 videos)."""
     from fsar.data.feature_store import StoreMeta, write_meta, write_shard
 
-    dim, grid, frames = (16, 2, 4) if quick else (512, 4, 8)
+    dim, grid, frames = (16, 2, 4) if quick else (dim, 4, 8)
     per_class = 6 if quick else 20
     gen = np.random.default_rng(0)
     shard, rows = 0, []

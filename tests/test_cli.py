@@ -41,6 +41,11 @@ def test_eval_writes_results_for_each_method(store, tmp_path, capsys):
     assert len(episode_files) == 1 and "2q" in episode_files[0].name
 
 
+def test_eval_on_a_named_device(store, tmp_path):
+    assert main(["eval", "--store", str(store), "--out", str(tmp_path / "e"), "--method", "otam", "--episodes", "50",
+                 "--device", "cpu"]) == 0
+
+
 def test_config_file_then_overrides(store, tmp_path):
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(f"store: {store}\nout: {tmp_path / 'e'}\nmethods: [bimhm]\nepisodes: 50\nshot: 2\n")
@@ -56,6 +61,8 @@ def test_config_file_then_overrides(store, tmp_path):
         (["methods=[nosuch]"], "unknown method 'nosuch'"),
         (["--shot", "5"], "shot+query=6"),
         (["split=val"], "no videos in split 'val'"),
+        (["--device", "tpu"], "device='tpu' is not a device"),
+        *([(["--device", "cuda"], "this machine has no CUDA device")] if not __import__("torch").cuda.is_available() else []),
     ],
 )
 def test_bad_input_exits_2_with_a_message(store, tmp_path, capsys, args, message):
