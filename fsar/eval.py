@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsar.atomic import atomic_write_text
+from fsar.atomic import atomic_path, atomic_write_text
 from fsar.data.episodes import Episodes, episode_labels
 
 RESULT_KEYS = ("method", "dataset", "split", "way", "shot", "episodes", "accuracy", "ci95", "seed", "store", "run", "seconds")
@@ -48,6 +48,55 @@ def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:
         raise ValueError("no episodes to summarise")
     std = acc.std(ddof=1) if acc.size > 1 else 0.0
     return float(100.0 * acc.mean()), float(100.0 * 1.96 * std / math.sqrt(acc.size))
+
+
+def paired_difference(accuracies: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Mean per-episode accuracy difference ``accuracies − reference`` and its paired 95% CI half-width, both
+    in percentage points: two methods scored on the very same episodes differ by less noise than their own
+    CIs suggest, because the episodes' difficulty is shared."""
+    a, b = np.asarray(accuracies, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference needs the same episodes: {a.shape} vs {b.shape} accuracies")
+    return accuracy_ci(a - b)
+
+
+PER_EPISODE_FILE = "per_episode.parquet"
+
+
+def write_per_episode(path: str | Path, accuracies: dict[tuple[str, int], np.ndarray]) -> Path:
+    """Per-episode accuracies beside ``results.json``, one row per (method, shot, episode), so that any statistic
+    can be recomputed. Rows of a (method, shot) already in the file are replaced; others are kept (an
+    evaluation per shot writes into the same folder)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    kept = {k: v for k, v in read_per_episode(path).items() if k not in accuracies} if path.is_file() else {}
+    merged = kept | accuracies
+    methods = [m for (m, _), acc in merged.items() for _ in range(len(acc))]
+    shots = np.concatenate([np.full(len(acc), s, dtype=np.int64) for (_, s), acc in merged.items()]) if merged else []
+    episodes = np.concatenate([np.arange(len(acc), dtype=np.int64) for acc in merged.values()]) if merged else []
+    values = np.concatenate([np.asarray(acc, dtype=np.float64) for acc in merged.values()]) if merged else []
+    table = pa.table({"method": pa.array(methods, pa.string()), "shot": pa.array(shots, pa.int64()),
+                      "episode": pa.array(episodes, pa.int64()), "accuracy": pa.array(values, pa.float64())})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_per_episode(path: str | Path) -> dict[tuple[str, int], np.ndarray]:
+    """``(method, shot)`` → per-episode accuracies ``(E,)`` in [0, 1], in episode order."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    methods = np.asarray(table["method"].to_pylist(), dtype=object)
+    shots, episodes = table["shot"].to_numpy(), table["episode"].to_numpy()
+    values = table["accuracy"].to_numpy()
+    out = {}
+    for key in dict.fromkeys(zip(methods.tolist(), shots.tolist(), strict=True)):
+        rows = (methods == key[0]) & (shots == key[1])
+        out[key] = values[rows][np.argsort(episodes[rows])]
+    return out
 
 
 def gather_episodes(

@@ -19,7 +19,16 @@ import torch
 from fsar.config import ConfigError, dump_yaml
 from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
 from fsar.data.feature_store import FeatureStore, FeatureStoreError
-from fsar.eval import ResultRecord, accuracy_ci, episode_accuracies, format_table, plot_results, write_results
+from fsar.eval import (
+    PER_EPISODE_FILE,
+    ResultRecord,
+    accuracy_ci,
+    episode_accuracies,
+    format_table,
+    plot_results,
+    write_per_episode,
+    write_results,
+)
 from fsar.methods import build_method, method_info
 from fsar.training import load_checkpoint, resolve_device
 
@@ -140,7 +149,7 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
                            meta={"seed": config.seed, "split": config.split, "store": str(config.store)})
     text = store.class_text()
     text = None if text is None else torch.from_numpy(text)
-    records = []
+    records, per_episode = [], {}
     for cand in candidates:
         split = split_features(cand.view, cand.as_grid)
         method = cand.make(split.features.shape[-1]).to(device)
@@ -150,12 +159,14 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
                                  desc=cand.label, class_text=text, device=device)
         seconds = time.perf_counter() - start
         mean, ci = accuracy_ci(acc)
+        per_episode[(cand.label, config.shot)] = acc
         records.append(ResultRecord(
             method=cand.label, dataset=config.dataset or Path(config.store).name, split=config.split, way=config.way,
             shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed,
             store=str(config.store), run=cand.run, seconds=seconds,
         ))
     write_report(records, out)
+    write_per_episode(out / PER_EPISODE_FILE, per_episode)
     return records
 
 

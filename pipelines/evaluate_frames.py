@@ -18,7 +18,7 @@ import torch
 
 from fsar.config import ConfigError, dump_yaml
 from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
-from fsar.eval import ResultRecord, accuracy_ci
+from fsar.eval import PER_EPISODE_FILE, ResultRecord, accuracy_ci, write_per_episode
 from fsar.frame_episodes import decode_split, pixel_episode_accuracies, read_split_videos
 from fsar.methods import FewShotMethod, build_method, method_info
 from fsar.training import load_checkpoint, resolve_device
@@ -95,7 +95,7 @@ def run_frames(config: EvalConfig, *, progress: bool = True) -> list[ResultRecor
         episodes = sampler.batch(0, config.episodes)
         write_episode_file(episode_path, episodes, good.video_ids.tolist(),
                            meta={"seed": config.seed, "split": config.split, "manifest": str(config.manifest)})
-    records = []
+    records, per_episode = [], {}
     for cand in candidates:
         pixels, cand_ok = pixels_for(cand)
         if not np.array_equal(cand_ok, ok):
@@ -106,10 +106,12 @@ def run_frames(config: EvalConfig, *, progress: bool = True) -> list[ResultRecor
                                        preprocess=cand.method.preprocess, batch_size=min(config.batch_size, EPISODE_BATCH),
                                        device=device, progress=progress, desc=cand.label)
         mean, ci = accuracy_ci(acc)
+        per_episode[(cand.label, config.shot)] = acc
         records.append(ResultRecord(
             method=cand.label, dataset=config.dataset or Path(config.manifest).resolve().parent.name,
             split=config.split, way=config.way, shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci,
             seed=config.seed, store=str(config.manifest), run=cand.run, seconds=time.perf_counter() - start,
         ))
     write_report(records, out)
+    write_per_episode(out / PER_EPISODE_FILE, per_episode)
     return records

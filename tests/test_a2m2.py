@@ -66,28 +66,32 @@ def test_pair_table_evaluation_equals_the_plain_forward(split, shot):
     torch.testing.assert_close(fast_again, fast)
 
 
-def test_shuffling_candidate_order_leaves_distances_unchanged(split):
+@pytest.mark.parametrize("order_prior", [0.0, 0.5])
+def test_shuffling_candidate_order_leaves_distances_unchanged(split, order_prior):
+    """Candidates are a set: permuting a video's candidates (with their weights and times) changes nothing."""
     _, feats, _ = split
     torch.manual_seed(0)
-    method = build_method("a2m2", feature_dim=12, **SMALL).eval()
+    method = build_method("a2m2", feature_dim=12, order_prior=order_prior, **SMALL).eval()
     with torch.no_grad():
-        cand, logits, frames, emb = method.encode_videos(feats[:10].reshape(2, 5, 8, 4, 4, 12))
-        query = tuple(t[:, :2] for t in (cand, logits, frames, emb))
-        support = tuple(t[:, 2:] for t in (cand, logits, frames, emb))
+        encoded = method.encode_videos(feats[:10].reshape(2, 5, 8, 4, 4, 12))
+        query = tuple(t[:, :2] for t in encoded)
+        support = tuple(t[:, 2:] for t in encoded)
         base = method.pair_distance(support, query)
-        perm = torch.randperm(cand.shape[-2])
-        shuffled_q = (query[0][..., perm, :], query[1][..., perm], *query[2:])
+        perm = torch.randperm(encoded[0].shape[-2])
+        shuffled_q = (query[0][..., perm, :], query[1][..., perm], *query[2:4], query[4][..., perm])
         torch.testing.assert_close(method.pair_distance(support, shuffled_q), base, atol=1e-5, rtol=0)
 
 
 def test_time_encoding_tells_a_motion_from_its_reverse(split):
-    """Without it the candidate set of a time-reversed video is the same set; with it, it is not."""
+    """With moments of the features alone, the candidate set of a time-reversed video is the same set
+    unless the time encoding is on."""
     _, feats, _ = split
     video = feats[:1]
     reverse = video.flip(1)
     for time_encoding, same in ((False, True), (True, False)):
         torch.manual_seed(0)
-        method = build_method("a2m2", feature_dim=12, time_encoding=time_encoding, marginals="uniform", **SMALL).eval()
+        method = build_method("a2m2", feature_dim=12, time_encoding=time_encoding, marginals="uniform",
+                              moment_inputs=["features"], **SMALL).eval()
         with torch.no_grad():
             enc = method.encode_videos(torch.cat([video, reverse])[None])
             d_self = method.pair_distance(tuple(t[:, :1] for t in enc), tuple(t[:, :1] for t in enc))
@@ -104,8 +108,10 @@ def test_fusion_one_is_the_frame_metric_alone(split):
         support, query = tuple(t[:, :3] for t in enc), tuple(t[:, 3:] for t in enc)
         frames_dist = pairwise_frame_distance(query[2], support[2])
         torch.testing.assert_close(method.pair_distance(support, query), otam_distance(frames_dist, 0.1))
-    assert enc[2].shape == (1, 6, 8, 4 * 4 * 6)
+    assert enc[2].shape == (1, 6, 8, 4 * 4 * 32)  # its own per-patch projection (frame_dim 32), flattened
     assert build_method("a2m2", feature_dim=12, **SMALL).encode_videos(feats[:2])[2].shape == (2, 8, 0)
+    shared = build_method("a2m2", feature_dim=12, fusion=1.0, frame_dim=0, **SMALL).eval()
+    assert shared.frame_projection is None and shared.encode_videos(feats[:2])[2].shape == (2, 8, 4 * 4 * 6)
 
 
 def test_text_changes_logits_and_its_loss_is_training_only(split):
@@ -176,3 +182,36 @@ def test_training_decreases_the_loss():
         losses.append(float(loss.detach()))
     first, last = np.mean(losses[:8]), np.mean(losses[-8:])
     assert last < 0.8 * first, (first, last)  # measured 1.62 → 1.12
+
+
+def reversal_and_mirror_distances(feats, **knobs):
+    """Distances of a video to itself, to its time reverse and to its left-right mirror image."""
+    torch.manual_seed(0)
+    method = build_method("a2m2", feature_dim=12, marginals="uniform", time_encoding=False, **SMALL | knobs).eval()
+    video = feats[:1]
+    with torch.no_grad():
+        enc = method.encode_videos(torch.cat([video, video.flip(1), video.flip(3)])[None])
+        one = tuple(t[:, :1] for t in enc)
+        return [float(method.pair_distance(tuple(t[:, i : i + 1] for t in enc), one)) for i in range(3)]
+
+
+def test_moment_inputs_make_order_and_layout_visible(split):
+    """Moments of unordered patch features are blind to a video's time reverse and to its mirror image;
+    the motion cross-moments see the reverse, the position cross-moments see the mirror."""
+    _, feats, _ = split
+    self_d, reverse, mirror = reversal_and_mirror_distances(feats, moment_inputs=["features"])
+    assert reverse == pytest.approx(self_d, abs=1e-4) and mirror == pytest.approx(self_d, abs=1e-4)
+    self_d, reverse, _ = reversal_and_mirror_distances(feats, moment_inputs=["features", "motion"])
+    assert reverse > self_d + 1e-3
+    self_d, _, mirror = reversal_and_mirror_distances(feats, moment_inputs=["features", "position"])
+    assert mirror > self_d + 1e-3
+
+
+def test_order_prior_tells_a_motion_from_its_reverse(split):
+    _, feats, _ = split
+    self_d, reverse, _ = reversal_and_mirror_distances(feats, order_prior=1.0)
+    assert reverse > self_d + 1e-3
+    with pytest.raises(ConfigError, match="order_prior"):
+        build_method("a2m2", feature_dim=12, order_prior=-1.0)
+    with pytest.raises(ConfigError, match="moment_inputs"):
+        build_method("a2m2", feature_dim=12, moment_inputs=["features", "colour"])

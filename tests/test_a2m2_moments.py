@@ -30,8 +30,9 @@ def test_whole_grid_and_trailing_frames():
     torch.testing.assert_close(samples[0, 1], x[0, 3:6].reshape(-1, 5))
     with pytest.raises(ValueError, match="does not divide"):
         window_samples(x, Scale(frames=1, block=3))
-    with pytest.raises(ValueError, match="longer than"):
-        window_samples(x, Scale(frames=8, block=0))
+    whole, centre = window_samples(x, Scale(frames=8, block=0))  # longer than the clip: the whole clip
+    torch.testing.assert_close(whole[0, 0], x[0].reshape(-1, 5))
+    assert centre.tolist() == [0.5]
 
 
 def test_second_moment_matches_numpy_and_handles_one_sample():

@@ -71,3 +71,18 @@ def test_training_refuses_a_store_with_another_frame_count(tmp_path):
     with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames per video are in store .*; set knobs.num_frames=4"):
         check_training_inputs(config)
     check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", store=store, knobs={"num_frames": 4}))
+
+
+def test_otam_metric_is_order_aware_and_on_bimhm_scale():
+    torch.manual_seed(0)
+    support, query = grids(batch=1, n=3), grids(batch=1, n=1, seed=2)
+    labels = torch.tensor([[0, 1, 2]])
+    kw = {"feature_dim": 16, "num_frames": 4, "mixer": False, "cmga": False, "smga": False, "learn_scale": False}
+    bimhm, otam = (build_method("dmgal", metric=m, **kw).eval() for m in ("bimhm", "otam"))
+    reverse = query.flip(2)
+    with torch.no_grad():
+        assert torch.allclose(bimhm(support, labels, reverse, 3), bimhm(support, labels, query, 3))  # order-blind
+        assert not torch.allclose(otam(support, labels, reverse, 3), otam(support, labels, query, 3))
+        # Both are frame-level 1 − cos in [0, 2] summed over two directions: logits in [-4/0.125, 0].
+        for head in (bimhm, otam):
+            assert float(head(support, labels, query, 3).min()) >= -4 / 0.125 - 1e-3

@@ -148,8 +148,12 @@ def test_global_local_matching_is_global_at_lambda_one_and_local_at_zero(metric)
     torch.testing.assert_close(g, -protonet.metric_logits(s_frames.mean(-2, keepdim=True), s_lab,
                                                           q_frames.mean(-2, keepdim=True), 3))
     local = build_method(metric, feature_dim=width, temperature=1.0, **({"gamma": 0.1} if metric == "otam" else {}))
-    torch.testing.assert_close(loc, -local.metric_logits(s_frames, s_lab, q_frames, 3))
+    terms = 2 * s_frames.shape[-2] if metric == "otam" else 2  # local_mean: per-frame distances, as the global one
+    torch.testing.assert_close(loc, -local.metric_logits(s_frames, s_lab, q_frames, 3) / terms)
     assert not torch.allclose(g, loc)
+    assert float(loc.min()) >= 0 and float(loc.max()) <= 2.0 + 1e-4  # on the global term's scale
+    method.config.local_mean = False
+    torch.testing.assert_close(method.local_distance(s_frames, s_lab, q_frames, 3), loc * terms)
 
 
 def test_local_distance_is_order_aware_with_otam():

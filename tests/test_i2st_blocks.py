@@ -67,6 +67,27 @@ def test_instance_perception_pools_patch_tokens_with_its_own_masks():
     torch.testing.assert_close(alone_logits, logits[2:3])
 
 
+def test_instance_location_codes_where_the_mask_is():
+    """With ``location=True`` an instance adds a code of its mask's centroid: the same patch tokens laid out
+    differently (here: the grid mirrored left-right) give the same masks but other instance embeddings."""
+    from fsar.methods.i2st_blocks import grid_coordinates, location_features
+
+    torch.manual_seed(0)
+    module = InstancePerception(8, instances=2, heads=2, mlp_ratio=2.0, location=True)
+    patches = torch.randn(4, 9, 8)
+    mirrored = patches.view(4, 3, 3, 8).flip(2).reshape(4, 9, 8)
+    instances, logits = module(patches)
+    flipped, flipped_logits = module(mirrored)
+    torch.testing.assert_close(flipped_logits, logits.view(4, 2, 3, 3).flip(-1).reshape(4, 2, 9))
+    masks = logits.sigmoid()
+    centroids = mask_pool(grid_coordinates(3), masks)
+    torch.testing.assert_close(instances, mask_pool(patches, masks) + module.location(location_features(centroids)))
+    assert not torch.allclose(flipped, instances, atol=1e-4)  # a mirrored layout is another instance location
+    assert grid_coordinates(1).abs().sum() == 0 and grid_coordinates(3)[[0, 8]].tolist() == [[-1.0, -1.0], [1.0, 1.0]]
+    plain = InstancePerception(8, instances=2, heads=2, mlp_ratio=2.0)
+    assert plain.location is None
+
+
 def test_spatial_attention_is_per_frame():
     torch.manual_seed(0)
     module = SpatialAttention(8, heads=2, mlp_ratio=2.0).eval()

@@ -32,7 +32,8 @@ FEATURE_DIM = 12
 # start at 0 would leave the weights behind them without gradient on the first step.
 # reduction: DMGAL's motion tokens get D / reduction channels, which must be > 1 for their LayerNorm to pass
 # a gradient (at D = 12 the released 8 leaves one channel).
-SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1, "reduction": 2}
+# scales: A2M2's windows must fit the 4-frame clips (its default [4, 8] gives two whole-clip windows there).
+SMALL_KNOBS = {"proj_dim": 16, "learn_scale": True, "num_frames": 4, "gate_init": 0.1, "reduction": 2, "scales": [2, 4]}
 PER_VIDEO = {"frames": (FEATURE_DIM,), "patches": (2, 2, FEATURE_DIM), "pixels": (3, 16, 16)}
 METHODS = list_methods()
 

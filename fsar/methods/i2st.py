@@ -24,6 +24,10 @@ Per episode (``metric_forward``): distance = λ·global + (1 − λ)·local, whe
 distance of the query's temporal-mean vector to the class prototype (mean of the class's support
 vectors) and local the frame-level alignment distance (OTAM both ways, or Bi-MHM) averaged over the
 class's support videos, with the ops the ``otam`` / ``bimhm`` methods use; logits = −distance·scale.
+The OTAM cost sums a path of frame distances (at least L + M of them, both ways) and Bi-MHM two means,
+while the global term is one cosine distance: ``local_mean`` divides the local term by those counts so
+that both are per-frame distances in [0, 2] and λ weighs what it says (otherwise the local term is ~16×
+larger at 8 frames and λ = 0.5 means mostly local).
 
 Mask supervision (training only, ``mask_source``): ``files`` — per-patch foreground masks read by the
 training pipeline from ``mask_files`` (``fsar.data.masks``) and passed in ``Supervision``; ``pseudo`` —
@@ -74,6 +78,7 @@ class I2STConfig:
     """Knobs of I2ST ([recon] choices documented in the module docstring)."""
 
     instances: int = 4  # K learnable instance queries per frame
+    instance_location: bool = True  # add a learned code of each instance mask's centroid to its embedding: where the instance is [recon]
     dim: int = 128  # token width of instance perception and attention (patches are projected D → dim)
     heads: int = 4  # attention heads; dim must be divisible by it
     layers: int = 1  # stacked (spatial, temporal) attention pairs; 0 = instance perception only
@@ -82,10 +87,11 @@ class I2STConfig:
     match_features: Literal["both", "frame", "instances"] = "both"  # per-frame vector: [frame; mean instance] or one
     proj_dim: int = 0  # 0: match the normalised tokens; > 0: a learned Linear(·, proj_dim) per frame first
     lambda_global: float = 0.5  # distance = λ·global (sequence mean vs class prototype) + (1 − λ)·local
+    local_mean: bool = True  # divide the local distance by the frames it aligns (OTAM: L + M; Bi-MHM: 2 means), so both terms are per-frame cosine distances in [0, 2] and λ weighs what it says [recon]
     local_metric: Literal["otam", "bimhm"] = "otam"  # frame-level distance: OTAM (both ways) or Bi-MHM
     otam_gamma: float = 0.1  # OTAM soft-min temperature (local_metric=otam); 0 = hard DTW
     temporal_centre: bool = False  # subtract each video's temporal mean patch grid first: match motion, not appearance
-    temperature: float = 1.0  # logits = -distance / temperature, as OTAM's (its distance grows with the frame count)
+    temperature: float = 0.0625  # logits = -distance / temperature; 1/16 = OTAM's scale at 8 frames both ways when local_mean averages the 16 terms
     learn_scale: bool = True  # train the logit scale 1/temperature (it starts at 1/temperature)
     mask_source: Literal["none", "pseudo", "files"] = "none"  # training-only mask supervision (see docstring)
     mask_files: str = ""  # mask folder (fsar.data.masks format) for mask_source=files; read by training only
@@ -135,8 +141,8 @@ class I2ST(FewShotMethod):
         # Instances feed the attention layers, the matched vector or the mask loss; with none of those the
         # module would hold parameters that never get a gradient (which DDP refuses), so it is not built.
         uses_instances = c.layers > 0 or c.match_features != "frame" or c.mask_source != "none"
-        self.perception = (InstancePerception(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio)
-                           if uses_instances else None)
+        self.perception = (InstancePerception(c.dim, instances=c.instances, heads=c.heads, mlp_ratio=c.mlp_ratio,
+                                              location=c.instance_location) if uses_instances else None)
         self.spatial = nn.ModuleList(
             SpatialAttention(c.dim, heads=c.heads, mlp_ratio=c.mlp_ratio) for _ in range(c.layers))
         self.temporal = nn.ModuleList(
@@ -212,8 +218,12 @@ class I2ST(FewShotMethod):
         dist = pairwise_frame_distance(query, support)
         if self.config.local_metric == "otam":
             pair = otam_distance(dist, self.config.otam_gamma, bidirectional=True)
+            terms = query.shape[-2] + support.shape[-2]  # a path of at least L (and M) cells, both ways
         else:
             pair = mean_hausdorff(dist)
+            terms = 2  # two means of nearest-frame distances
+        if self.config.local_mean:
+            pair = pair / terms
         return class_average(pair, support_labels, way)
 
     def distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:

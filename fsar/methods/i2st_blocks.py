@@ -69,22 +69,50 @@ class AttentionBlock(nn.Module):
         return x + self.mlp(x)
 
 
+LOCATION_FREQUENCIES = 4  # Fourier features of an instance's centroid: sin/cos at 1..4 half-periods per axis
+
+
+def location_features(centroids: Tensor) -> Tensor:
+    """Fourier features of ``(..., 2)`` (row, column) positions in [−1, 1] → ``(..., 4·LOCATION_FREQUENCIES)``."""
+    k = torch.arange(1, LOCATION_FREQUENCIES + 1, device=centroids.device, dtype=centroids.dtype)
+    angle = (math.pi / 2) * centroids[..., None] * k  # (..., 2, F)
+    return torch.cat([angle.sin(), angle.cos()], dim=-1).flatten(-2)
+
+
+def grid_coordinates(grid: int, *, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(row, column) of each patch of a g×g grid, row-major, in [−1, 1] (0 for a 1×1 grid): ``(g·g, 2)``."""
+    axis = torch.linspace(-1.0, 1.0, grid, device=device, dtype=dtype) if grid > 1 else torch.zeros(1, device=device, dtype=dtype)
+    rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
+
+
 class InstancePerception(nn.Module):
     """K learnable instance queries read one frame's patch tokens; each yields a mask over the patches
-    (logits = query · patch / √d) and an instance embedding, the mask-weighted mean of the patch tokens."""
+    (logits = query · patch / √d) and an instance embedding, the mask-weighted mean of the patch tokens.
 
-    def __init__(self, dim: int, *, instances: int, heads: int, mlp_ratio: float) -> None:
+    With ``location=True`` each embedding also gets a learned code of its mask's centroid on the grid, so an
+    instance says where it is, not only what it looks like: a trajectory of locations is what a motion is.
+    """
+
+    def __init__(self, dim: int, *, instances: int, heads: int, mlp_ratio: float, location: bool = False) -> None:
         super().__init__()
         self.queries = nn.Parameter(torch.randn(instances, dim) * dim**-0.5)
         self.read = AttentionBlock(dim, heads=heads, mlp_ratio=mlp_ratio, cross=True)
         self.mask_query = nn.Linear(dim, dim)
         self.mask_key = nn.Linear(dim, dim)
+        self.location = nn.Linear(4 * LOCATION_FREQUENCIES, dim) if location else None
 
     def forward(self, patches: Tensor) -> tuple[Tensor, Tensor]:
-        """``(M, P, d)`` patch tokens → instance embeddings ``(M, K, d)`` and mask logits ``(M, K, P)``."""
+        """``(M, P, d)`` patch tokens of a g×g grid → instance embeddings ``(M, K, d)`` and mask logits ``(M, K, P)``."""
         queries = self.read(self.queries.expand(patches.shape[0], -1, -1), patches)
         logits = self.mask_query(queries) @ self.mask_key(patches).transpose(-1, -2) / math.sqrt(patches.shape[-1])
-        return mask_pool(patches, logits.sigmoid()), logits
+        masks = logits.sigmoid()
+        instances = mask_pool(patches, masks)
+        if self.location is not None:
+            grid = math.isqrt(patches.shape[-2])
+            centroids = mask_pool(grid_coordinates(grid, device=patches.device, dtype=patches.dtype), masks)  # (M, K, 2)
+            instances = instances + self.location(location_features(centroids))
+        return instances, logits
 
 
 class SpatialAttention(nn.Module):

@@ -61,7 +61,8 @@ class CandidateWeights(nn.Module):
 
 @full_precision
 def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, support_logits: Tensor, *,
-                       epsilon: float, iterations: int, backend: str = "scaling", unit: bool = False) -> Tensor:
+                       epsilon: float, iterations: int, backend: str = "scaling", unit: bool = False,
+                       extra_cost: Tensor | None = None, extra_spread: float = 0.0) -> Tensor:
     """Entropic-OT distance of every (query, support) pair of every episode.
 
     Args:
@@ -71,9 +72,11 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
         iterations: Sinkhorn iterations.
         backend: ``"scaling"`` / ``"torch"`` (our solver, multiplicative or log-domain form) or ``"pot"``.
         unit: the candidates are already unit vectors (skips normalising them again for every pair).
+        extra_cost: ``(K, K')`` added to every pair's cost (e.g. a temporal-order prior), ≥ 0; None: none.
+        extra_spread: an upper bound on ``extra_cost`` (the solver picks its precision from the cost spread).
 
     Returns:
-        ``(B, N_q, N_s)`` transport costs ⟨P, C⟩ with C = 1 − cos.
+        ``(B, N_q, N_s)`` transport costs ⟨P, C⟩ with C = 1 − cos (+ ``extra_cost``).
     """
     b, nq, k, _ = query.shape
     ns, k2 = support.shape[1], support.shape[2]
@@ -82,9 +85,13 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
     # The transport runs in at least fp32 (half-precision log-weights lose the small marginals).
     work = torch.promote_types(query.dtype, torch.float32)
     cost = 1.0 - torch.einsum("bqke,bsle->bqskl", q.to(work), s.to(work))  # (B, N_q, N_s, K, K')
+    spread = 2.0  # 1 − cos lies in [0, 2]: no device sync to measure it
+    if extra_cost is not None:
+        cost = cost + extra_cost.to(work)
+        spread += extra_spread
     a = torch.softmax(query_logits.to(work), dim=-1)[:, :, None].expand(b, nq, ns, k)
     w = torch.softmax(support_logits.to(work), dim=-1)[:, None].expand(b, nq, ns, k2)
     _, total = sinkhorn(cost.reshape(-1, k, k2), a.reshape(-1, k), w.reshape(-1, k2),
                         epsilon=epsilon, iterations=iterations, backend=backend, validate=False,  # type: ignore[arg-type]
-                        spread_bound=2.0)  # 1 − cos lies in [0, 2]: no device sync to measure it
+                        spread_bound=spread)
     return total.reshape(b, nq, ns).to(query.dtype)

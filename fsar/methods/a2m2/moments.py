@@ -50,7 +50,8 @@ def window_samples(x: Tensor, scale: Scale) -> tuple[Tensor, Tensor]:
 
     Args:
         x: ``(V, T, g, g, d)`` reduced patch features of V videos.
-        scale: window length in frames and block side (must divide g; 0 = g).
+        scale: window length in frames and block side (must divide g; 0 = g). A window longer than the clip
+            covers the whole clip (the default scales [4, 8] give one whole-clip window on 4-frame stores).
 
     Returns:
         samples ``(V, W, n, d)`` with ``W = (T // s) · (g / p)²`` windows of ``n = s·p·p`` features
@@ -58,9 +59,7 @@ def window_samples(x: Tensor, scale: Scale) -> tuple[Tensor, Tensor]:
         in [0, 1] ``(W,)``.
     """
     v, t, g, _, d = x.shape
-    s, p = scale.frames, scale.block or g
-    if s > t:
-        raise ValueError(f"a2m2: temporal scale {s} is longer than the {t} frames of a video")
+    s, p = min(scale.frames, t), scale.block or g
     if g % p:
         raise ValueError(f"a2m2: spatial scale {p} does not divide the {g}x{g} patch grid; use a divisor of {g} or 0")
     nt, nb = t // s, g // p
@@ -84,6 +83,37 @@ def time_features(centres: Tensor) -> Tensor:
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
 
 
+MOMENT_INPUTS = ("features", "motion", "position")
+
+
+def moment_samples(reduced: Tensor, inputs: tuple[str, ...]) -> Tensor:
+    """The per-patch vectors whose second-order moments the windows take: ``(V, T, g, g, d)`` → ``(V, T, g, g, d')``.
+
+    - ``features``: the reduced patch features (d);
+    - ``motion``: their temporal difference, frame t minus frame t−1 (frame 0 repeats frame 1's), (d) —
+      the cross-moments of features and motion change sign when a video is played backwards, so a window
+      knows which way things move;
+    - ``position``: the patch's row and column in [−1, 1] (2), as in region covariance descriptors — the
+      cross-moments of features and position say where in the frame things are, which the moments of an
+      unordered set of patches otherwise lose.
+    """
+    parts = []
+    if "features" in inputs:
+        parts.append(reduced)
+    if "motion" in inputs:
+        if reduced.shape[1] < 2:
+            parts.append(torch.zeros_like(reduced))
+        else:
+            diff = reduced[:, 1:] - reduced[:, :-1]
+            parts.append(torch.cat([diff[:, :1], diff], dim=1))
+    if "position" in inputs:
+        v, t, g, _, _ = reduced.shape
+        axis = torch.linspace(-1.0, 1.0, g, device=reduced.device, dtype=reduced.dtype) if g > 1 else reduced.new_zeros(1)
+        rows, cols = torch.meshgrid(axis, axis, indexing="ij")
+        parts.append(torch.stack([rows, cols], dim=-1).expand(v, t, g, g, 2))
+    return torch.cat(parts, dim=-1)
+
+
 class M2Block(nn.Module):
     """Patch features of videos → multi-scale second-order candidates.
 
@@ -95,10 +125,15 @@ class M2Block(nn.Module):
     """
 
     def __init__(self, *, feature_dim: int, reduce_dim: int, embed_dim: int, scales: list[Scale],
-                 ns_iterations: int, temporal_centre: bool, time_encoding: bool, norm: str = "layer") -> None:
+                 ns_iterations: int, temporal_centre: bool, time_encoding: bool, norm: str = "layer",
+                 inputs: tuple[str, ...] = ("features",)) -> None:
         super().__init__()
         if not scales:
             raise ValueError("a2m2: at least one scale is needed")
+        if not inputs or any(i not in MOMENT_INPUTS for i in inputs):
+            raise ValueError(f"a2m2: moment_inputs must be a non-empty subset of {list(MOMENT_INPUTS)}, got {inputs}")
+        self.inputs = tuple(inputs)
+        width = reduce_dim * (("features" in inputs) + ("motion" in inputs)) + 2 * ("position" in inputs)
         self.scales = list(scales)
         self.ns_iterations = ns_iterations
         self.temporal_centre = temporal_centre
@@ -106,7 +141,7 @@ class M2Block(nn.Module):
         if norm not in ("layer", "batch"):
             raise ValueError(f"a2m2: reduce_norm must be 'layer' or 'batch', got {norm!r}")
         self.norm = nn.LayerNorm(reduce_dim) if norm == "layer" else nn.BatchNorm1d(reduce_dim)
-        self.project = nn.Linear(reduce_dim * (reduce_dim + 1) // 2, embed_dim)
+        self.project = nn.Linear(width * (width + 1) // 2, embed_dim)
         self.scale_embedding = nn.Parameter(torch.zeros(len(self.scales), embed_dim))
         self.time_projection = nn.Linear(2 * TIME_FREQUENCIES, embed_dim, bias=False) if time_encoding else None
 
@@ -125,16 +160,24 @@ class M2Block(nn.Module):
         if self.temporal_centre:
             x = x - x.mean(dim=1, keepdim=True)
         reduced = self.reduce_channels(x)
-        parts = []
+        vectors = moment_samples(reduced, self.inputs)
+        moments, times, scale_ids = [], [], []
         for i, scale in enumerate(self.scales):
-            samples, centres = window_samples(reduced, scale)
-            root = newton_schulz_sqrt(second_moment(samples), iterations=self.ns_iterations)
-            cand = self.project(upper_triangle(root).to(x.dtype)) + self.scale_embedding[i]
-            if self.time_projection is not None:
-                cand = cand + self.time_projection(time_features(centres))
-            parts.append(cand)
-        candidates = torch.cat(parts, dim=1)
+            samples, centres = window_samples(vectors, scale)
+            moments.append(second_moment(samples))
+            times.append(centres)
+            scale_ids.append(torch.full_like(centres, i, dtype=torch.long))
+        # One Newton–Schulz call for the windows of every scale: fewer, larger batched products.
+        root = newton_schulz_sqrt(torch.cat(moments, dim=1), iterations=self.ns_iterations)
+        candidates = self.project(upper_triangle(root).to(x.dtype)) + self.scale_embedding[torch.cat(scale_ids)]
+        if self.time_projection is not None:
+            candidates = candidates + self.time_projection(time_features(torch.cat(times)))
         return candidates.reshape(*lead, *candidates.shape[1:]), reduced.reshape(*lead, *reduced.shape[1:])
+
+    def candidate_times(self, frames: int, grid: int, *, device: torch.device | None = None) -> Tensor:
+        """Centre time in [0, 1] of each of the ``K`` candidates of a video (the order ``forward`` gives)."""
+        probe = torch.zeros(1, frames, grid, grid, 1, device=device)
+        return torch.cat([window_samples(probe, scale)[1] for scale in self.scales])
 
     def num_candidates(self, frames: int, grid: int) -> int:
         """K for videos of ``frames`` frames on a ``grid``×``grid`` patch grid."""

@@ -6,7 +6,8 @@ backbone's feature maps, and only the head trains, at cached-feature speed::
     per video (encode_videos):  grid (T, g, g, D) → optional temporal centring → maps (T, D, g, g)
                                 → S-MGA → time/channel MLP mixer                         [code]
     per task (metric_forward):  C-MGA(supports, queries) → frame vectors (T, ·)           [code]
-                                → Bi-MHM distance, class mean, logits = −distance / temperature
+                                → Bi-MHM distance [code] (or OTAM, ``metric``), class mean,
+                                  logits = −distance / temperature
 
 Frame vectors are the spatial mean of the maps, as released (``pool="mean"``). With random-weight
 features (the offline default) a pooled frame keeps almost nothing of where things move, so
@@ -29,6 +30,7 @@ from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+from fsar.ops.soft_dtw import otam_distance
 
 
 @dataclass
@@ -45,6 +47,8 @@ class DMGALHeadConfig:
     gate_init: float = 0.0  # initial value of every residual gate [code: 0]
     temporal_centre: bool = False  # subtract each video's temporal mean grid first: motion, not appearance [recon]
     pool: Literal["mean", "flatten"] = "mean"  # frame vector: spatial mean of the maps [code], or the whole grid [recon]
+    metric: Literal["bimhm", "otam"] = "bimhm"  # frame-level distance: Bi-MHM [code], or OTAM (both ways; order-aware) [recon]
+    otam_gamma: float = 0.1  # OTAM soft-min temperature (metric=otam)
     temperature: float = 0.125  # logits = -Bi-MHM / temperature; 1/8 = the released -sum over 8 frames [code]
     learn_scale: bool = True  # train the logit scale 1/temperature (starts at 1/temperature) [recon]
 
@@ -59,6 +63,8 @@ class DMGALHeadConfig:
         need(self.pe_scale >= 0.0, f"pe_scale must be >= 0, got {self.pe_scale}")
         need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         need(self.pool in ("mean", "flatten"), f"pool must be 'mean' or 'flatten', got {self.pool!r}")
+        need(self.metric in ("bimhm", "otam"), f"metric must be 'bimhm' or 'otam', got {self.metric!r}")
+        need(self.otam_gamma >= 0, f"otam_gamma must be >= 0, got {self.otam_gamma}")
 
 
 @register_method(
@@ -108,5 +114,9 @@ class DMGALHead(FewShotMethod):
 
         if self.cmga is not None:
             support, query = self.cmga(support, query)
-        distance = mean_hausdorff(pairwise_frame_distance(self.frames(query), self.frames(support)))
+        frames = pairwise_frame_distance(self.frames(query), self.frames(support))
+        if self.config.metric == "otam":  # both ways, averaged per aligned frame to stay on Bi-MHM's scale
+            distance = otam_distance(frames, self.config.otam_gamma) * (2.0 / (frames.shape[-2] + frames.shape[-1]))
+        else:
+            distance = mean_hausdorff(frames)
         return self.scale(class_average(distance, support_labels, way)), {}

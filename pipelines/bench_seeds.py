@@ -1,0 +1,194 @@
+"""Mechanism benchmark of the seed methods: does each do what its paper claims?
+
+    python -m pipelines.bench_seeds --out DIR [key=value ...]
+
+For each variant of the synthetic motion dataset (``variants``: plain; clutter, distractors moving at
+random; misalignment, the action filling a random part of the clip with idle frames around it), every
+one rendered with its ground-truth actor masks:
+
+1. synth → embed (random-init ``fsar-tiny``, 4×4 patch grid);
+2. train every method of ``methods`` with the same budget (``pipelines.compare``) and score all on the
+   same 10,000 test episodes at 1- and 5-shot, with the paired difference of each to OTAM;
+3. score the trained runs on **reverse-pair episodes**: 2-way 1-shot episodes of a test class and its
+   time reverse ("moving left" vs "moving right"), which only an order-aware method can tell apart.
+
+Writes ``DIR/seeds.md`` (one table per variant), ``DIR/seeds.json`` and each variant's comparison folder.
+The targets (issue "seed mechanisms"): A2M2 above OTAM on misalignment, I2ST with mask files above OTAM
+on clutter, DMGAL above OTAM on clutter or misalignment, beyond the paired CI; on the plain variant none
+behind OTAM by more than the paired CI; on reverse pairs A2M2 far above trained ProtoNet and close to OTAM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fsar.config import dump_yaml
+
+DEFAULT_METHODS: dict[str, dict[str, Any]] = {
+    "protonet": {"proj_dim": 256},
+    "otam": {"proj_dim": 256, "temporal_centre": True},
+    "a2m2": {},
+    "i2st@none": {"temporal_centre": True},
+    "i2st@files": {"temporal_centre": True, "mask_source": "files", "mask_files": "{masks}"},
+    "dmgal": {"temporal_centre": True, "pool": "flatten"},
+}
+
+
+@dataclass
+class SeedBenchConfig:
+    """``python -m pipelines.bench_seeds``: the variants, the methods and the one budget they all get."""
+
+    out: Path  # output folder: <variant>/data, <variant>/store, <variant>/compare, seeds.md, seeds.json
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "plain": {}, "clutter": {"clutter": 3}, "misalign": {"misalign": 1.0},
+    })  # variant name -> `fsar synth` options
+    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_METHODS.items()})  # method[@label] -> knobs ("{masks}": the variant's mask folder)
+    classes: int = 100  # synthetic classes (64/12/24)
+    videos_per_class: int = 20  # videos per class
+    size: int = 64  # frame side (fsar-tiny sees 64 px)
+    frames: int = 8  # frames sampled per video
+    patch_grid: int = 4  # stored patch grid
+    steps: int = 300  # optimiser steps per method
+    episodes_per_step: int = 16  # global episodes per step
+    lr: float = 3e-3  # learning rate
+    workers: int = 0  # Ray Train workers (0: in-process, on threads_per_worker threads)
+    threads_per_worker: int = 2  # torch threads of each training process
+    episodes: int = 10000  # test episodes per shot
+    reverse_episodes: int = 2000  # 2-way reverse-pair episodes
+    shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot evaluations
+    seed: int = 0  # data, training and episode seed
+
+
+def reverse_pair_episodes(classes_json: Path, labels: np.ndarray, *, count: int, seed: int) -> Any:
+    """2-way 1-shot 1-query episodes, each of one test class and its time-reversed partner, ``count`` in all,
+    spread evenly over the pairs. Rows index the split whose labels are ``labels``."""
+    from fsar.data.episodes import Episodes, EpisodeSampler
+
+    classes = json.loads(Path(classes_json).read_text())
+    by_id = {c["id"]: c for c in classes}
+    pairs = sorted({tuple(sorted((c["label"], by_id[c["partner"]]["label"]))) for c in classes
+                    if c["split"] == "test" and c["partner"] in by_id and by_id[c["partner"]]["split"] == "test"})
+    if not pairs:
+        raise ValueError(f"{classes_json}: no test class has its time reverse in the test split")
+    parts = []
+    for i, pair in enumerate(pairs):
+        rows = np.flatnonzero(np.isin(labels, pair))
+        sampler = EpisodeSampler(labels[rows], way=2, shot=1, query=1, seed=seed + i)
+        eps = sampler.batch(0, count // len(pairs))
+        parts.append(Episodes(eps.classes, rows[eps.support], rows[eps.query]))
+    return Episodes(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("classes", "support", "query")))
+
+
+def score_reverse_pairs(store: Path, data: Path, runs: list[Path], *, count: int, seed: int) -> dict[str, np.ndarray]:
+    """Per-episode accuracies of each trained run on the reverse-pair episodes of the store's test split."""
+    import torch
+
+    from fsar.data.feature_store import FeatureStore
+    from fsar.eval import episode_accuracies
+    from fsar.training import load_checkpoint
+
+    opened = FeatureStore(store)
+    text = opened.class_text()
+    text = None if text is None else torch.from_numpy(text)
+    out, episodes = {}, None
+    for run in runs:
+        method, payload = load_checkpoint(run)
+        split = opened.load_split("test", view=payload["resolved_view"], as_grid=method.input_kind == "patches")
+        if episodes is None:
+            episodes = reverse_pair_episodes(data / "classes.json", split.labels, count=count, seed=seed)
+        out[Path(run).name] = episode_accuracies(method, split.features, episodes, class_text=text, batch_size=500)
+    return out
+
+
+def run(config: SeedBenchConfig) -> dict[str, Any]:
+    from fsar.backbones import TINY_MODEL
+    from fsar.data.synthetic import SynthConfig, generate
+    from fsar.embedding import EmbedConfig
+    from fsar.eval import PER_EPISODE_FILE, accuracy_ci, paired_difference, read_per_episode
+    from pipelines.compare import CompareConfig
+    from pipelines.compare import run as compare
+    from pipelines.embed import run as embed
+
+    out = Path(config.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(config, out / "bench_config.yaml")
+    summary: dict[str, Any] = {}
+    for variant, options in config.variants.items():
+        start = time.perf_counter()
+        root = out / variant
+        manifest = generate(SynthConfig(out=root / "data", classes=config.classes, videos_per_class=config.videos_per_class,
+                                        size=config.size, seed=config.seed, masks=True, **options), progress=False)
+        embed(EmbedConfig(manifest=manifest, out=root / "store", backbone=TINY_MODEL, pretrained="none",
+                          frames=config.frames, patch_grid=config.patch_grid, engine="local"), progress=False)
+        methods = {k: {n: (str(root / "data" / "masks") if v == "{masks}" else v) for n, v in knobs.items()}
+                   for k, knobs in config.methods.items()}
+        records = compare(CompareConfig(
+            store=root / "store", out=root / "compare", methods=methods, reference="otam", steps=config.steps,
+            episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
+            threads_per_worker=config.threads_per_worker, shots=config.shots, episodes=config.episodes,
+            seed=config.seed), progress=False)
+        runs = [root / "compare" / "runs" / k for k in methods]
+        reverse = score_reverse_pairs(root / "store", root / "data", runs, count=config.reverse_episodes, seed=config.seed)
+        per_episode = read_per_episode(root / "compare" / "eval" / PER_EPISODE_FILE)
+        rows = {}
+        for key in methods:
+            row: dict[str, Any] = {}
+            for r in (r for r in records if Path(r.run).name == key):
+                ref = next(x for x in records if Path(x.run).name == "otam" and x.shot == r.shot)
+                diff = paired_difference(per_episode[(r.method, r.shot)], per_episode[(ref.method, r.shot)])
+                row[f"{r.shot}-shot"] = (r.accuracy, r.ci95, *diff)
+            row["reverse pairs"] = (*accuracy_ci(reverse[key]), *paired_difference(reverse[key], reverse["otam"]))
+            rows[key] = row
+        summary[variant] = {"options": options, "methods": rows, "seconds": time.perf_counter() - start}
+        (out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "seeds.md").write_text(format_summary(summary) + "\n")
+        print(format_summary({variant: summary[variant]}), flush=True)
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One Markdown table per variant: accuracy ± CI and paired Δ to OTAM ± paired CI for each column."""
+    blocks = []
+    for variant, result in summary.items():
+        columns = list(next(iter(result["methods"].values())))
+        head = "| method | " + " | ".join(f"{c} (%) | Δ vs OTAM" for c in columns) + " |"
+        lines = [f"### {variant} {result['options'] or ''} ({result['seconds'] / 60:.0f} min)", "", head,
+                 "|---|" + "---:|---:|" * len(columns)]
+        for method, row in result["methods"].items():
+            cells = []
+            for c in columns:
+                acc, ci, diff, dci = row[c]
+                mark = "**" if abs(diff) > dci and method != "otam" else ""
+                cells.append(f"{acc:.2f} ± {ci:.2f} | " + ("—" if method == "otam" else f"{mark}{diff:+.2f} ± {dci:.2f}{mark}"))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from fsar.config import ConfigError, resolve
+
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_seeds", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(resolve(SeedBenchConfig, file=args.config, overrides=args.overrides, flags={"out": args.out}))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"bench_seeds: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
