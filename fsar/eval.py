@@ -225,7 +225,7 @@ def episode_scorer(method: torch.nn.Module, features: np.ndarray | torch.Tensor,
     All give the same logits. ``class_text`` ``(n_labels, E)`` holds each split label's class-name
     embedding, for methods that read text. Every tensor made here lives on ``device``.
     """
-    from fsar.methods.base import FrameDistanceMethod, PairDistanceMethod
+    from fsar.methods.base import PairDistanceMethod
 
     if device is None:
         device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
@@ -250,16 +250,17 @@ def episode_scorer(method: torch.nn.Module, features: np.ndarray | torch.Tensor,
     n_videos = len(features)
     if isinstance(method, PairDistanceMethod) and n_videos <= pair_limit:
         return pair_table_scorer(method, encoded, n_videos, way, class_text)
-    if (isinstance(method, FrameDistanceMethod) and isinstance(encoded, torch.Tensor)
-            and encoded.shape[0] * encoded.shape[1] <= table_limit):
-        table = frame_distance_table(encoded)
+    if getattr(method, "frame_table", False):
+        frames = method.table_frames(encoded)
+        if frames.shape[0] * frames.shape[1] <= table_limit:
+            table = frame_distance_table(frames)
 
-        def from_table(batch: Episodes) -> torch.Tensor:
-            s_idx, q_idx = episode_indices(batch, device)
-            s_lab, _ = episode_label_tensors(batch, device)
-            return method.logits_from_distances(table[q_idx[:, :, None], s_idx[:, None, :]], s_lab, way)
+            def from_table(batch: Episodes) -> torch.Tensor:
+                s_idx, q_idx = episode_indices(batch, device)
+                s_lab, _ = episode_label_tensors(batch, device)
+                return method.logits_from_table(table[q_idx[:, :, None], s_idx[:, None, :]], s_lab, way)
 
-        return from_table
+            return from_table
 
     def from_encoded(batch: Episodes) -> torch.Tensor:
         support, s_lab, query, _ = gather_episodes(encoded, batch)
@@ -373,17 +374,37 @@ def read_results(path: str | Path) -> list[ResultRecord]:
     return [ResultRecord(**{k: rec[k] for k in RESULT_KEYS}) for rec in data]
 
 
-def format_table(records: Sequence[ResultRecord]) -> str:
-    """A Markdown table of the records (accuracy ± CI in percent)."""
-    lines = [
-        "| method | dataset | split | way | shot | episodes | accuracy (%) | seconds |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
+def format_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str, int], np.ndarray] | None = None,
+                 reference: str | None = None) -> str:
+    """A Markdown table of the records (accuracy ± CI in percent).
+
+    With ``per_episode`` ((method, shot) → per-episode accuracies), a column gives each method's paired
+    difference to ``reference`` (default: the first method) on the same shot's episodes ± its paired 95%
+    CI, in points; bold where the CI excludes 0."""
+    paired = per_episode is not None and bool(records)
+    reference = reference or (records[0].method if records else None)
+    head = "| method | dataset | split | way | shot | episodes | accuracy (%) |"
+    head += f" Δ vs {reference} (paired) |" if paired else ""
+    lines = [head + " seconds |", "|---|---|---|---:|---:|---:|---:|" + ("---:|" if paired else "") + "---:|"]
     for r in records:
+        cell = ""
+        if paired:
+            mine, ref = per_episode.get((r.method, r.shot)), per_episode.get((reference, r.shot))  # type: ignore[union-attr]
+            if r.method == reference:
+                cell = " — |"
+            elif mine is None or ref is None or len(mine) != len(ref):
+                cell = " |"
+            else:
+                diff, ci = paired_difference(mine, ref)
+                mark = "**" if abs(diff) > ci else ""
+                cell = f" {mark}{diff:+.2f} ± {ci:.2f}{mark} |"
         lines.append(
             f"| {r.method} | {r.dataset} | {r.split} | {r.way} | {r.shot} | {r.episodes} | "
-            f"{r.accuracy:.2f} ± {r.ci95:.2f} | {r.seconds:.1f} |"
+            f"{r.accuracy:.2f} ± {r.ci95:.2f} |{cell} {r.seconds:.1f} |"
         )
+    if paired:
+        lines.append(f"\nΔ: mean per-episode accuracy difference to {reference} on the same episodes ± paired 95% "
+                     "CI (1.96·std/√N of the differences), in points; bold where it excludes 0.")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from fsar.eval import (
     episode_accuracies,
     format_table,
     plot_results,
+    read_per_episode,
     write_per_episode,
     write_results,
 )
@@ -54,6 +55,7 @@ class EvalConfig:
     dataset: str = ""  # name in results.json (default: the store folder's name)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     device: str = "auto"  # where methods run: auto (CUDA when present), cpu, cuda, cuda:N
+    reference: str = ""  # method (results.json name) the paired differences in results.md are taken against; default the first
     frames: int = 8  # pixels methods given by name: frames decoded per video (a run uses its training value)
 
 
@@ -165,15 +167,17 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
             shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed,
             store=str(config.store), run=cand.run, seconds=seconds,
         ))
-    write_report(records, out)
     write_per_episode(out / PER_EPISODE_FILE, per_episode)
+    write_report(records, out, reference=config.reference or None)
     return records
 
 
-def write_report(records: list[ResultRecord], out: Path) -> None:
-    """``results.json``, ``results.md`` and ``results.png`` (accuracy bars with 95% CI whiskers)."""
+def write_report(records: list[ResultRecord], out: Path, *, reference: str | None = None) -> None:
+    """``results.json``, ``results.md`` (with paired differences to ``reference``, default the first method,
+    when ``per_episode.parquet`` is there) and ``results.png`` (accuracy bars with 95% CI whiskers)."""
     write_results(records, out / "results.json")
-    (out / "results.md").write_text(format_table(records) + "\n")
+    per_episode = read_per_episode(out / PER_EPISODE_FILE) if (out / PER_EPISODE_FILE).is_file() else None
+    (out / "results.md").write_text(format_table(records, per_episode=per_episode, reference=reference) + "\n")
     plot_results(records, out / "results.png")
 
 

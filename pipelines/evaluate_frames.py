@@ -112,6 +112,6 @@ def run_frames(config: EvalConfig, *, progress: bool = True) -> list[ResultRecor
             split=config.split, way=config.way, shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci,
             seed=config.seed, store=str(config.manifest), run=cand.run, seconds=time.perf_counter() - start,
         ))
-    write_report(records, out)
     write_per_episode(out / PER_EPISODE_FILE, per_episode)
+    write_report(records, out, reference=config.reference or None)
     return records

@@ -86,3 +86,28 @@ def test_otam_metric_is_order_aware_and_on_bimhm_scale():
         # Both are frame-level 1 − cos in [0, 2] summed over two directions: logits in [-4/0.125, 0].
         for head in (bimhm, otam):
             assert float(head(support, labels, query, 3).min()) >= -4 / 0.125 - 1e-3
+
+
+@pytest.mark.parametrize(("pool", "proj_dim"), [("mean", 0), ("flatten", 0), ("flatten", 6), ("mean", 6)])
+def test_cached_video_parts_give_the_released_cmga(pool, proj_dim):
+    """The head caches each video's C-MGA parts and runs the cross branch in the projected space; the logits
+    equal C-MGA applied to the episode's maps as released (support' = x + γ₁·self, query' = x + γ₁·self +
+    γ₂·cross), then projected, pooled and compared with Bi-MHM."""
+    torch.manual_seed(0)
+    head = build_method("dmgal", feature_dim=16, num_frames=4, gate_init=0.7, reduction=2, pool=pool,
+                        proj_dim=proj_dim, learn_scale=False).eval()
+    support, query = grids(), grids(n=4, seed=1)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2]] * 2)
+    with torch.no_grad():
+        maps = [head.mixer(head.smga(x.permute(0, 1, 2, 5, 3, 4).flatten(0, 1))).view(2, -1, 4, 16, 2, 2)
+                for x in (support, query)]
+        s_new, q_new = head.cmga(*maps)
+
+        def frames(m):
+            tokens = m.flatten(-2).transpose(-1, -2)
+            tokens = head.proj(tokens) if head.proj is not None else tokens
+            return tokens.mean(-2) if pool == "mean" else tokens.flatten(-2)
+
+        distance = mean_hausdorff(pairwise_frame_distance(frames(q_new), frames(s_new)))
+        expected = -(distance.view(2, 4, 3, 2).mean(-1)) / 0.125
+        torch.testing.assert_close(head(support, labels, query, 3), expected, atol=1e-4, rtol=1e-4)

@@ -172,11 +172,12 @@ def test_local_distance_is_order_aware_with_otam():
 def test_mask_logits_exist_only_in_training_mode_with_a_source():
     support = episodes()[0]
     with_source = build(mask_source="pseudo")
-    frames, masks, patches = with_source.train().encode_videos(support)
+    frames, masks, patches, mean = with_source.train().encode_videos(support)
     assert frames.shape[:3] == (3, 6, 4) and masks.shape == (3, 6, 4, 3, 2, 2)
     assert patches is support
+    torch.testing.assert_close(mean, frames.mean(dim=-2))
     for method in (with_source.eval(), build().train()):
-        _, masks, patches = method.encode_videos(support)
+        _, masks, patches, _ = method.encode_videos(support)
         assert masks.shape == (3, 6, 0) and patches.shape == (3, 6, 0)
 
 

@@ -63,6 +63,10 @@ class FewShotMethod(nn.Module):
     method_name: ClassVar[str] = ""
     input_kind: ClassVar[str] = "frames"
     needs_text: ClassVar[bool] = False
+    # Declared capability: the logits read only 1 − cos distances between the frames ``table_frames`` picks out
+    # of each video's encoding, so evaluation may compute one split-wide table of frame distances and index it
+    # per episode.
+    frame_table: ClassVar[bool] = False
 
     config: Any  # the method's resolved config dataclass, saved next to a run to rebuild the method
 
@@ -135,6 +139,15 @@ class FewShotMethod(nn.Module):
             f"{type(self).__name__} implements none of episode_logits, episode_forward, metric_forward and metric_logits"
         )
 
+    def table_frames(self, encoded: Encoded) -> Tensor:
+        """``frame_table`` methods: the per-frame vectors ``(N, T, F)`` of encoded videos whose distances the logits read."""
+        raise NotImplementedError(f"{type(self).__name__} declares no frame table")
+
+    def logits_from_table(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
+        """``frame_table`` methods: logits ``(B, N_q, way)`` from frame distances ``(B, N_q, N_s, L, M)``, equal to
+        ``metric_forward``'s logits."""
+        raise NotImplementedError(f"{type(self).__name__} declares no frame table")
+
     def _check_text(self, class_text: Tensor, support: Tensor, way: int, batched: bool) -> None:
         name = self.method_name or type(self).__name__
         expected = ((support.shape[0],) if batched else ()) + (way,)
@@ -197,11 +210,19 @@ class FrameDistanceMethod(FewShotMethod):
     must have ``proj_dim``, ``temporal_centre``, ``temperature`` and ``learn_scale``.
     """
 
+    frame_table = True
+
     def __init__(self, config: Any, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.proj = make_frame_encoder(feature_dim, config.proj_dim, temporal_centre=config.temporal_centre)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+
+    def table_frames(self, encoded: Encoded) -> Tensor:
+        return encoded  # type: ignore[return-value]
+
+    def logits_from_table(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
+        return self.logits_from_distances(dist, support_labels, way)
 
     def encode_videos(self, videos: Tensor) -> Tensor:
         """Optional temporal centring and projection, per frame: ``(..., T, D)`` → ``(..., T, D')``."""

@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from fsar.config import ConfigError
 from fsar.methods.base import (
     Encoded,
-    FewShotMethod,
     LogitScale,
+    PairDistanceMethod,
     Supervision,
     TemporalCentre,
     check_metric_knobs,
@@ -127,7 +127,7 @@ class I2STConfig:
     "i2st", config=I2STConfig, input_kind="patches",
     description="I2ST: instance queries + image-instance spatial-temporal attention, global+local matching",
 )
-class I2ST(FewShotMethod):
+class I2ST(PairDistanceMethod):
     """Instance perception and spatial-temporal attention per video; λ·global + (1 − λ)·local matching."""
 
     def __init__(self, config: I2STConfig, *, feature_dim: int, text_dim: int | None = None) -> None:
@@ -160,13 +160,14 @@ class I2ST(FewShotMethod):
         return self.config.mask_source == "pseudo"
 
     # ------------------------------------------------------------------ per video
-    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-video encoding: ``(..., T, g, g, D)`` → a tuple sharing the leading ``(...)`` axes:
 
         - ``frames`` ``(..., T, E)``: the per-frame vectors the metric compares;
         - ``mask_logits`` ``(..., T, K, g, g)`` in training mode with a mask source, else ``(..., 0)``;
         - ``patches``: the input itself in training mode with ``mask_source=pseudo`` (pseudo-masks are
-          computed from it), else ``(..., 0)`` — so evaluation gathers nothing mask-related per episode.
+          computed from it), else ``(..., 0)`` — so evaluation gathers nothing mask-related per episode;
+        - ``mean`` ``(..., E)``: the temporal mean of the frame vectors (the global term's view of the video).
         """
         lead, (frames, grid, _, dim) = videos.shape[:-4], videos.shape[-4:]
         # Centring works on (..., T, features): the whole patch grid of a frame is one feature vector here.
@@ -178,7 +179,7 @@ class I2ST(FewShotMethod):
         masks = empty
         if self.training and source != "none":
             masks = torch.cat([p[1] for p in parts]).view(*lead, frames, self.config.instances, grid, grid)
-        return vectors, masks, videos if self.training and source == "pseudo" else empty
+        return vectors, masks, videos if self.training and source == "pseudo" else empty, vectors.mean(dim=-2)
 
     def _encode(self, videos: Tensor) -> tuple[Tensor, Tensor]:
         """``(V, T, g, g, D)`` → per-frame vectors ``(V, T, E)`` and mask logits ``(V·T, K, g·g)``."""
@@ -215,41 +216,61 @@ class I2ST(FewShotMethod):
     def local_distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
         """Frame level: OTAM (both directions) or Bi-MHM over 1 − cos frame distances, averaged over each
         class's support videos: → ``(B, N_q, way)``."""
+        return class_average(self.local_pairs(support, query), support_labels, way)
+
+    def local_pairs(self, support: Tensor, query: Tensor) -> Tensor:
+        """The local distance of every (query, support) pair: frames ``(B, N_s, M, E)``, ``(B, N_q, L, E)`` →
+        ``(B, N_q, N_s)``, per aligned frame with ``local_mean``."""
         dist = pairwise_frame_distance(query, support)
         if self.config.local_metric == "otam":
             pair = otam_distance(dist, self.config.otam_gamma, bidirectional=True)
-            terms = query.shape[-2] + support.shape[-2]  # a path of at least L (and M) cells, both ways
+            terms = dist.shape[-2] + dist.shape[-1]  # a path of at least L (and M) cells, both ways
         else:
             pair = mean_hausdorff(dist)
             terms = 2  # two means of nearest-frame distances
-        if self.config.local_mean:
-            pair = pair / terms
-        return class_average(pair, support_labels, way)
+        return pair / terms if self.config.local_mean else pair
 
     def distance(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """λ·global + (1 − λ)·local; a term whose weight is 0 is not computed."""
+        """λ·global + (1 − λ)·local from frame vectors ``(B, N, T, E)``; a term whose weight is 0 is not computed."""
+        pairs = self.local_pairs(support, query) if self.config.lambda_global < 1 else None
+        return self._combine(pairs, support.mean(dim=-2), support_labels, query.mean(dim=-2), way)
+
+    def _combine(self, pairs: Tensor | None, support_means: Tensor, support_labels: Tensor, query_means: Tensor,
+                 way: int) -> Tensor:
+        """λ·global (from the videos' mean vectors ``(B, N, E)``) + (1 − λ)·local (class mean of ``pairs``)."""
         lam = self.config.lambda_global
-        total = query.new_zeros(())
+        total = query_means.new_zeros(())
         if lam > 0:
-            total = total + lam * self.global_distance(support, support_labels, query, way)
+            total = total + lam * cosine_distance(query_means, class_prototypes(support_means, support_labels, way))
         if lam < 1:
-            total = total + (1.0 - lam) * self.local_distance(support, support_labels, query, way)
+            total = total + (1.0 - lam) * class_average(pairs, support_labels, way)  # type: ignore[arg-type]
         return total
 
-    def metric_forward(
-        self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
-        class_text: Tensor | None = None, supervision: Supervision | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits ``(B, N_q, way)`` from the frame vectors alone; ``aux["mask"]`` when training with a
-        mask source and ``supervision`` (evaluation passes none, and has no mask logits)."""
-        (s_frames, s_masks, s_patches), (q_frames, q_masks, q_patches) = support, query
-        logits = self.scale(self.distance(s_frames, support_labels, q_frames, way))
-        aux: dict[str, Tensor] = {}
-        if supervision is not None and s_masks.shape[-1] > 0 and self.config.mask_loss_weight > 0:
-            loss = self.mask_loss((s_masks, q_masks), (s_patches, q_patches), support_labels,
-                                  class_text=class_text, supervision=supervision)
-            aux["mask"] = self.config.mask_loss_weight * loss
-        return logits, aux
+    # ---------------------------------------------------------------- pair-distance evaluation
+    # The local term is a distance per (query, support) pair and the global one reads only each video's mean
+    # vector, so evaluation solves each pair's alignment once per split (fsar.eval pair table).
+    logit_parts = (3,)  # logits_from_pairs reads only the mean vectors
+
+    def pair_distance(self, support: Encoded, query: Encoded) -> Tensor:
+        if self.config.lambda_global == 1:  # no local term: nothing to align
+            return support[0].new_zeros(query[0].shape[0], query[0].shape[1], support[0].shape[1])  # type: ignore[index]
+        return self.local_pairs(support[0], query[0])  # type: ignore[index]
+
+    def logits_from_pairs(self, distance: Tensor, support: Encoded, support_labels: Tensor, query: Encoded,
+                          way: int, *, class_text: Tensor | None = None) -> Tensor:
+        return self.scale(self._combine(distance, support[3], support_labels, query[3], way))  # type: ignore[index]
+
+    def auxiliary_losses(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+                         class_text: Tensor | None = None,
+                         supervision: Supervision | None = None) -> dict[str, Tensor]:
+        """``aux["mask"]`` when training with a mask source and ``supervision`` (evaluation passes none, and
+        has no mask logits)."""
+        (_, s_masks, s_patches, _), (_, q_masks, q_patches, _) = support, query  # type: ignore[misc]
+        if supervision is None or s_masks.shape[-1] == 0 or self.config.mask_loss_weight == 0:
+            return {}
+        loss = self.mask_loss((s_masks, q_masks), (s_patches, q_patches), support_labels,
+                              class_text=class_text, supervision=supervision)
+        return {"mask": self.config.mask_loss_weight * loss}
 
     def mask_loss(self, mask_logits: tuple[Tensor, Tensor], patches: tuple[Tensor, Tensor], support_labels: Tensor,
                   *, class_text: Tensor | None, supervision: Supervision) -> Tensor:

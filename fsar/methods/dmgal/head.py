@@ -22,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, Supervision, TemporalCentre
+from fsar.methods.base import FewShotMethod, LogitScale, Supervision, TemporalCentre, class_average
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
 from fsar.methods.registry import register_method
@@ -49,6 +49,7 @@ class DMGALHeadConfig:
     pool: Literal["mean", "flatten"] = "mean"  # frame vector: spatial mean of the maps [code], or the whole grid [recon]
     metric: Literal["bimhm", "otam"] = "bimhm"  # frame-level distance: Bi-MHM [code], or OTAM (both ways; order-aware) [recon]
     otam_gamma: float = 0.1  # OTAM soft-min temperature (metric=otam)
+    proj_dim: int = 0  # > 0: a learned 1x1 projection of every position's channels to proj_dim before pooling (flatten: proj_dim·g·g per frame) [recon]
     temperature: float = 0.125  # logits = -Bi-MHM / temperature; 1/8 = the released -sum over 8 frames [code]
     learn_scale: bool = True  # train the logit scale 1/temperature (starts at 1/temperature) [recon]
 
@@ -65,6 +66,7 @@ class DMGALHeadConfig:
         need(self.pool in ("mean", "flatten"), f"pool must be 'mean' or 'flatten', got {self.pool!r}")
         need(self.metric in ("bimhm", "otam"), f"metric must be 'bimhm' or 'otam', got {self.metric!r}")
         need(self.otam_gamma >= 0, f"otam_gamma must be >= 0, got {self.otam_gamma}")
+        need(self.proj_dim >= 0, f"proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
 
 
 @register_method(
@@ -83,10 +85,21 @@ class DMGALHead(FewShotMethod):
         self.smga = SMGA(feature_dim, pe_scale=c.pe_scale, **knobs) if c.smga else None
         self.mixer = TimeChannelMixer(feature_dim, c.num_frames) if c.mixer else None
         self.cmga = CMGA(feature_dim, **knobs) if c.cmga else None
+        # A 1x1 projection of each position's channels: its size does not depend on the grid (the method is built
+        # before it sees one), and flattening after it keeps where things are.
+        self.proj = nn.Linear(feature_dim, c.proj_dim, bias=False) if c.proj_dim else None  # linear: see cross_tokens
         self.scale = LogitScale(c.temperature, learn=c.learn_scale)
 
-    def encode_videos(self, videos: Tensor) -> Tensor:
-        """Per video: grid ``(..., T, g, g, D)`` → maps after S-MGA and the mixer ``(..., T, D, g, g)``."""
+    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Everything of a video that does not depend on its episode, so evaluation computes it once per video:
+        grid ``(..., T, g, g, D)`` →
+
+        - ``frames`` ``(..., T, F)``: the frame vectors of its maps after S-MGA, the mixer and C-MGA's own
+          branch (``maps + γ₁·self``: all a support's C-MGA update, and a query's before the cross branch);
+        - forward and backward motion tokens ``(..., T, g·g, c)`` C-MGA compares (``(..., 0)`` without C-MGA);
+        - ``values`` ``(..., T, g·g, P)``: C-MGA's depth-wise branch per position, already projected (attention
+          is linear in its values, so the cross branch is computed in the projected, smaller space).
+        """
         *lead, frames, g, g2, dim = videos.shape
         if frames != self.config.num_frames and self.mixer is not None:
             raise ValueError(f"dmgal: the mixer was built for num_frames={self.config.num_frames} frames, the "
@@ -99,22 +112,40 @@ class DMGALHead(FewShotMethod):
             maps = self.smga(maps)
         if self.mixer is not None:
             maps = self.mixer(maps)
-        return maps.reshape(*lead, frames, dim, g, g2)
+        maps = maps.reshape(*lead, frames, dim, g, g2)
+        if self.cmga is None:
+            empty = maps.new_zeros(*lead, 0)
+            return self.frames(self.tokens(maps)), empty, empty, empty
+        forward_tokens, backward_tokens, own = self.cmga.attention.video_parts(maps)
+        base = maps + self.cmga.self_gate.to(maps.dtype) * own
+        return self.frames(self.tokens(base)), forward_tokens, backward_tokens, self.project(self.tokens(own))
 
-    def frames(self, maps: Tensor) -> Tensor:
-        """Frame vectors of maps ``(..., T, D, g, g)``: ``(..., T, D)`` (mean) or ``(..., T, D·g·g)`` (flatten)."""
-        return maps.mean(dim=(-2, -1)) if self.config.pool == "mean" else maps.flatten(-3)
+    @staticmethod
+    def tokens(maps: Tensor) -> Tensor:
+        """``(..., T, D, g, g)`` → per-position vectors ``(..., T, g·g, D)``."""
+        return maps.flatten(-2).transpose(-1, -2)
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """The 1×1 projection of per-position vectors (``proj_dim``), or nothing."""
+        return tokens if self.proj is None else self.proj(tokens)
+
+    def frames(self, tokens: Tensor) -> Tensor:
+        """Frame vectors of per-position vectors ``(..., T, g·g, D)``: projected, then averaged over the grid
+        (``pool=mean``: ``(..., T, P)``) or concatenated position by position (``flatten``: ``(..., T, g·g·P)``)."""
+        tokens = self.project(tokens)
+        return tokens.mean(dim=-2) if self.config.pool == "mean" else tokens.flatten(-2)
 
     def metric_forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
+        self, support: tuple[Tensor, ...], support_labels: Tensor, query: tuple[Tensor, ...], way: int, *,
         class_text: Tensor | None = None, supervision: Supervision | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """C-MGA over the episode's maps (queries read the supports; no query reads another), Bi-MHM logits."""
-        from fsar.methods.base import class_average
-
+        """C-MGA's cross branch (queries read the supports; no query reads another), then the metric."""
+        s_frames, q_frames = support[0], query[0]
         if self.cmga is not None:
-            support, query = self.cmga(support, query)
-        frames = pairwise_frame_distance(self.frames(query), self.frames(support))
+            cross = self.cmga.attention.cross_tokens(query[1:3], support[1:3], support[3])  # (B, N_q, T, hw, P)
+            cross = cross.mean(dim=-2) if self.config.pool == "mean" else cross.flatten(-2)
+            q_frames = q_frames + self.cmga.cross_gate.to(q_frames.dtype) * cross
+        frames = pairwise_frame_distance(q_frames, s_frames)
         if self.config.metric == "otam":  # both ways, averaged per aligned frame to stay on Bi-MHM's scale
             distance = otam_distance(frames, self.config.otam_gamma) * (2.0 / (frames.shape[-2] + frames.shape[-1]))
         else:

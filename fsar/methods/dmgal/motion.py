@@ -108,7 +108,7 @@ class MotionTokens(nn.Module):
 
 def _attend(tokens_q: Tensor, tokens_k: Tensor, dropout: nn.Dropout) -> Tensor:
     """Softmax attention weights over the keys: ``(..., n, c)``, ``(..., m, c)`` → ``(..., n, m)``."""
-    scores = tokens_q @ tokens_k.transpose(-1, -2) / math.sqrt(tokens_q.shape[-1])
+    scores = (tokens_q * (1.0 / math.sqrt(tokens_q.shape[-1]))) @ tokens_k.transpose(-1, -2)
     return dropout(scores.softmax(dim=-1))
 
 
@@ -196,21 +196,43 @@ class CrossMotionAttention(nn.Module):
                 "C-MGA needs support (B, N_s, T, C, h, w) and query (B, N_q, T, C, h, w) with equal B, T, C, h, w; "
                 f"got {tuple(support.shape)} and {tuple(query.shape)}"
             )
-        batch, n_support, frames, _, h, w = support.shape
-        support_forward, support_backward = (self.norm(t) for t in self.motion(support))  # (B, N_s, T, hw, c)
-        query_forward, query_backward = (self.norm(t) for t in self.motion(query))  # (B, N_q, T, hw, c)
-        support_self = _depthwise(self.values, support)
-        query_self = _depthwise(self.values, query)
+        support_parts, query_parts = self.video_parts(support), self.video_parts(query)
+        return support_parts[2], query_parts[2], self.cross(query_parts, support_parts)
 
-        def per_frame_keys(tokens: Tensor) -> Tensor:
-            """``(B, N_s, T, hw, k)`` → ``(B, 1, T, N_s·hw, k)``: all support positions of frame t, one key set."""
-            return tokens.transpose(1, 2).reshape(batch, 1, frames, n_support * h * w, tokens.shape[-1])
+    def video_parts(self, maps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """What C-MGA reads of each video on its own, so evaluation can compute it once per video: maps
+        ``(..., T, C, h, w)`` → normalised forward and backward motion tokens ``(..., T, h·w, c)`` and the
+        depth-wise branch ``(..., T, C, h, w)``."""
+        forward_tokens, backward_tokens = (self.norm(t) for t in self.motion(maps))
+        return forward_tokens, backward_tokens, _depthwise(self.values, maps)
 
-        values = per_frame_keys(_grid_to_tokens(support_self))  # (B, 1, T, N_s·hw, C)
-        attention = 0.5 * _attend(query_forward, per_frame_keys(support_forward), self.attn_dropout) \
-            + 0.5 * _attend(query_backward, per_frame_keys(support_backward), self.attn_dropout)
-        query_cross = _tokens_to_grid(attention @ values, h, w)  # (B, N_q, T, C, h, w)
-        return support_self, query_self, query_cross
+    def cross(self, query_parts: tuple[Tensor, Tensor, Tensor], support_parts: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """The cross branch from ``video_parts`` of a batch of episodes' queries ``(B, N_q, …)`` and supports
+        ``(B, N_s, …)``: per query frame t, ``½ Aᶠ V + ½ Aᵇ V`` over every support's positions at frame t
+        → ``(B, N_q, T, C, h, w)``."""
+        h, w = support_parts[2].shape[-2:]
+        values = _grid_to_tokens(support_parts[2])  # (B, N_s, T, hw, C)
+        return _tokens_to_grid(self.cross_tokens(query_parts[:2], support_parts[:2], values), h, w)
+
+    def cross_tokens(self, query_tokens: tuple[Tensor, Tensor], support_tokens: tuple[Tensor, Tensor],
+                     values: Tensor) -> Tensor:
+        """The cross branch on token layouts: queries' forward and backward motion tokens ``(B, N_q, T, hw, c)``,
+        the supports' ``(B, N_s, T, hw, c)`` and per-position values ``(B, N_s, T, hw, V)`` (the depth-wise
+        branch, or any per-position linear map of it: attention commutes with it) → ``(B, N_q, T, hw, V)``."""
+        batch, n_query, frames, positions, _ = query_tokens[0].shape
+
+        def by_frame(tokens: Tensor) -> Tensor:
+            """``(B, N, T, hw, k)`` → ``(B, T, N·hw, k)``: every video's positions of frame t together, so that
+            one product per frame serves all queries (no copy of the keys per query)."""
+            return tokens.transpose(1, 2).reshape(batch, frames, -1, tokens.shape[-1])
+
+        (query_forward, query_backward), (support_forward, support_backward) = query_tokens, support_tokens
+        values = by_frame(values)
+        # ½ Aᶠ V + ½ Aᵇ V as ½ (Aᶠ V + Aᵇ V): two products with the (small) values instead of sums and scalings
+        # of the (N_q·hw) × (N_s·hw) weights of every frame, the bulk of C-MGA's per-episode cost.
+        out = 0.5 * (_attend(by_frame(query_forward), by_frame(support_forward), self.attn_dropout) @ values
+                     + _attend(by_frame(query_backward), by_frame(support_backward), self.attn_dropout) @ values)
+        return out.view(batch, frames, n_query, positions, -1).transpose(1, 2)
 
 
 class CMGA(nn.Module):
