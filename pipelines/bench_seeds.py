@@ -35,9 +35,9 @@ DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "protonet": {"proj_dim": 256},
     "otam": {"proj_dim": 256, "temporal_centre": True},
     "a2m2": {},
-    "i2st@none": {"temporal_centre": True},
-    "i2st@files": {"temporal_centre": True, "mask_source": "files", "mask_files": "{masks}"},
-    "dmgal": {"temporal_centre": True, "pool": "flatten"},
+    "i2st@none": {"temporal_centre": True, "dim": 64},
+    "i2st@files": {"temporal_centre": True, "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+    "dmgal": {"temporal_centre": True, "pool": "flatten", "metric": "otam", "proj_dim": 16},
 }
 
 
@@ -47,7 +47,7 @@ class SeedBenchConfig:
 
     out: Path  # output folder: <variant>/data, <variant>/store, <variant>/compare, seeds.md, seeds.json
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "plain": {}, "clutter": {"clutter": 3}, "misalign": {"misalign": 1.0},
+        "plain": {}, "clutter": {"clutter": 2}, "misalign": {"misalign": 1.0},
     })  # variant name -> `fsar synth` options
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_METHODS.items()})  # method[@label] -> knobs ("{masks}": the variant's mask folder)
     classes: int = 100  # synthetic classes (64/12/24)

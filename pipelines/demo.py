@@ -49,7 +49,7 @@ class DemoConfig:
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True},
         "a2m2": {},
         "i2st": {"temporal_centre": True, "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
-        "dmgal": {"temporal_centre": True, "pool": "flatten", "metric": "otam"},
+        "dmgal": {"temporal_centre": True, "pool": "flatten", "metric": "otam", "proj_dim": 16},
     })  # trained with the same budget: method → knobs ("{masks}": the synthetic data's mask folder)
     steps: int = 300  # training steps per method
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
