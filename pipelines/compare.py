@@ -32,11 +32,14 @@ from fsar.eval import PER_EPISODE_FILE, ResultRecord, paired_difference, read_pe
 ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
     "a2m2": {
         "uniform marginals": {"marginals": "uniform"},
-        "scales [1]": {"scales": [1]},
-        "scales [1, 2]": {"scales": [1, 2]},
+        "scales [8] (whole clip only)": {"scales": [8]},
+        "scales [4]": {"scales": [4]},
+        "scales [2, 4, 8]": {"scales": [2, 4, 8]},
         "no time encoding": {"time_encoding": False},
-        "no order prior": {"order_prior": 0.0},
+        "order prior 0.5": {"order_prior": 0.5},
         "moments of features only": {"moment_inputs": ["features"]},
+        "moments without position": {"moment_inputs": ["features", "motion"]},
+        "moments without motion": {"moment_inputs": ["features", "position"]},
         "no text": {"text": False},
         "no fusion (moments only)": {"fusion": 0.0},
         "fusion 1 (frame metric only)": {"fusion": 1.0},
