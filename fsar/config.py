@@ -35,6 +35,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if sections and isinstance(value, dict):
+            return _coerce_section(value, sections, where)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -97,17 +100,44 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _required(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+def _coerce_section(value: dict[str, Any], sections: list[type], where: str) -> Any:
+    """A mapping for a union of dataclasses (e.g. ``data:`` = a store or a manifest): the member whose
+    required keys the mapping has; its own errors (unknown keys, types) are reported as they are."""
+    matching = [s for s in sections if _required(s) <= set(value)]
+    if len(matching) != 1:
+        options = " or ".join(f"{{{', '.join(sorted(_required(s)))}: ...}} ({s.__name__})" for s in sections)
+        found = "several" if matching else "none"
+        raise ConfigError(f"{where}: give exactly one of {options}; {found} of them in keys {sorted(value)}")
+    return from_dict(matching[0], value, where=where)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise ConfigError."""
+    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise ConfigError.
+
+    A class may map keys it used to have to where they moved (``MOVED_KEYS = {"store": "data.store"}``):
+    those are refused with the new name."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "MOVED_KEYS", {})
+    if any(k in moved for k in unknown):
+        hints_text = ", ".join(f"{k} → {moved[k]}" for k in unknown if k in moved)
+        raise ConfigError(f"{where}: key(s) moved in {cls.__name__}: {hints_text} (write e.g. data.store=... "
+                          f"or a `data:` section in the file)")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
+    missing = sorted(_required(cls) - set(data))
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing} for {cls.__name__}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

@@ -12,8 +12,9 @@ distribution per swept knob::
       gamma: {choice: [0.01, 0.1, 0.5]}
       temperature: {uniform: [0.1, 1.0]}
 
-A name is either a field of the method's config class (its knobs, as in ``fsar train knobs.X=``) or a
-field of ``TrainConfig`` (``lr``, ``weight_decay``, ``episodes_per_step``, ...). Every name, type and
+A name is either a field of the method's config class (its knobs, as in ``fsar train knobs.X=``), a
+field of ``TrainConfig`` (``lr``, ``weight_decay``, ``episodes_per_step``, ...) or a field of the store
+section ``data`` (``view``, ``feature_placement``, ``backbone``). Every name, type and
 range is checked here, against the registry and the config classes, so a typo or an impossible range
 is refused before a cluster job starts rather than in its tenth trial. Ray-free: ``pipelines/tune.py``
 turns the distributions into Ray Tune domains.
@@ -30,14 +31,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fsar.config import ConfigError, from_dict, load_yaml
-from fsar.training import TrainConfig
+from fsar.training.config import StoreData, TrainConfig
 
 Kind = Literal["uniform", "loguniform", "choice"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
 
 # TrainConfig fields a sweep sets itself: where a trial reads (a feature store: sweeps train cached-feature
 # methods) and writes, how it runs, where it logs.
-RESERVED = frozenset({"store", "manifest", "method", "out", "knobs", "workers", "use_gpu", "mlflow_uri",
+RESERVED = frozenset({"store", "manifest", "data", "method", "out", "knobs", "workers", "use_gpu", "mlflow_uri",
                       "experiment", "mlflow_parent_run_id"})
 # TrainConfig numbers that only make sense above a bound (the dataclass itself does not check them).
 _POSITIVE = frozenset({"lr", "steps", "episodes_per_step", "val_every", "val_episodes", "way", "shot", "query",
@@ -140,7 +141,8 @@ class SearchSpace:
 
     @property
     def _train_types(self) -> dict[str, Any]:
-        return {k: v for k, v in _init_fields(TrainConfig).items() if k not in RESERVED}
+        fields = _init_fields(TrainConfig) | _init_fields(StoreData)
+        return {k: v for k, v in fields.items() if k not in RESERVED}
 
     def target(self, name: str) -> Literal["knob", "train"]:
         """Whether ``name`` is one of the method's knobs or a TrainConfig field; anything else is refused
@@ -183,7 +185,7 @@ class SearchSpace:
 
         train, knobs = self.split({**self.fixed, **values})
         from_dict(method_info(self.method).config, knobs, where=f"{self.method} knobs")
-        from_dict(TrainConfig, {"store": ".", "method": self.method, "out": ".", **train}, where="training settings")
+        from_dict(TrainConfig, self._train_dict(train, store=".", out="."), where="training settings")
         for key, value in train.items():
             if key in _POSITIVE and not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value!r}")
@@ -203,8 +205,14 @@ class SearchSpace:
         """The TrainConfig of one trial: the fixed settings, then the trial's drawn ``values``, then the
         sweep's own ``settings`` (reserved fields such as ``use_gpu`` or the MLflow parent)."""
         train, knobs = self.split({**self.fixed, **values})
-        data = {"store": store, "method": self.method, "out": out, "knobs": knobs, **train, **settings}
+        data = self._train_dict({**train, **settings}, store=store, out=out) | {"knobs": knobs}
         return from_dict(TrainConfig, data, where="trial config")
+
+    def _train_dict(self, train: Mapping[str, Any], *, store: str | Path, out: str | Path) -> dict[str, Any]:
+        """Training settings as a TrainConfig mapping: the store section's names go under ``data``."""
+        section = set(_init_fields(StoreData))
+        data = {"store": store, **{k: v for k, v in train.items() if k in section}}
+        return {"method": self.method, "out": out, "data": data, **{k: v for k, v in train.items() if k not in section}}
 
     def probe_values(self) -> list[dict[str, Any]]:
         """One ``{name: value}`` per probe of every swept name (others left at their fixed/default

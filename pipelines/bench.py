@@ -70,10 +70,11 @@ def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
 
 
 def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:
-    from fsar.training import TrainConfig, train_worker
+    from fsar.training.config import StoreData, TrainConfig
+    from fsar.training.loop import train_worker
 
     reports: list[dict[str, float]] = []
-    config = TrainConfig(store=store, method="otam", out=work / "run", knobs={"proj_dim": 256}, steps=steps,
+    config = TrainConfig(data=StoreData(store=store), method="otam", out=work / "run", knobs={"proj_dim": 256}, steps=steps,
                          episodes_per_step=8, val_every=steps, val_episodes=100, threads_per_worker=os.cpu_count() or 1)
     train_worker(config, report=lambda m, p: reports.append(m))
     return {"train_episodes_per_s": reports[-1]["episodes_per_s"]}
@@ -83,7 +84,7 @@ def bench_evaluation(store: Path, *, episodes: int, methods: list[str]) -> dict[
     """Evaluation episodes/s of untrained methods (default knobs), each on the features it reads."""
     from fsar.data.episodes import EpisodeSampler
     from fsar.data.feature_store import FeatureStore
-    from fsar.eval import episode_accuracies
+    from fsar.evaluation.scoring import episode_accuracies
     from fsar.methods import build_method, method_info
 
     feature_store = FeatureStore(store)

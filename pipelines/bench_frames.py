@@ -41,14 +41,16 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
     """Train one method in this process; returns the measurements (run inside a child process)."""
     import torch
 
-    from fsar.training import TrainConfig, save_checkpoint, train_worker
+    from fsar.training.checkpoint import save_checkpoint
+    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.loop import train_worker
 
     torch.set_num_threads(threads)
     knobs = {"num_frames": 8} if method == "dmgal_ft" else {}
-    config = TrainConfig(method=method, manifest=manifest, out=out, knobs=knobs, way=5, shot=1, query=2, steps=steps,
-                         episodes_per_step=4, lr=1e-3 if method == "dmgal_ft" else 5e-3, warmup_steps=5,
-                         val_every=max(1, steps // 4), val_episodes=200, frames=8, threads_per_worker=threads,
-                         decode_threads=threads)
+    config = TrainConfig(method=method, data=ManifestData(manifest=manifest, frames=8, decode_threads=threads), out=out,
+                         knobs=knobs, way=5, shot=1, query=2, steps=steps, episodes_per_step=4,
+                         lr=1e-3 if method == "dmgal_ft" else 5e-3, warmup_steps=5, val_every=max(1, steps // 4),
+                         val_episodes=200, threads_per_worker=threads)
     out.mkdir(parents=True, exist_ok=True)
     reports: list[dict[str, float]] = []
     marks: dict[str, float] = {}
@@ -123,8 +125,9 @@ def accuracy_table(manifest: Path, work: Path, episodes: int, steps: int, thread
     """Both trained DMGAL runs and the cached-feature baselines on the same fixed test episodes."""
     from fsar.backbones import TINY_MODEL
     from fsar.embedding import EmbedConfig, embed_manifest
-    from fsar.eval import format_table, write_results
-    from fsar.training import TrainConfig, train_worker
+    from fsar.evaluation.results import format_table, write_results
+    from fsar.training.config import ManifestData, StoreData, TrainConfig
+    from fsar.training.loop import train_worker
     from pipelines import evaluate
 
     store = work / "store"
@@ -134,24 +137,24 @@ def accuracy_table(manifest: Path, work: Path, episodes: int, steps: int, thread
     baseline_run.mkdir(parents=True, exist_ok=True)
 
     def keep_best(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
-        from fsar.training import save_checkpoint
+        from fsar.training.checkpoint import save_checkpoint
 
         if payload is not None and metrics.get("is_best"):
             save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")},
                             baseline_run / "best.pt")
 
-    train_worker(TrainConfig(method="otam", store=store, out=baseline_run, knobs={"proj_dim": 64}, view="grid", way=5,
+    train_worker(TrainConfig(method="otam", data=StoreData(store=store, view="grid"), out=baseline_run,
+                             knobs={"proj_dim": 64}, way=5,
                              shot=1, query=2, steps=steps, episodes_per_step=4, lr=1e-3, warmup_steps=5,
                              val_every=max(1, steps // 4), val_episodes=200, threads_per_worker=threads),
                  report=keep_best)
     out = work / "eval"
     common = {"out": out, "way": 5, "shot": 1, "episodes": episodes, "seed": 0, "threads": threads}
     # Pixels first: it writes the episode file (ids of decodable test videos); the store evaluation replays it.
-    records = evaluate.run(evaluate.EvalConfig(manifest=manifest, runs=[work / "runs" / "dmgal_ft",
-                                                                        work / "runs" / "dmgal_adapter"], **common),
-                           progress=False)
-    records += evaluate.run(evaluate.EvalConfig(store=store, methods=["protonet", "otam"], runs=[baseline_run],
-                                                view="grid", **common), progress=False)
+    records = evaluate.run(evaluate.EvalConfig(data=ManifestData(manifest=manifest), runs=[
+        work / "runs" / "dmgal_ft", work / "runs" / "dmgal_adapter"], **common), progress=False)
+    records += evaluate.run(evaluate.EvalConfig(data=StoreData(store=store, view="grid"), methods=["protonet", "otam"],
+                                                runs=[baseline_run], **common), progress=False)
     write_results(records, out / "results.json")
     return (f"\nTest accuracy, 5-way 1-shot, {episodes} fixed episodes (same episodes for every row); training budget "
             f"{steps} steps × 4 episodes; baselines on cached fsar-tiny features (4×4 grid, untrained backbone):\n"

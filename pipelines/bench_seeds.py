@@ -91,8 +91,8 @@ def score_reverse_pairs(store: Path, data: Path, runs: list[Path], *, count: int
     import torch
 
     from fsar.data.feature_store import FeatureStore
-    from fsar.eval import episode_accuracies
-    from fsar.training import load_checkpoint
+    from fsar.evaluation.scoring import episode_accuracies
+    from fsar.training.checkpoint import load_checkpoint
 
     opened = FeatureStore(store)
     text = opened.class_text()
@@ -111,7 +111,7 @@ def run(config: SeedBenchConfig) -> dict[str, Any]:
     from fsar.backbones import TINY_MODEL
     from fsar.data.synthetic import SynthConfig, generate
     from fsar.embedding import EmbedConfig
-    from fsar.eval import PER_EPISODE_FILE, accuracy_ci, paired_difference, read_per_episode
+    from fsar.evaluation.results import PER_EPISODE_FILE, accuracy_ci, paired_difference, read_per_episode
     from pipelines.compare import CompareConfig
     from pipelines.compare import run as compare
     from pipelines.embed import run as embed

@@ -26,9 +26,10 @@ import torch
 
 
 def train_once(store: Path, out: Path, *, workers: int, steps: int, episodes_per_step: int, val_every: int) -> Any:
+    from fsar.training.config import StoreData
     from pipelines.train import TrainConfig, run
 
-    return run(TrainConfig(store=store, out=out, method="otam", knobs={"proj_dim": 256, "temporal_centre": True},
+    return run(TrainConfig(data=StoreData(store=store), out=out, method="otam", knobs={"proj_dim": 256, "temporal_centre": True},
                            steps=steps, val_every=val_every, val_episodes=200, episodes_per_step=episodes_per_step,
                            workers=workers, lr=3e-3, warmup_steps=5, seed=0))
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes-per-step", type=int, default=16)
     args = parser.parse_args(argv)
 
-    from fsar.training import load_checkpoint
+    from fsar.training.checkpoint import load_checkpoint
     from pipelines.gpu_check import synthetic_store
     from pipelines.ray_runtime import init_ray
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fsar.config import ConfigError, dump_yaml
-from fsar.eval import PER_EPISODE_FILE, ResultRecord, paired_difference, read_per_episode
+from fsar.evaluation.results import PER_EPISODE_FILE, ResultRecord, paired_difference, read_per_episode
+from fsar.training.config import StoreData, TrainConfig
 
 # The components each seed paper claims, as knob changes from the full method (ablation label → knobs).
 # ``{mask_files}`` is replaced by the mask folder of the store's dataset (or ``mask_files``).
@@ -121,7 +122,6 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
 
     from pipelines.evaluate import EvalConfig, write_report
     from pipelines.evaluate import run as evaluate
-    from pipelines.train import TrainConfig
     from pipelines.train import run as train
 
     methods = ablation_methods(config) if config.ablation else config.methods
@@ -136,7 +136,8 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
         method = key.split("@")[0]
         start = time.perf_counter()
         result = train(TrainConfig(
-            store=Path(config.store), method=method, out=out / "runs" / key, knobs=dict(knobs), steps=config.steps,
+            data=StoreData(store=Path(config.store)), method=method, out=out / "runs" / key, knobs=dict(knobs),
+            steps=config.steps,
             episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
             threads_per_worker=config.threads_per_worker, val_every=config.val_every, seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
             experiment="fsar-compare"))
@@ -147,7 +148,7 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
         print(f"{key}: best validation {result.best_val_accuracy:.1f}% at step {result.best_step}, "
               f"{train_seconds[key]:.0f} s", flush=True)
         runs.append(result.run_dir)
-    base = EvalConfig(store=Path(config.store), out=out / "eval", runs=runs, episodes=config.episodes,
+    base = EvalConfig(data=StoreData(store=Path(config.store)), out=out / "eval", runs=runs, episodes=config.episodes,
                       seed=config.seed, dataset=Path(config.store).name)
     records = [r for shot in config.shots for r in evaluate(replace(base, shot=shot), progress=progress)]
     write_report(records, out / "eval")

@@ -17,15 +17,16 @@ reruns, as its runs are cheap on cached features).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from fsar.backbones import TINY_MODEL
-from fsar.config import dump_yaml
-from fsar.eval import ResultRecord
+from fsar.config import dump_yaml, resolve
+from fsar.evaluation.results import ResultRecord
+from fsar.training.config import StoreData, TrainConfig
+from pipelines.command import Command, flags, run_alone
 
 DEMO_REFERENCE = "otam (trained)"  # the row the demo's paired differences are taken against
 
@@ -68,7 +69,6 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     from pipelines.embed import run as embed
     from pipelines.evaluate import EvalConfig, write_report
     from pipelines.evaluate import run as evaluate
-    from pipelines.train import TrainConfig
     from pipelines.train import run as train
 
     out = Path(config.out).resolve()
@@ -94,13 +94,13 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     for method, knobs in config.train.items():
         knobs = {k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()}
         result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
-            store=store, method=method, out=out / "runs" / method, knobs=dict(knobs),
-            steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
-            seed=config.seed, backbone=TINY_MODEL,
+            data=StoreData(store=store, backbone=TINY_MODEL), method=method, out=out / "runs" / method,
+            knobs=dict(knobs), steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr,
+            workers=config.workers, seed=config.seed,
             mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo"), address=address))
         print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
         runs.append(result.run_dir)
-    base = EvalConfig(store=store, out=out / "eval", methods=list(config.baselines), runs=runs,
+    base = EvalConfig(data=StoreData(store=store), out=out / "eval", methods=list(config.baselines), runs=runs,
                       knobs={k: dict(v) for k, v in config.baselines.items() if v},
                       episodes=config.episodes, seed=config.seed, dataset="fsar-synth")
     records: list[ResultRecord] = stage("evaluate", lambda: [
@@ -114,10 +114,24 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fsar.cli import main as cli_main
+def _arguments(p: Any) -> None:
+    p.add_argument("--out", type=Path)
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
 
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
+
+def _run(args: Any) -> int:
+    run(resolve(DemoConfig, file=args.config, overrides=args.overrides, flags=flags(args, "out", "episodes")),
+        address=args.address)
+    return 0
+
+
+COMMAND = Command("demo", "the embedded default end to end: synth → embed → train baselines and seeds → evaluate",
+                  _arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ steps in this process without Ray.
 
 from __future__ import annotations
 
-import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fsar.config import resolve
 from fsar.embedding import (
     EmbedConfig,
     EmbedSummary,
@@ -26,6 +28,7 @@ from fsar.embedding import (
     load_backbone,
     plan_embedding,
 )
+from pipelines.command import Command, flags, run_alone
 
 __all__ = ["EmbedConfig", "run", "main"]
 
@@ -165,10 +168,34 @@ def run(config: EmbedConfig, *, address: str | None = None, progress: bool = Tru
     return run_ray(config, address=address, progress=progress, max_shards=max_shards)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fsar.cli import main as cli_main
+def _arguments(p: Any) -> None:
+    p.add_argument("--manifest", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--backbone")
+    p.add_argument("--pretrained", help="open_clip tag, checkpoint path, 'none' or 'default'")
+    p.add_argument("--frames", type=int)
+    p.add_argument("--patch-grid", dest="patch_grid", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
 
-    return cli_main(["embed", *(sys.argv[1:] if argv is None else argv)])
+
+def _run(args: Any) -> int:
+    config = resolve(EmbedConfig, file=args.config, overrides=args.overrides,
+                     flags=flags(args, "manifest", "out", "backbone", "pretrained", "frames", "patch_grid", "batch_size"))
+    start = time.perf_counter()
+    summary = run(config, address=args.address)
+    seconds = time.perf_counter() - start
+    print(f"store {summary.store}: {summary.videos} videos embedded, {summary.failures} failed "
+          f"(see failures.parquet); {summary.shards_written} shard(s) written, {summary.shards_skipped} already done; "
+          f"{seconds:.1f} s")
+    return 0
+
+
+COMMAND = Command("embed", "decode + encode every video of a manifest into a feature store", _arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -1,46 +1,52 @@
-"""Evaluate methods and trained runs on one fixed, materialised set of episodes drawn from a feature store.
+"""Evaluate methods and trained runs on one fixed, materialised set of episodes, from a feature store or a
+manifest's decoded videos.
 
 ``python -m pipelines.evaluate --config eval.yaml [key=value ...]`` or ``fsar eval``. The episodes are
 written once to ``<out>/episodes-….json`` and reused by every later evaluation into the same folder, so
-all methods are scored on the very same episodes. Writes ``results.json``, ``results.md`` and
-``results.png``.
+all methods are scored on the very same episodes. Every video of the split is encoded once per method
+(``fsar.evaluation.scoring``). Writes ``results.json``, ``per_episode.parquet``, ``results.md`` (with
+paired differences to ``reference``) and ``results.png``.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 
-from fsar.config import ConfigError, dump_yaml
+from fsar.config import ConfigError, dump_yaml, resolve
 from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
-from fsar.data.feature_store import FeatureStore, FeatureStoreError
-from fsar.eval import (
+from fsar.evaluation.results import (
     PER_EPISODE_FILE,
     ResultRecord,
     accuracy_ci,
-    episode_accuracies,
     format_table,
     plot_results,
     read_per_episode,
     write_per_episode,
     write_results,
 )
-from fsar.methods import build_method, method_info
-from fsar.training import load_checkpoint, resolve_device
+from fsar.evaluation.scoring import episode_accuracies
+from fsar.methods import FewShotMethod
+from fsar.training.checkpoint import load_checkpoint
+from fsar.training.config import ManifestData, StoreData, resolve_device
+from pipelines.command import Command, data_flags, flags, run_alone
+
+PIXEL_EPISODE_BATCH = 64  # end-to-end methods: episodes per head call (DMGAL's last stage runs per episode)
 
 
 @dataclass
 class EvalConfig:
-    """``fsar eval``: which methods, on which store, on which episodes."""
+    """``fsar eval``: which methods, on which data, on which episodes."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"store": "data.store", "manifest": "data.manifest", "view": "data.view",
+                                            "frames": "data.frames"}
 
     out: Path  # output folder: results.json, results.md, the episode file, the resolved config
-    store: Path | None = None  # feature store folder (from `fsar embed`), for cached-feature methods
-    manifest: Path | None = None  # manifest.parquet, for end-to-end (pixels) methods and runs instead of a store
+    data: StoreData | ManifestData  # {store: ...} (cached-feature methods) or {manifest: ...} (end-to-end methods)
     methods: list[str] = field(default_factory=list)  # untrained methods, by registered name
     runs: list[Path] = field(default_factory=list)  # trained runs (folders holding best.pt, or .pt files)
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method knobs, e.g. {otam: {gamma: 0.05}}
@@ -50,13 +56,11 @@ class EvalConfig:
     query: int = 1  # query videos per class
     episodes: int = 10000  # number of test episodes
     seed: int = 0  # episode seed
-    view: Literal["auto", "pooled", "grid"] = "auto"  # frame methods' features: pooled embedding or flattened patch grid (patch methods read the grid)
     batch_size: int = 500  # episodes per forward
-    dataset: str = ""  # name in results.json (default: the store folder's name)
+    dataset: str = ""  # name in results.json (default: the store's folder, or the manifest's)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     device: str = "auto"  # where methods run: auto (CUDA when present), cpu, cuda, cuda:N
     reference: str = ""  # method (results.json name) the paired differences in results.md are taken against; default the first
-    frames: int = 8  # pixels methods given by name: frames decoded per video (a run uses its training value)
 
 
 def episode_file_name(config: EvalConfig) -> str:
@@ -65,53 +69,39 @@ def episode_file_name(config: EvalConfig) -> str:
 
 @dataclass
 class Candidate:
-    """One method or trained run to score, and the features it reads."""
+    """One method or trained run to score, and the data key of what it reads."""
 
     label: str  # row name in the results table
     run: str | None  # run folder or checkpoint, None for an untrained method
-    view: str  # store view the method reads
-    as_grid: bool  # patch methods get pooled features as a 1x1 grid
-    make: Any  # feature_dim -> method
+    method: FewShotMethod  # built (and, for a run, loaded)
+    key: Any  # what it reads: a store view, or a frame count and pixel pipeline
 
 
-def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
-    """What to score; checks everything (names, knobs, runs against the store) before any episode runs."""
+def open_evaluation(config: EvalConfig) -> Any:
+    """The evaluation side of the config's episode source: a store's split or a manifest's decoded split."""
+    if isinstance(config.data, StoreData):
+        from fsar.sources.features import StoreEvaluation
+
+        return StoreEvaluation(config.data, config.split)
+    from fsar.sources.pixels import PixelEvaluation
+
+    return PixelEvaluation(config.data, config.split)
+
+
+def _candidates(config: EvalConfig, data: Any) -> list[Candidate]:
+    """What to score; checks everything (names, knobs, runs against the data) before any episode runs."""
     out: list[Candidate] = []
     for name in config.methods:
-        info = method_info(name)  # unknown names fail here
-        if info.input_kind == "pixels":
-            raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
-        view = store.meta.view_for(info.input_kind, config.view if info.input_kind == "frames" else "auto")
         knobs = config.knobs.get(name, {})
-        text_dim = store.text_dim()
-        if info.needs_text and text_dim is None:
-            raise FeatureStoreError(f"method {name} needs class-name text embeddings but store {store.root} has none: "
-                                    "re-embed with a CLIP backbone that has a text tower")
-        build_method(name, feature_dim=store.meta.view_dim(view), text_dim=text_dim, **knobs)  # bad knobs fail here
+        method, key = data.build(name, knobs)  # unknown names and bad knobs fail here
         label = name + (f"[{', '.join(f'{k}={v}' for k, v in sorted(knobs.items()))}]" if knobs else "")
-        out.append(Candidate(label, None, view, info.input_kind == "patches",
-                             lambda dim, name=name, knobs=knobs, text_dim=text_dim: build_method(
-                                 name, feature_dim=dim, text_dim=text_dim, **knobs)))
+        out.append(Candidate(label, None, method, key))
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
-        meta = payload["store_meta"]
-        if meta is None:  # an end-to-end (pixels) run: no store behind it
-            raise ConfigError(f"run {run_path} trained {payload['method']} end to end: evaluate it with --manifest")
-        if (meta["backbone"], meta["pretrained"]) != (store.meta.backbone, store.meta.pretrained):
-            raise FeatureStoreError(
-                f"run {run_path} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
-                f"{store.root} holds {store.meta.backbone}/{store.meta.pretrained}: evaluate it on a matching store"
-            )
-        view = store.meta.view_for(method.input_kind, payload.get("view", "auto"))
-        if payload.get("resolved_view", view) != view:
-            raise FeatureStoreError(
-                f"run {run_path} was trained on the {payload['resolved_view']!r} view but store {store.root} "
-                f"gives it {view!r}: evaluate it on a store with the same features"
-            )
+        key = data.accept(method, payload, str(run_path))
         folder = Path(run_path).parent.name if Path(run_path).suffix == ".pt" else Path(run_path).name
         label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
-        out.append(Candidate(label, str(run_path), view, method.input_kind == "patches",
-                             lambda dim, method=method: method))
+        out.append(Candidate(label, str(run_path), method, key))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
@@ -119,53 +109,39 @@ def _candidates(config: EvalConfig, store: FeatureStore) -> list[Candidate]:
 
 def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     """Evaluate every method and trained run of ``config`` on the same episodes; returns and writes the records."""
-    if config.manifest is not None or config.store is None:  # end-to-end (pixels) methods: decoded videos
-        from pipelines.evaluate_frames import run_frames
-
-        return run_frames(config, progress=progress)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
-    store = FeatureStore(config.store)
-    candidates = _candidates(config, store)
-    labels, class_names = store.split_labels(config.split)
+    data = open_evaluation(config)
+    candidates = _candidates(config, data)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / f"eval_config-{config.shot}shot.yaml")
-    features: dict[tuple[str, bool], Any] = {}
-
-    def split_features(view: str, as_grid: bool) -> Any:
-        if (view, as_grid) not in features:
-            features[(view, as_grid)] = store.load_split(config.split, view=view, as_grid=as_grid)  # type: ignore[arg-type]
-        return features[(view, as_grid)]
-
-    first = split_features(candidates[0].view, candidates[0].as_grid)
+    video_ids = data.video_ids(candidates[0].key)  # (decodes a manifest's split: its usable videos)
     episode_path = out / episode_file_name(config)
     if episode_path.is_file():
-        episodes, _ = read_episode_file(episode_path, first.video_ids, labels)
+        episodes, _ = read_episode_file(episode_path, video_ids, data.labels)
     else:
-        sampler = EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query,
-                                 seed=config.seed, class_names=class_names, split=config.split)
+        sampler = EpisodeSampler(data.labels, way=config.way, shot=config.shot, query=config.query,
+                                 seed=config.seed, class_names=data.class_names, split=config.split)
         episodes = sampler.batch(0, config.episodes)
-        write_episode_file(episode_path, episodes, first.video_ids,
-                           meta={"seed": config.seed, "split": config.split, "store": str(config.store)})
-    text = store.class_text()
-    text = None if text is None else torch.from_numpy(text)
+        write_episode_file(episode_path, episodes, video_ids,
+                           meta={"seed": config.seed, "split": config.split, **data.describe()})
+    pixels = isinstance(config.data, ManifestData)
+    batch_size = min(config.batch_size, PIXEL_EPISODE_BATCH) if pixels else config.batch_size
+    source_path = config.data.manifest if pixels else config.data.store  # type: ignore[union-attr]
+    dataset = config.dataset or (Path(source_path).resolve().parent.name if pixels else Path(source_path).name)
     records, per_episode = [], {}
     for cand in candidates:
-        split = split_features(cand.view, cand.as_grid)
-        method = cand.make(split.features.shape[-1]).to(device)
         start = time.perf_counter()
-        # Features stay fp16 on the host; each chunk is cast on the device as it is encoded.
-        acc = episode_accuracies(method, split.features, episodes, batch_size=config.batch_size, progress=progress,
-                                 desc=cand.label, class_text=text, device=device)
-        seconds = time.perf_counter() - start
+        acc = episode_accuracies(cand.method.to(device), data.split_for(cand.key), episodes, device=device,
+                                 class_text=data.class_text, batch_size=batch_size, progress=progress, desc=cand.label)
         mean, ci = accuracy_ci(acc)
         per_episode[(cand.label, config.shot)] = acc
         records.append(ResultRecord(
-            method=cand.label, dataset=config.dataset or Path(config.store).name, split=config.split, way=config.way,
-            shot=config.shot, episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed,
-            store=str(config.store), run=cand.run, seconds=seconds,
+            method=cand.label, dataset=dataset, split=config.split, way=config.way, shot=config.shot,
+            episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed, store=str(source_path), run=cand.run,
+            seconds=time.perf_counter() - start,
         ))
     write_per_episode(out / PER_EPISODE_FILE, per_episode)
     write_report(records, out, reference=config.reference or None)
@@ -181,10 +157,36 @@ def write_report(records: list[ResultRecord], out: Path, *, reference: str | Non
     plot_results(records, out / "results.png")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fsar.cli import main as cli_main
+def _arguments(p: Any) -> None:
+    p.add_argument("--store", type=Path, help="feature store: cached-feature methods and runs (data.store)")
+    p.add_argument("--manifest", type=Path,
+                   help="end-to-end (pixels) methods and runs: decode these videos instead of a store (data.manifest)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--method", dest="methods", action="append", help="untrained method name (repeatable)")
+    p.add_argument("--run", dest="runs", action="append", type=Path, help="trained run folder or .pt (repeatable)")
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--way", type=int)
+    p.add_argument("--shot", type=int)
+    p.add_argument("--split")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="where methods run: auto (CUDA when present, the default), cpu, cuda, cuda:N")
 
-    return cli_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+
+def _run(args: Any) -> int:
+    config = resolve(EvalConfig, file=args.config, overrides=args.overrides,
+                     flags=flags(args, "out", "methods", "runs", "episodes", "way", "shot", "split", "seed", "device")
+                     | data_flags(args, "store", "manifest"))
+    records = run(config)
+    print(format_table(records))
+    print(f"results: {Path(config.out) / 'results.json'}")
+    return 0
+
+
+COMMAND = Command("eval", "score methods on fixed seeded test episodes (accuracy ± 95%% CI)", _arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv)
 
 
 if __name__ == "__main__":

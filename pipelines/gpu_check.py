@@ -158,12 +158,13 @@ TRAINED = {"otam": {"proj_dim": 256, "temporal_centre": True}, "a2m2": {}}
 def measure_training(config: GpuCheckConfig, store: Path, work: Path) -> dict[str, float]:
     """Cached-feature training episodes/s per method, in-process on the device: the second validation
     window's rate (the first one includes warm-up)."""
-    from fsar.training import TrainConfig, train_worker
+    from fsar.training.config import StoreData, TrainConfig
+    from fsar.training.loop import train_worker
 
     out = {}
     for method, knobs in TRAINED.items():
         reports: list[dict[str, float]] = []
-        train_config = TrainConfig(store=store, out=work / method, method=method, knobs=knobs, view="auto",
+        train_config = TrainConfig(data=StoreData(store=store), out=work / method, method=method, knobs=knobs,
                                    steps=2 * config.train_steps, val_every=config.train_steps, val_episodes=100,
                                    episodes_per_step=16, device=config.device, lr=1e-3, warmup_steps=1)
         train_worker(train_config, report=lambda m, p, reports=reports: reports.append(m))
@@ -175,13 +176,16 @@ def measure_end_to_end(config: GpuCheckConfig, device: torch.device) -> dict[str
     """DMGAL-Adapter training steps on uint8 clips (5-way 1-shot, 2 queries per class, 4 episodes per step,
     one episode per forward): episodes/s and peak device memory."""
     from fsar.data.episodes import episode_labels
-    from fsar.eval import host_to_device
-    from fsar.frame_training import pixel_training_step
+    from fsar.evaluation.scoring import host_to_device
     from fsar.methods import build_method
-    from fsar.training import EpisodicLoss, TrainConfig, make_optimizer
+    from fsar.sources.base import StepBatch
+    from fsar.sources.pixels import PixelInputs
+    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
 
-    train_config = TrainConfig(method="dmgal_adapter", out=Path("unused"), way=5, shot=1, query=2, episodes_per_step=4,
-                               steps=config.e2e_steps + 1, lr=1e-3, warmup_steps=1)
+    train_config = TrainConfig(method="dmgal_adapter", out=Path("unused"), data=ManifestData(manifest=Path("unused")),
+                               way=5, shot=1, query=2, episodes_per_step=4, steps=config.e2e_steps + 1, lr=1e-3,
+                               warmup_steps=1)
     method = build_method("dmgal_adapter", feature_dim=0, backbone=config.backbone).to(device)
     size = method.preprocess.size
     videos = train_config.way * (train_config.shot + train_config.query)
@@ -192,9 +196,11 @@ def measure_end_to_end(config: GpuCheckConfig, device: torch.device) -> dict[str
     s_lab = host_to_device(episode_labels(5, 1), device)
     q_lab = host_to_device(episode_labels(5, 2), device)
 
-    def step() -> None:
-        pixel_training_step(loss_module, opt, method, pixels, s_lab, q_lab, train_config, per_forward=1,
-                            device=device, preprocess=method.preprocess)
+    inputs, batch = PixelInputs(), StepBatch(pixels, None)
+
+    def step() -> None:  # the code every Ray Train worker of an end-to-end run runs for a step
+        training_step(loss_module, opt, method, inputs, batch, train_config, s_lab, q_lab, per_forward=1,
+                      device=device)
 
     step()  # warm-up
     if device.type == "cuda":
@@ -209,7 +215,7 @@ def measure_evaluation(config: GpuCheckConfig, store: Path, device: torch.device
     """Episodes/s of untrained OTAM and A2M2 on the test split, every video encoded once on the device."""
     from fsar.data.episodes import EpisodeSampler
     from fsar.data.feature_store import FeatureStore
-    from fsar.eval import episode_correct, episode_scorer
+    from fsar.evaluation.scoring import FeatureSplit, episode_correct, episode_scorer
     from fsar.methods import build_method, method_info
 
     opened = FeatureStore(store)
@@ -221,8 +227,8 @@ def measure_evaluation(config: GpuCheckConfig, store: Path, device: torch.device
         episodes = EpisodeSampler(split.labels, way=5, shot=1, query=1, seed=0).batch(0, config.eval_episodes)
 
         def evaluate(model: Any = model, split: Any = split, episodes: Any = episodes) -> None:
-            episode_correct(model, lambda: episode_scorer(model, split.features, 5, device=device), episodes,
-                            batch_size=1000).cpu()
+            episode_correct(model, lambda: episode_scorer(model, FeatureSplit(split.features).encode(model, device), 5),
+                            episodes, batch_size=1000).cpu()
 
         evaluate()  # warm-up
         out[f"{method}_episodes_per_s"] = config.eval_episodes / _timed(device, evaluate)
@@ -230,7 +236,7 @@ def measure_evaluation(config: GpuCheckConfig, store: Path, device: torch.device
 
 
 def run(config: GpuCheckConfig) -> dict[str, Any]:
-    from fsar.training import resolve_device
+    from fsar.training.config import resolve_device
 
     device = resolve_device(config.device)
     out = Path(config.out)

@@ -1,10 +1,11 @@
-"""Episodic training with Ray Train on a feature store.
+"""Episodic training with Ray Train, on a feature store or end to end on a manifest's videos.
 
 ``python -m pipelines.train --config train.yaml [key=value ...]`` or ``fsar train``. ``workers`` Ray Train
-workers each draw their own episodes (disjoint streams of one seeded sequence), gradients are
-all-reduced by DDP, and rank 0 validates every ``val_every`` steps on fixed validation-split episodes,
-keeps ``<out>/best.pt`` (best validation accuracy; the checkpoint carries its config) and logs to
-MLflow. ``workers=0`` runs the same loop in this process.
+workers each run ``fsar.training.loop.train_worker`` on their share of every step's episodes (disjoint
+slices of one seeded sequence), gradients are all-reduced by DDP, and rank 0 validates every
+``val_every`` steps on fixed validation-split episodes, keeps ``<out>/best.pt`` (best validation accuracy;
+the checkpoint carries its config) and logs to MLflow. ``workers=0`` runs the same loop in this process.
+End-to-end runs decode their episodes in Ray Data tasks each worker starts for its own episodes.
 
 Failures: when a worker process (or its node) dies, Ray Train replaces the worker group (up to 3 times)
 and every worker resumes from the latest reported checkpoint; metrics logged after that carry
@@ -17,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from fsar.atomic import atomic_write_text
-from fsar.config import ConfigError, dump_yaml, from_dict, to_dict
+from fsar.config import ConfigError, dump_yaml, from_dict, resolve, to_dict
 from fsar.tracking import RunLogger, tracking_uri
-from fsar.training import TrainConfig, check_training_inputs, save_checkpoint, train_worker
+from fsar.training.checkpoint import save_checkpoint
+from fsar.training.config import ManifestData, StoreData, TrainConfig
+from fsar.training.loop import check_training_inputs, train_worker
+from pipelines.command import Command, data_flags, flags, run_alone
 
 __all__ = ["TrainConfig", "TrainResult", "run", "main"]
 
@@ -48,7 +51,7 @@ class TrainResult:
 def check_decode_room(config: TrainConfig, resources: dict[str, float]) -> None:
     """A manifest run decodes its episodes in Ray Data tasks beside the training workers: when the workers
     take every CPU, no decode task can start and training waits forever, so refuse it up front."""
-    if config.manifest is None:
+    if not isinstance(config.data, ManifestData) or config.data.decode == "threads":
         return
     cpus, taken = resources.get("CPU", 0.0), config.workers * config.threads_per_worker
     if cpus - taken < 1:
@@ -125,11 +128,8 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
 
     status = "FAILED"
     try:
-        worker = train_worker
-        if config.manifest is not None:  # end-to-end (pixels) methods: decoded episodes from Ray Data
-            from pipelines.train_frames import frame_worker as worker
-        worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device, start_step=start_step,
-               state=state)
+        train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device,
+                     start_step=start_step, state=state)
         status = "FINISHED"
     finally:
         if logger is not None:
@@ -176,13 +176,13 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from pipelines.ray_runtime import init_ray
-    from pipelines.train_frames import trainer_kwargs
 
     check_training_inputs(config)
 
     out = Path(config.out).resolve()
-    config = dataclasses.replace(config, out=out, store=config.store and Path(config.store).resolve(),
-                                 manifest=config.manifest and Path(config.manifest).resolve())
+    data = (dataclasses.replace(config.data, store=Path(config.data.store).resolve()) if isinstance(config.data, StoreData)
+            else dataclasses.replace(config.data, manifest=Path(config.data.manifest).resolve()))
+    config = dataclasses.replace(config, out=out, data=data)
     out.mkdir(parents=True, exist_ok=True)
     same_run = _same_config(config, out / "train_config.yaml")
     if same_run and (out / "finished.json").is_file() and (out / "best.pt").is_file():
@@ -208,7 +208,6 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=3),
         ),
-        **trainer_kwargs(config),  # manifest runs: per-worker Ray Data streams of decoded episodes
     )
     stop = threading.Event()
     follower = threading.Thread(target=_follow_metrics, args=(out / "metrics.jsonl", config, stop), daemon=True)
@@ -240,10 +239,36 @@ def _result(out: Path, config: TrainConfig) -> TrainResult:
     return TrainResult(out, out / "best.pt", float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fsar.cli import main as cli_main
+def _arguments(p: Any) -> None:
+    p.add_argument("--store", type=Path, help="feature store: cached-feature methods (data.store)")
+    p.add_argument("--manifest", type=Path, help="end-to-end (pixels) methods: train on these videos (data.manifest)")
+    p.add_argument("--method")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--way", type=int)
+    p.add_argument("--shot", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--mlflow-uri", dest="mlflow_uri")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+def _run(args: Any) -> int:
+    config = resolve(TrainConfig, file=args.config, overrides=args.overrides,
+                     flags=flags(args, "method", "out", "way", "shot", "steps", "workers", "lr", "mlflow_uri")
+                     | data_flags(args, "store", "manifest"))
+    result = run(config, address=args.address)
+    print(f"run {result.run_dir}: best validation accuracy {result.best_val_accuracy:.2f}% at step "
+          f"{result.best_step}/{result.steps}; checkpoint {result.best_checkpoint}; MLflow run {result.mlflow_run_id}")
+    return 0
+
+
+COMMAND = Command("train", "episodic training on a feature store, or end to end on a manifest (Ray Train; "
+                  "workers=0 in-process)", _arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv)
 
 
 if __name__ == "__main__":

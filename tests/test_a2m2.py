@@ -8,7 +8,7 @@ import torch
 
 from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler
-from fsar.eval import episode_scorer, gather_episodes
+from fsar.evaluation.scoring import FeatureSplit, episode_scorer, gather_episodes
 from fsar.methods import build_method, method_info
 from fsar.methods.base import Supervision
 from fsar.ops.frame_distance import pairwise_frame_distance
@@ -58,8 +58,8 @@ def test_pair_table_evaluation_equals_the_plain_forward(split, shot):
     method = build_method("a2m2", feature_dim=12, text_dim=12, fusion=0.3, **SMALL).eval()
     episodes = EpisodeSampler(labels, way=3, shot=shot, query=2, seed=1).batch(0, 20)
     with torch.no_grad():
-        fast = episode_scorer(method, feats, 3, class_text=text)(episodes)
-        fast_again = episode_scorer(method, feats, 3, class_text=text)(episodes)  # a reused table is the same
+        fast = episode_scorer(method, FeatureSplit(feats).encode(method, torch.device('cpu')), 3, class_text=text)(episodes)
+        fast_again = episode_scorer(method, FeatureSplit(feats).encode(method, torch.device('cpu')), 3, class_text=text)(episodes)  # a reused table is the same
         support, s_lab, query, _ = gather_episodes(feats, episodes)
         plain = method(support, s_lab, query, 3, class_text=text[torch.as_tensor(episodes.classes)])
     torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
@@ -73,12 +73,13 @@ def test_shuffling_candidate_order_leaves_distances_unchanged(split, order_prior
     torch.manual_seed(0)
     method = build_method("a2m2", feature_dim=12, order_prior=order_prior, **SMALL).eval()
     with torch.no_grad():
-        encoded = method.encode_videos(feats[:10].reshape(2, 5, 8, 4, 4, 12))
-        query = tuple(t[:, :2] for t in encoded)
-        support = tuple(t[:, 2:] for t in encoded)
+        encoded = method.encode(feats[:10].reshape(2, 5, 8, 4, 4, 12))
+        query = type(encoded)(*(t[:, :2] for t in encoded))
+        support = type(encoded)(*(t[:, 2:] for t in encoded))
         base = method.pair_distance(support, query)
         perm = torch.randperm(encoded[0].shape[-2])
-        shuffled_q = (query[0][..., perm, :], query[1][..., perm], *query[2:4], query[4][..., perm])
+        shuffled_q = query._replace(candidates=query.candidates[..., perm, :], weight_logits=query.weight_logits[..., perm],
+                                    times=query.times[..., perm])
         torch.testing.assert_close(method.pair_distance(support, shuffled_q), base, atol=1e-5, rtol=0)
 
 
@@ -93,9 +94,9 @@ def test_time_encoding_tells_a_motion_from_its_reverse(split):
         method = build_method("a2m2", feature_dim=12, time_encoding=time_encoding, marginals="uniform",
                               moment_inputs=["features"], **SMALL).eval()
         with torch.no_grad():
-            enc = method.encode_videos(torch.cat([video, reverse])[None])
-            d_self = method.pair_distance(tuple(t[:, :1] for t in enc), tuple(t[:, :1] for t in enc))
-            d_rev = method.pair_distance(tuple(t[:, 1:] for t in enc), tuple(t[:, :1] for t in enc))
+            enc = method.encode(torch.cat([video, reverse])[None])
+            d_self = method.pair_distance(type(enc)(*(t[:, :1] for t in enc)), type(enc)(*(t[:, :1] for t in enc)))
+            d_rev = method.pair_distance(type(enc)(*(t[:, 1:] for t in enc)), type(enc)(*(t[:, :1] for t in enc)))
         assert torch.isclose(d_rev, d_self, atol=1e-4).item() is same
 
 
@@ -104,14 +105,14 @@ def test_fusion_one_is_the_frame_metric_alone(split):
     torch.manual_seed(0)
     method = build_method("a2m2", feature_dim=12, fusion=1.0, **SMALL).eval()
     with torch.no_grad():
-        enc = method.encode_videos(feats[:6].reshape(1, 6, 8, 4, 4, 12))
-        support, query = tuple(t[:, :3] for t in enc), tuple(t[:, 3:] for t in enc)
-        frames_dist = pairwise_frame_distance(query[2], support[2])
+        enc = method.encode(feats[:6].reshape(1, 6, 8, 4, 4, 12))
+        support, query = type(enc)(*(t[:, :3] for t in enc)), type(enc)(*(t[:, 3:] for t in enc))
+        frames_dist = pairwise_frame_distance(query.frames, support.frames)
         torch.testing.assert_close(method.pair_distance(support, query), otam_distance(frames_dist, 0.1))
-    assert enc[2].shape == (1, 6, 8, 4 * 4 * 32)  # its own per-patch projection (frame_dim 32), flattened
-    assert build_method("a2m2", feature_dim=12, **SMALL).encode_videos(feats[:2])[2].shape == (2, 8, 0)
+    assert enc.frames.shape == (1, 6, 8, 4 * 4 * 32)  # its own per-patch projection (frame_dim 32), flattened
+    assert build_method("a2m2", feature_dim=12, **SMALL).encode(feats[:2]).frames.shape == (2, 8, 0)
     shared = build_method("a2m2", feature_dim=12, fusion=1.0, frame_dim=0, **SMALL).eval()
-    assert shared.frame_projection is None and shared.encode_videos(feats[:2])[2].shape == (2, 8, 4 * 4 * 6)
+    assert shared.frame_projection is None and shared.encode(feats[:2]).frames.shape == (2, 8, 4 * 4 * 6)
 
 
 def test_text_changes_logits_and_its_loss_is_training_only(split):
@@ -190,9 +191,9 @@ def reversal_and_mirror_distances(feats, **knobs):
     method = build_method("a2m2", feature_dim=12, marginals="uniform", time_encoding=False, **SMALL | knobs).eval()
     video = feats[:1]
     with torch.no_grad():
-        enc = method.encode_videos(torch.cat([video, video.flip(1), video.flip(3)])[None])
-        one = tuple(t[:, :1] for t in enc)
-        return [float(method.pair_distance(tuple(t[:, i : i + 1] for t in enc), one)) for i in range(3)]
+        enc = method.encode(torch.cat([video, video.flip(1), video.flip(3)])[None])
+        one = type(enc)(*(t[:, :1] for t in enc))
+        return [float(method.pair_distance(type(enc)(*(t[:, i : i + 1] for t in enc)), one)) for i in range(3)]
 
 
 def test_moment_inputs_make_order_and_layout_visible(split):

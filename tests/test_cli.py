@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fsar.cli import main
+from pipelines.cli import main
 from fsar.data.feature_store import StoreMeta, write_meta, write_shard
 
 
@@ -100,7 +100,7 @@ def test_manifest_from_folder_tree(tmp_path, capsys):
 
 
 def test_train_then_eval_the_run_beside_untrained_methods(tmp_path, capsys):
-    from test_training import make_signal_store
+    from test_training_loop import make_signal_store
 
     store = make_signal_store(tmp_path / "store")
     run_dir = tmp_path / "run"

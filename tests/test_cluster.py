@@ -168,7 +168,7 @@ def test_job_submit_embeds_and_trains_on_the_cluster(local_cluster, synth_videos
     assert "succeeded" in job.stdout
 
     from fsar.data.feature_store import FeatureStore
-    from fsar.training import load_checkpoint
+    from fsar.training.checkpoint import load_checkpoint
 
     ids = FeatureStore(store).table["video_id"].to_pylist()
     assert len(ids) == 18 and len(set(ids)) == 18  # every video embedded exactly once
@@ -190,9 +190,9 @@ def _train_worker_pids(dashboard: str) -> list[int]:
 @pytest.mark.slow
 def test_killed_training_worker_is_replaced_and_resumes_from_checkpoint(local_cluster, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
-    from test_training import make_signal_store
+    from test_training_loop import make_signal_store
 
-    from fsar.training import load_checkpoint
+    from fsar.training.checkpoint import load_checkpoint
 
     store, run_dir = make_signal_store(tmp_path / "store"), tmp_path / "run"
     steps, val_every, kill_after = 150, 10, 30
@@ -243,7 +243,7 @@ def test_killed_training_worker_is_replaced_and_resumes_from_checkpoint(local_cl
 
 
 def test_rerunning_a_finished_training_run_is_a_no_op(tmp_path):
-    from test_training import config, make_signal_store
+    from test_training_loop import config, make_signal_store
 
     from pipelines.train import run
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pipelines.compare import CompareConfig, comparison_table, run
-from tests.test_training import make_patch_store
+from tests.test_training_loop import make_patch_store
 
 
 def test_comparison_trains_each_method_and_scores_all_on_the_same_episodes(tmp_path):
@@ -26,7 +26,7 @@ def test_comparison_trains_each_method_and_scores_all_on_the_same_episodes(tmp_p
     assert "| a2m2@tiny |" in table and "| protonet | " in table
     assert len(json.loads((tmp_path / "cmp" / "eval" / "results.json").read_text())) == 4
     # The paired differences come from the per-episode file, which holds every (method, shot).
-    from fsar.eval import read_per_episode
+    from fsar.evaluation.results import read_per_episode
 
     per_episode = read_per_episode(tmp_path / "cmp" / "eval" / "per_episode.parquet")
     assert sorted(per_episode) == sorted((r.method, r.shot) for r in records)
@@ -36,7 +36,7 @@ def test_comparison_trains_each_method_and_scores_all_on_the_same_episodes(tmp_p
 
 
 def test_table_lists_parameters_and_rates():
-    from fsar.eval import ResultRecord
+    from fsar.evaluation.results import ResultRecord
 
     rec = ResultRecord("otam (trained)", "d", "test", 5, 1, 1000, 70.0, 0.5, 0, "s", "runs/otam", 0.5)
     table = comparison_table([rec], {"otam": 1234}, {"otam": 12.0}, train_rates={"otam": 400.0})
@@ -46,7 +46,7 @@ def test_table_lists_parameters_and_rates():
 def test_paired_differences_are_marked_when_they_exclude_zero():
     import numpy as np
 
-    from fsar.eval import ResultRecord
+    from fsar.evaluation.results import ResultRecord
 
     better = np.r_[np.ones(60), np.zeros(40)]  # 60 % on 100 episodes
     worse = np.r_[np.ones(50), np.zeros(50)]  # the same episodes but 10 fewer right: a paired difference of +10

@@ -57,7 +57,7 @@ def test_ft_on_resnet50_maps():
     method = build_method("dmgal_ft", feature_dim=0, backbone="resnet50", num_frames=2, gate_init=0.5).eval()
     support, labels, query, _ = episode(way=2, frames=2, size=64, batch=1)
     with torch.no_grad():
-        maps = method.encode_videos(support)
+        maps = method.encode(support).maps
         logits = method(support, labels, query, 2)
     assert maps.shape == (1, 2, 2, 2048, 2, 2)  # 64 px → 2×2 layer4 grid
     assert logits.shape == (1, 2, 2) and torch.isfinite(logits).all()
@@ -88,7 +88,7 @@ def test_logits_are_bimhm_of_the_frame_embeddings(name):
     labels = labels[:, torch.randperm(6)]  # any support order
     with torch.no_grad():
         logits = method(support, labels, query, 3)
-        s_frames, q_frames = method.frame_embeddings(method.encode_videos(support), method.encode_videos(query))
+        s_frames, q_frames = method.frame_embeddings(method.encode(support), method.encode(query))
     assert s_frames.shape[:3] == (2, 6, 4) and q_frames.shape[:3] == (2, 3, 4)
     torch.testing.assert_close(logits, bimhm_reference(s_frames, labels, q_frames, 3, 0.25), atol=1e-5, rtol=1e-5)
 
@@ -99,7 +99,7 @@ def test_ft_with_closed_gates_and_no_mixer_is_the_backbones_mean_patch():
     maps = ViTMaps(ClipViTTrunk.build("fsar-tiny", init_seed=0)).eval()
     support, _, query, _ = episode()
     with torch.no_grad():
-        s_frames, q_frames = method.frame_embeddings(method.encode_videos(support), method.encode_videos(query))
+        s_frames, q_frames = method.frame_embeddings(method.encode(support), method.encode(query))
         expected = maps(support.flatten(0, 2)).mean(dim=(-2, -1)).view(*support.shape[:3], -1)
     torch.testing.assert_close(s_frames, expected, atol=1e-5, rtol=1e-5)
 
@@ -115,9 +115,9 @@ def test_queries_do_not_influence_each_other_or_the_supports(name):
     changed_support = support.clone()
     changed_support[:, 1] = torch.randn_like(support[:, 1])
     with torch.no_grad():
-        encoded_s = method.encode_videos(support)
-        s_a, _ = method.frame_embeddings(encoded_s, method.encode_videos(query))
-        s_b, _ = method.frame_embeddings(encoded_s, method.encode_videos(other))
+        encoded_s = method.encode(support)
+        s_a, _ = method.frame_embeddings(encoded_s, method.encode(query))
+        s_b, _ = method.frame_embeddings(encoded_s, method.encode(other))
         a, b = method(support, labels, query, 3), method(support, labels, other, 3)
         c = method(changed_support, labels, query, 3)
     keep = [0, 1, 2, 4, 5]
@@ -127,7 +127,7 @@ def test_queries_do_not_influence_each_other_or_the_supports(name):
     # C-MGA does let every query see the supports: a query's logits move with any support video.
     assert not torch.allclose(a[:, :, 0], c[:, :, 0])
     with torch.no_grad():
-        encoded_q, encoded_o = method.encode_videos(query), method.encode_videos(other)
+        encoded_q, encoded_o = method.encode(query), method.encode(other)
     for part_q, part_o in zip(as_tuple(encoded_q), as_tuple(encoded_o), strict=True):
         torch.testing.assert_close(part_q[:, :3], part_o[:, :3])  # encoding is per video
 

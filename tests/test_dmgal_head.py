@@ -54,23 +54,26 @@ def test_ablation_switches_remove_their_modules():
 def test_frame_count_and_knobs_are_checked():
     head = build_method("dmgal", feature_dim=16, num_frames=8)
     with pytest.raises(ValueError, match="knobs.num_frames=4"):
-        head.encode_videos(grids()[0])
-    build_method("dmgal", feature_dim=16, num_frames=8, mixer=False).encode_videos(grids()[0])  # no mixer, any T
+        head.encode(grids()[0])
+    build_method("dmgal", feature_dim=16, num_frames=8, mixer=False).encode(grids()[0])  # no mixer, any T
     for bad in ({"pool": "max"}, {"reduction": 0}, {"dropout": 1.0}, {"temperature": 0.0}):
         with pytest.raises(ConfigError):
             build_method("dmgal", feature_dim=16, **bad)
 
 
 def test_training_refuses_a_store_with_another_frame_count(tmp_path):
-    from test_training import make_signal_store
+    from test_training_loop import make_signal_store
 
-    from fsar.training import TrainConfig, check_training_inputs
+    from fsar.training.config import StoreData, TrainConfig
+
+    from fsar.training.loop import check_training_inputs
 
     store = make_signal_store(tmp_path / "store")  # 4 frames per video
-    config = TrainConfig(method="dmgal", out=tmp_path / "run", store=store)
+    config = TrainConfig(method="dmgal", out=tmp_path / "run", data=StoreData(store=store))
     with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames per video are in store .*; set knobs.num_frames=4"):
         check_training_inputs(config)
-    check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", store=store, knobs={"num_frames": 4}))
+    check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", data=StoreData(store=store),
+                                      knobs={"num_frames": 4}))
 
 
 def test_otam_metric_is_order_aware_and_on_bimhm_scale():

@@ -49,7 +49,8 @@ def patch_store(root: Path, *, dim: int = 16, grid: int = 2, frames: int = 4, se
 
 
 def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, placement: str = "auto"):
-    from fsar.training import TrainConfig, train_worker
+    from fsar.training.config import TrainConfig
+    from fsar.training.loop import train_worker
 
     reports = []
     config = TrainConfig(store=store, out=out, method=method, knobs=knobs, steps=20, val_every=10,
@@ -76,7 +77,7 @@ def test_cached_training_with_validation_matches_cpu(tmp_path, method, knobs):
 @pytest.mark.parametrize("method", ["protonet", "otam", "bimhm", "a2m2", "i2st"])
 def test_evaluation_matches_cpu(method):
     from fsar.data.episodes import EpisodeSampler
-    from fsar.eval import episode_accuracies, episode_scorer
+    from fsar.evaluation.results import episode_accuracies, episode_scorer
     from fsar.methods import build_method, method_info
 
     torch.manual_seed(0)
@@ -99,10 +100,11 @@ def test_end_to_end_bf16_training_matches_cpu():
     """DMGAL-Adapter (frozen fsar-tiny ViT) on uint8 clips: bf16 autocast on the GPU, the same steps in fp32
     on the CPU; first-step losses agree to bf16 precision and the adapters move the same way."""
     from fsar.data.episodes import episode_labels
-    from fsar.eval import host_to_device
+    from fsar.evaluation.results import host_to_device
     from fsar.frame_training import pixel_training_step
     from fsar.methods import build_method
-    from fsar.training import EpisodicLoss, TrainConfig, make_optimizer
+    from fsar.training.config import TrainConfig
+    from fsar.training.loop import EpisodicLoss, make_optimizer
 
     config = TrainConfig(method="dmgal_adapter", out="unused", way=3, shot=1, query=2, steps=5, lr=1e-2,
                          warmup_steps=1, episodes_per_step=2)

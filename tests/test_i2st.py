@@ -15,10 +15,12 @@ from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler, episode_labels
 from fsar.data.feature_store import FeatureStore, StoreMeta, write_class_text, write_meta, write_shard
 from fsar.data.masks import write_mask_file
-from fsar.eval import episode_accuracies, episode_scorer, gather_episodes
+from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
 from fsar.methods import build_method, method_info
 from fsar.methods.base import Supervision
-from fsar.training import TrainConfig, load_checkpoint, save_checkpoint, train_worker
+from fsar.training.checkpoint import load_checkpoint, save_checkpoint
+from fsar.training.config import StoreData, TrainConfig
+from fsar.training.loop import train_worker
 
 SMALL = {"dim": 16, "heads": 2, "instances": 3}
 
@@ -135,7 +137,7 @@ def test_global_local_matching_is_global_at_lambda_one_and_local_at_zero(metric)
     support, s_lab, query, _ = episodes()
     method = build(local_metric=metric, learn_scale=False, temperature=1.0).eval()
     with torch.no_grad():
-        s_frames, q_frames = method.encode_videos(support)[0], method.encode_videos(query)[0]
+        s_frames, q_frames = method.encode(support)[0], method.encode(query)[0]
         g = method.global_distance(s_frames, s_lab, q_frames, 3)
         loc = method.local_distance(s_frames, s_lab, q_frames, 3)
         for lam, expected in ((1.0, g), (0.0, loc), (0.3, 0.3 * g + 0.7 * loc)):
@@ -145,11 +147,13 @@ def test_global_local_matching_is_global_at_lambda_one_and_local_at_zero(metric)
     # The two terms are the baselines' own distances on the encoded frames: ProtoNet and OTAM / Bi-MHM.
     width = s_frames.shape[-1]
     protonet = build_method("protonet", feature_dim=width, temperature=1.0)
-    torch.testing.assert_close(g, -protonet.metric_logits(s_frames.mean(-2, keepdim=True), s_lab,
-                                                          q_frames.mean(-2, keepdim=True), 3))
+    from fsar.methods.base import FrameEncoding
+
+    torch.testing.assert_close(g, -protonet.head(FrameEncoding(s_frames.mean(-2, keepdim=True)), s_lab,
+                                                 FrameEncoding(q_frames.mean(-2, keepdim=True)), 3).logits)
     local = build_method(metric, feature_dim=width, temperature=1.0, **({"gamma": 0.1} if metric == "otam" else {}))
     terms = 2 * s_frames.shape[-2] if metric == "otam" else 2  # local_mean: per-frame distances, as the global one
-    torch.testing.assert_close(loc, -local.metric_logits(s_frames, s_lab, q_frames, 3) / terms)
+    torch.testing.assert_close(loc, -local.head(FrameEncoding(s_frames), s_lab, FrameEncoding(q_frames), 3).logits / terms)
     assert not torch.allclose(g, loc)
     assert float(loc.min()) >= 0 and float(loc.max()) <= 2.0 + 1e-4  # on the global term's scale
     method.config.local_mean = False
@@ -160,7 +164,7 @@ def test_local_distance_is_order_aware_with_otam():
     support, s_lab, query, _ = episodes(batch=1)
     method = build(lambda_global=0.0).eval()
     with torch.no_grad():
-        s_frames, q_frames = method.encode_videos(support)[0], method.encode_videos(query)[0]
+        s_frames, q_frames = method.encode(support)[0], method.encode(query)[0]
         forward = method.local_distance(s_frames, s_lab, q_frames, 3)
         reverse = method.local_distance(s_frames, s_lab, q_frames.flip(-2), 3)
         assert not torch.allclose(forward, reverse)
@@ -172,12 +176,12 @@ def test_local_distance_is_order_aware_with_otam():
 def test_mask_logits_exist_only_in_training_mode_with_a_source():
     support = episodes()[0]
     with_source = build(mask_source="pseudo")
-    frames, masks, patches, mean = with_source.train().encode_videos(support)
+    frames, masks, patches, mean = with_source.train().encode(support)
     assert frames.shape[:3] == (3, 6, 4) and masks.shape == (3, 6, 4, 3, 2, 2)
     assert patches is support
     torch.testing.assert_close(mean, frames.mean(dim=-2))
     for method in (with_source.eval(), build().train()):
-        _, masks, patches, _ = method.encode_videos(support)
+        _, masks, patches, _ = method.encode(support)
         assert masks.shape == (3, 6, 0) and patches.shape == (3, 6, 0)
 
 
@@ -270,14 +274,14 @@ def test_encode_once_evaluation_matches_the_plain_forward():
     for knobs in ({}, {"mask_source": "pseudo"}):
         method = build(**knobs).eval()
         text = torch.randn(4, 12)
-        logits = episode_scorer(method, features, 3, class_text=text)(eps)
+        logits = episode_scorer(method, FeatureSplit(features).encode(method, torch.device('cpu')), 3, class_text=text)(eps)
         support, s_lab, query, _ = gather_episodes(features, eps)
         with torch.no_grad():
             torch.testing.assert_close(logits, method(support, s_lab, query, 3), atol=1e-5, rtol=1e-5)
 
 
 def train_config(store, out, **knobs):
-    return TrainConfig(store=store, out=out, method="i2st", knobs=SMALL | knobs, way=5, shot=1, query=2, steps=30,
+    return TrainConfig(data=StoreData(store=store), out=out, method="i2st", knobs=SMALL | knobs, way=5, shot=1, query=2, steps=30,
                        episodes_per_step=4, lr=1e-2, warmup_steps=3, val_every=10, val_episodes=20)
 
 
@@ -334,10 +338,10 @@ def test_inference_never_touches_a_mask_source(patch_store, tmp_path, monkeypatc
     def forbidden(*args, **kwargs):
         raise AssertionError("a mask source was read at inference")
 
-    import fsar.mask_supervision
+    import fsar.sources.masks
     import fsar.methods.i2st
 
-    monkeypatch.setattr(fsar.mask_supervision, "load_masks", forbidden)
+    monkeypatch.setattr(fsar.sources.masks, "load_masks", forbidden)
     monkeypatch.setattr(fsar.methods.i2st, "text_pseudo_masks", forbidden)
     monkeypatch.setattr(fsar.methods.i2st.I2ST, "mask_loss", forbidden)
     method, payload = load_checkpoint(path)

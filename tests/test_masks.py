@@ -150,7 +150,7 @@ def test_convert_png_masks(tmp_path):
 
 
 def test_cli_masks_command(tmp_path, capsys):
-    from fsar.cli import main
+    from pipelines.cli import main
 
     make_png_tree(tmp_path / "png")
     assert main(["masks", "--png", str(tmp_path / "png"), "--out", str(tmp_path / "masks")]) == 0

@@ -8,6 +8,7 @@ on small random episodes of its declared input kind.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from fsar.methods import (
     method_info,
     register_method,
 )
-from fsar.methods.base import LogitScale, Supervision, class_average, class_prototypes, group_by_class
+from fsar.methods.base import Supervision
+from fsar.methods.parts import LogitScale, class_average, class_prototypes
 from fsar.methods.registry import MethodInfo
 
 FEATURE_DIM = 12
@@ -107,7 +109,7 @@ def test_output_shapes_and_values(name):
     assert single.shape == (6, 3)
     logits, aux = method.forward_with_aux(support, labels, query, 3)
     torch.testing.assert_close(logits, batched)
-    assert isinstance(aux, dict)
+    assert isinstance(aux, Mapping)
     for key, value in aux.items():
         assert isinstance(key, str) and value.dim() == 0 and torch.isfinite(value), key
 
@@ -152,9 +154,9 @@ def test_training_encodes_each_video_alone(name):
     support, _, query, _ = make_episodes(name)
     videos = torch.cat([support[0], query[0]])
     with torch.no_grad():
-        together = method.encode_videos(videos)
-        alone = method.encode_videos(videos[:1])
-        others = method.encode_videos(torch.cat([videos[:1], 3.0 * videos[1:] + 1.0]))
+        together = method.encode(videos)
+        alone = method.encode(videos[:1])
+        others = method.encode(torch.cat([videos[:1], 3.0 * videos[1:] + 1.0]))
     first = (lambda e: tuple(p[:1] for p in e)) if isinstance(together, tuple) else (lambda e: e[:1])
     for reference in (alone, first(others)):
         for a, b in zip(*(x if isinstance(x, tuple) else (x,) for x in (first(together), reference)), strict=True):
@@ -261,16 +263,6 @@ def test_class_average_handles_unequal_shots():
     torch.testing.assert_close(class_average(values, labels, 2), torch.tensor([[[2.0, 10.0]]]))
     support = torch.arange(8.0).reshape(1, 4, 2)
     torch.testing.assert_close(class_prototypes(support, labels, 2), torch.tensor([[[2.0, 3.0], [6.0, 7.0]]]))
-
-
-def test_group_by_class_keeps_order_and_needs_equal_shots():
-    support = torch.arange(6.0).reshape(1, 6, 1) * torch.ones(1, 1, 2)
-    labels = torch.tensor([[1, 0, 2, 0, 1, 2]])
-    grouped = group_by_class(support, labels, 3)
-    assert grouped.shape == (1, 3, 2, 2)
-    assert grouped[0, :, :, 0].tolist() == [[1.0, 3.0], [0.0, 4.0], [2.0, 5.0]]
-    with pytest.raises(ValueError, match="same number of support videos"):
-        group_by_class(support, torch.tensor([[0, 0, 0, 1, 1, 2]]), 3)
 
 
 def test_logit_scale():

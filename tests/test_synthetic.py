@@ -460,7 +460,7 @@ def test_folder_from_before_the_variants_is_resumed_at_their_defaults(tmp_path):
 
 
 def test_synth_command_takes_the_variant_flags(tmp_path):
-    from fsar.cli import main
+    from pipelines.cli import main
 
     out = tmp_path / "cli"
     assert main(["synth", "--out", str(out), "--classes", "3", "--videos-per-class", "1", "--frames", "8", "--size",

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from test_frame_training import small, synth  # noqa: F401 — the module-scoped synthetic dataset fixture
+from test_pixels_source import small, synth  # noqa: F401 — the module-scoped synthetic dataset fixture
 
-from fsar.training import load_checkpoint
+from fsar.training.checkpoint import load_checkpoint
 from pipelines.train import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -36,7 +36,7 @@ def test_one_ray_worker_streams_decoded_episodes(synth, tmp_path, ray_local):  #
 
 def test_a_manifest_run_must_leave_a_cpu_for_decoding(tmp_path):
     from fsar.config import ConfigError
-    from fsar.training import TrainConfig
+    from fsar.training.config import TrainConfig
     from pipelines.train import check_decode_room
 
     config = TrainConfig(method="dmgal_adapter", out=tmp_path, manifest=tmp_path / "m.parquet", workers=2)

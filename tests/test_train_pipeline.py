@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from test_training import config, make_signal_store
+from test_training_loop import config, make_signal_store
 
-from fsar.training import load_checkpoint
+from fsar.training.checkpoint import load_checkpoint
 from pipelines.train import run
 
 
@@ -82,7 +82,7 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     that gets no gradient would make DDP fail the step after it."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from test_training import make_patch_store
+    from test_training_loop import make_patch_store
 
     from fsar.methods import list_methods, method_info
 
@@ -104,14 +104,17 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     def loop(_: dict) -> None:
         import ray.train
 
-        from fsar.training import TrainConfig, train_worker
+        from fsar.training.config import StoreData, TrainConfig
+
+        from fsar.training.loop import train_worker
         from pipelines.train import ddp_wrap
 
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         done = []
         for i, (store, name, knobs) in enumerate(cases):
-            config = TrainConfig(method=name, knobs=knobs, store=store, out=str(tmp_path / f"run{i}"), **settings)
+            config = TrainConfig(method=name, knobs=knobs, data=StoreData(store=store), out=str(tmp_path / f"run{i}"),
+                                 **settings)
             steps = []
             train_worker(config, rank=rank, world_size=world, wrap=ddp_wrap(world),
                          report=lambda m, p, steps=steps: steps.append(m["step"]))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ray.tune import Callback
-from test_training import make_signal_store
+from test_training_loop import make_signal_store
 
-from fsar.cli import main as cli
+from pipelines.cli import main as cli
 from fsar.config import ConfigError
 from fsar.search_space import Distribution, SearchSpace, load_search_space
 from fsar.sweep import TrialRecord, best_trial, record_from_metrics, write_results_md, write_trials_csv
@@ -204,7 +204,7 @@ def test_example_otam_sweep_is_valid(store):
     space = load_search_space(EXAMPLES / "otam.yaml")
     assert space.method == "otam" and {"lr", "gamma", "temporal_centre"} <= set(space.space)
     assert space.space["lr"].kind == "loguniform" and space.fixed["shot"] == 1
-    from fsar.training import check_training_inputs
+    from fsar.training.loop import check_training_inputs
 
     for values in space.probe_values():  # every probe trains on a frame store
         check_training_inputs(space.train_config(values, store=store, out="unused"))

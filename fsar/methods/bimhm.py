@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
+from fsar.methods.parts import FrameAlignmentMethod, check_metric_knobs
 from fsar.methods.registry import register_method
-from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+from fsar.ops.frame_distance import mean_hausdorff
 
 
 @dataclass
@@ -34,18 +34,9 @@ class BiMHMConfig:
     "bimhm", config=BiMHMConfig, input_kind="frames",
     description="Bi-MHM: bidirectional mean nearest-frame cosine distance",
 )
-class BiMHM(FrameDistanceMethod):
+class BiMHM(FrameAlignmentMethod):
     """Order-free frame matching metric: mean nearest-frame distance, query→support plus support→query."""
 
-    @staticmethod
-    def hausdorff(dist: Tensor) -> Tensor:
+    def alignment_cost(self, dist: Tensor) -> Tensor:
         """Bidirectional mean nearest-frame distance: ``(B, N_q, N_s, L, M)`` → ``(B, N_q, N_s)``."""
         return mean_hausdorff(dist)
-
-    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
-        """Bi-MHM distance of every (query, support) pair: → ``(B, N_q, N_s)``."""
-        return self.hausdorff(pairwise_frame_distance(self.encode_videos(query), self.encode_videos(support)))
-
-    def logits_from_distances(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
-        """``(B, N_q, N_s, L, M)`` frame distances, labels ``(B, N_s)`` → ``(B, N_q, way)``."""
-        return self.scale(class_average(self.hausdorff(dist), support_labels, way))

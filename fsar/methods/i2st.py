@@ -6,7 +6,7 @@ spatial-temporal attention sub-modules fuses image features and instance embeddi
 sequence-level and a frame-level distance. Everything below that is more specific is our reconstruction,
 each choice a knob of ``I2STConfig``:
 
-Per video (``encode_videos``, so evaluation runs it once per video of a split):
+Per video (``encode`` → ``I2STEncoding``, so evaluation runs it once per video of a split):
 
 1. patch grid ``(T, g, g, D)`` from the store → optionally minus its temporal mean per patch position
    (``temporal_centre``: keep only what changes — the motion) → normalised (``input_norm``: by the frame's
@@ -20,7 +20,7 @@ Per video (``encode_videos``, so evaluation runs it once per video of a split):
 4. per-frame vector: [frame token; mean instance token] (``match_features``), LayerNorm, optional
    ``proj_dim`` projection.
 
-Per episode (``metric_forward``): distance = λ·global + (1 − λ)·local, where global is the cosine
+Per episode (``head``): distance = λ·global + (1 − λ)·local, where global is the cosine
 distance of the query's temporal-mean vector to the class prototype (mean of the class's support
 vectors) and local the frame-level alignment distance (OTAM both ways, or Bi-MHM) averaged over the
 class's support videos, with the ops the ``otam`` / ``bimhm`` methods use; logits = −distance·scale.
@@ -41,23 +41,13 @@ I2ST logits never read ``class_text`` or ``supervision`` whatever the source.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import (
-    Encoded,
-    LogitScale,
-    PairDistanceMethod,
-    Supervision,
-    TemporalCentre,
-    check_metric_knobs,
-    class_average,
-    class_prototypes,
-    make_projection,
-)
+from fsar.methods.base import PairTableMethod, Supervision
 from fsar.methods.i2st_blocks import (
     FrameScale,
     InstancePerception,
@@ -65,12 +55,29 @@ from fsar.methods.i2st_blocks import (
     TemporalAttention,
     grid_code,
 )
+from fsar.methods.parts import (
+    LogitScale,
+    TemporalCentre,
+    check_metric_knobs,
+    class_average,
+    class_prototypes,
+    make_projection,
+)
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import cosine_distance, mean_hausdorff, pairwise_frame_distance
 from fsar.ops.instance_masks import matched_mask_loss, text_pseudo_masks
 from fsar.ops.soft_dtw import otam_distance
 
 _ENCODE_CHUNK = 512  # videos encoded per step: bounds activation memory when evaluation encodes a whole split
+
+
+class I2STEncoding(NamedTuple):
+    """What I2ST keeps of one video (leading axes ``(...)`` shared)."""
+
+    frames: Tensor  # (..., T, E) the per-frame vectors the metric compares
+    mask_logits: Tensor  # (..., T, K, g, g) in training mode with a mask source, else (..., 0)
+    patches: Tensor  # the input in training mode with mask_source=pseudo (pseudo-masks come from it), else (..., 0)
+    mean: Tensor  # (..., E) the temporal mean of the frames: the global term's view of the video
 
 
 @dataclass
@@ -127,7 +134,7 @@ class I2STConfig:
     "i2st", config=I2STConfig, input_kind="patches",
     description="I2ST: instance queries + image-instance spatial-temporal attention, global+local matching",
 )
-class I2ST(PairDistanceMethod):
+class I2ST(PairTableMethod):
     """Instance perception and spatial-temporal attention per video; λ·global + (1 − λ)·local matching."""
 
     def __init__(self, config: I2STConfig, *, feature_dim: int, text_dim: int | None = None) -> None:
@@ -160,15 +167,9 @@ class I2ST(PairDistanceMethod):
         return self.config.mask_source == "pseudo"
 
     # ------------------------------------------------------------------ per video
-    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-video encoding: ``(..., T, g, g, D)`` → a tuple sharing the leading ``(...)`` axes:
-
-        - ``frames`` ``(..., T, E)``: the per-frame vectors the metric compares;
-        - ``mask_logits`` ``(..., T, K, g, g)`` in training mode with a mask source, else ``(..., 0)``;
-        - ``patches``: the input itself in training mode with ``mask_source=pseudo`` (pseudo-masks are
-          computed from it), else ``(..., 0)`` — so evaluation gathers nothing mask-related per episode;
-        - ``mean`` ``(..., E)``: the temporal mean of the frame vectors (the global term's view of the video).
-        """
+    def encode(self, videos: Tensor) -> I2STEncoding:
+        """Per-video encoding: ``(..., T, g, g, D)`` → ``I2STEncoding`` (mask fields empty outside training with a
+        mask source, so evaluation gathers nothing mask-related per episode)."""
         lead, (frames, grid, _, dim) = videos.shape[:-4], videos.shape[-4:]
         # Centring works on (..., T, features): the whole patch grid of a frame is one feature vector here.
         flat = self.centre(videos.reshape(-1, frames, grid * grid * dim)).view(-1, frames, grid, grid, dim)
@@ -179,7 +180,7 @@ class I2ST(PairDistanceMethod):
         masks = empty
         if self.training and source != "none":
             masks = torch.cat([p[1] for p in parts]).view(*lead, frames, self.config.instances, grid, grid)
-        return vectors, masks, videos if self.training and source == "pseudo" else empty, vectors.mean(dim=-2)
+        return I2STEncoding(vectors, masks, videos if self.training and source == "pseudo" else empty, vectors.mean(dim=-2))
 
     def _encode(self, videos: Tensor) -> tuple[Tensor, Tensor]:
         """``(V, T, g, g, D)`` → per-frame vectors ``(V, T, E)`` and mask logits ``(V·T, K, g·g)``."""
@@ -249,27 +250,26 @@ class I2ST(PairDistanceMethod):
     # ---------------------------------------------------------------- pair-distance evaluation
     # The local term is a distance per (query, support) pair and the global one reads only each video's mean
     # vector, so evaluation solves each pair's alignment once per split (fsar.eval pair table).
-    logit_parts = (3,)  # logits_from_pairs reads only the mean vectors
+    pair_table_reads = ("mean",)  # logits_from_pairs reads only the mean vectors
 
-    def pair_distance(self, support: Encoded, query: Encoded) -> Tensor:
+    def pair_distance(self, support: I2STEncoding, query: I2STEncoding) -> Tensor:
         if self.config.lambda_global == 1:  # no local term: nothing to align
-            return support[0].new_zeros(query[0].shape[0], query[0].shape[1], support[0].shape[1])  # type: ignore[index]
-        return self.local_pairs(support[0], query[0])  # type: ignore[index]
+            return support.frames.new_zeros(query.frames.shape[0], query.frames.shape[1], support.frames.shape[1])
+        return self.local_pairs(support.frames, query.frames)
 
-    def logits_from_pairs(self, distance: Tensor, support: Encoded, support_labels: Tensor, query: Encoded,
+    def logits_from_pairs(self, distance: Tensor, support: I2STEncoding, support_labels: Tensor, query: I2STEncoding,
                           way: int, *, class_text: Tensor | None = None) -> Tensor:
-        return self.scale(self._combine(distance, support[3], support_labels, query[3], way))  # type: ignore[index]
+        return self.scale(self._combine(distance, support.mean, support_labels, query.mean, way))
 
-    def auxiliary_losses(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+    def auxiliary_losses(self, support: I2STEncoding, support_labels: Tensor, query: I2STEncoding, way: int, *,
                          class_text: Tensor | None = None,
                          supervision: Supervision | None = None) -> dict[str, Tensor]:
         """``aux["mask"]`` when training with a mask source and ``supervision`` (evaluation passes none, and
         has no mask logits)."""
-        (_, s_masks, s_patches, _), (_, q_masks, q_patches, _) = support, query  # type: ignore[misc]
-        if supervision is None or s_masks.shape[-1] == 0 or self.config.mask_loss_weight == 0:
+        if supervision is None or support.mask_logits.shape[-1] == 0 or self.config.mask_loss_weight == 0:
             return {}
-        loss = self.mask_loss((s_masks, q_masks), (s_patches, q_patches), support_labels,
-                              class_text=class_text, supervision=supervision)
+        loss = self.mask_loss((support.mask_logits, query.mask_logits), (support.patches, query.patches),
+                              support_labels, class_text=class_text, supervision=supervision)
         return {"mask": self.config.mask_loss_weight * loss}
 
     def mask_loss(self, mask_logits: tuple[Tensor, Tensor], patches: tuple[Tensor, Tensor], support_labels: Tensor,

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fsar.config import ConfigError
-from fsar.methods.base import FrameDistanceMethod, check_metric_knobs, class_average
+from fsar.methods.parts import FrameAlignmentMethod, check_metric_knobs
 from fsar.methods.registry import register_method
-from fsar.ops.frame_distance import pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
 
 
@@ -40,17 +39,9 @@ class OTAMConfig:
     "otam", config=OTAMConfig, input_kind="frames",
     description="OTAM: soft-DTW frame alignment with free start/end, both directions",
 )
-class OTAM(FrameDistanceMethod):
+class OTAM(FrameAlignmentMethod):
     """Temporal-order-aware metric: soft-DTW alignment cost between query and support frame sequences."""
 
     def alignment_cost(self, dist: Tensor) -> Tensor:
         """OTAM cost of every (query, support) pair: ``(B, N_q, N_s, L, M)`` frame distances → ``(B, N_q, N_s)``."""
         return otam_distance(dist, self.config.gamma, bidirectional=self.config.bidirectional)
-
-    def pair_distance(self, support: Tensor, query: Tensor) -> Tensor:
-        """Alignment cost of every (query, support) pair: ``(B, N_s, M, D)``, ``(B, N_q, L, D)`` → ``(B, N_q, N_s)``."""
-        return self.alignment_cost(pairwise_frame_distance(self.encode_videos(query), self.encode_videos(support)))
-
-    def logits_from_distances(self, dist: Tensor, support_labels: Tensor, way: int) -> Tensor:
-        """``(B, N_q, N_s, L, M)`` frame distances, labels ``(B, N_s)`` → ``(B, N_q, way)``."""
-        return self.scale(class_average(self.alignment_cost(dist), support_labels, way))

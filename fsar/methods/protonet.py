@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from fsar.methods.base import FewShotMethod, LogitScale, check_metric_knobs, class_prototypes, make_projection
+from fsar.methods.base import FewShotMethod, FrameEncoding, HeadOutput, Supervision
+from fsar.methods.parts import LogitScale, check_metric_knobs, class_prototypes, make_projection
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import cosine_distance
 
@@ -36,12 +37,13 @@ class ProtoNet(FewShotMethod):
         self.proj = make_projection(feature_dim, config.proj_dim)
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
-    def encode_videos(self, videos: Tensor) -> Tensor:
-        """Temporal mean, then the projection: ``(..., T, D)`` → ``(..., 1, D')``."""
+    def encode(self, videos: Tensor) -> FrameEncoding:
+        """Temporal mean, then the projection: ``(..., T, D)`` → frames ``(..., 1, D')``."""
         # The projection is affine, so projecting the temporal mean equals averaging projected frames, T× cheaper.
-        return self.proj(videos.mean(dim=-2, keepdim=True))
+        return FrameEncoding(self.proj(videos.mean(dim=-2, keepdim=True)))
 
-    def metric_logits(self, support: Tensor, support_labels: Tensor, query: Tensor, way: int) -> Tensor:
-        """Encoded support ``(B, N_s, 1, D')``, labels ``(B, N_s)``, query ``(B, N_q, 1, D')`` → ``(B, N_q, way)``."""
-        prototypes = class_prototypes(support[:, :, 0], support_labels, way)  # (B, way, D')
-        return self.scale(cosine_distance(query[:, :, 0], prototypes))
+    def head(self, support: FrameEncoding, support_labels: Tensor, query: FrameEncoding, way: int, *,
+             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
+        """Cosine distance of each query to each class prototype (the mean of its support videos) → logits."""
+        prototypes = class_prototypes(support.frames[:, :, 0], support_labels, way)  # (B, way, D')
+        return HeadOutput(self.scale(cosine_distance(query.frames[:, :, 0], prototypes)))

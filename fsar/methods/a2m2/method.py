@@ -1,8 +1,9 @@
 """A2M2-Net: adaptively aligned multi-scale second-order moments, registered as ``a2m2``.
 
-Per video (``encode_videos``, run once per video at evaluation): the M2 block's candidates, the A2
-module's candidate weight logits, the frames the optional frame-level metric compares, and the
-video's weighted mean candidate (its embedding for the text branch). Per episode (``metric_forward``):
+Per video (``encode``, run once per video at evaluation; ``A2M2Encoding``): the M2 block's candidates,
+the A2 module's candidate weight logits, the frames the optional frame-level metric compares, the
+video's weighted mean candidate (its embedding for the text branch) and the candidates' window times.
+Per episode (``head``, from a distance per (query, support) pair: a declared pair-table method):
 
     distance(q, c) = mean over c's support videos of [(1 − fusion) · OT(q, s) + fusion · frame_metric(q, s)]
                      + text_weight · (1 − cos(video(q), prototype_c ⊕ text_c))      (text branch, when on)
@@ -20,7 +21,7 @@ What the paper states and what is reconstructed: see ``moments`` and ``alignment
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -28,17 +29,21 @@ from torch import Tensor, nn
 from fsar.config import ConfigError
 from fsar.methods.a2m2.alignment import CandidateWeights, motion_summary, transport_distance
 from fsar.methods.a2m2.moments import M2Block, Scale
-from fsar.methods.base import (
-    Encoded,
-    LogitScale,
-    PairDistanceMethod,
-    Supervision,
-    class_average,
-    class_prototypes,
-)
+from fsar.methods.base import PairTableMethod, Supervision
+from fsar.methods.parts import LogitScale, class_average, class_prototypes
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
+
+
+class A2M2Encoding(NamedTuple):
+    """What A2M2 keeps of one video (leading axes ``(...)`` shared)."""
+
+    candidates: Tensor  # (..., K, e) unit candidate descriptors of the M2 block
+    weight_logits: Tensor  # (..., K) the A2 module's candidate weight logits
+    frames: Tensor  # (..., T, F) the fused frame metric's frame vectors; (..., T, 0) without fusion
+    embedding: Tensor  # (..., e) weighted mean candidate: the video's vector for the text branch
+    times: Tensor  # (..., K) each candidate's window centre in [0, 1] (read by order_prior)
 
 
 @dataclass
@@ -107,10 +112,10 @@ class A2M2Config:
     "a2m2", config=A2M2Config, input_kind="patches",
     description="A2M2-Net: multi-scale second-order moments aligned by motion-weighted optimal transport (+ text)",
 )
-class A2M2(PairDistanceMethod):
+class A2M2(PairTableMethod):
     """M2 block → A2 weights → batched entropic OT between candidate sets, optional frame metric and text."""
 
-    logit_parts = (3,)  # logits_from_pairs reads only the video embeddings (the text term)
+    pair_table_reads = ("embedding",)  # logits_from_pairs reads only the video embeddings (the text term)
 
     def __init__(self, config: A2M2Config, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
@@ -135,10 +140,8 @@ class A2M2(PairDistanceMethod):
     def uses_text(self) -> bool:
         return self.text_projection is not None
 
-    def encode_videos(self, videos: Tensor) -> Encoded:
-        """``(..., T, g, g, D)`` → unit candidates ``(..., K, e)``, weight logits ``(..., K)``, frames for the
-        frame metric ``(..., T, F)`` (``(..., T, 0)`` when ``fusion`` is 0), the video embedding ``(..., e)``
-        and each candidate's window centre time ``(..., K)``."""
+    def encode(self, videos: Tensor) -> A2M2Encoding:
+        """``(..., T, g, g, D)`` → the video's ``A2M2Encoding``."""
         candidates, reduced = self.m2(videos)
         logits = self.weights(candidates, motion_summary(reduced))
         embedding = (torch.softmax(logits, dim=-1)[..., None] * candidates).sum(dim=-2)
@@ -154,39 +157,39 @@ class A2M2(PairDistanceMethod):
             frames = self.frame_projection(grid).flatten(-3)
         # Each candidate's window centre in [0, 1] (the same for every video of a split; read by order_prior).
         times = self.m2.candidate_times(videos.shape[-4], videos.shape[-3], device=videos.device)
-        return candidates, logits, frames, embedding, times.expand(*logits.shape)
+        return A2M2Encoding(candidates, logits, frames, embedding, times.expand(*logits.shape))
 
-    def pair_distance(self, support: Encoded, query: Encoded) -> Tensor:
+    def pair_distance(self, support: A2M2Encoding, query: A2M2Encoding) -> Tensor:
         """Distance of every (query, support) pair: encoded ``(B, N_s, ...)``, ``(B, N_q, ...)`` → ``(B, N_q, N_s)``."""
-        s_cand, s_logit, s_frames = support[:3]
-        q_cand, q_logit, q_frames = query[:3]
         c = self.config
         order_cost = None
         if c.order_prior > 0:  # |t_q − t_s| of the candidates' window centres, the same for every pair
-            q_times, s_times = query[4].reshape(-1, q_cand.shape[-2])[0], support[4].reshape(-1, s_cand.shape[-2])[0]
+            k_q, k_s = query.candidates.shape[-2], support.candidates.shape[-2]
+            q_times, s_times = query.times.reshape(-1, k_q)[0], support.times.reshape(-1, k_s)[0]
             order_cost = c.order_prior * (q_times[:, None] - s_times[None, :]).abs()
-        dist = transport_distance(q_cand, q_logit, s_cand, s_logit, epsilon=c.ot_epsilon, iterations=c.ot_iters,
-                                  backend=c.ot_backend, unit=True, extra_cost=order_cost, extra_spread=c.order_prior)
+        dist = transport_distance(query.candidates, query.weight_logits, support.candidates, support.weight_logits,
+                                  epsilon=c.ot_epsilon, iterations=c.ot_iters, backend=c.ot_backend, unit=True,
+                                  extra_cost=order_cost, extra_spread=c.order_prior)
         if c.fusion > 0:
-            frame_dist = pairwise_frame_distance(q_frames, s_frames)
+            frame_dist = pairwise_frame_distance(query.frames, support.frames)
             frame = (otam_distance(frame_dist, c.frame_gamma) if c.frame_metric == "otam"
                      else mean_hausdorff(frame_dist))
             dist = (1.0 - c.fusion) * dist + c.fusion * frame
         return dist
 
-    def logits_from_pairs(self, distance: Tensor, support: Encoded, support_labels: Tensor, query: Encoded,
+    def logits_from_pairs(self, distance: Tensor, support: A2M2Encoding, support_labels: Tensor, query: A2M2Encoding,
                           way: int, *, class_text: Tensor | None = None) -> Tensor:
         """Pair distances ``(B, N_q, N_s)`` → logits ``(B, N_q, way)``: class mean, plus the text-fused prototype term."""
         distance = class_average(distance, support_labels, way)
         text = self._text(class_text)
         if text is not None:
-            s_emb = nn.functional.normalize(support[3], dim=-1)
-            q_emb = nn.functional.normalize(query[3], dim=-1)
+            s_emb = nn.functional.normalize(support.embedding, dim=-1)
+            q_emb = nn.functional.normalize(query.embedding, dim=-1)
             prototypes = nn.functional.normalize(class_prototypes(s_emb, support_labels, way) + text, dim=-1)
             distance = distance + self.config.text_weight * (1.0 - q_emb @ prototypes.transpose(-1, -2))
         return self.scale(distance)
 
-    def auxiliary_losses(self, support: Encoded, support_labels: Tensor, query: Encoded, way: int, *,
+    def auxiliary_losses(self, support: A2M2Encoding, support_labels: Tensor, query: A2M2Encoding, way: int, *,
                          class_text: Tensor | None = None,
                          supervision: Supervision | None = None) -> dict[str, Tensor]:
         """In training with text: ``text_ce``, the video–text cross-entropy over the episode's classes
@@ -194,9 +197,9 @@ class A2M2(PairDistanceMethod):
         text = self._text(class_text)
         if text is None or supervision is None or self.config.text_loss == 0:
             return {}
-        embeddings, labels = support[3], support_labels
+        embeddings, labels = support.embedding, support_labels
         if supervision.query_labels is not None:
-            embeddings = torch.cat([support[3], query[3]], dim=1)
+            embeddings = torch.cat([support.embedding, query.embedding], dim=1)
             labels = torch.cat([support_labels, supervision.query_labels.to(support_labels.device)], dim=1)
         text_logits = nn.functional.normalize(embeddings, dim=-1) @ text.transpose(-1, -2) / self.config.text_temperature
         return {"text_ce": self.config.text_loss * nn.functional.cross_entropy(text_logits.reshape(-1, way),

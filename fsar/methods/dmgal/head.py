@@ -3,9 +3,9 @@
 The cheap way to try DMGAL before fine-tuning: the store's patch grid ``(T, g, g, D)`` stands in for the
 backbone's feature maps, and only the head trains, at cached-feature speed::
 
-    per video (encode_videos):  grid (T, g, g, D) → optional temporal centring → maps (T, D, g, g)
+    per video (encode):         grid (T, g, g, D) → optional temporal centring → maps (T, D, g, g)
                                 → S-MGA → time/channel MLP mixer                         [code]
-    per task (metric_forward):  C-MGA(supports, queries) → frame vectors (T, ·)           [code]
+    per task (head):            C-MGA(supports, queries) → frame vectors (T, ·)           [code]
                                 → Bi-MHM distance [code] (or OTAM, ``metric``), class mean,
                                   logits = −distance / temperature
 
@@ -20,17 +20,27 @@ it SyncBatchNorm).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, LogitScale, Supervision, TemporalCentre, class_average
+from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
+from fsar.methods.parts import LogitScale, TemporalCentre, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
+
+
+class DMGALHeadEncoding(NamedTuple):
+    """Everything of a video the head reads that does not depend on its episode (leading axes ``(...)``)."""
+
+    frames: Tensor  # (..., T, F) frame vectors of the maps after S-MGA, the mixer and C-MGA's own branch
+    forward_tokens: Tensor  # (..., T, g·g, c) C-MGA's forward motion tokens; (..., 0) without C-MGA
+    backward_tokens: Tensor  # (..., T, g·g, c) its backward motion tokens
+    values: Tensor  # (..., T, g·g, P) C-MGA's depth-wise branch per position, projected
 
 
 @dataclass
@@ -90,7 +100,7 @@ class DMGALHead(FewShotMethod):
         self.proj = nn.Linear(feature_dim, c.proj_dim, bias=False) if c.proj_dim else None  # linear: see cross_tokens
         self.scale = LogitScale(c.temperature, learn=c.learn_scale)
 
-    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode(self, videos: Tensor) -> DMGALHeadEncoding:
         """Everything of a video that does not depend on its episode, so evaluation computes it once per video:
         grid ``(..., T, g, g, D)`` →
 
@@ -115,10 +125,11 @@ class DMGALHead(FewShotMethod):
         maps = maps.reshape(*lead, frames, dim, g, g2)
         if self.cmga is None:
             empty = maps.new_zeros(*lead, 0)
-            return self.frames(self.tokens(maps)), empty, empty, empty
+            return DMGALHeadEncoding(self.frames(self.tokens(maps)), empty, empty, empty)
         forward_tokens, backward_tokens, own = self.cmga.attention.video_parts(maps)
         base = maps + self.cmga.self_gate.to(maps.dtype) * own
-        return self.frames(self.tokens(base)), forward_tokens, backward_tokens, self.project(self.tokens(own))
+        return DMGALHeadEncoding(self.frames(self.tokens(base)), forward_tokens, backward_tokens,
+                                 self.project(self.tokens(own)))
 
     @staticmethod
     def tokens(maps: Tensor) -> Tensor:
@@ -135,14 +146,14 @@ class DMGALHead(FewShotMethod):
         tokens = self.project(tokens)
         return tokens.mean(dim=-2) if self.config.pool == "mean" else tokens.flatten(-2)
 
-    def metric_forward(
-        self, support: tuple[Tensor, ...], support_labels: Tensor, query: tuple[Tensor, ...], way: int, *,
-        class_text: Tensor | None = None, supervision: Supervision | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def head(self, support: DMGALHeadEncoding, support_labels: Tensor, query: DMGALHeadEncoding, way: int, *,
+             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
         """C-MGA's cross branch (queries read the supports; no query reads another), then the metric."""
-        s_frames, q_frames = support[0], query[0]
+        s_frames, q_frames = support.frames, query.frames
         if self.cmga is not None:
-            cross = self.cmga.attention.cross_tokens(query[1:3], support[1:3], support[3])  # (B, N_q, T, hw, P)
+            cross = self.cmga.attention.cross_tokens((query.forward_tokens, query.backward_tokens),
+                                                     (support.forward_tokens, support.backward_tokens),
+                                                     support.values)  # (B, N_q, T, hw, P)
             cross = cross.mean(dim=-2) if self.config.pool == "mean" else cross.flatten(-2)
             q_frames = q_frames + self.cmga.cross_gate.to(q_frames.dtype) * cross
         frames = pairwise_frame_distance(q_frames, s_frames)
@@ -150,4 +161,4 @@ class DMGALHead(FewShotMethod):
             distance = otam_distance(frames, self.config.otam_gamma) * (2.0 / (frames.shape[-2] + frames.shape[-1]))
         else:
             distance = mean_hausdorff(frames)
-        return self.scale(class_average(distance, support_labels, way)), {}
+        return HeadOutput(self.scale(class_average(distance, support_labels, way)))

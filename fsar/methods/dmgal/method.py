@@ -5,8 +5,8 @@ Both take normalised pixels ``(B, N, T, 3, H, W)`` (the backbone's ``preprocess`
 
 ``dmgal_ft`` (the released code; whole backbone trainable)::
 
-    per video (encode_videos):  backbone maps (T, C, g, g) → S-MGA → time/channel MLP mixer
-    per task (metric_forward):  C-MGA(supports, queries) → spatial mean → frames (T, C)
+    per video (encode):         backbone maps (T, C, g, g) → S-MGA → time/channel MLP mixer
+    per task (head):            C-MGA(supports, queries) → spatial mean → frames (T, C)
                                 → Bi-MHM distance, class mean, logits = −distance / temperature
 
 ``dmgal_adapter`` ([recon]; frozen open_clip ViT, see ``adapters``)::
@@ -24,20 +24,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from torch import Tensor
 
 from fsar.backbones import TINY_MODEL
 from fsar.config import ConfigError
 from fsar.data.transforms import FramePreprocess
-from fsar.methods.base import FewShotMethod, LogitScale, Supervision, class_average
+from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, default_adapter_blocks
 from fsar.methods.dmgal.backbones import RESNET50, ClipViTTrunk, build_feature_maps
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
+from fsar.methods.parts import LogitScale, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
+
+
+class MapsEncoding(NamedTuple):
+    """DMGAL-FT's encoding: per-video maps after S-MGA and the mixer."""
+
+    maps: Tensor  # (..., T, C, g_h, g_w)
+
+
+class TokensEncoding(NamedTuple):
+    """DMGAL-Adapter's encoding: the ViT's tokens at the last block's input."""
+
+    cls: Tensor  # (..., T, W) class tokens
+    patches: Tensor  # (..., T, g_h, g_w, W)
 
 
 @dataclass
@@ -141,7 +155,7 @@ class DMGALFT(FewShotMethod):
         """The pixel pipeline inputs must have been through (size, mean, std of the backbone)."""
         return self.backbone.preprocess
 
-    def encode_videos(self, videos: Tensor) -> Tensor:
+    def encode(self, videos: Tensor) -> MapsEncoding:
         """Per-video maps: pixels ``(..., T, 3, H, W)`` → ``(..., T, C, g_h, g_w)``."""
         *lead, frames = videos.shape[:-3]
         maps = self.backbone(videos.reshape(-1, *videos.shape[-3:]))
@@ -150,20 +164,19 @@ class DMGALFT(FewShotMethod):
             maps = self.smga(maps)
         if self.mixer is not None:
             maps = self.mixer(maps)
-        return maps.reshape(*lead, frames, *maps.shape[2:])
+        return MapsEncoding(maps.reshape(*lead, frames, *maps.shape[2:]))
 
-    def frame_embeddings(self, support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    def frame_embeddings(self, support: MapsEncoding, query: MapsEncoding) -> tuple[Tensor, Tensor]:
         """C-MGA, then the spatial mean: maps ``(B, N, T, C, g, g)`` → frames ``(B, N, T, C)`` of each side."""
+        s_maps, q_maps = support.maps, query.maps
         if self.cmga is not None:
-            support, query = self.cmga(support, query)
-        return support.mean(dim=(-2, -1)), query.mean(dim=(-2, -1))
+            s_maps, q_maps = self.cmga(s_maps, q_maps)
+        return s_maps.mean(dim=(-2, -1)), q_maps.mean(dim=(-2, -1))
 
-    def metric_forward(
-        self, support: Tensor, support_labels: Tensor, query: Tensor, way: int, *,
-        class_text: Tensor | None = None, supervision: Supervision | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def head(self, support: MapsEncoding, support_labels: Tensor, query: MapsEncoding, way: int, *,
+             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
         support_frames, query_frames = self.frame_embeddings(support, query)
-        return bimhm_logits(support_frames, query_frames, support_labels, way, self.scale), {}
+        return HeadOutput(bimhm_logits(support_frames, query_frames, support_labels, way, self.scale))
 
 
 @register_method(
@@ -194,11 +207,11 @@ class DMGALAdapter(FewShotMethod):
         """The pixel pipeline inputs must have been through (open_clip's size, mean and std)."""
         return self.vit.trunk.preprocess
 
-    def encode_videos(self, videos: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, videos: Tensor) -> TokensEncoding:
         """Per video, up to the last block: pixels ``(..., T, 3, H, W)`` → class tokens ``(..., T, W)``, patches ``(..., T, g_h, g_w, W)``."""
-        return self.vit.encode(videos)
+        return TokensEncoding(*self.vit.encode(videos))
 
-    def frame_embeddings(self, support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def frame_embeddings(self, support: TokensEncoding, query: TokensEncoding) -> tuple[Tensor, Tensor]:
         """C-MGA adapter, last block, pooling: encoded videos of each side → frames ``(B, N, T, D)``."""
         (support_cls, support_patches), (query_cls, query_patches) = support, query
         if self.cross_adapter is not None:
@@ -209,9 +222,7 @@ class DMGALAdapter(FewShotMethod):
         """Final tokens ``(..., T, 1 + L, D)`` → frame embeddings ``(..., T, D)``."""
         return tokens[..., 0, :] if self.config.pool == "cls" else tokens[..., 1:, :].mean(dim=-2)
 
-    def metric_forward(
-        self, support: tuple[Tensor, Tensor], support_labels: Tensor, query: tuple[Tensor, Tensor], way: int, *,
-        class_text: Tensor | None = None, supervision: Supervision | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def head(self, support: TokensEncoding, support_labels: Tensor, query: TokensEncoding, way: int, *,
+             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
         support_frames, query_frames = self.frame_embeddings(support, query)
-        return bimhm_logits(support_frames, query_frames, support_labels, way, self.scale), {}
+        return HeadOutput(bimhm_logits(support_frames, query_frames, support_labels, way, self.scale))

@@ -1,4 +1,4 @@
-"""fsar.mask_supervision: up-front checks, the train split's mask table, per-episode Supervision."""
+"""fsar.sources.masks: up-front checks, the train split's mask table, per-episode Supervision."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from test_i2st import SMALL, make_patch_store, train_config
 from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler
 from fsar.data.feature_store import FeatureStore
-from fsar.eval import gather_episodes
-from fsar.mask_supervision import MaskTable, check_mask_inputs, load_mask_table, mask_source
+from fsar.evaluation.scoring import gather_episodes
+from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table, mask_source
 from fsar.methods import build_method
-from fsar.training import check_training_inputs
+from fsar.training.loop import check_training_inputs
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Pixel episodes for end-to-end methods (input kind ``pixels``): decode only the sampled frames of each
-episode's videos, augment them, and score episodes on decoded splits.
+"""Decoding for end-to-end methods (input kind ``pixels``): only the sampled frames of each episode's videos,
+augmented, as uint8 clips.
 
 Training: an episode record is (episode index, the split rows of its videos: support then query). The
 decoder turns a record into uint8 clips ``(V, T, 3, S, S)``: TSN segment sampling with a random offset
@@ -12,9 +12,8 @@ A video that cannot be decoded is never fatal: it is replaced by another video o
 the episode (bounded retries, in an order seeded like the rest); an episode that still cannot be filled
 is flagged ``ok = False`` and the trainer re-uses a good episode of the step in its place.
 
-Evaluation / validation: every video of a split decoded once at segment centres (``decode_split``),
-encoded once per video in chunks (``encode_split``), then every episode scored from the encodings
-(``pixel_episode_accuracies``) — the per-video encoder is never re-run per episode.
+Evaluation / validation: every video of a split decoded once at segment centres (``decode_split``); the
+pixels source encodes each once (``fsar.sources.pixels.PixelSplit``).
 """
 
 from __future__ import annotations
@@ -24,21 +23,19 @@ import dataclasses
 import functools
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fsar.data.episodes import Episodes, EpisodeSampler, episode_labels
+from fsar.data.episodes import Episodes, EpisodeSampler
 from fsar.data.manifest import ManifestError, read_manifest
 from fsar.data.transforms import FramePreprocess
 from fsar.data.video import VideoDecodeError, load_clip
-from fsar.eval import default_flow, episode_class_text, index_videos, score_episodes
 
 _KNOWN_BAD: dict[str, str] = {}  # path -> reason, per process: a bad file is tried once, not once per episode
 _KNOWN_BAD_LOCK = threading.Lock()
@@ -256,69 +253,3 @@ def decode_split(videos: SplitVideos, *, frames: int, preprocess: FramePreproces
             else:
                 pixels[row], ok[row] = clip, True
     return pixels, ok, errors
-
-
-def _concat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], tuple):
-        return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
-    return torch.cat(parts)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU (bf16 matmuls there are slower than fp32)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-@torch.no_grad()
-def encode_split(method: Any, pixels: np.ndarray | Tensor, *, preprocess: FramePreprocess, chunk: int = 32,
-                 device: torch.device | None = None, progress: bool = False, desc: str = "encode") -> Any:
-    """``method.encode_videos`` of every clip, ``chunk`` videos per forward: uint8 ``(N, T, 3, S, S)`` →
-    encodings ``(N, ...)`` (a tensor or a tuple), float32, on ``device``."""
-    from tqdm.auto import tqdm
-
-    device = device or torch.device("cpu")
-    pixels = torch.as_tensor(pixels)
-    parts = []
-    for start in tqdm(range(0, len(pixels), chunk), desc=desc, unit="chunk", disable=not progress):
-        clips = normalise(pixels[start : start + chunk].to(device), preprocess)
-        with autocast(device):
-            encoded = method.encode_videos(clips)
-        parts.append(tuple(e.float() for e in encoded) if isinstance(encoded, tuple) else encoded.float())
-    return _concat(parts)
-
-
-@torch.no_grad()
-def pixel_episode_accuracies(method: Any, pixels: np.ndarray | Tensor, episodes: Episodes, *,
-                             preprocess: FramePreprocess, chunk: int = 32, batch_size: int = 50,
-                             device: torch.device | None = None, class_text: Tensor | None = None,
-                             progress: bool = False, desc: str = "eval") -> np.ndarray:
-    """Accuracy of each episode ``(E,)`` in [0, 1] from decoded clips uint8 ``(N, T, 3, S, S)`` of a split.
-
-    Methods split into ``encode_videos`` + ``metric_forward`` (DMGAL) have every clip encoded once, in
-    chunks; only the per-task part runs per episode, ``batch_size`` episodes at a time. Others run their
-    full forward on each batch of episodes.
-    """
-    device = device or torch.device("cpu")
-    way = episodes.support.shape[1]
-
-    def make_scorer() -> Callable[[Episodes], Tensor]:
-        encoded = encode_split(method, pixels, preprocess=preprocess, chunk=chunk, device=device,
-                               progress=progress, desc=f"{desc}: encode") if default_flow(method) else None
-        clips = torch.as_tensor(pixels)
-
-        def score(batch: Episodes) -> Tensor:
-            e = len(batch)
-            s_idx = torch.as_tensor(batch.support.reshape(e, -1))
-            q_idx = torch.as_tensor(batch.query.reshape(e, -1))
-            s_lab = torch.as_tensor(episode_labels(way, batch.support.shape[2])).expand(e, -1).to(device)
-            with autocast(device):
-                if encoded is not None:
-                    return method.metric_forward(index_videos(encoded, s_idx), s_lab, index_videos(encoded, q_idx),
-                                                 way, class_text=episode_class_text(class_text, batch))[0]
-                support = normalise(clips[s_idx].to(device), preprocess)
-                query = normalise(clips[q_idx].to(device), preprocess)
-                return method(support, s_lab, query, way)
-
-        return score
-
-    return score_episodes(method, make_scorer, episodes, batch_size=batch_size, progress=progress, desc=desc)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from fsar.data.feature_store import StoreMeta, write_meta, write_shard
-from fsar.training import TrainConfig, load_checkpoint, save_checkpoint, train_worker
+from fsar.training.checkpoint import load_checkpoint, save_checkpoint
+from fsar.training.config import StoreData, TrainConfig
+from fsar.training.loop import train_worker
 
 
 def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0):
@@ -38,7 +40,8 @@ def signal_store(tmp_path):
 def config(store, out, **kw):
     base = {"method": "protonet", "knobs": {"proj_dim": 16}, "steps": 60, "episodes_per_step": 4, "lr": 3e-2,
             "val_every": 20, "val_episodes": 300, "warmup_steps": 5}
-    return TrainConfig(store=store, out=out, **(base | kw))
+    data = {k: kw.pop(k) for k in ("view", "backbone", "feature_placement") if k in kw}
+    return TrainConfig(data=StoreData(store=store, **data), out=out, **(base | kw))
 
 
 def test_loop_improves_validation_and_reports_checkpoints(signal_store, tmp_path):
@@ -149,7 +152,7 @@ def test_every_registered_patch_method_trains_and_reloads(tmp_path):
 
 def test_check_training_inputs_catches_impossible_validation_episodes(signal_store, tmp_path):
     from fsar.data.episodes import EpisodeError
-    from fsar.training import check_training_inputs
+    from fsar.training.loop import check_training_inputs
 
     check_training_inputs(config(signal_store, tmp_path / "r"))
     with pytest.raises(EpisodeError, match="^val: way=7 needs 7 classes"):  # 12 train classes, 6 val classes

@@ -22,7 +22,7 @@ from fsar.config import ConfigError
 from fsar.data.episodes import Episodes
 from fsar.data.feature_store import FeatureStore, SplitFeatures
 from fsar.data.masks import MASK_SUFFIX, load_masks
-from fsar.eval import gather_episodes
+from fsar.evaluation.scoring import episode_indices
 from fsar.methods.base import FewShotMethod, Supervision
 
 
@@ -53,9 +53,9 @@ class MaskTable:
 
     def supervision(self, episodes: Episodes) -> Supervision:
         """Targets of a batch of episodes: masks ``(E, N_s|N_q, T, g, g)`` and validity ``(E, N_s|N_q)``."""
-        (s_masks, s_valid), _, (q_masks, q_valid), _ = gather_episodes((self.masks, self.valid), episodes)
-        return Supervision(support_masks=s_masks, query_masks=q_masks,
-                           support_mask_valid=s_valid, query_mask_valid=q_valid)
+        s_idx, q_idx = episode_indices(episodes, self.masks.device)
+        return Supervision(support_masks=self.masks[s_idx], query_masks=self.masks[q_idx],
+                           support_mask_valid=self.valid[s_idx], query_mask_valid=self.valid[q_idx])
 
 
 def load_mask_table(method: FewShotMethod, store: FeatureStore, split: SplitFeatures, *,

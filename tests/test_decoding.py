@@ -9,7 +9,7 @@ import torch
 from fsar.data.episodes import EpisodeSampler
 from fsar.data.manifest import write_manifest
 from fsar.data.transforms import FramePreprocess
-from fsar.frame_episodes import (
+from fsar.sources.decoding import (
     EpisodeDecoder,
     decode_split,
     episode_rows,

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from fsar.cli import main
+from pipelines.cli import main
 from fsar.config import ConfigError
 from fsar.data.manifest import read_manifest, write_manifest
-from fsar.training import TrainConfig, check_training_inputs, load_checkpoint, train_worker
+from fsar.training.checkpoint import load_checkpoint
+from fsar.training.config import TrainConfig
+from fsar.training.loop import check_training_inputs, train_worker
 
 LN3 = float(np.log(3))
 
@@ -110,7 +112,7 @@ def test_checkpoints_round_trip(synth, tmp_path, method, knobs):
     train_worker(small(synth, tmp_path / "r", method=method, knobs=knobs, steps=2),
                  report=lambda m, p: reports.append(p))
     payload = reports[-1]
-    from fsar.training import save_checkpoint
+    from fsar.training.checkpoint import save_checkpoint
 
     path = save_checkpoint(payload, tmp_path / "best.pt")
     loaded, meta = load_checkpoint(path)

@@ -1,0 +1,2 @@
+"""Evaluation: scoring fixed episodes from encode-once splits (``scoring``), and the results, their
+statistics and files (``results``)."""

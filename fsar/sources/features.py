@@ -1,0 +1,221 @@
+"""Episodes from a feature store (``data: {store: ...}``): cached-feature methods (input ``frames``/``patches``).
+
+Up front (``check``, no feature bytes read): the store against the method's input kind and the job's
+backbone, the method's knobs and widths (features, class text), its clip length, its mask source, and
+the training and validation episode requests. In the worker: the train split's fp16 features on the host
+or the device (``feature_placement``), each step's episodes gathered there and cast to fp32 on the
+device; class-name text and mask supervision per episode; the validation split encoded once per
+validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fsar.config import ConfigError
+from fsar.data.episodes import Episodes, EpisodeSampler
+from fsar.data.feature_store import FeatureStore, FeatureStoreError, SplitFeatures, View
+from fsar.evaluation.scoring import FeatureSplit, episode_class_text, episode_indices, to_device
+from fsar.methods import FewShotMethod, build_method, method_info
+from fsar.methods.base import Supervision
+from fsar.sources.base import StepBatch, Validation
+from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table
+from fsar.training.config import StoreData, TrainConfig
+
+
+def check_clip_length(method: FewShotMethod, frames: int, *, source: str) -> None:
+    """A method with a fixed clip length (DMGAL's time mixer: ``num_frames``) must get that many frames;
+    ``source`` says where the count comes from, for the message."""
+    wanted = getattr(method.config, "num_frames", None)
+    if wanted is not None and wanted != frames:
+        raise ConfigError(f"{method.method_name}: knobs.num_frames={wanted} but {frames} frames {source}; "
+                          f"set knobs.num_frames={frames}")
+
+
+def build_for_training(config: TrainConfig, feature_dim: int, *, text_dim: int | None = None) -> FewShotMethod:
+    """The method with the run's seeded initialisation; one without learnable parameters is refused."""
+    torch.manual_seed(config.seed)
+    method = build_method(config.method, feature_dim=feature_dim, text_dim=text_dim, **config.knobs)
+    if not any(p.requires_grad for p in method.parameters()):
+        raise ConfigError(
+            f"method {config.method} has no learnable parameters with knobs {config.knobs}; "
+            "give it some (e.g. knobs.proj_dim=256) or evaluate it untrained with `fsar eval`"
+        )
+    return method
+
+
+def validation_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[int, str]) -> EpisodeSampler:
+    """The validation episode sampler: 1 query per class, seed ``seed + 1`` (never the training stream)."""
+    return EpisodeSampler(labels, way=config.way, shot=config.shot, query=1, seed=config.seed + 1,
+                          class_names=class_names, split=config.val_split)
+
+
+def training_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[int, str]) -> EpisodeSampler:
+    """The training episode sampler of the train split (seed ``seed``)."""
+    return EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
+                          class_names=class_names, split="train")
+
+
+def place_features(features: np.ndarray, device: torch.device, placement: str) -> Tensor:
+    """A split's fp16 features ``(N, T, ...)`` where training reads them: on ``device`` (``placement=device``,
+    or ``auto`` when they fit in a quarter of its free memory) or on the host. They stay fp16 either way and
+    are cast per batch, so memory holds one fp16 copy, not a float32 one."""
+    tensor = torch.from_numpy(np.array(features))  # a copy: store arrays are read-only views of Parquet buffers
+    if device.type == "cpu" or placement == "host":
+        return tensor
+    if placement == "auto" and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if tensor.numel() * tensor.element_size() > free / 4:
+            return tensor
+    return to_device(tensor, device)
+
+
+class FeatureSource:
+    """Cached features of a store (see the module docstring)."""
+
+    autocast = False  # features are already the backbone's output; the heads run in fp32
+
+    def __init__(self, config: TrainConfig) -> None:
+        if not isinstance(config.data, StoreData):
+            raise ConfigError("FeatureSource needs data: {store: ...}")
+        self.config, self.data = config, config.data
+        info = method_info(config.method)
+        if info.input_kind == "pixels":
+            raise ConfigError(
+                f"method {config.method} is end-to-end (input: pixels): it trains on decoded videos, not on a feature "
+                f"store; pass --manifest MANIFEST.parquet (from `fsar manifest` or `fsar synth`) instead of --store"
+            )
+        self.store = FeatureStore(self.data.store)
+        self.view: View = self.store.meta.view_for(info.input_kind, self.data.view)
+        self.store.check(backbone=self.data.backbone, view=self.view)
+        self.as_grid = info.input_kind == "patches"
+        self.text = self.store.class_text()
+        if self.text is None and info.needs_text:
+            raise ConfigError(f"method {config.method} needs class-name text embeddings but store {self.store.root} "
+                              "has none: re-embed with a CLIP backbone that has a text tower")
+        self._train: SplitFeatures | None = None
+        self._masks: MaskTable | None = None
+        self._text_device: Tensor | None = None
+
+    @property
+    def text_dim(self) -> int | None:
+        return None if self.text is None else int(self.text.shape[-1])
+
+    def build_method(self) -> FewShotMethod:
+        method = build_for_training(self.config, self.store.meta.view_dim(self.view), text_dim=self.text_dim)
+        check_clip_length(method, self.store.meta.frames, source=f"per video are in store {self.store.root}")
+        check_mask_inputs(method, self.store)
+        return method
+
+    def check(self) -> None:
+        """Everything that can be wrong, without reading feature bytes: method and knobs against the store,
+        impossible training or validation episodes."""
+        self.build_method()
+        training_sampler(self.config, *self.store.split_labels("train"))
+        validation_sampler(self.config, *self.store.split_labels(self.config.val_split))
+
+    def _load(self, split: str) -> SplitFeatures:
+        return self.store.load_split(split, view=self.view, as_grid=self.as_grid)
+
+    def steps(self, method: FewShotMethod, *, rank: int, world_size: int, per_worker: int, start_step: int,
+              device: torch.device) -> Iterator[StepBatch]:
+        self._train = train = self._load("train")
+        self._masks = load_mask_table(method, self.store, train, device=device)
+        features = place_features(train.features, device, self.data.feature_placement)
+        stream = training_sampler(self.config, train.labels, train.class_names).stream(
+            rank=rank, world_size=world_size, episodes_per_step=per_worker)
+        for _ in range(start_step):  # a resumed run continues the same episode stream
+            next(stream)
+        for episodes in stream:
+            s_idx, q_idx = episode_indices(episodes, features.device)
+            yield StepBatch(torch.cat([features[s_idx], features[q_idx]], dim=1), episodes)
+
+    def method_inputs(self, inputs: Tensor, method: FewShotMethod, device: torch.device) -> Tensor:
+        return to_device(inputs, device, dtype=torch.float32)
+
+    def episode_extras(self, episodes: Episodes | None, method: FewShotMethod,
+                       device: torch.device) -> tuple[Tensor | None, Supervision | None]:
+        text = self._text_on(device) if method.uses_text else None
+        supervision = None if self._masks is None or episodes is None else self._masks.supervision(episodes)
+        return episode_class_text(text, episodes) if episodes is not None else None, supervision
+
+    def _text_on(self, device: torch.device) -> Tensor | None:
+        if self.text is None:
+            return None
+        if self._text_device is None or self._text_device.device != device:
+            self._text_device = torch.from_numpy(self.text).to(device)
+        return self._text_device
+
+    def validation(self, method: FewShotMethod, device: torch.device) -> Validation:
+        val = self._load(self.config.val_split)
+        episodes = validation_sampler(self.config, val.labels, val.class_names).batch(0, self.config.val_episodes)
+        split = FeatureSplit(place_features(val.features, device, self.data.feature_placement))
+        return Validation(split, episodes, self._text_on(device) if method.uses_text else None)
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"feature_dim": self.store.meta.view_dim(self.view), "text_dim": self.text_dim,
+                "view": self.data.view, "resolved_view": self.view, "store_meta": dataclasses.asdict(self.store.meta)}
+
+
+class StoreEvaluation:
+    """One split of a store for ``fsar eval``: untrained methods and trained runs checked against the store,
+    and each method's features (by view) loaded once and shared by the methods that read them."""
+
+    def __init__(self, data: StoreData, split: str) -> None:
+        self.data, self.split = data, split
+        self.store = FeatureStore(data.store)
+        self.labels, self.class_names = self.store.split_labels(split)
+        text = self.store.class_text()
+        self.class_text = None if text is None else torch.from_numpy(text)
+        self._features: dict[tuple[str, bool], SplitFeatures] = {}
+
+    def build(self, name: str, knobs: dict[str, Any]) -> tuple[FewShotMethod, tuple[str, bool]]:
+        """An untrained method by name, built for this store, and the features it reads (its view)."""
+        info = method_info(name)  # unknown names fail here
+        if info.input_kind == "pixels":
+            raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
+        view = self.store.meta.view_for(info.input_kind, self.data.view if info.input_kind == "frames" else "auto")
+        text_dim = self.store.text_dim()
+        if info.needs_text and text_dim is None:
+            raise FeatureStoreError(f"method {name} needs class-name text embeddings but store {self.store.root} has "
+                                    "none: re-embed with a CLIP backbone that has a text tower")
+        method = build_method(name, feature_dim=self.store.meta.view_dim(view), text_dim=text_dim, **knobs)
+        return method, (view, info.input_kind == "patches")
+
+    def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> tuple[str, bool]:
+        """A trained run checked against this store (backbone, weights, view); the features it reads."""
+        meta = payload["store_meta"]
+        if meta is None:  # an end-to-end (pixels) run: no store behind it
+            raise ConfigError(f"run {where} trained {payload['method']} end to end: evaluate it with --manifest")
+        if (meta["backbone"], meta["pretrained"]) != (self.store.meta.backbone, self.store.meta.pretrained):
+            raise FeatureStoreError(
+                f"run {where} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
+                f"{self.store.root} holds {self.store.meta.backbone}/{self.store.meta.pretrained}: evaluate it on a "
+                "matching store")
+        view = self.store.meta.view_for(method.input_kind, payload.get("view", "auto"))
+        if payload.get("resolved_view", view) != view:
+            raise FeatureStoreError(
+                f"run {where} was trained on the {payload['resolved_view']!r} view but store {self.store.root} "
+                f"gives it {view!r}: evaluate it on a store with the same features")
+        return view, method.input_kind == "patches"
+
+    def features(self, key: tuple[str, bool]) -> SplitFeatures:
+        if key not in self._features:
+            self._features[key] = self.store.load_split(self.split, view=key[0], as_grid=key[1])  # type: ignore[arg-type]
+        return self._features[key]
+
+    def split_for(self, key: tuple[str, bool]) -> FeatureSplit:
+        """The split as the method reads it (fp16 on the host; each chunk is cast on the device as it is encoded)."""
+        return FeatureSplit(self.features(key).features)
+
+    def video_ids(self, key: tuple[str, bool]) -> list[str]:
+        return self.features(key).video_ids
+
+    def describe(self) -> dict[str, str]:
+        return {"store": str(self.data.store)}

@@ -1,0 +1,84 @@
+"""Checkpoints that carry their own config: plain data (tensors, numbers, strings) loadable with
+``torch.load(weights_only=True)``, since a checkpoint from a shared folder is untrusted input.
+
+A method with frozen parameters (DMGAL-Adapter's backbone) saves only the others and ``frozen_rebuilt:
+True``; ``load_checkpoint`` rebuilds the frozen part from the config (pretrained weights or init seed) and
+checks that nothing else is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fsar.atomic import atomic_path
+from fsar.config import to_dict
+from fsar.methods import FewShotMethod, build_method
+from fsar.training.config import TrainConfig
+
+CHECKPOINT_FORMAT = "fsar-checkpoint/1"
+
+
+def trainable_state(method: nn.Module) -> tuple[dict[str, Tensor], bool]:
+    """The state dict without frozen parameters (CPU copies), and whether anything was left out."""
+    frozen = {name for name, p in method.named_parameters() if not p.requires_grad}
+    state = {k: v.detach().cpu() for k, v in method.state_dict().items() if k not in frozen}
+    return state, bool(frozen)
+
+
+def load_partial_state(method: nn.Module, state: dict[str, Tensor], *, where: str = "checkpoint") -> None:
+    """Load a ``trainable_state`` into a freshly built method; anything missing must be a frozen parameter."""
+    result = method.load_state_dict(state, strict=False)
+    frozen = {name for name, p in method.named_parameters() if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{where}: does not fit the method it names: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+
+
+def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, step: int, val_accuracy: float,
+                       data_fields: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of ``method`` at ``step``; ``data_fields``: what the episode source records about the data
+    (``feature_dim``, ``text_dim``, ``view``, ``resolved_view``, ``store_meta``; a manifest and its ``frames``)."""
+    state, partial = trainable_state(method)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "method": config.method,
+        "knobs": to_dict(method.config),
+        **data_fields,
+        "state_dict": state,
+        "frozen_rebuilt": partial,
+        "train_config": to_dict(config),
+        "step": step,
+        "val_accuracy": val_accuracy,
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
+    """Rebuild a trained method from its checkpoint (untrusted input: ``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
+    method = build_method(payload["method"], feature_dim=payload["feature_dim"], text_dim=payload.get("text_dim"),
+                          **payload["knobs"])
+    if payload.get("frozen_rebuilt"):  # frozen weights were left out: rebuilt from pretrained/init_seed above
+        load_partial_state(method, payload["state_dict"], where=str(path))
+    else:
+        method.load_state_dict(payload["state_dict"])
+    method.eval()
+    return method, payload

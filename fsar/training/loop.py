@@ -1,0 +1,206 @@
+"""The episodic training loop, for every method and both kinds of data, independent of Ray.
+
+``pipelines/train.py`` runs ``train_worker`` in each Ray Train worker (or in this process); the loop takes
+the worker's rank, world size, device and a ``report`` callback, nothing Ray-specific::
+
+    source = open_source(config)                      store → cached features | manifest → decoded clips
+    method = source.build_method()                    seeded, sized for the data, on the worker's device
+    for step: batch = next(source.steps(...))         this worker's share of the global episodes_per_step
+              training_step(...)                      episodes_per_forward at a time, gradients accumulated
+              every val_every steps: report(metrics, checkpoint on rank 0 after validating)
+
+Each worker runs ``episodes_per_step / world_size`` episodes per step and DDP averages the gradients, so
+the worker count changes speed, not the experiment. Losses stay on the device until a report: nothing
+waits for the device within a step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fsar.data.episodes import episode_labels
+from fsar.evaluation.results import accuracy_ci
+from fsar.evaluation.scoring import episode_accuracies, host_to_device
+from fsar.methods import FewShotMethod
+from fsar.methods.base import Supervision
+from fsar.sources import open_source
+from fsar.sources.base import EpisodeSource, StepBatch, Validation, autocast
+from fsar.training.checkpoint import checkpoint_payload, load_partial_state
+from fsar.training.config import TrainConfig, check_device_settings, episodes_per_worker, training_device
+
+Report = Callable[[dict[str, float], dict[str, Any] | None], None]
+
+
+class EpisodicLoss(nn.Module):
+    """Cross-entropy of a method's query logits plus its auxiliary losses — the module DDP wraps, so
+    gradient all-reduce sees one forward per step whatever the method returns."""
+
+    def __init__(self, method: FewShotMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor, query_labels: Tensor,
+                way: int, class_text: Tensor | None = None,
+                supervision: Supervision | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Batched episodes in; (total loss, query accuracy, auxiliary losses) out."""
+        supervision = supervision or Supervision()
+        supervision.query_labels = query_labels
+        out = self.method.forward_with_aux(support, support_labels, query, way, class_text=class_text,
+                                           supervision=supervision)
+        loss = nn.functional.cross_entropy(out.logits.reshape(-1, way), query_labels.reshape(-1))
+        accuracy = (out.logits.argmax(-1) == query_labels).float().mean()
+        total = loss + sum(out.aux.values(), torch.zeros((), device=loss.device))
+        return total, accuracy, {"ce": loss.detach(), **{k: v.detach() for k, v in out.aux.items()}}
+
+
+def check_training_inputs(config: TrainConfig) -> None:
+    """Everything a training job can get wrong, found before any worker starts and without reading feature
+    bytes or decoding videos: devices and the global batch, the data against the method, impossible episodes."""
+    check_device_settings(config)
+    open_source(config).check()
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and its schedule: linear warm-up, then cosine decay to 0."""
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def validate(method: nn.Module, validation: Validation, device: torch.device) -> tuple[float, float]:
+    """Validation accuracy and its 95% CI, percent; every video encoded once, on ``device``."""
+    return accuracy_ci(episode_accuracies(method, validation.split, validation.episodes, device=device,
+                                          class_text=validation.class_text, batch_size=validation.batch_size))
+
+
+def window_metrics(window: list[tuple[Tensor, Tensor]], *, step: int, lr: float, episodes: int,
+                   started: float) -> dict[str, float]:
+    """The training metrics of one validation interval: mean loss and accuracy (%) of its steps' (loss,
+    accuracy) pairs — device scalars, read here once per interval rather than once per step — the learning
+    rate, and episodes/s since ``started`` (a ``perf_counter`` time).
+
+    Under DDP every worker calls this at the same step, and the loss and accuracy are averaged over the
+    workers (equal shares of each step's episodes), so they describe the whole global batch whatever the
+    worker count."""
+    means = torch.stack([torch.stack([w[0] for w in window]).float().mean(),
+                         torch.stack([w[1] for w in window]).float().mean()])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(means)  # SUM: gloo has no AVG
+        means = means / torch.distributed.get_world_size()
+    loss, accuracy = means.tolist()
+    return {"step": step, "train_loss": loss, "train_accuracy": 100.0 * accuracy, "lr": lr,
+            "episodes_per_s": episodes / (time.perf_counter() - started)}
+
+
+def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: FewShotMethod, source: EpisodeSource,
+                  batch: StepBatch, config: TrainConfig, s_lab: Tensor, q_lab: Tensor, *, per_forward: int,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """One optimiser step on a step's episodes (the scheduler is stepped by the caller).
+
+    ``per_forward`` episodes at a time go to the device as the method's input and through the loss, under
+    bf16 autocast when the source asks for it on CUDA, gradients accumulated (DDP synchronises on the last
+    micro-batch only); ``batch.weight`` 0 makes the step a no-op for the weights. ``s_lab`` ``(way·shot,)``
+    and ``q_lab`` ``(way·query,)`` are on ``device``. Returns the step's loss and accuracy as detached device
+    scalars: nothing here waits for the device."""
+    n_support, k = config.way * config.shot, len(batch.inputs)
+    method.train()
+    opt.zero_grad(set_to_none=True)
+    losses, accuracies = [], []
+    starts = list(range(0, k, per_forward))
+    for i, start in enumerate(starts):
+        videos = source.method_inputs(batch.inputs[start : start + per_forward], method, device)
+        episodes = None if batch.episodes is None else batch.episodes[start : start + per_forward]
+        class_text, supervision = source.episode_extras(episodes, method, device)
+        e = videos.shape[0]
+        last = i + 1 == len(starts)
+        sync = contextlib.nullcontext() if last or not hasattr(loss_module, "no_sync") else loss_module.no_sync()
+        with sync:
+            with autocast(device, enabled=source.autocast):
+                loss, acc, _ = loss_module(videos[:, :n_support], s_lab.expand(e, -1), videos[:, n_support:],
+                                           q_lab.expand(e, -1), config.way, class_text, supervision)
+            (loss * (batch.weight * e / k)).backward()
+        losses.append(loss.detach() * e)
+        accuracies.append(acc.detach() * e)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+    opt.step()
+    return torch.stack(losses).sum() / k, torch.stack(accuracies).sum() / k
+
+
+def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
+                 wrap: Callable[[nn.Module], nn.Module] = lambda m: m, device: torch.device | None = None,
+                 start_step: int = 0, state: dict[str, Any] | None = None) -> None:
+    """Train on this worker's episode stream; call ``report(metrics, checkpoint_or_None)`` every ``val_every``
+    steps. Rank 0 validates and passes the checkpoint payload (latest weights, optimiser state;
+    ``metrics["is_best"]`` says whether validation improved); other ranks pass None.
+
+    ``device``: the device Ray assigned this worker (None in-process; see ``training_device``). ``wrap`` makes
+    the loss module distributed (DDP) once it is on its device; ``state`` resumes from a checkpoint payload,
+    and the episode stream then starts at its step (a resumed end-to-end run decodes no completed step again).
+    """
+    torch.set_num_threads(max(1, config.threads_per_worker))
+    device = training_device(config, assigned=device)
+    per_worker = episodes_per_worker(config, world_size)
+    source = open_source(config)
+    method = source.build_method()
+    best = -1.0
+    if state is not None:
+        load_partial_state(method, state["state_dict"], where="resume checkpoint")
+        best = float(state.get("best_val_accuracy", state.get("val_accuracy", -1.0)))
+    method.to(device)
+    loss_module = wrap(EpisodicLoss(method))
+    opt, schedule = make_optimizer(config, [p for p in method.parameters() if p.requires_grad])
+    if state is not None and "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+    steps = source.steps(method, rank=rank, world_size=world_size, per_worker=per_worker, start_step=start_step,
+                         device=device)
+    validation = source.validation(method, device) if rank == 0 else None
+    s_lab = host_to_device(episode_labels(config.way, config.shot), device)
+    q_lab = host_to_device(episode_labels(config.way, config.query), device)
+    per_forward = config.episodes_per_forward or per_worker
+    window: list[tuple[Tensor, Tensor]] = []
+    failed = np.zeros(2, dtype=np.int64)  # videos that failed to decode, episodes that could not be filled
+    started = time.perf_counter()
+    for step in range(start_step, config.steps):
+        batch = next(steps)
+        failed += (batch.failed_videos, batch.incomplete_episodes)
+        window.append(training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
+                                    per_forward=per_forward, device=device))
+        schedule.step()
+        if (step + 1) % config.val_every and step + 1 != config.steps:
+            continue
+        metrics = window_metrics(window, step=step + 1, lr=float(schedule.get_last_lr()[0]),
+                                 episodes=len(window) * config.episodes_per_step, started=started)
+        if config.source == "manifest":
+            metrics |= {"failed_videos": float(failed[0]), "incomplete_episodes": float(failed[1])}
+        window.clear()
+        payload = None
+        if validation is not None:
+            val_acc, val_ci = validate(method, validation, device)
+            improved = val_acc > best
+            best = max(best, val_acc)
+            metrics |= {"val_accuracy": val_acc, "val_ci95": val_ci, "best_val_accuracy": best,
+                        "is_best": float(improved)}
+            payload = checkpoint_payload(config, method, step=step + 1, val_accuracy=val_acc,
+                                         data_fields=source.checkpoint_fields())
+            payload |= {"optimizer": opt.state_dict(), "scheduler": schedule.state_dict(), "best_val_accuracy": best}
+        report(metrics, payload)
+        started = time.perf_counter()
