@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.cli import main
 from fsar.data.feature_store import StoreMeta, write_meta, write_shard
+from pipelines.cli import main
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_eval_on_a_named_device(store, tmp_path):
 
 def test_config_file_then_overrides(store, tmp_path):
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(f"store: {store}\nout: {tmp_path / 'e'}\nmethods: [bimhm]\nepisodes: 50\nshot: 2\n")
+    cfg.write_text(f"data: {{store: {store}}}\nout: {tmp_path / 'e'}\nmethods: [bimhm]\nepisodes: 50\nshot: 2\n")
     assert main(["eval", "--config", str(cfg), "shot=1"]) == 0
     (record,) = json.loads((tmp_path / "e" / "results.json").read_text())
     assert (record["method"], record["shot"], record["episodes"]) == ("bimhm", 1, 50)
@@ -119,3 +119,12 @@ def test_train_then_eval_the_run_beside_untrained_methods(tmp_path, capsys):
 def test_nothing_to_evaluate(store, tmp_path, capsys):
     assert main(["eval", "--store", str(store), "--out", str(tmp_path / "e")]) == 2
     assert "nothing to evaluate" in capsys.readouterr().err
+
+
+def test_a_key_that_moved_into_data_names_its_new_place(store, tmp_path, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"store: {store}\nout: {tmp_path / 'e'}\nmethods: [bimhm]\n")
+    assert main(["eval", "--config", str(cfg)]) == 2
+    assert "store → data.store" in capsys.readouterr().err
+    assert main(["train", "--store", str(store), "--method", "otam", "--out", str(tmp_path / "r"), "view=grid"]) == 2
+    assert "view → data.view" in capsys.readouterr().err

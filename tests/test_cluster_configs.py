@@ -131,8 +131,9 @@ def test_readme_names_real_entry_points_files_and_commands(monkeypatch):
         assert callable(getattr(importlib.import_module(name), "main", None)), name
     for path in re.findall(r"cluster/[\w./-]+\.(?:yaml|md|txt)|cluster/Dockerfile", readme):
         assert (REPO / path).is_file(), path
-    from fsar.cli import build_parser
+    from pipelines.cli import COMMANDS
+    from pipelines.command import build_parser
 
-    commands = build_parser()._subparsers._group_actions[0].choices
+    commands = build_parser(COMMANDS, prog="fsar")._subparsers._group_actions[0].choices
     for name in ("embed", "train", "tune", "demo"):  # every command that starts Ray can be pointed at a cluster
         assert "--address" in commands[name].format_help(), name

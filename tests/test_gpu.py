@@ -49,13 +49,13 @@ def patch_store(root: Path, *, dim: int = 16, grid: int = 2, frames: int = 4, se
 
 
 def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, placement: str = "auto"):
-    from fsar.training.config import TrainConfig
+    from fsar.training.config import StoreData, TrainConfig
     from fsar.training.loop import train_worker
 
     reports = []
-    config = TrainConfig(store=store, out=out, method=method, knobs=knobs, steps=20, val_every=10,
-                         val_episodes=200, episodes_per_step=4, lr=1e-2, warmup_steps=2, device=device,
-                         feature_placement=placement)  # type: ignore[arg-type]
+    config = TrainConfig(data=StoreData(store=store, feature_placement=placement),  # type: ignore[arg-type]
+                         out=out, method=method, knobs=knobs, steps=20, val_every=10, val_episodes=200,
+                         episodes_per_step=4, lr=1e-2, warmup_steps=2, device=device)
     train_worker(config, report=lambda m, p: reports.append((m, p)))
     return reports
 
@@ -77,7 +77,7 @@ def test_cached_training_with_validation_matches_cpu(tmp_path, method, knobs):
 @pytest.mark.parametrize("method", ["protonet", "otam", "bimhm", "a2m2", "i2st"])
 def test_evaluation_matches_cpu(method):
     from fsar.data.episodes import EpisodeSampler
-    from fsar.evaluation.results import episode_accuracies, episode_scorer
+    from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer
     from fsar.methods import build_method, method_info
 
     torch.manual_seed(0)
@@ -88,8 +88,9 @@ def test_evaluation_matches_cpu(method):
     knobs = {"proj_dim": 8} if method in ("protonet", "otam", "bimhm") else {}
     model = build_method(method, feature_dim=16, **knobs).eval()
     with torch.no_grad():
-        on_cpu = episode_scorer(model, features.half(), 5, device=CPU)(episodes)
-        on_gpu = episode_scorer(model.to(CUDA), features.half(), 5, device=CUDA)(episodes)
+        split = FeatureSplit(features.half())
+        on_cpu = episode_scorer(model, split.encode(model, CPU), 5)(episodes)
+        on_gpu = episode_scorer(model.to(CUDA), split.encode(model, CUDA), 5)(episodes)
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
     accuracy = episode_accuracies(model, features.half(), episodes, device=CUDA)
@@ -100,14 +101,15 @@ def test_end_to_end_bf16_training_matches_cpu():
     """DMGAL-Adapter (frozen fsar-tiny ViT) on uint8 clips: bf16 autocast on the GPU, the same steps in fp32
     on the CPU; first-step losses agree to bf16 precision and the adapters move the same way."""
     from fsar.data.episodes import episode_labels
-    from fsar.evaluation.results import host_to_device
-    from fsar.frame_training import pixel_training_step
+    from fsar.evaluation.scoring import host_to_device
     from fsar.methods import build_method
-    from fsar.training.config import TrainConfig
-    from fsar.training.loop import EpisodicLoss, make_optimizer
+    from fsar.sources.base import StepBatch
+    from fsar.sources.pixels import PixelInputs
+    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
 
-    config = TrainConfig(method="dmgal_adapter", out="unused", way=3, shot=1, query=2, steps=5, lr=1e-2,
-                         warmup_steps=1, episodes_per_step=2)
+    config = TrainConfig(method="dmgal_adapter", out=Path("unused"), data=ManifestData(manifest=Path("unused")),
+                         way=3, shot=1, query=2, steps=5, lr=1e-2, warmup_steps=1, episodes_per_step=2)
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randint(0, 256, (2, 9, 4, 3, 64, 64), generator=gen, dtype=torch.uint8) for _ in range(3)]
     results = {}
@@ -118,8 +120,8 @@ def test_end_to_end_bf16_training_matches_cpu():
         opt, _ = make_optimizer(config, [p for p in method.parameters() if p.requires_grad])
         s_lab = host_to_device(episode_labels(3, 1), device)
         q_lab = host_to_device(episode_labels(3, 2), device)
-        losses = [pixel_training_step(EpisodicLoss(method), opt, method, pixels, s_lab, q_lab, config, per_forward=1,
-                                      device=device, preprocess=method.preprocess)[0] for pixels in steps]
+        losses = [training_step(EpisodicLoss(method), opt, method, PixelInputs(), StepBatch(pixels, None), config,
+                                s_lab, q_lab, per_forward=1, device=device)[0] for pixels in steps]
         moved = torch.cat([(p.detach() - before[n]).flatten().cpu() for n, p in method.named_parameters()
                            if p.requires_grad])
         results[device.type] = ([float(v) for v in losses], moved)

@@ -38,7 +38,7 @@ def test_gpu_tests_import_nothing_the_gpu_machines_lack():
         "            raise ImportError('not on the GPU machine: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "sys.path.insert(0, 'tests')\n"
-        "import test_gpu, pipelines.gpu_check, fsar.embedding, fsar.training, fsar.frame_training, fsar.eval\n"
+        "import test_gpu, pipelines.gpu_check, fsar.embedding, fsar.training.loop, fsar.sources.pixels, fsar.evaluation.scoring\n"
     )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)

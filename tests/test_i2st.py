@@ -338,8 +338,8 @@ def test_inference_never_touches_a_mask_source(patch_store, tmp_path, monkeypatc
     def forbidden(*args, **kwargs):
         raise AssertionError("a mask source was read at inference")
 
-    import fsar.sources.masks
     import fsar.methods.i2st
+    import fsar.sources.masks
 
     monkeypatch.setattr(fsar.sources.masks, "load_masks", forbidden)
     monkeypatch.setattr(fsar.methods.i2st, "text_pseudo_masks", forbidden)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.cli import main
-from fsar.config import ConfigError
+from fsar.config import ConfigError, from_dict
 from fsar.data.manifest import read_manifest, write_manifest
 from fsar.training.checkpoint import load_checkpoint
-from fsar.training.config import TrainConfig
+from fsar.training.config import ManifestData, StoreData, TrainConfig
 from fsar.training.loop import check_training_inputs, train_worker
+from pipelines.cli import main
 
 LN3 = float(np.log(3))
 
@@ -71,11 +71,11 @@ def colours(tmp_path_factory) -> Path:
     return write_manifest(records, root / "manifest.parquet")
 
 
-def small(manifest: Path, out: Path, **kw) -> TrainConfig:
+def small(manifest: Path, out: Path, *, decode: str = "auto", **kw) -> TrainConfig:
     base = {"method": "dmgal_adapter", "knobs": {"temperature": 0.05}, "way": 3, "shot": 1, "query": 1, "steps": 4,
-            "episodes_per_step": 1, "lr": 1e-2, "val_every": 2, "val_episodes": 6, "warmup_steps": 2, "frames": 4,
-            "decode_threads": 2}
-    return TrainConfig(manifest=manifest, out=out, **(base | kw))
+            "episodes_per_step": 1, "lr": 1e-2, "val_every": 2, "val_episodes": 6, "warmup_steps": 2}
+    data = ManifestData(manifest=manifest, frames=4, decode_threads=2, decode=decode)
+    return TrainConfig(data=data, out=out, **(base | kw))
 
 
 def test_training_loss_decreases(colours, tmp_path):
@@ -93,11 +93,11 @@ def test_fsar_train_and_eval_on_a_manifest(synth, tmp_path, capsys):
     run, ev = tmp_path / "run", tmp_path / "eval"
     code = main(["train", "--manifest", str(synth), "--method", "dmgal_adapter", "--out", str(run), "--steps", "2",
                  "--way", "3", "--shot", "1", "episodes_per_step=1", "query=1", "val_every=2", "val_episodes=4",
-                 "frames=4", "decode_threads=2"])
+                 "data.frames=4", "data.decode_threads=2"])
     assert code == 0, capsys.readouterr().err
     assert (run / "best.pt").is_file() and (run / "train_config.yaml").is_file()
     code = main(["eval", "--manifest", str(synth), "--run", str(run), "--method", "dmgal_ft", "--out", str(ev),
-                 "--episodes", "20", "--way", "3", "--shot", "1", "frames=4", "knobs.dmgal_ft.num_frames=4"])
+                 "--episodes", "20", "--way", "3", "--shot", "1", "data.frames=4", "knobs.dmgal_ft.num_frames=4"])
     assert code == 0, capsys.readouterr().err
     records = json.loads((ev / "results.json").read_text())
     assert [r["method"] for r in records] == ["dmgal_ft[num_frames=4]", "dmgal_adapter (trained: run)"]
@@ -138,11 +138,35 @@ def test_a_corrupt_video_does_not_stop_training(synth, tmp_path):
 
 def test_errors_say_what_to_pass(synth, tmp_path):
     with pytest.raises(ConfigError, match="pass --manifest"):
-        check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path, store=tmp_path))
+        check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path, data=StoreData(store=tmp_path)))
     with pytest.raises(ConfigError, match="pass --store"):
-        check_training_inputs(TrainConfig(method="protonet", out=tmp_path, manifest=synth))
-    with pytest.raises(ConfigError, match="not both"):
-        check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path, store=tmp_path, manifest=synth))
+        check_training_inputs(TrainConfig(method="protonet", out=tmp_path, data=ManifestData(manifest=synth)))
+    with pytest.raises(ConfigError, match="give exactly one of .*several"):
+        from_dict(TrainConfig, {"method": "dmgal_ft", "out": str(tmp_path),
+                                "data": {"store": str(tmp_path), "manifest": str(synth)}})
+    with pytest.raises(ConfigError, match="frames → data.frames"):
+        from_dict(TrainConfig, {"method": "dmgal_ft", "out": str(tmp_path), "data": {"manifest": str(synth)},
+                                "frames": 4})
     with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames are decoded per video \(frames\); set knobs.num_frames=4"):
         check_training_inputs(small(synth, tmp_path, method="dmgal_ft", knobs={}))
     assert main(["train", "--store", str(tmp_path), "--method", "dmgal_adapter", "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_resumed_run_decodes_no_completed_step(synth, tmp_path, monkeypatch):
+    from fsar.sources.decoding import EpisodeDecoder
+
+    payloads = []
+    config = small(synth, tmp_path / "r", steps=4, episodes_per_step=2, query=1, val_every=2, decode="threads")
+    train_worker(config, report=lambda m, p: payloads.append(p))
+    decoded: list[int] = []
+    original = EpisodeDecoder.decode_episode
+
+    def counting(self, episode, rows):
+        decoded.append(int(episode))
+        return original(self, episode, rows)
+
+    monkeypatch.setattr(EpisodeDecoder, "decode_episode", counting)
+    reports = []
+    train_worker(config, report=lambda m, p: reports.append(m), state=payloads[0], start_step=2)
+    assert sorted(decoded) == [4, 5, 6, 7]  # steps 2 and 3 only, 2 episodes each: steps 0-1 are not decoded again
+    assert [m["step"] for m in reports] == [4]

@@ -27,7 +27,7 @@ def test_names_go_to_knobs_or_training_settings():
                             store="/s", out="/o", use_gpu=False)
     assert config.lr == 3e-3 and type(config.lr) is float and config.steps == 40 and config.method == "otam"
     assert config.knobs == {"proj_dim": 16, "gamma": 0.1, "temporal_centre": True}
-    assert str(config.store) == "/s" and config.use_gpu is False
+    assert str(config.data.store) == "/s" and config.use_gpu is False
 
 
 def test_distributions_and_probes():
@@ -81,7 +81,7 @@ def test_ranges_the_method_or_trainer_cannot_take_are_refused():
         space(space={"gamma": {"choice": [0.1, "high"]}})
     with pytest.raises(ConfigError, match="space.lr: .*lr must be > 0"):
         space(space={"lr": {"choice": [0.0, 1e-3]}})
-    with pytest.raises(ConfigError, match="fixed: steps must be > 0"):
+    with pytest.raises(ConfigError, match="fixed: steps must be >= 1"):
         space(fixed={"steps": 0})
     with pytest.raises(ConfigError, match="optimizer.*not one of"):
         space(space={"optimizer": {"choice": ["adamw", "adam"]}})

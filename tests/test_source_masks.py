@@ -13,8 +13,8 @@ from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler
 from fsar.data.feature_store import FeatureStore
 from fsar.evaluation.scoring import gather_episodes
-from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table, mask_source
 from fsar.methods import build_method
+from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table, mask_source
 from fsar.training.loop import check_training_inputs
 
 
@@ -75,7 +75,8 @@ def test_mask_table_follows_the_split_and_the_episodes(stores):
     assert torch.equal(table.masks.flatten(2).sum(-1), torch.ones(48, 4))
     episodes = EpisodeSampler(split.labels, way=5, shot=2, query=1, seed=0).batch(0, 3)
     sup = table.supervision(episodes)
-    (s_masks, s_valid), _, (q_masks, _), _ = gather_episodes((table.masks, table.valid), episodes)
+    s_masks, _, q_masks, _ = gather_episodes(table.masks, episodes)
+    s_valid, _, _, _ = gather_episodes(table.valid, episodes)
     assert sup.support_masks.shape == (3, 10, 4, 3, 3) and sup.query_masks.shape == (3, 5, 4, 3, 3)
     assert torch.equal(sup.support_masks, s_masks) and torch.equal(sup.query_masks, q_masks)
     assert torch.equal(sup.support_mask_valid, s_valid) and sup.query_mask_valid.shape == (3, 5)

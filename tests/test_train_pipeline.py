@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from test_pixels_source import small, synth  # noqa: F401 — the module-scoped synthetic dataset fixture
 from test_training_loop import config, make_signal_store
 
 from fsar.training.checkpoint import load_checkpoint
@@ -105,7 +106,6 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
         import ray.train
 
         from fsar.training.config import StoreData, TrainConfig
-
         from fsar.training.loop import train_worker
         from pipelines.train import ddp_wrap
 
@@ -127,3 +127,27 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     expected = [name for _, name, _ in cases]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
+
+
+def test_one_ray_worker_streams_decoded_episodes(synth, tmp_path, ray_local):  # noqa: F811
+    """A manifest run through Ray Train: the worker decodes its own episodes in Ray Data tasks."""
+    result = run(small(synth, tmp_path / "run", workers=1, steps=4, val_every=2))
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2, 4] and lines[-1]["episodes_per_s"] > 0
+    assert all(m["failed_videos"] == 0 for m in lines)
+    method, payload = load_checkpoint(result.best_checkpoint)
+    assert payload["method"] == "dmgal_adapter" and payload["frozen_rebuilt"]
+
+
+def test_a_manifest_run_must_leave_a_cpu_for_decoding(tmp_path):
+    from fsar.config import ConfigError
+    from fsar.training.config import ManifestData, StoreData, TrainConfig
+    from pipelines.train import check_decode_room
+
+    config = TrainConfig(method="dmgal_adapter", out=tmp_path, data=ManifestData(manifest=tmp_path / "m.parquet"),
+                         workers=2)
+    with pytest.raises(ConfigError, match="leaving none to decode"):
+        check_decode_room(config, {"CPU": 2.0})
+    check_decode_room(config, {"CPU": 3.0})
+    check_decode_room(TrainConfig(method="otam", out=tmp_path, data=StoreData(store=tmp_path), workers=2),
+                      {"CPU": 2.0})

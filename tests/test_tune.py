@@ -17,10 +17,10 @@ import yaml
 from ray.tune import Callback
 from test_training_loop import make_signal_store
 
-from pipelines.cli import main as cli
 from fsar.config import ConfigError
 from fsar.search_space import Distribution, SearchSpace, load_search_space
 from fsar.sweep import TrialRecord, best_trial, record_from_metrics, write_results_md, write_trials_csv
+from pipelines.cli import main as cli
 from pipelines.tune import SweepConfig, run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sweeps"
@@ -113,7 +113,7 @@ def test_four_trial_sweep(store, tmp_path, ray_local, mlflow_uri):
 
     best = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best["lr"] == 3e-2 and best["knobs"]["proj_dim"] == 16 and best["mlflow_parent_run_id"] is None
-    assert best["out"] == str(out / "best") and best["store"] == str(store.resolve())
+    assert best["out"] == str(out / "best") and best["data"]["store"] == str(store.resolve())
     assert cli(["train", "--config", str(out / "best_config.yaml"), f"mlflow_uri={mlflow_uri}"]) == 0
     assert (out / "best" / "best.pt").is_file()
 

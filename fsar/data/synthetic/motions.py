@@ -1,13 +1,10 @@
-"""The motion class library: each motion draws its own parameters and returns object tracks; classes
-come in time-reverse pairs."""
+"""Motions of the synthetic dataset: each draws its own parameters from ``rng`` and returns object tracks
+over normalised time ``t`` (``library`` names them and pairs each with its time reverse)."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -62,14 +59,14 @@ def _dir(name: str) -> np.ndarray:
 Motion = Callable[[np.random.Generator, np.ndarray, Sequence[float]], list[_Track]]
 
 
-def _translate(rng, t, rs, *, d, lo=0.55, hi=0.95, ease=1.0, extent=(0.35, 0.7)):
+def translate_motion(rng, t, rs, *, d, lo=0.55, hi=0.95, ease=1.0, extent=(0.35, 0.7)):
     u = _window(rng, t, lo, hi) ** ease
     pts = _place(rng, [[0, 0], _dir(d) * rng.uniform(*extent)], rs[0] + 0.02)
     x, y = _along(pts, u)
     return [_Track(0, x, y, rs[0])]
 
 
-def _move_stop(rng, t, rs, *, d):
+def move_stop_motion(rng, t, rs, *, d):
     u = _window(rng, t, 0.85, 1.0)
     moving = rng.uniform(0.25, 0.45)  # share of the clip spent moving; the rest is rest
     pts = _place(rng, [[0, 0], _dir(d) * rng.uniform(0.35, 0.65)], rs[0] + 0.02)
@@ -77,7 +74,7 @@ def _move_stop(rng, t, rs, *, d):
     return [_Track(0, x, y, rs[0])]
 
 
-def _approach(rng, t, rs, *, side):
+def approach_motion(rng, t, rs, *, side):
     u = _window(rng, t, 0.6, 0.95)
     gain = rng.uniform(2.2, 3.0)
     r0 = min(rs[0] * 0.7, 0.25 / gain)
@@ -90,7 +87,7 @@ def _approach(rng, t, rs, *, side):
     return [_Track(0, x, y, r, bright=-0.45 + 0.65 * u)]
 
 
-def _scale(rng, t, rs, *, kind):
+def scale_motion(rng, t, rs, *, kind):
     u = _window(rng, t, 0.55, 0.95)
     r, sx, sy = rs[0], 1.0, 1.0
     if kind == "grow":
@@ -111,13 +108,13 @@ def _scale(rng, t, rs, *, kind):
     return [_Track(0, x, y, r, sx=sx, sy=sy)]
 
 
-def _fade(rng, t, rs):
+def fade_motion(rng, t, rs):
     u = _window(rng, t, 0.45, 0.9)
     x, y = _place(rng, [[0, 0]], 0.2)[0]
     return [_Track(0, x, y, rs[0], alpha=u)]
 
 
-def _enter(rng, t, rs, *, d):
+def enter_motion(rng, t, rs, *, d):
     # "Entering from the left" moves rightwards, starting wholly outside the frame.
     u = _window(rng, t, 0.5, 0.9)
     d = _dir(d)
@@ -138,13 +135,13 @@ def _enter(rng, t, rs, *, d):
     return [_Track(0, x, y, r)]
 
 
-def _rotate(rng, t, rs):
+def rotate_motion(rng, t, rs):
     u = _window(rng, t, 0.6, 1.0)
     x, y = _place(rng, [[0, 0]], rs[0] * 1.25 + 0.02)[0]
     return [_Track(0, x, y, rs[0], angle=rng.uniform(0.55, 0.95) * math.pi * u)]
 
 
-def _roll(rng, t, rs, *, against):
+def roll_motion(rng, t, rs, *, against):
     u = _window(rng, t, 0.6, 0.95)
     r = rs[0]
     pts = _place(rng, [[0, 0], [rng.uniform(0.4, 0.7), 0]], r * 1.25 + 0.02)
@@ -156,7 +153,7 @@ def _roll(rng, t, rs, *, against):
     return [_Track(0, x, y, r, angle=angle)]
 
 
-def _fall_over(rng, t, rs, *, side):
+def fall_over_motion(rng, t, rs, *, side):
     u = _window(rng, t, 0.45, 0.8)
     a = rs[0]  # half-length; the object pivots about its bottom end
     # The pivot leaves room for the lying object on the falling side and the upright one above.
@@ -170,7 +167,7 @@ def _fall_over(rng, t, rs, *, side):
     return [_Track(0, x, y, a, angle=phi)]
 
 
-def _bounce(rng, t, rs):
+def bounce_motion(rng, t, rs):
     u = _window(rng, t, 0.8, 1.0)
     r = rs[0]
     floor = rng.uniform(0.8, 0.92) - r
@@ -194,7 +191,7 @@ def _bounce(rng, t, rs):
     return [_Track(0, x, floor - above, r)]
 
 
-def _pendulum(rng, t, rs):
+def pendulum_motion(rng, t, rs):
     u = _window(rng, t, 0.85, 1.0)
     bob = rs[1]
     pivot_x, pivot_y = rng.uniform(0.4, 0.6), rng.uniform(0.06, 0.18)
@@ -211,7 +208,7 @@ def _pendulum(rng, t, rs):
     return [rod, _Track(1, bx, by, bob)]
 
 
-def _arc(rng, t, rs, *, over):
+def arc_motion(rng, t, rs, *, over):
     u = _window(rng, t, 0.6, 0.95)
     r = rs[0]
     sign = -1.0 if over else 1.0
@@ -222,7 +219,7 @@ def _arc(rng, t, rs, *, over):
     return [_Track(0, x, y, r)]
 
 
-def _circle(rng, t, rs):
+def circle_motion(rng, t, rs):
     u = _window(rng, t, 0.7, 1.0)
     r = rs[0]
     radius = rng.uniform(0.18, 0.3)
@@ -231,7 +228,7 @@ def _circle(rng, t, rs):
     return [_Track(0, cx + radius * np.cos(theta), cy + radius * np.sin(theta), r)]
 
 
-def _zigzag(rng, t, rs):
+def zigzag_motion(rng, t, rs):
     u = _window(rng, t, 0.7, 1.0)
     r = rs[0]
     teeth = int(rng.integers(2, 4))
@@ -242,7 +239,7 @@ def _zigzag(rng, t, rs):
     return [_Track(0, x, y, r)]
 
 
-def _wave(rng, t, rs):
+def wave_motion(rng, t, rs):
     u = _window(rng, t, 0.7, 1.0)
     r = rs[0]
     cycles = rng.uniform(1.5, 2.5)
@@ -250,7 +247,7 @@ def _wave(rng, t, rs):
     return [_Track(0, (xa + xb) / 2 + (xb - xa) / 2 * np.sin(TAU * cycles * u), y0 + (y1 - y0) * u, r)]
 
 
-def _spiral(rng, t, rs, *, clockwise):
+def spiral_motion(rng, t, rs, *, clockwise):
     u = _window(rng, t, 0.7, 1.0)
     r = rs[0]
     radius = rng.uniform(0.22, 0.32)
@@ -261,7 +258,7 @@ def _spiral(rng, t, rs, *, clockwise):
     return [_Track(0, cx + rho * np.cos(theta), cy + rho * np.sin(theta), r)]
 
 
-def _turn(rng, t, rs, *, first, second):
+def turn_motion(rng, t, rs, *, first, second):
     u = _window(rng, t, 0.65, 1.0)
     r = rs[0]
     a, b = _dir(first) * rng.uniform(0.3, 0.5), _dir(second) * rng.uniform(0.3, 0.5)
@@ -269,7 +266,7 @@ def _turn(rng, t, rs, *, first, second):
     return [_Track(0, x, y, r)]
 
 
-def _steps(rng, t, rs, *, d):
+def steps_motion(rng, t, rs, *, d):
     u = _window(rng, t, 0.85, 1.0)
     r = rs[0]
     steps = 3
@@ -280,7 +277,7 @@ def _steps(rng, t, rs, *, d):
     return [_Track(0, x, y, r)]
 
 
-def _half_back(rng, t, rs, *, d):
+def half_back_motion(rng, t, rs, *, d):
     u = _window(rng, t, 0.65, 1.0)
     r = rs[0]
     far = _dir(d) * rng.uniform(0.4, 0.65)
@@ -288,7 +285,7 @@ def _half_back(rng, t, rs, *, d):
     return [_Track(0, x, y, r)]
 
 
-def _grow_move(rng, t, rs):
+def grow_move_motion(rng, t, rs):
     u = _window(rng, t, 0.6, 0.95)
     r0 = rs[0] * 0.7
     gain = rng.uniform(1.8, 2.3)
@@ -308,7 +305,7 @@ def _line_up(rng, d, fixed: float, runs: Sequence[float], margin: float) -> tupl
     return pts[0], d, runs
 
 
-def _knock(rng, t, rs, *, d, together):
+def knock_motion(rng, t, rs, *, d, together):
     u = _window(rng, t, 0.75, 1.0)
     ra, rb = rs
     gap = (ra + rb) * 0.95
@@ -322,7 +319,7 @@ def _knock(rng, t, rs, *, d, together):
     return [_Track(1, b_pos[:, 0], b_pos[:, 1], rb), _Track(0, a_pos[:, 0], a_pos[:, 1], ra)]
 
 
-def _collide(rng, t, rs, *, d, stick):
+def collide_motion(rng, t, rs, *, d, stick):
     u = _window(rng, t, 0.6, 0.95) if stick else _window(rng, t, 0.8, 1.0)
     ra, rb = rs
     approach = rng.uniform(0.12, 0.25)
@@ -341,7 +338,7 @@ def _collide(rng, t, rs, *, d, stick):
     return [_Track(0, a_pos[:, 0], a_pos[:, 1], ra), _Track(1, b_pos[:, 0], b_pos[:, 1], rb)]
 
 
-def _pass(rng, t, rs, *, behind):
+def pass_motion(rng, t, rs, *, behind):
     u = _window(rng, t, 0.6, 0.95)
     ra = rs[0]
     rb = max(rs[1], ra * 1.5) if behind else rs[1]
@@ -353,7 +350,7 @@ def _pass(rng, t, rs, *, behind):
     return [a, b] if behind else [b, a]
 
 
-def _towards(rng, t, rs, *, d):
+def towards_motion(rng, t, rs, *, d):
     u = _window(rng, t, 0.5, 0.85)
     ra, rb = rs
     gap = ra + rb + rng.uniform(0.01, 0.04)
@@ -363,7 +360,7 @@ def _towards(rng, t, rs, *, d):
     return [_Track(1, b[0], b[1], rb), _Track(0, a_pos[:, 0], a_pos[:, 1], ra)]
 
 
-def _catch_up(rng, t, rs):
+def catch_up_motion(rng, t, rs):
     u = _window(rng, t, 0.65, 1.0)
     ra, rb = rs
     touch = (ra + rb) * 0.95
@@ -376,7 +373,7 @@ def _catch_up(rng, t, rs):
     return [_Track(1, b_x, y, rb), _Track(0, a_x, y + rng.uniform(-0.2, 0.2) * rb, ra)]
 
 
-def _put_on(rng, t, rs):
+def put_on_motion(rng, t, rs):
     u = _window(rng, t, 0.5, 0.85)
     ra, rb = rs
     bx, by = rng.uniform(0.3, 0.7), rng.uniform(0.68, 0.85)
@@ -387,7 +384,7 @@ def _put_on(rng, t, rs):
     return [_Track(1, bx, by, rb), _Track(0, pos[:, 0], pos[:, 1], ra)]
 
 
-def _cover(rng, t, rs, *, d):
+def cover_motion(rng, t, rs, *, d):
     u = _window(rng, t, 0.5, 0.85)
     ra, rb = rs
     rb = min(rb, ra / 1.7)
@@ -398,145 +395,10 @@ def _cover(rng, t, rs, *, d):
     return [_Track(1, b[0], b[1], rb), _Track(0, a_pos[:, 0], a_pos[:, 1], ra)]
 
 
-def _orbit(rng, t, rs):
+def orbit_motion(rng, t, rs):
     u = _window(rng, t, 0.7, 1.0)
     ra, rb = rs
     radius = ra + rb + rng.uniform(0.06, 0.14)
     cx, cy = _place(rng, [[0, 0]], radius + ra + 0.02)[0]
     theta = rng.uniform(0, TAU) + rng.uniform(1.4, 2.0) * math.pi * u
     return [_Track(1, cx, cy, rb), _Track(0, cx + radius * np.cos(theta), cy + radius * np.sin(theta), ra)]
-
-
-# ---------------------------------------------------------------- the class library
-@dataclass(frozen=True)
-class MotionClass:
-    """One class of the library. ``id`` is stable: ``2k`` forward, ``2k + 1`` its time-reversed partner."""
-
-    id: int  # library class id
-    name: str  # readable name, unique ("moving left to right")
-    family: str  # motion family ("translate", "interaction", ...)
-    motion: str  # key of the forward motion this class renders (shared by both partners)
-    reversed: bool  # True: the forward motion played backwards
-    partner: int  # id of the time-reversed partner
-    objects: int  # objects in the scene
-
-    @property
-    def slug(self) -> str:
-        """File-system name: lower case, words joined by underscores."""
-        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
-
-
-# (family, motion key, forward name, reversed name, motion function, object pools)
-_BASES: list[tuple[str, str, str, str, Motion, tuple[str, ...]]] = []
-
-
-def _base(family: str, key: str, forward: str, backward: str, fn: Motion, pools: tuple[str, ...] = ("any",)) -> None:
-    _BASES.append((family, key, forward, backward, fn, pools))
-
-
-for _d, _f, _b in [("right", "moving left to right", "moving right to left"),
-                   ("down", "moving top to bottom", "moving bottom to top"),
-                   ("down_right", "moving diagonally down and right", "moving diagonally up and left"),
-                   ("down_left", "moving diagonally down and left", "moving diagonally up and right")]:
-    _base("translate", f"translate_{_d}", _f, _b, partial(_translate, d=_d))
-for _d, _o in [("right", "left"), ("left", "right"), ("down", "up"), ("up", "down")]:
-    _base("accelerate", f"accelerate_{_d}", f"speeding up {_d}wards", f"slowing down {_o}wards to a stop",
-          partial(_translate, d=_d, lo=0.7, hi=1.0, ease=2.2, extent=(0.45, 0.75)))
-for _d, _o in [("right", "left"), ("left", "right"), ("down", "up"), ("up", "down")]:
-    _base("move_stop", f"move_stop_{_d}", f"moving {_d}, then stopping", f"resting, then moving {_o}",
-          partial(_move_stop, d=_d))
-_base("approach", "approach", "approaching the camera", "moving away from the camera", partial(_approach, side=0))
-_base("approach", "approach_left", "approaching the camera from the left", "moving away from the camera to the left",
-      partial(_approach, side=-1))
-_base("approach", "approach_right", "approaching the camera from the right",
-      "moving away from the camera to the right", partial(_approach, side=1))
-_base("scale", "grow", "growing", "shrinking", partial(_scale, kind="grow"))
-_base("scale", "stretch_x", "stretching horizontally", "contracting horizontally", partial(_scale, kind="x"), ("axis",))
-_base("scale", "stretch_y", "stretching vertically", "contracting vertically", partial(_scale, kind="y"), ("axis",))
-_base("scale", "grow_point", "growing from a point", "shrinking to a point", partial(_scale, kind="point"))
-_base("appear", "fade", "fading in", "fading out", _fade)
-for _d, _side in [("right", "left"), ("left", "right"), ("down", "top"), ("up", "bottom")]:
-    _base("appear", f"enter_{_side}", f"entering the frame from the {_side}", f"leaving the frame to the {_side}",
-          partial(_enter, d=_d))
-_base("rotate", "rotate", "rotating clockwise", "rotating counter-clockwise", _rotate, ("elongated",))
-_base("rotate", "roll", "rolling to the right", "rolling to the left", partial(_roll, against=False), ("nonround",))
-_base("rotate", "spin_against", "spinning counter-clockwise while moving right",
-      "spinning clockwise while moving left", partial(_roll, against=True), ("nonround",))
-_base("rotate", "fall_right", "falling over to the right", "standing up from lying on the right",
-      partial(_fall_over, side=1), ("upright",))
-_base("rotate", "fall_left", "falling over to the left", "standing up from lying on the left",
-      partial(_fall_over, side=-1), ("upright",))
-_base("physics", "bounce", "dropping and bouncing to rest", "bouncing higher and higher, then flying up", _bounce)
-_base("physics", "pendulum", "swinging to a stop", "swinging higher and higher", _pendulum, ("rod", "any"))
-_base("path", "arc_over", "moving in an arc over the top from left to right",
-      "moving in an arc over the top from right to left", partial(_arc, over=True))
-_base("path", "arc_under", "swooping down and up from left to right", "swooping down and up from right to left",
-      partial(_arc, over=False))
-_base("path", "circle", "circling clockwise", "circling counter-clockwise", _circle)
-_base("path", "zigzag", "zigzagging from left to right", "zigzagging from right to left", _zigzag)
-_base("path", "wave", "wavering from top to bottom", "wavering from bottom to top", _wave)
-_base("path", "spiral_cw", "spiralling inwards clockwise", "spiralling outwards counter-clockwise",
-      partial(_spiral, clockwise=True))
-_base("path", "spiral_ccw", "spiralling inwards counter-clockwise", "spiralling outwards clockwise",
-      partial(_spiral, clockwise=False))
-# Reversing "d1 then d2" gives "opposite of d2, then opposite of d1": the eight corner paths form four pairs.
-_OPPOSITE = {"right": "left", "left": "right", "up": "down", "down": "up"}
-for _a, _b2 in [("right", "down"), ("right", "up"), ("down", "right"), ("up", "right")]:
-    _base("path", f"turn_{_a}_{_b2}", f"moving {_a}, then turning {_b2}",
-          f"moving {_OPPOSITE[_b2]}, then turning {_OPPOSITE[_a]}", partial(_turn, first=_a, second=_b2))
-_base("path", "steps_right", "moving right in steps", "moving left in steps", partial(_steps, d="right"))
-_base("path", "steps_down", "moving down in steps", "moving up in steps", partial(_steps, d="down"))
-_base("path", "half_back_right", "moving right and coming halfway back", "moving a little right, then far left",
-      partial(_half_back, d="right"))
-_base("path", "half_back_down", "moving down and coming halfway back", "moving a little down, then far up",
-      partial(_half_back, d="down"))
-_TWO = ("any", "any")
-for _d, _o in [("right", "left"), ("down", "up")]:
-    _base("interaction", f"knock_{_d}", f"knocking an object {_d}wards", f"knocking an object {_o}wards",
-          partial(_knock, d=_d, together=False), _TWO)
-for _d, _o in [("right", "left"), ("down", "up")]:
-    _base("interaction", f"push_{_d}", f"pushing an object {_d}wards", f"moving {_o}wards together, then separating",
-          partial(_knock, d=_d, together=True), _TWO)
-for _d, _axis in [("right", "horizontally"), ("down", "vertically")]:
-    _base("interaction", f"collide_{_axis}", f"colliding {_axis} and bouncing apart",
-          f"approaching {_axis} and springing apart", partial(_collide, d=_d, stick=False), _TWO)
-    _base("interaction", f"meet_{_axis}", f"two objects meeting {_axis}", f"two touching objects moving apart {_axis}",
-          partial(_collide, d=_d, stick=True), _TWO)
-_base("interaction", "pass_front", "passing in front of an object rightwards",
-      "passing in front of an object leftwards", partial(_pass, behind=False), _TWO)
-_base("interaction", "pass_behind", "passing behind an object rightwards", "passing behind an object leftwards",
-      partial(_pass, behind=True), _TWO)
-for _d, _o in [("right", "left"), ("left", "right")]:
-    _base("interaction", f"towards_{_d}", f"moving {_d}wards up to another object",
-          f"moving {_o}wards away from another object", partial(_towards, d=_d), _TWO)
-_base("interaction", "catch_up", "catching up with an object, rightwards", "pulling ahead of an object, leftwards",
-      _catch_up, _TWO)
-_base("interaction", "put_on", "putting an object on top of another", "lifting an object off another", _put_on, _TWO)
-_base("interaction", "cover_left", "covering an object from the left", "uncovering an object to the left",
-      partial(_cover, d="right"), ("blocky", "any"))
-_base("interaction", "cover_top", "covering an object from above", "uncovering an object upwards",
-      partial(_cover, d="down"), ("blocky", "any"))
-_base("interaction", "orbit", "circling around an object clockwise", "circling around an object counter-clockwise",
-      _orbit, _TWO)
-_base("combined", "grow_move", "growing while moving right", "shrinking while moving left", _grow_move)
-
-_MOTIONS: dict[str, tuple[Motion, tuple[str, ...]]] = {key: (fn, pools) for _, key, _, _, fn, pools in _BASES}
-
-
-def _build_library() -> tuple[MotionClass, ...]:
-    out = []
-    for k, (family, key, forward, backward, _, pools) in enumerate(_BASES):
-        out.append(MotionClass(2 * k, forward, family, key, False, 2 * k + 1, len(pools)))
-        out.append(MotionClass(2 * k + 1, backward, family, key, True, 2 * k, len(pools)))
-    names = [c.name for c in out]
-    slugs = [c.slug for c in out]
-    assert len(set(names)) == len(names) and len(set(slugs)) == len(slugs), "class names must be unique"
-    return tuple(out)
-
-
-_LIBRARY = _build_library()
-
-
-def motion_classes() -> list[MotionClass]:
-    """The whole class library (128 classes, 64 time-reverse pairs), in id order."""
-    return list(_LIBRARY)

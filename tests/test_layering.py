@@ -1,0 +1,85 @@
+"""The layering: ``fsar`` (the library) never imports ``pipelines`` (the jobs) nor Ray, MLflow or the video
+decoders at import time, and no module imports another that imports it back."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCKED = ("pipelines", "ray", "mlflow", "av", "decord")
+
+
+def module_names(package: str) -> list[str]:
+    names = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def imports_of(name: str) -> set[str]:
+    """Every module ``name`` imports, at the top or inside a function (lazy imports count too)."""
+    parts = name.split(".")
+    path = REPO.joinpath(*parts)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from pkg import module`
+    return found
+
+
+def test_every_fsar_module_imports_alone_without_the_jobs_ray_mlflow_or_decoders():
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {BLOCKED!r}:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import importlib\n"
+        "importlib.import_module(sys.argv[1])\n"
+    )
+
+    def fresh_import(name: str) -> tuple[str, str]:
+        proc = subprocess.run([sys.executable, "-c", blocker, name], cwd=REPO, capture_output=True, text=True)
+        return name, "" if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+    names = module_names("fsar")
+    assert len(names) > 40
+    with ThreadPoolExecutor(2) as pool:
+        failures = {name: error for name, error in pool.map(fresh_import, names) if error}
+    assert not failures, failures
+
+
+def test_the_library_never_names_the_jobs():
+    offenders = {name: sorted(i for i in imports_of(name) if i.split(".")[0] == "pipelines")
+                 for name in module_names("fsar")}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+@pytest.mark.parametrize("package", ["fsar", "pipelines"])
+def test_no_module_imports_another_that_imports_it_back(package):
+    names = set(module_names("fsar")) | set(module_names("pipelines"))
+    graph = {name: {i for i in imports_of(name) if i in names and i != name} for name in names}
+    cycles = []
+    for start in sorted(n for n in names if n.split(".")[0] == package):
+        seen, stack = {start}, [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(" → ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not cycles, cycles[:5]
