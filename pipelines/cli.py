@@ -62,7 +62,7 @@ class ManifestConfig:
 
     videos: Path  # video root folder
     out: Path  # manifest file to write (.parquet)
-    splits: Path | None = None  # folder of standard split lists (e.g. shared/splits); needs --benchmark
+    splits: Path | None = None  # other split lists laid out like the packaged ones; default: the lists fsar ships
     benchmark: str | None = None  # ssv2_otam | ssv2_cmn | kinetics_cmn | ucf_arn | hmdb_arn
     class_split: tuple[float, float, float] = (0.64, 0.12, 0.24)  # class-per-folder trees: train/val/test class fractions
     seed: int = 0  # class-split shuffle seed
@@ -86,9 +86,9 @@ def _run_manifest(args: Any) -> int:
 
     config = resolve(ManifestConfig, file=args.config, overrides=args.overrides,
                      flags=flags(args, "videos", "out", "splits", "benchmark", "class_split", "seed"))
-    if (config.splits is None) != (config.benchmark is None):
-        raise ConfigError("--splits and --benchmark go together: the split-list folder and which benchmark in it")
-    if config.splits is not None:
+    if config.splits is not None and config.benchmark is None:
+        raise ConfigError("--splits needs --benchmark: which benchmark's lists to read from that folder")
+    if config.benchmark is not None:
         table, report = from_split_lists(config.splits, config.benchmark, config.videos,
                                             require_all=config.require_all)
         print(report.summary())

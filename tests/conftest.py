@@ -14,7 +14,6 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "splits"
 
 
 def touch(path: Path) -> Path:

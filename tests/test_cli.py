@@ -95,8 +95,27 @@ def test_manifest_from_folder_tree(tmp_path, capsys):
 
     table = read_manifest(out)
     assert table.num_rows == 10 and sorted(set(table["split"].to_pylist())) == ["test", "train", "val"]
-    assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--benchmark", "ucf_arn"]) == 2
-    assert "--splits and --benchmark go together" in capsys.readouterr().err
+    assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--splits", str(tmp_path)]) == 2
+    assert "--splits needs --benchmark" in capsys.readouterr().err
+
+
+def test_manifest_of_a_benchmark_from_the_lists_that_ship(tmp_path, capsys):
+    """No --splits: the packaged lists; one video per listed class is present, the rest are reported missing."""
+    from fsar.data.manifest import read_manifest
+    from fsar.data.split_lists import read_split_lists
+
+    entries = read_split_lists(None, "hmdb_arn")
+    present = {split: list({e.class_name: e for e in listed}.values()) for split, listed in entries.items()}
+    for listed in present.values():
+        for e in listed:
+            path = tmp_path / "videos" / e.class_key / f"{e.vid}.avi"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"\0")
+    out = tmp_path / "hmdb.parquet"
+    assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--benchmark", "hmdb_arn"]) == 0
+    table = read_manifest(out)
+    assert table.num_rows == 31 + 10 + 10 and len(set(table["class_name"].to_pylist())) == 51
+    assert "missing" in capsys.readouterr().out
 
 
 def test_train_then_eval_the_run_beside_untrained_methods(tmp_path, capsys):

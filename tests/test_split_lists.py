@@ -6,17 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_SPLITS, touch
+from conftest import touch
 
 from fsar.data import manifest as mf
 from fsar.data import split_lists as sl
 
-SPLITS_DIR = SHARED_SPLITS
-needs_splits = pytest.mark.skipif(
-    not SPLITS_DIR.is_dir(), reason=f"standard split lists not found at {SPLITS_DIR} (../shared/splits beside the repo)"
-)
+SPLITS_DIR = sl.PACKAGED_SPLITS  # the lists that ship with fsar
 
-# The published sizes, copied by hand from shared/splits/README.md: classes and videos per split.
+# The published sizes, copied by hand from the benchmarks' papers: classes and videos per split.
 PUBLISHED = {
     "ssv2_otam": ((64, 12, 24), (67013, 1926, 2857)),
     "ssv2_cmn": ((64, 12, 24), (6400, 1200, 2400)),
@@ -27,7 +24,6 @@ PUBLISHED = {
 
 
 # ---------------------------------------------------------------- standard split lists
-@needs_splits
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_split_lists_match_published_sizes(name: str):
     entries = sl.read_split_lists(SPLITS_DIR, name)
@@ -69,7 +65,6 @@ def fake_video_root(root: Path, entries: dict[str, list[sl.ListEntry]], layout: 
     return created
 
 
-@needs_splits
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_split_lists_found_and_missing(tmp_path: Path, name: str):
     entries = sl.read_split_lists(SPLITS_DIR, name)
@@ -101,7 +96,6 @@ def test_split_lists_found_and_missing(tmp_path: Path, name: str):
         sl.from_split_lists(SPLITS_DIR, name, tmp_path, require_all=True)
 
 
-@needs_splits
 def test_split_lists_all_present_hmdb(tmp_path: Path):
     entries = sl.read_split_lists(SPLITS_DIR, "hmdb_arn")
     for es in entries.values():
@@ -118,7 +112,6 @@ def test_split_lists_all_present_hmdb(tmp_path: Path):
     assert "train" in summary and "4280" in summary and "1292" in summary
 
 
-@needs_splits
 def test_ssv2_otam_class_names(tmp_path: Path):
     names = {s: (SPLITS_DIR / "ssv2_OTAM" / f"classnames_{s}.txt").read_text().splitlines() for s in ("train", "test")}
     lines = {s: (SPLITS_DIR / "ssv2_OTAM" / f"{s}list07.txt").read_text().splitlines()[:40] for s in mf.SPLITS}

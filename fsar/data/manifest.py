@@ -8,7 +8,7 @@ Three ways to build one:
 
 - ``fsar.data.folder_tree.from_folder_tree``: ``videos/<split>/<class>/<file>`` or
   ``videos/<class>/<file>`` (whole classes then go to train/val/test by a seeded shuffle);
-- ``fsar.data.split_lists.from_split_lists``: the standard few-shot split lists (``shared/splits``),
+- ``fsar.data.split_lists.from_split_lists``: the standard few-shot split lists (shipped in ``fsar/data/splits``),
   looking each listed ``class/video_id`` up under a video root;
 - :func:`from_records` here: row dicts (the synthetic generator).
 

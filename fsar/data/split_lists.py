@@ -1,4 +1,8 @@
-"""Manifests from the standard few-shot split lists (``shared/splits``) plus a video root.
+"""Manifests from the standard few-shot split lists plus a video root.
+
+The five benchmarks' lists ship inside the package (``PACKAGED_SPLITS``, ``fsar/data/splits``), so
+``fsar manifest --benchmark NAME --videos DIR`` works on any machine; ``--splits DIR`` reads other lists
+laid out the same way.
 
 Each listed ``class/video_id`` is looked up under the root with any common video extension; listed
 videos that are not found are counted and reported, never silently dropped.
@@ -52,6 +56,9 @@ class BenchmarkSpec:
         return Path(splits_dir) / self.folder / f"{split}list{self.list_number:02d}.txt"
 
 
+# The standard lists, shipped as package data: <folder>/{train,val,test}list0N.txt (+ SSv2-Full class names).
+PACKAGED_SPLITS = Path(__file__).resolve().parent / "splits"
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
@@ -95,19 +102,20 @@ def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise ManifestError(
             f"{what} {path} not found; --splits must name the folder holding {path.parent.name}/ "
-            f"(the standard split lists, e.g. shared/splits)"
+            f"(or leave --splits out to use the lists that ship with fsar)"
         )
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def read_split_lists(splits_dir: Path, benchmark: str) -> dict[str, list[ListEntry]]:
-    """Parse a benchmark's three split lists: split -> entries in list order (blank lines skipped)."""
+def read_split_lists(splits_dir: Path | None, benchmark: str) -> dict[str, list[ListEntry]]:
+    """Parse a benchmark's three split lists: split -> entries in list order (blank lines skipped).
+    ``splits_dir`` None reads the lists that ship with fsar."""
     spec = get_benchmark(benchmark)
-    splits_dir = Path(splits_dir).expanduser()
+    splits_dir = PACKAGED_SPLITS if splits_dir is None else Path(splits_dir).expanduser()
     if not (splits_dir / spec.folder).is_dir():
         raise ManifestError(
             f"{splits_dir / spec.folder} not found: --splits must name the folder that holds {spec.folder}/ "
-            f"(the standard split lists, e.g. shared/splits)"
+            f"(or leave --splits out to use the lists that ship with fsar)"
         )
     names: dict[str, list[str]] = {
         split: [n for n in _read_lines(splits_dir / spec.folder / file, "class-name file") if n]
@@ -244,14 +252,15 @@ class SplitReport:
 
 
 def from_split_lists(
-    splits_dir: Path,
+    splits_dir: Path | None,
     benchmark: str,
     videos: Path,
     *,
     extensions: Iterable[str] = VIDEO_EXTENSIONS,
     require_all: bool = False,
 ) -> tuple[pa.Table, SplitReport]:
-    """Manifest of a standard benchmark: its split lists, with each listed video looked up under ``videos``.
+    """Manifest of a standard benchmark: its split lists (``splits_dir`` None: the packaged ones), with each
+    listed video looked up under ``videos``.
 
     A line ``class/id`` of split ``s`` matches a file ``id.<ext>`` (any of ``extensions``) in the first
     of these folders that has one: ``videos/<class>/``, ``videos/`` (SSv2 is one flat folder of
@@ -302,7 +311,8 @@ def from_split_lists(
                          "class_name": e.class_name, "split": split})
         counts[split] = SplitCount(split, len(split_entries), found, len({e.class_name for e in split_entries}),
                                    len(classes_found), missing_sample)
-    report = SplitReport(spec, Path(splits_dir) / spec.folder, root, counts)
+    report = SplitReport(spec, (PACKAGED_SPLITS if splits_dir is None else Path(splits_dir)) / spec.folder, root,
+                         counts)
     if require_all and report.missing:
         raise ManifestError(f"require_all: {report.missing} of {report.listed} listed videos are missing "
                             f"under {root}\n{report.summary()}")
