@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-
 def touch(path: Path) -> Path:
     """An empty file at ``path`` (parents created): enough for manifest code, which never opens videos."""
     path.parent.mkdir(parents=True, exist_ok=True)
