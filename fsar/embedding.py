@@ -66,6 +66,9 @@ class EmbedConfig:
     decode_cpus: float = 0.5  # Ray with GPUs: CPUs reserved per decode task (decoding 8 frames is light)
     decode_batch: int = 16  # Ray with GPUs: videos per decode task (fewer, larger tasks amortise Ray's cost)
     decode_threads: int = 0  # local engine: parallel decodes (0 = number of CPUs)
+    mlflow: bool = True  # record the store's metadata and the failure count as an MLflow run
+    mlflow_uri: str | None = None  # MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite file in the store)
+    experiment: str = "fsar-embed"  # MLflow experiment name
 
 
 def resolve_pretrained(backbone: str, pretrained: str) -> str | None:

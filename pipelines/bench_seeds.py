@@ -133,7 +133,7 @@ def run(config: SeedBenchConfig) -> dict[str, Any]:
             store=root / "store", out=root / "compare", methods=methods, reference="otam", steps=config.steps,
             episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
             threads_per_worker=config.threads_per_worker, shots=config.shots, episodes=config.episodes,
-            seed=config.seed), progress=False)
+            seed=config.seed, view="grid"), progress=False)
         runs = [root / "compare" / "runs" / k for k in methods]
         reverse = score_reverse_pairs(root / "store", root / "data", runs, count=config.reverse_episodes, seed=config.seed)
         per_episode = read_per_episode(root / "compare" / "eval" / PER_EPISODE_FILE)

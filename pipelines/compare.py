@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fsar.config import ConfigError, dump_yaml
 from fsar.evaluation.results import PER_EPISODE_FILE, ResultRecord, paired_difference, read_per_episode
@@ -82,6 +82,7 @@ class CompareConfig:
     threads_per_worker: int = 1  # torch threads of each training process
     val_every: int = 50  # validation interval (steps)
     shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot test evaluations
+    view: Literal["auto", "pooled", "grid"] = "auto"  # what frame methods read (auto: the pooled embedding)
     episodes: int = 10000  # test episodes per shot
     seed: int = 0  # training and episode seed
 
@@ -120,7 +121,7 @@ def default_mask_folder(store: Path) -> str:
 def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
     import torch
 
-    from pipelines.evaluate import EvalConfig, write_report
+    from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import run as evaluate
     from pipelines.train import run as train
 
@@ -136,7 +137,7 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
         method = key.split("@")[0]
         start = time.perf_counter()
         result = train(TrainConfig(
-            data=StoreData(store=Path(config.store)), method=method, out=out / "runs" / key, knobs=dict(knobs),
+            data=StoreData(store=Path(config.store), view=config.view), method=method, out=out / "runs" / key, knobs=dict(knobs),
             steps=config.steps,
             episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
             threads_per_worker=config.threads_per_worker, val_every=config.val_every, seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
@@ -148,10 +149,11 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
         print(f"{key}: best validation {result.best_val_accuracy:.1f}% at step {result.best_step}, "
               f"{train_seconds[key]:.0f} s", flush=True)
         runs.append(result.run_dir)
-    base = EvalConfig(data=StoreData(store=Path(config.store)), out=out / "eval", runs=runs, episodes=config.episodes,
-                      seed=config.seed, dataset=Path(config.store).name)
-    records = [r for shot in config.shots for r in evaluate(replace(base, shot=shot), progress=progress)]
-    write_report(records, out / "eval")
+    records = evaluate(EvalConfig(data=StoreData(store=Path(config.store), view=config.view), out=out / "eval",
+                                  runs=runs, shot=list(config.shots), episodes=config.episodes, seed=config.seed,
+                                  dataset=Path(config.store).name,
+                                  mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-compare"),
+                       progress=progress)
     rates = {k: config.steps * config.episodes_per_step / s for k, s in train_seconds.items()}
     table = comparison_table(records, params, train_seconds, reference=reference,
                              per_episode=read_per_episode(out / "eval" / PER_EPISODE_FILE), train_rates=rates)

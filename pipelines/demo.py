@@ -18,7 +18,7 @@ reruns, as its runs are cheap on cached features).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,8 @@ class DemoConfig:
     clip_frames: int = 32  # longest synthetic clip, in frames
     size: int = 64  # synthetic frame side in pixels (fsar-tiny sees 64 px)
     frames: int = 8  # frames sampled per video
-    patch_grid: int = 4  # patch grid kept per frame (g×g, flattened): what carries motion for a random encoder
+    patch_grid: int = 4  # patch grid kept per frame (g×g): what carries motion for a random encoder
+    view: Literal["pooled", "grid"] = "grid"  # what frame methods read: the flattened grid (random weights: motion shows there), not the literature's pooled default
     engine: Literal["ray", "local"] = "ray"  # embedding engine
     baselines: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "protonet": {}, "otam": {"temporal_centre": True}, "bimhm": {"temporal_centre": True},
@@ -67,7 +68,7 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     from fsar.data.synthetic import SynthConfig, generate
     from fsar.embedding import EmbedConfig
     from pipelines.embed import run as embed
-    from pipelines.evaluate import EvalConfig, write_report
+    from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import run as evaluate
     from pipelines.train import run as train
 
@@ -89,23 +90,25 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     store = out / "store"
     stage("embed", lambda: embed(EmbedConfig(
         manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=config.frames,
-        patch_grid=config.patch_grid, engine=config.engine), progress=progress, address=address))
+        patch_grid=config.patch_grid, engine=config.engine, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
+        experiment="fsar-demo"), progress=progress, address=address))
     runs = []
     for method, knobs in config.train.items():
         knobs = {k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()}
         result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
-            data=StoreData(store=store, backbone=TINY_MODEL), method=method, out=out / "runs" / method,
+            data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=method, out=out / "runs" / method,
             knobs=dict(knobs), steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr,
             workers=config.workers, seed=config.seed,
             mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo"), address=address))
         print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
         runs.append(result.run_dir)
-    base = EvalConfig(data=StoreData(store=store), out=out / "eval", methods=list(config.baselines), runs=runs,
-                      knobs={k: dict(v) for k, v in config.baselines.items() if v},
-                      episodes=config.episodes, seed=config.seed, dataset="fsar-synth")
-    records: list[ResultRecord] = stage("evaluate", lambda: [
-        r for shot in config.shots for r in evaluate(replace(base, shot=shot), progress=progress)])
-    write_report(records, out / "eval", reference=DEMO_REFERENCE)
+    evaluation = EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval",
+                            methods=list(config.baselines), runs=runs,
+                            knobs={k: dict(v) for k, v in config.baselines.items() if v}, shot=list(config.shots),
+                            episodes=config.episodes, seed=config.seed, dataset="fsar-synth",
+                            reference=DEMO_REFERENCE, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
+                            experiment="fsar-demo")
+    records: list[ResultRecord] = stage("evaluate", lambda: evaluate(evaluation, progress=progress))
     print((out / "eval" / "results.md").read_text())
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f" (total {sum(timings.values()):.0f} s)")

@@ -162,10 +162,38 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
 
 def run(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
         max_shards: int | None = None) -> EmbedSummary:
-    """Embed with the engine ``config.engine`` names."""
+    """Embed with the engine ``config.engine`` names, then record the store in MLflow."""
+    start = time.perf_counter()
     if config.engine == "local":
-        return embed_manifest(config, progress=progress, max_shards=max_shards)
-    return run_ray(config, address=address, progress=progress, max_shards=max_shards)
+        summary = embed_manifest(config, progress=progress, max_shards=max_shards)
+    else:
+        summary = run_ray(config, address=address, progress=progress, max_shards=max_shards)
+    if config.mlflow:
+        log_store(config, summary, seconds=time.perf_counter() - start)
+    return summary
+
+
+def log_store(config: EmbedConfig, summary: EmbedSummary, *, seconds: float) -> str:
+    """One MLflow run per embed job: the store's metadata as params, what the job did as metrics, the
+    failures table as an artifact. Returns the run id (also written to ``<store>/mlflow_run_id``)."""
+    import dataclasses
+
+    from fsar.data.feature_store import FeatureStore
+    from fsar.tracking import RunLogger, tracking_uri
+
+    store = Path(config.out)
+    meta = dataclasses.asdict(FeatureStore(store).meta)
+    logger = RunLogger(uri=tracking_uri(store, config.mlflow_uri), experiment=config.experiment,
+                       run_name=f"embed-{store.resolve().name}", params={"store": str(store.resolve()), **meta},
+                       tags={"fsar.kind": "embed", "fsar.store": str(store.resolve())})
+    logger.log_metrics({"videos": summary.videos, "failures": summary.failures,
+                        "shards_written": summary.shards_written, "shards_skipped": summary.shards_skipped,
+                        "seconds": seconds}, step=0)
+    if (store / "failures.parquet").is_file():
+        logger.log_artifact(store / "failures.parquet")
+    logger.end()
+    (store / "mlflow_run_id").write_text(logger.run_id)
+    return logger.run_id
 
 
 def _arguments(p: Any) -> None:

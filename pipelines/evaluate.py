@@ -4,14 +4,17 @@ manifest's decoded videos.
 ``python -m pipelines.evaluate --config eval.yaml [key=value ...]`` or ``fsar eval``. The episodes are
 written once to ``<out>/episodes-….json`` and reused by every later evaluation into the same folder, so
 all methods are scored on the very same episodes. Every video of the split is encoded once per method
-(``fsar.evaluation.scoring``). Writes ``results.json``, ``per_episode.parquet``, ``results.md`` (with
-paired differences to ``reference``) and ``results.png``.
+(``fsar.evaluation.scoring``). ``shot: [1, 3, 5]`` (``--shot 1,3,5``) scores every method at each shot, on
+that shot's own fixed episodes. Writes ``results.json``, ``per_episode.parquet``, ``results.md`` (with
+paired differences to ``reference``) and ``results.png``, and logs the evaluation as one MLflow run (metrics
+per method and shot, those files as artifacts, tagged with the MLflow runs of the trained runs it scored).
 """
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,6 +29,7 @@ from fsar.evaluation.results import (
     format_table,
     plot_results,
     read_per_episode,
+    shot_table,
     write_per_episode,
     write_results,
 )
@@ -52,7 +56,7 @@ class EvalConfig:
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method knobs, e.g. {otam: {gamma: 0.05}}
     split: str = "test"  # split the episodes are drawn from
     way: int = 5  # classes per episode
-    shot: int = 1  # support videos per class
+    shot: int | list[int] = 1  # support videos per class; a list ([1, 3, 5], `--shot 1,3,5`) scores each in turn
     query: int = 1  # query videos per class
     episodes: int = 10000  # number of test episodes
     seed: int = 0  # episode seed
@@ -61,6 +65,17 @@ class EvalConfig:
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     device: str = "auto"  # where methods run: auto (CUDA when present), cpu, cuda, cuda:N
     reference: str = ""  # method (results.json name) the paired differences in results.md are taken against; default the first
+    mlflow: bool = True  # log the evaluation as an MLflow run
+    mlflow_uri: str | None = None  # MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite file in `out`)
+    experiment: str = "fsar-eval"  # MLflow experiment name
+
+    def __post_init__(self) -> None:
+        shots = self.shots()
+        if not shots or any(s < 1 for s in shots) or len(set(shots)) != len(shots):
+            raise ConfigError(f"shot must be a positive number or a list of distinct ones (e.g. 1,3,5), got {self.shot}")
+
+    def shots(self) -> list[int]:
+        return [self.shot] if isinstance(self.shot, int) else list(self.shot)
 
 
 def episode_file_name(config: EvalConfig) -> str:
@@ -75,6 +90,8 @@ class Candidate:
     run: str | None  # run folder or checkpoint, None for an untrained method
     method: FewShotMethod  # built (and, for a run, loaded)
     key: Any  # what it reads: a store view, or a frame count and pixel pipeline
+    trained_on: str | None = None  # a run: the store or manifest it was trained on
+    mlflow_run_id: str | None = None  # a run: its MLflow run, when it kept the id
 
 
 def open_evaluation(config: EvalConfig) -> Any:
@@ -101,14 +118,19 @@ def _candidates(config: EvalConfig, data: Any) -> list[Candidate]:
         key = data.accept(method, payload, str(run_path))
         folder = Path(run_path).parent.name if Path(run_path).suffix == ".pt" else Path(run_path).name
         label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
-        out.append(Candidate(label, str(run_path), method, key))
+        data_section = payload.get("train_config", {}).get("data", {})
+        id_file = (Path(run_path).parent if Path(run_path).suffix == ".pt" else Path(run_path)) / "mlflow_run_id"
+        out.append(Candidate(label, str(run_path), method, key,
+                             trained_on=data_section.get("store") or data_section.get("manifest"),
+                             mlflow_run_id=id_file.read_text().strip() if id_file.is_file() else None))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
 
 
 def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
-    """Evaluate every method and trained run of ``config`` on the same episodes; returns and writes the records."""
+    """Evaluate every method and trained run of ``config`` on the same episodes, at each of its shots;
+    returns and writes the records (one table, one plot) and logs them to MLflow."""
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -116,9 +138,30 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     candidates = _candidates(config, data)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(config, out / f"eval_config-{config.shot}shot.yaml")
+    records, per_episode = [], {}
+    for shot in config.shots():
+        shot_records, shot_accuracies = _evaluate_shot(replace(config, shot=shot), data, candidates, device,
+                                                       progress=progress)
+        records += shot_records
+        per_episode |= shot_accuracies
+    write_per_episode(out / PER_EPISODE_FILE, per_episode)
+    write_report(records, out, reference=config.reference or None)
+    if config.mlflow:
+        log_evaluation(config, records, candidates)
+    return records
+
+
+def _dataset_name(path: str | Path, *, manifest: bool) -> str:
+    """A store is named by its folder, a manifest by the folder that holds it."""
+    return Path(path).resolve().parent.name if manifest else Path(path).name
+
+
+def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], device: torch.device, *,
+                   progress: bool) -> tuple[list[ResultRecord], dict[tuple[str, int], Any]]:
+    """One shot: its fixed episodes (made once, then read back), every candidate scored on them."""
+    dump_yaml(config, Path(config.out) / f"eval_config-{config.shot}shot.yaml")
     video_ids = data.video_ids(candidates[0].key)  # (decodes a manifest's split: its usable videos)
-    episode_path = out / episode_file_name(config)
+    episode_path = Path(config.out) / episode_file_name(config)
     if episode_path.is_file():
         episodes, _ = read_episode_file(episode_path, video_ids, data.labels)
     else:
@@ -130,7 +173,7 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     pixels = isinstance(config.data, ManifestData)
     batch_size = min(config.batch_size, PIXEL_EPISODE_BATCH) if pixels else config.batch_size
     source_path = config.data.manifest if pixels else config.data.store  # type: ignore[union-attr]
-    dataset = config.dataset or (Path(source_path).resolve().parent.name if pixels else Path(source_path).name)
+    dataset = config.dataset or _dataset_name(source_path, manifest=pixels)
     records, per_episode = [], {}
     for cand in candidates:
         start = time.perf_counter()
@@ -141,11 +184,39 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
         records.append(ResultRecord(
             method=cand.label, dataset=dataset, split=config.split, way=config.way, shot=config.shot,
             episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed, store=str(source_path), run=cand.run,
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, view="pixels" if pixels else str(cand.key[0]),
+            train_store=cand.trained_on,
+            train_dataset=None if cand.trained_on is None else _dataset_name(cand.trained_on, manifest=pixels),
         ))
-    write_per_episode(out / PER_EPISODE_FILE, per_episode)
-    write_report(records, out, reference=config.reference or None)
-    return records
+    return records, per_episode
+
+
+def metric_name(label: str, shot: int) -> str:
+    """``accuracy/otam_trained_run/1shot``: MLflow metric names allow only letters, digits and ``_-./ ``."""
+    return f"accuracy/{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}/{shot}shot"
+
+
+def log_evaluation(config: EvalConfig, records: list[ResultRecord], candidates: list[Candidate]) -> str:
+    """One MLflow run for the evaluation: accuracy and CI per method and shot, the results files as
+    artifacts, and a tag with the MLflow run ids of the trained runs it scored. Returns its run id."""
+    from fsar.config import to_dict
+    from fsar.tracking import RunLogger, tracking_uri
+
+    out = Path(config.out)
+    logger = RunLogger(uri=tracking_uri(out, config.mlflow_uri), experiment=config.experiment,
+                       run_name=f"eval-{out.resolve().name}", params=to_dict(config),
+                       tags={"fsar.kind": "eval", "fsar.training_runs": ",".join(
+                           c.mlflow_run_id for c in candidates if c.mlflow_run_id)})
+    metrics = {}
+    for r in records:
+        metrics[metric_name(r.method, r.shot)] = r.accuracy
+        metrics[metric_name(r.method, r.shot).replace("accuracy/", "ci95/", 1)] = r.ci95
+    logger.log_metrics(metrics, step=0)
+    for name in ("results.json", "results.md", "results.png", PER_EPISODE_FILE):
+        logger.log_artifact(out / name)
+    logger.end()
+    (out / "mlflow_run_id").write_text(logger.run_id)
+    return logger.run_id
 
 
 def write_report(records: list[ResultRecord], out: Path, *, reference: str | None = None) -> None:
@@ -153,7 +224,10 @@ def write_report(records: list[ResultRecord], out: Path, *, reference: str | Non
     when ``per_episode.parquet`` is there) and ``results.png`` (accuracy bars with 95% CI whiskers)."""
     write_results(records, out / "results.json")
     per_episode = read_per_episode(out / PER_EPISODE_FILE) if (out / PER_EPISODE_FILE).is_file() else None
-    (out / "results.md").write_text(format_table(records, per_episode=per_episode, reference=reference) + "\n")
+    table = format_table(records, per_episode=per_episode, reference=reference)
+    if len({r.shot for r in records}) > 1:  # several shots: the methods × shots table first
+        table = shot_table(records, per_episode=per_episode, reference=reference) + "\n\n" + table
+    (out / "results.md").write_text(table + "\n")
     plot_results(records, out / "results.png")
 
 
@@ -166,10 +240,16 @@ def _arguments(p: Any) -> None:
     p.add_argument("--run", dest="runs", action="append", type=Path, help="trained run folder or .pt (repeatable)")
     p.add_argument("--episodes", type=int)
     p.add_argument("--way", type=int)
-    p.add_argument("--shot", type=int)
+    p.add_argument("--shot", type=shot_list, help="support videos per class, or several: 1,3,5")
     p.add_argument("--split")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="where methods run: auto (CUDA when present, the default), cpu, cuda, cuda:N")
+
+
+def shot_list(text: str) -> int | list[int]:
+    """``--shot 5`` → 5, ``--shot 1,3,5`` → [1, 3, 5]."""
+    values = [int(v) for v in text.split(",") if v.strip()]
+    return values[0] if len(values) == 1 and "," not in text else values
 
 
 def _run(args: Any) -> int:

@@ -134,6 +134,10 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     finally:
         if logger is not None:
             logger.log_artifact(out / "train_config.yaml")
+            if status == "FINISHED" and (out / "best.pt").is_file():  # the run names its checkpoint
+                logger.client.set_tag(logger.run_id, "fsar.best_checkpoint", str((out / "best.pt").resolve()))
+                if config.log_checkpoint:
+                    logger.log_artifact(out / "best.pt")
             logger.end(status)
 
 

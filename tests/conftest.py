@@ -132,7 +132,7 @@ def embed_config(manifest: Path, out: Path, **kw: Any):
     from fsar.embedding import EmbedConfig
 
     settings = {"backbone": TINY_MODEL, "pretrained": "none", "frames": 4, "patch_grid": 2, "batch_size": 2,
-                "shard_size": 3, "engine": "local"} | kw
+                "shard_size": 3, "engine": "local", "mlflow": False} | kw
     return EmbedConfig(manifest=manifest, out=out, **settings)
 
 

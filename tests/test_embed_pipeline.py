@@ -24,6 +24,20 @@ def test_ray_engine_matches_local_engine_and_records_failures(videos, ray_local)
     assert sorted(reasons["video_id"]) == ["cut", "empty", "text"]
 
 
+def test_an_embed_job_records_its_store_in_mlflow(videos):
+    from mlflow.tracking import MlflowClient
+
+    manifest, tmp = videos
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    run(embed_config(manifest, tmp / "tracked", engine="local", mlflow=True, mlflow_uri=uri), progress=False)
+    client = MlflowClient(tracking_uri=uri)
+    logged = client.get_run((tmp / "tracked" / "mlflow_run_id").read_text().strip())
+    meta = FeatureStore(tmp / "tracked").meta
+    assert logged.data.params["backbone"] == meta.backbone and int(logged.data.params["frames"]) == meta.frames
+    assert (logged.data.metrics["videos"], logged.data.metrics["failures"]) == (6, 3)
+    assert "failures.parquet" in {a.path for a in client.list_artifacts(logged.info.run_id)}
+
+
 def test_ray_engine_resumes_after_interruption(videos, ray_local):
     manifest, tmp = videos
     cfg = embed_config(manifest, tmp / "store")

@@ -39,7 +39,10 @@ def test_round_trip_views(store):
     test = fs.load_split("test", view="pooled")
     assert test.features.shape == (5, 4, 6) and test.features.dtype == np.float16
     np.testing.assert_allclose(test.features[2], written[2]["frames"].astype(np.float16))
-    grid = fs.load_split("test")  # default view with patches stored = grid
+    assert fs.load_split("test").features.shape == (5, 4, 6)  # the default is the pooled embedding, grid or not
+    assert fs.meta.view_for("frames") == "pooled" and fs.meta.view_for("frames", "grid") == "grid"
+    assert fs.meta.view_for("patches") == "patches"  # patch methods still read the grid they need
+    grid = fs.load_split("test", view="grid")
     assert grid.features.shape == (5, 4, 24)
     np.testing.assert_allclose(grid.features[1], written[1]["patches"].reshape(4, 24).astype(np.float16))
     assert test.labels.tolist() == [0, 1, 2, 0, 1] and test.class_names == {0: "c0", 1: "c1", 2: "c2"}

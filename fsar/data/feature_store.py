@@ -67,8 +67,9 @@ class StoreMeta:
 
     @property
     def default_view(self) -> View:
-        """Which per-frame vector methods get: the pooled patch grid when stored, else the embedding."""
-        return "grid" if self.patch_grid > 0 else "pooled"
+        """Which per-frame vector frame methods get by default: the pooled frame embedding, as in the literature,
+        whatever else the store holds (the flattened patch grid is opt-in: ``view=grid``)."""
+        return "pooled"
 
     def view_dim(self, view: View) -> int:
         """Size of the last feature axis of ``view`` (patches keep the grid as axes, so it is D)."""

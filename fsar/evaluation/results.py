@@ -19,7 +19,8 @@ import numpy as np
 
 from fsar.atomic import atomic_path, atomic_write_text
 
-RESULT_KEYS = ("method", "dataset", "split", "way", "shot", "episodes", "accuracy", "ci95", "seed", "store", "run", "seconds")
+RESULT_KEYS = ("method", "dataset", "split", "way", "shot", "episodes", "accuracy", "ci95", "seed", "store", "run", "seconds",
+               "view", "train_store", "train_dataset")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class ResultRecord:
     store: str  # feature store evaluated on
     run: str | None  # training run folder, None for an untrained method
     seconds: float  # wall time of the evaluation
+    view: str = ""  # features the method read: pooled, grid, patches (a store), or pixels (a manifest)
+    train_store: str | None = None  # a trained run: the store (or manifest) it was trained on
+    train_dataset: str | None = None  # a trained run: that data's dataset name (differs from dataset: cross-dataset)
 
 
 def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:
@@ -106,7 +110,7 @@ def write_results(records: Sequence[ResultRecord], path: str | Path) -> Path:
 
 def read_results(path: str | Path) -> list[ResultRecord]:
     data = json.loads(Path(path).read_text())
-    return [ResultRecord(**{k: rec[k] for k in RESULT_KEYS}) for rec in data]
+    return [ResultRecord(**{k: rec[k] for k in RESULT_KEYS if k in rec}) for rec in data]  # older files lack the last keys
 
 
 def format_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str, int], np.ndarray] | None = None,
@@ -140,6 +144,35 @@ def format_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str
     if paired:
         lines.append(f"\nΔ: mean per-episode accuracy difference to {reference} on the same episodes ± paired 95% "
                      "CI (1.96·std/√N of the differences), in points; bold where it excludes 0.")
+    return "\n".join(lines)
+
+
+def shot_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str, int], np.ndarray] | None = None,
+               reference: str | None = None) -> str:
+    """The table papers print: one row per method, one column per shot (accuracy ± CI, %), and with
+    ``per_episode`` the paired difference to ``reference`` (default: the first method) at each shot."""
+    shots = sorted({r.shot for r in records})
+    methods = list(dict.fromkeys(r.method for r in records))
+    reference = reference or (methods[0] if methods else None)
+    by_key = {(r.method, r.shot): r for r in records}
+    way = records[0].way if records else 5
+    head = "| method | " + " | ".join(f"{way}-way {s}-shot (%)" for s in shots) + " |"
+    head += "".join(f" Δ {s}-shot vs {reference} |" for s in shots) if per_episode is not None else ""
+    lines = [head, "|---|" + "---:|" * (len(shots) * (2 if per_episode is not None else 1))]
+    for m in methods:
+        cells = [f"{by_key[(m, s)].accuracy:.2f} ± {by_key[(m, s)].ci95:.2f}" if (m, s) in by_key else "" for s in shots]
+        if per_episode is not None:
+            for s in shots:
+                mine, ref = per_episode.get((m, s)), per_episode.get((reference, s))  # type: ignore[arg-type]
+                if m == reference:
+                    cells.append("—")
+                elif mine is None or ref is None or len(mine) != len(ref):
+                    cells.append("")
+                else:
+                    diff, ci = paired_difference(mine, ref)
+                    mark = "**" if abs(diff) > ci else ""
+                    cells.append(f"{mark}{diff:+.2f} ± {ci:.2f}{mark}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

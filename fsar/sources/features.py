@@ -189,20 +189,30 @@ class StoreEvaluation:
         return method, (view, info.input_kind == "patches")
 
     def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> tuple[str, bool]:
-        """A trained run checked against this store (backbone, weights, view); the features it reads."""
+        """A trained run checked against this store; the features it reads (the view it was trained on).
+
+        The store may hold another dataset (cross-dataset evaluation) but must hold the same features: the
+        same backbone and weights, the same frames per video and, for the grid or patches, the same grid."""
         meta = payload["store_meta"]
         if meta is None:  # an end-to-end (pixels) run: no store behind it
             raise ConfigError(f"run {where} trained {payload['method']} end to end: evaluate it with --manifest")
-        if (meta["backbone"], meta["pretrained"]) != (self.store.meta.backbone, self.store.meta.pretrained):
+        here = self.store.meta
+        if (meta["backbone"], meta["pretrained"]) != (here.backbone, here.pretrained):
             raise FeatureStoreError(
                 f"run {where} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
-                f"{self.store.root} holds {self.store.meta.backbone}/{self.store.meta.pretrained}: evaluate it on a "
-                "matching store")
-        view = self.store.meta.view_for(method.input_kind, payload.get("view", "auto"))
-        if payload.get("resolved_view", view) != view:
+                f"{self.store.root} holds {here.backbone}/{here.pretrained}: evaluate it on a store embedded with "
+                f"the same backbone (fsar embed --backbone {meta['backbone']})")
+        if meta["frames"] != here.frames:
             raise FeatureStoreError(
-                f"run {where} was trained on the {payload['resolved_view']!r} view but store {self.store.root} "
-                f"gives it {view!r}: evaluate it on a store with the same features")
+                f"run {where} was trained on {meta['frames']} frames per video but store {self.store.root} holds "
+                f"{here.frames}: re-embed with --frames {meta['frames']}")
+        trained_view = payload.get("resolved_view") or payload.get("view", "auto")  # older runs: the view asked for
+        view = here.view_for(method.input_kind, trained_view)
+        if view != "pooled" and meta["patch_grid"] != here.patch_grid:
+            raise FeatureStoreError(
+                f"run {where} read a {meta['patch_grid']}x{meta['patch_grid']} patch grid but store "
+                f"{self.store.root} holds {here.patch_grid}x{here.patch_grid}: re-embed with --patch-grid "
+                f"{meta['patch_grid']}")
         return view, method.input_kind == "patches"
 
     def features(self, key: tuple[str, bool]) -> SplitFeatures:

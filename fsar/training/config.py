@@ -79,6 +79,7 @@ class TrainConfig:
     device: str = "auto"  # auto (the worker's GPU with use_gpu, CUDA in-process when present, else CPU), cpu, cuda, cuda:N
     threads_per_worker: int = 1  # torch CPU threads per worker
     mlflow_uri: str | None = None  # MLflow tracking URI (default: sqlite file in the run folder)
+    log_checkpoint: bool = False  # also copy best.pt into MLflow's artifact store (its path is always a run tag)
     experiment: str = "fsar"  # MLflow experiment name
     mlflow_parent_run_id: str | None = None  # set by a sweep: the run is logged as this run's child
 
