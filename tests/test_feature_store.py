@@ -85,3 +85,22 @@ def test_split_labels_read_without_features(store):
     assert labels.tolist() == full.labels.tolist() and names == full.class_names
     with pytest.raises(FeatureStoreError, match="no videos in split 'val'"):
         fs.split_labels("val")
+
+
+def test_a_job_reads_only_its_split_and_its_view(tmp_path):
+    """Train rows whose grid bytes are damaged: a read of the test split, or of the pooled view, never
+    touches them (a read that did would fail the row-size check), and a read of the train grid does."""
+    write_meta(tmp_path, META)
+    damaged = rows(10, 6, split="train")
+    for r in damaged:
+        r["patches"] = r["patches"][:, :1]  # half the grid: the wrong number of values per row
+    write_shard(tmp_path, 0, rows(0, 5)[:2] + damaged + rows(2, 3))  # splits interleaved within one shard
+    fs = FeatureStore(tmp_path)
+    test = fs.load_split("test", view="grid")
+    assert test.features.shape == (5, 4, 24) and test.video_ids == ["v0", "v1", "v2", "v3", "v4"]
+    np.testing.assert_allclose(test.features[3], rows(2, 3)[1]["patches"].reshape(4, 24).astype(np.float16))
+    assert fs.load_split("train", view="pooled").features.shape == (6, 4, 6)
+    with pytest.raises(FeatureStoreError, match="expected 96 .* the store is damaged, re-embed"):
+        fs.load_split("train", view="grid")
+    with pytest.raises(FeatureStoreError, match=r"no videos in split 'val' \(has \['test', 'train'\]\)"):
+        fs.load_split("val")

@@ -176,23 +176,26 @@ class FeatureStore:
         if view in ("grid", "patches") and m.patch_grid == 0:
             raise FeatureStoreError(f"feature store {self.root} holds no patch grid; re-embed with --patch-grid 4")
 
-    def _read(self, columns: list[str] | None = None) -> pa.Table:
+    def _shards(self) -> list[str]:
         paths = sorted(self.root.glob("shard-*.parquet"))
         if not paths:
             raise FeatureStoreError(f"feature store {self.root} has no shards; the embed job did not finish")
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in paths])
+        return [str(p) for p in paths]
+
+    def _read(self, columns: list[str] | None = None) -> pa.Table:
+        return pa.concat_tables([pq.read_table(p, columns=columns) for p in self._shards()])
 
     @property
     def table(self) -> pa.Table:
-        """Every row and column of every shard (read once, then cached)."""
+        """Every row and column of every shard, for inspection (read once, then cached). Jobs never read it:
+        ``load_split`` reads one split's rows and one feature column."""
         if self._table is None:
             self._table = self._read()
         return self._table
 
     def split_labels(self, split: str) -> tuple[np.ndarray, dict[int, str]]:
         """Class labels ``(N,)`` and label → name of one split, reading no feature bytes (up-front checks)."""
-        table = self._table if self._table is not None else self._read(["label", "class_name", "split"])
-        return self._labels(self._split_rows(table, split))
+        return self._labels(self._split_rows(self._read(["label", "class_name", "split"]), split))
 
     def _split_rows(self, table: pa.Table, split: str) -> pa.Table:
         rows = table.filter(pa.compute.equal(table["split"], split))
@@ -207,19 +210,34 @@ class FeatureStore:
         return labels, dict(zip(labels.tolist(), rows["class_name"].to_pylist(), strict=True))
 
     def splits(self) -> list[str]:
-        return sorted(set(self.table["split"].to_pylist()))
+        return sorted(set(self._read(["split"])["split"].to_pylist()))
 
     def load_split(self, split: str, *, view: View | None = None, as_grid: bool = False) -> SplitFeatures:
         """Features of one split, fp16: ``(N, T, D)`` pooled, ``(N, T, g·g·D)`` grid (flattened per frame)
-        or ``(N, T, g, g, D)`` patches. ``as_grid`` gives the pooled view as a 1×1 grid ``(N, T, 1, 1, D)``."""
+        or ``(N, T, g, g, D)`` patches. ``as_grid`` gives the pooled view as a 1×1 grid ``(N, T, 1, 1, D)``.
+
+        Reads only that split's rows (a Parquet filter on ``split``) and only the one feature column the view
+        needs, batch by batch into one preallocated array: the memory that grows with the data is about one
+        copy of the features read, whatever else the store holds."""
+        import pyarrow.dataset as pads
+
         view = view or self.meta.default_view
         self.check(view=view)
-        table = self._split_rows(self.table, split)
         m = self.meta
         column = "frames" if view == "pooled" else "patches"
-        blobs = table[column].to_pylist()
-        flat = np.frombuffer(b"".join(blobs), dtype="<f2")
-        features = flat.reshape(table.num_rows, m.frames, m.view_dim("pooled" if view == "pooled" else "grid"))
+        width = m.frames * m.view_dim("pooled" if view == "pooled" else "grid")
+        dataset, wanted = pads.dataset(self._shards(), format="parquet"), pads.field("split") == split
+        n = dataset.count_rows(filter=wanted)  # reads the split column only
+        if n == 0:
+            raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
+        features, parts, filled = np.empty((n, width), dtype="<f2"), [], 0
+        for batch in dataset.to_batches(columns=["video_id", "label", "class_name", "frame_indices", column],
+                                        filter=wanted, batch_size=1024):
+            features[filled : filled + batch.num_rows] = fixed_width_values(batch.column(column), width, self.root)
+            filled += batch.num_rows
+            parts.append(batch.drop_columns([column]))
+        table = pa.Table.from_batches(parts)
+        features = features.reshape(table.num_rows, m.frames, width // m.frames)
         if view == "patches":
             features = features.reshape(table.num_rows, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
         elif as_grid and view == "pooled":
@@ -250,6 +268,20 @@ class FeatureStore:
         out = np.zeros((int(labels.max()) + 1, vectors.shape[1]), dtype=np.float32)
         out[labels] = vectors
         return out
+
+
+def fixed_width_values(column: pa.Array, width: int, where: Path) -> np.ndarray:
+    """A binary column of fp16 vectors of ``width`` values each → ``(n, width)`` fp16, read straight from
+    the Arrow data buffer (no Python bytes objects, no join)."""
+    if column.null_count:
+        raise FeatureStoreError(f"feature store {where}: a row has no features in the column read; re-embed")
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32 if column.type == pa.binary() else np.int64,
+                            count=len(column) + 1, offset=column.offset * (4 if column.type == pa.binary() else 8))
+    if not np.all(np.diff(offsets) == 2 * width):
+        raise FeatureStoreError(f"feature store {where}: rows of {set(np.diff(offsets) // 2)} values, expected "
+                                f"{width} (frames × feature size in store.json); the store is damaged, re-embed")
+    data = np.frombuffer(column.buffers()[2], dtype="<f2", count=len(column) * width, offset=int(offsets[0]))
+    return data.reshape(len(column), width)
 
 
 def _frame_indices(rows: pa.Table, frames: int) -> np.ndarray:
