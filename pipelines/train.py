@@ -20,6 +20,7 @@ import json
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ from fsar.training.loop import check_training_inputs, train_worker
 from pipelines.command import Command, data_flags, flags, run_alone
 
 __all__ = ["TrainConfig", "TrainResult", "run", "main"]
+
+# Beside the config in the workers' loop config: the job whose per-node feature actors the workers read from.
+SHARED_FEATURES_KEY = "_shared_features_job"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     import torch
     from ray.train import Checkpoint
 
+    config_dict = dict(config_dict)
+    shared_job = config_dict.pop(SHARED_FEATURES_KEY, None)
     config = from_dict(TrainConfig, config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -128,8 +134,13 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
 
     status = "FAILED"
     try:
+        split_loader = None
+        if shared_job is not None:
+            from pipelines.node_features import node_split_loader
+
+            split_loader = node_split_loader(shared_job)
         train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device,
-                     start_step=start_step, state=state)
+                     start_step=start_step, state=state, split_loader=split_loader)
         status = "FINISHED"
     finally:
         if logger is not None:
@@ -201,9 +212,13 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     if config.workers > 0:
         ray = init_ray(address=address)
         check_decode_room(config, ray.cluster_resources())
+    loop_config = to_dict(config)
+    shared = config.workers > 0 and isinstance(config.data, StoreData)
+    if shared:  # one copy of each split per node, shared by its workers (pipelines.node_features)
+        loop_config[SHARED_FEATURES_KEY] = uuid.uuid4().hex[:12]
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config=to_dict(config),
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.threads_per_worker}),
         run_config=RunConfig(
@@ -217,7 +232,14 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     follower = threading.Thread(target=_follow_metrics, args=(out / "metrics.jsonl", config, stop), daemon=True)
     follower.start()
     try:
-        trainer.fit()
+        if shared:
+            from pipelines.node_features import NodeFeatureActors
+
+            with NodeFeatureActors(loop_config[SHARED_FEATURES_KEY]) as actors:
+                trainer.fit()
+                actors.write_stats(out / "feature_loads.json")
+        else:
+            trainer.fit()
     finally:
         stop.set()
         follower.join()

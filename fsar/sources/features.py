@@ -11,7 +11,8 @@ validation.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -62,11 +63,28 @@ def training_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[
                           class_names=class_names, split="train")
 
 
+# How a store's split is read: (store, split, view, as_grid) → SplitFeatures. The default reads the store's
+# files; a Ray job passes one that maps the node's shared copy (pipelines.node_features).
+SplitLoader = Callable[[FeatureStore, str, str, bool], SplitFeatures]
+
+
+def read_split(store: FeatureStore, split: str, view: str, as_grid: bool) -> SplitFeatures:
+    return store.load_split(split, view=view, as_grid=as_grid)  # type: ignore[arg-type]
+
+
+def host_tensor(features: np.ndarray) -> Tensor:
+    """fp16 features as a host tensor without a copy. A split shared by the workers of a node is a read-only
+    mapping; nothing here writes into it (every read indexes or casts, which copies)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(features)
+
+
 def place_features(features: np.ndarray, device: torch.device, placement: str) -> Tensor:
     """A split's fp16 features ``(N, T, ...)`` where training reads them: on ``device`` (``placement=device``,
-    or ``auto`` when they fit in a quarter of its free memory) or on the host. They stay fp16 either way and
-    are cast per batch, so memory holds one fp16 copy, not a float32 one."""
-    tensor = torch.from_numpy(np.array(features))  # a copy: store arrays are read-only views of Parquet buffers
+    or ``auto`` when they fit in a quarter of its free memory) or on the host, where they are not copied.
+    They stay fp16 either way and are cast per batch, so memory holds one fp16 copy, not a float32 one."""
+    tensor = host_tensor(features)
     if device.type == "cpu" or placement == "host":
         return tensor
     if placement == "auto" and device.type == "cuda":
@@ -81,10 +99,11 @@ class FeatureSource:
 
     autocast = False  # features are already the backbone's output; the heads run in fp32
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, *, split_loader: SplitLoader | None = None) -> None:
         if not isinstance(config.data, StoreData):
             raise ConfigError("FeatureSource needs data: {store: ...}")
         self.config, self.data = config, config.data
+        self.split_loader = split_loader or read_split
         info = method_info(config.method)
         if info.input_kind == "pixels":
             raise ConfigError(
@@ -121,7 +140,7 @@ class FeatureSource:
         validation_sampler(self.config, *self.store.split_labels(self.config.val_split))
 
     def _load(self, split: str) -> SplitFeatures:
-        return self.store.load_split(split, view=self.view, as_grid=self.as_grid)
+        return self.split_loader(self.store, split, self.view, self.as_grid)
 
     def steps(self, method: FewShotMethod, *, rank: int, world_size: int, per_worker: int, start_step: int,
               device: torch.device) -> Iterator[StepBatch]:

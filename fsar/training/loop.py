@@ -146,7 +146,7 @@ def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: Fe
 
 def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
                  wrap: Callable[[nn.Module], nn.Module] = lambda m: m, device: torch.device | None = None,
-                 start_step: int = 0, state: dict[str, Any] | None = None) -> None:
+                 start_step: int = 0, state: dict[str, Any] | None = None, split_loader: Any = None) -> None:
     """Train on this worker's episode stream; call ``report(metrics, checkpoint_or_None)`` every ``val_every``
     steps. Rank 0 validates and passes the checkpoint payload (latest weights, optimiser state;
     ``metrics["is_best"]`` says whether validation improved); other ranks pass None.
@@ -154,11 +154,12 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     ``device``: the device Ray assigned this worker (None in-process; see ``training_device``). ``wrap`` makes
     the loss module distributed (DDP) once it is on its device; ``state`` resumes from a checkpoint payload,
     and the episode stream then starts at its step (a resumed end-to-end run decodes no completed step again).
+    ``split_loader``: how store splits are read (a Ray job shares one copy per node: pipelines.node_features).
     """
     torch.set_num_threads(max(1, config.threads_per_worker))
     device = training_device(config, assigned=device)
     per_worker = episodes_per_worker(config, world_size)
-    source = open_source(config)
+    source = open_source(config, split_loader=split_loader)
     method = source.build_method()
     best = -1.0
     if state is not None:

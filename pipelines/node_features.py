@@ -1,0 +1,100 @@
+"""One copy of a store's split per node, shared by every training worker and Tune trial on that node.
+
+The job's driver starts one ``NodeFeatures`` actor on each node (pinned there, no CPU) before the workers
+start, and stops them when the job ends; it never touches feature bytes itself. The first worker on a node
+that asks for a split makes that node's actor read it (``FeatureStore.load_split``: one split, one column)
+and ``ray.put`` it into the node's object store; every worker on the node then maps the same buffers
+read-only, zero-copy. A node's memory thus holds one copy of each split its workers read, whatever the
+number of workers or trials on it.
+
+Each actor counts what it read; the driver writes the counts to ``<run>/feature_loads.json`` so a run
+shows where its features came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+NAMESPACE = "fsar"
+
+
+def actor_name(node_id: str, job: str) -> str:
+    return f"fsar-features-{job}-{node_id}"
+
+
+def _actor_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class NodeFeatures:
+        """Holds this node's copies: (store, split, view, as_grid) → a one-element list with the object ref (a
+        list, so that returning it hands out the ref, not the data)."""
+
+        def __init__(self) -> None:
+            self.refs: dict[tuple[str, str, str, bool], list[Any]] = {}
+            self.loads: dict[str, int] = {}
+
+        def get(self, store: str, split: str, view: str, as_grid: bool) -> list[Any]:
+            from fsar.data.feature_store import FeatureStore
+
+            key = (store, split, view, as_grid)
+            if key not in self.refs:
+                features = FeatureStore(store).load_split(split, view=view, as_grid=as_grid)  # type: ignore[arg-type]
+                self.refs[key] = [ray.put(features)]
+                name = f"{split}/{view}"
+                self.loads[name] = self.loads.get(name, 0) + 1
+            return self.refs[key]
+
+        def stats(self) -> dict[str, Any]:
+            return {"node": ray.get_runtime_context().get_node_id(), "loads": dict(self.loads)}
+
+    return NodeFeatures
+
+
+class NodeFeatureActors:
+    """The driver's side: one actor per alive node for the length of a job (a context manager)."""
+
+    def __init__(self, job: str) -> None:
+        self.job, self.actors = job, {}
+
+    def __enter__(self) -> NodeFeatureActors:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cls = _actor_class()
+        for node in ray.nodes():
+            if node["Alive"]:
+                node_id = node["NodeID"]
+                self.actors[node_id] = cls.options(
+                    name=actor_name(node_id, self.job), namespace=NAMESPACE,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+        return self
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        import ray
+
+        return {s["node"]: s["loads"] for s in ray.get([a.stats.remote() for a in self.actors.values()])}
+
+    def write_stats(self, path: Path) -> None:
+        path.write_text(json.dumps(self.stats(), indent=2, sort_keys=True) + "\n")
+
+    def __exit__(self, *exc: Any) -> None:
+        import ray
+
+        for actor in self.actors.values():
+            ray.kill(actor)
+
+
+def node_split_loader(job: str) -> Any:
+    """In a worker: a ``SplitLoader`` that reads through this node's actor (see the module docstring)."""
+    import ray
+
+    actor = ray.get_actor(actor_name(ray.get_runtime_context().get_node_id(), job), namespace=NAMESPACE)
+
+    def load(store: Any, split: str, view: str, as_grid: bool) -> Any:
+        (ref,) = ray.get(actor.get.remote(str(store.root), split, view, as_grid))
+        return ray.get(ref)
+
+    return load

@@ -1,0 +1,78 @@
+"""One copy of a split per node, on a real 2-node Ray cluster: two raylets on this machine (``ray start
+--head`` and ``ray start --address``, one CPU each, so Ray Train must put one worker on each node). Every
+node's actor reads the train split once, only rank 0's node reads the validation split, and training runs
+as usual. The cluster is started here and stopped by killing its own processes (those naming its
+temporary folder), as in ``test_cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from test_cluster import RAY, RAY_ENV, VENV_BIN, _free_port, _stop_cluster
+from test_training_loop import make_signal_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_two_nodes(temp_dir: Path, env: dict[str, str]) -> str:
+    """Head and one more node on 127.0.0.1, 1 CPU each, every port chosen free; returns the GCS address."""
+    gcs = _free_port()
+    head = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
+            "--include-dashboard=false", "--num-cpus=1", "--disable-usage-stats",
+            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"]
+    second = [RAY, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+              "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+              f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+              f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    for cmd in (head, second):
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+    return f"127.0.0.1:{gcs}"
+
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+import ray
+from fsar.training.config import StoreData, TrainConfig
+from pipelines.train import run
+
+address, store, out = sys.argv[1:]
+ray.init(address=address)
+nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+config = TrainConfig(data=StoreData(store=Path(store)), out=Path(out), method="protonet", knobs={"proj_dim": 16},
+                     steps=20, episodes_per_step=4, lr=3e-2, val_every=10, val_episodes=100, warmup_steps=2,
+                     workers=2)
+result = run(config, address=address)
+Path(out, "nodes.json").write_text(json.dumps({"nodes": nodes, "best": result.best_val_accuracy}))
+"""
+
+
+def test_each_node_reads_each_split_once(tmp_path):
+    store = make_signal_store(tmp_path / "store")
+    out = tmp_path / "run"
+    temp_dir = Path(tempfile.mkdtemp(prefix="fsar-2n-", dir="/tmp"))  # short: Ray's unix sockets live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        address = start_two_nodes(temp_dir, env)
+        driver = subprocess.run([sys.executable, "-c", DRIVER, address, str(store), str(out)], cwd=REPO,
+                                env=env | {"RAY_ADDRESS": address}, capture_output=True, text=True, timeout=600)
+        assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    finally:
+        _stop_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    nodes = json.loads((out / "nodes.json").read_text())
+    loads = json.loads((out / "feature_loads.json").read_text())
+    assert len(nodes["nodes"]) == 2 and sorted(loads) == nodes["nodes"]  # one actor per node
+    assert sorted(tuple(sorted(v.items())) for v in loads.values()) == [
+        (("train/pooled", 1),), (("train/pooled", 1), ("val/pooled", 1))]  # rank 0's node also validates
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [10, 20] and nodes["best"] == max(m["val_accuracy"] for m in metrics)
