@@ -161,3 +161,16 @@ def test_too_few_frames_and_unbalanced_shots_are_refused():
     support, query = torch.randn(3, 4, 6), torch.randn(2, 4, 6)
     with pytest.raises(ValueError, match="same number of support videos"):
         method(support, torch.tensor([0, 0, 1]), query, 2)
+
+
+def test_blocks_of_episodes_give_the_same_logits(monkeypatch):
+    import fsar.methods.trx as trx
+
+    gen = torch.Generator().manual_seed(5)
+    method = small().eval()
+    support, query = torch.randn(7, 6, 5, 6, generator=gen), torch.randn(7, 3, 5, 6, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2]).expand(7, 6)
+    with torch.no_grad():
+        whole = method(support, labels, query, 3)
+        monkeypatch.setattr(trx, "ATTENTION_BLOCK", 2 * 3 * 10 * 6 * 10)  # two episodes per block: 4 blocks
+        torch.testing.assert_close(method(support, labels, query, 3), whole)

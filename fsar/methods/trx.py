@@ -70,6 +70,9 @@ class TRXEncoding(NamedTuple):
     values: Tensor  # (..., ΣC(T, k), d) tuple values
 
 
+ATTENTION_BLOCK = 1 << 23  # (query tuple, support tuple) pairs the head holds at once, all episodes of a block
+
+
 @functools.lru_cache(maxsize=64)
 def tuple_index(frames: int, cardinality: int) -> Tensor:
     """Frame indices of every ordered ``cardinality``-frame combination, in ``itertools.combinations`` order:
@@ -174,12 +177,17 @@ class TRX(FewShotMethod):
         s_keys, s_values = support.keys[rows, order], support.values[rows, order]
         ks = self.config.temporal_set
         q_counts, s_counts = tuple_counts(query.keys.shape[-2], ks), tuple_counts(s_keys.shape[-2], ks)
-        distance = sum(
-            tuple_attention_distance(qk, qv, sk, sv, way)
-            for qk, qv, sk, sv in zip(query.keys.split(q_counts, -2), query.values.split(q_counts, -2),
-                                      s_keys.split(s_counts, -2), s_values.split(s_counts, -2), strict=True)
-        ) / len(ks)
-        return HeadOutput(self.scale(distance))
+        # Each (query tuple, support tuple) pair holds a few floats per episode (scores, attention, value products):
+        # blocks of episodes keep those near ATTENTION_BLOCK elements, whatever batch the evaluator passes.
+        per_episode = query.keys.shape[1] * max(q_counts) * s_keys.shape[1] * max(s_counts)
+        step = max(1, ATTENTION_BLOCK // per_episode)
+        blocks = []
+        for start in range(0, s_keys.shape[0], step):
+            block = slice(start, start + step)
+            pieces = zip(query.keys[block].split(q_counts, -2), query.values[block].split(q_counts, -2),
+                         s_keys[block].split(s_counts, -2), s_values[block].split(s_counts, -2), strict=True)
+            blocks.append(sum(tuple_attention_distance(qk, qv, sk, sv, way) for qk, qv, sk, sv in pieces))
+        return HeadOutput(self.scale(torch.cat(blocks) / len(ks)))
 
     @staticmethod
     def _check_balanced(support_labels: Tensor, way: int) -> None:
