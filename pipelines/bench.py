@@ -8,7 +8,8 @@
    pipeline efficiency = pipeline rate / min(decode rate, encode rate). Ray start-up is timed apart.
 2. Training from cached features: episodes/s of the in-process loop (OTAM with a learned projection).
 3. Evaluation from cached features: episodes/s for 10,000 5-way 1-shot episodes per method (each on the
-   features it reads: OTAM the flattened grid, A2M2 the patch grid) and its parameter count.
+   features it reads: OTAM the flattened grid, A2M2 the patch grid) and its parameter count; ``--shots 1,5``
+   adds other shot counts.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:
     return {"train_episodes_per_s": reports[-1]["episodes_per_s"]}
 
 
-def bench_evaluation(store: Path, *, episodes: int, methods: list[str]) -> dict[str, float]:
+def bench_evaluation(store: Path, *, episodes: int, methods: list[str], shots: tuple[int, ...] = (1,)
+                     ) -> dict[str, float]:
     """Evaluation episodes/s of untrained methods (default knobs), each on the features it reads."""
     from fsar.data.episodes import EpisodeSampler
     from fsar.data.feature_store import FeatureStore
@@ -94,12 +96,14 @@ def bench_evaluation(store: Path, *, episodes: int, methods: list[str]) -> dict[
         kind = method_info(name).input_kind
         split = feature_store.load_split("test", view=feature_store.meta.view_for(kind), as_grid=kind == "patches")
         feats = torch.from_numpy(split.features.astype(np.float32))
-        eps = EpisodeSampler(split.labels, way=5, shot=1, query=1, seed=0).batch(0, episodes)
         method = build_method(name, feature_dim=feats.shape[-1])
-        start = time.perf_counter()
-        episode_accuracies(method, feats, eps, batch_size=1000,
-                           class_text=None if text is None else torch.from_numpy(text))
-        out[f"eval_{name}_episodes_per_s"] = _rate(episodes, time.perf_counter() - start)
+        for shot in shots:
+            eps = EpisodeSampler(split.labels, way=5, shot=shot, query=1, seed=0).batch(0, episodes)
+            start = time.perf_counter()
+            episode_accuracies(method, feats, eps, batch_size=1000,
+                               class_text=None if text is None else torch.from_numpy(text))
+            key = f"eval_{name}_episodes_per_s" if shot == 1 else f"eval_{name}_{shot}shot_episodes_per_s"
+            out[key] = _rate(episodes, time.perf_counter() - start)
         out[f"{name}_parameters"] = float(sum(p.numel() for p in method.parameters()))
     return out
 
@@ -111,15 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--episodes", type=int, default=10000)
     parser.add_argument("--train-steps", type=int, default=50)
-    parser.add_argument("--methods", default="protonet,otam,bimhm,a2m2")
+    parser.add_argument("--methods", default="protonet,otam,bimhm,a2m2,trx")
+    parser.add_argument("--shots", default="1", help="comma-separated shot counts of the evaluation figures")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--store", type=Path, help="only the evaluation figures, on this existing feature store")
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    shots = tuple(int(s) for s in args.shots.split(","))
     from fsar.data.synthetic import SynthConfig, generate
 
     if args.store is not None:
-        return report(bench_evaluation(args.store, episodes=args.episodes, methods=args.methods.split(",")))
+        return report(bench_evaluation(args.store, episodes=args.episodes, methods=args.methods.split(","),
+                                       shots=shots))
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         synth = SynthConfig(out=work / "data", classes=args.classes, videos_per_class=args.videos_per_class,
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                  time.perf_counter() - start)}
         results |= bench_embedding(manifest, work)
         results |= bench_training(work / "store", work, steps=args.train_steps)
-        results |= bench_evaluation(work / "store", episodes=args.episodes, methods=args.methods.split(","))
+        results |= bench_evaluation(work / "store", episodes=args.episodes, methods=args.methods.split(","),
+                                    shots=shots)
     return report(results)
 
 

@@ -13,19 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fsar.methods.parts import sinusoid_code
 from fsar.ops.instance_masks import mask_pool
-
-
-def sinusoid_code(positions: Tensor, width: int) -> Tensor:
-    """Fixed sine/cosine code of integer positions: ``(n,)`` → ``(n, width)``.
-
-    It works for any number of positions, so one model reads any patch grid size and any clip length.
-    """
-    half = (width + 1) // 2
-    steps = torch.arange(half, dtype=torch.float32, device=positions.device)
-    freqs = torch.exp(-math.log(10000.0) * steps / max(1, half))
-    angles = positions.float().unsqueeze(-1) * freqs
-    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :width]
 
 
 def grid_code(grid: int, width: int, *, device: torch.device | None = None) -> Tensor:

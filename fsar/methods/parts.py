@@ -1,5 +1,5 @@
-"""Building blocks the methods share: class averages and prototypes, logit scales, projections, and the base
-of the methods that align frame sequences (OTAM, Bi-MHM)."""
+"""Building blocks the methods share: class averages and prototypes, logit scales, projections, a sinusoidal
+position code, and the base of the methods that align frame sequences (OTAM, Bi-MHM)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,18 @@ def make_projection(feature_dim: int, proj_dim: int) -> nn.Module:
     if proj_dim and feature_dim < 1:
         raise ValueError(f"feature_dim must be >= 1 for a projection, got {feature_dim}")
     return nn.Linear(feature_dim, proj_dim) if proj_dim else nn.Identity()
+
+
+def sinusoid_code(positions: Tensor, width: int) -> Tensor:
+    """Fixed sine/cosine code of integer positions: ``(n,)`` → ``(n, width)``.
+
+    It works for any number of positions, so one model reads any patch grid size and any clip length.
+    """
+    half = (width + 1) // 2
+    steps = torch.arange(half, dtype=torch.float32, device=positions.device)
+    freqs = torch.exp(-math.log(10000.0) * steps / max(1, half))
+    angles = positions.float().unsqueeze(-1) * freqs
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :width]
 
 
 class TemporalCentre(nn.Module):

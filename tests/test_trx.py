@@ -1,0 +1,176 @@
+"""fsar.methods.trx: frame tuples, class-restricted tuple attention, the encode-once path, training, knob errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fsar.config import ConfigError
+from fsar.methods import build_method
+from fsar.methods.base import index_encoding
+from fsar.methods.parts import sinusoid_code
+from fsar.methods.trx import tuple_counts
+
+
+def small(**knobs):
+    torch.manual_seed(0)
+    return build_method("trx", feature_dim=knobs.pop("feature_dim", 6), **({"trans_linear_out_dim": 10} | knobs))
+
+
+def reference_logits(method, support, labels, query, way):
+    """One episode, one class at a time, the prototype formed explicitly: the paper's definition."""
+    enc_s, enc_q = method.encode(support), method.encode(query)
+    counts = tuple_counts(enc_q.keys.shape[-2], method.config.temporal_set)
+    logits = torch.zeros(len(query), way, dtype=support.dtype)
+    start = 0
+    for count in counts:
+        part = slice(start, start + count)
+        start += count
+        for c in range(way):
+            k = enc_s.keys[labels == c, part].reshape(-1, enc_s.keys.shape[-1])  # all shots' tuples of class c
+            v = enc_s.values[labels == c, part].reshape(-1, enc_s.values.shape[-1])
+            for i in range(len(query)):
+                attn = torch.softmax(enc_q.keys[i, part] @ k.T / math.sqrt(k.shape[-1]), dim=-1)
+                prototype = attn @ v
+                logits[i, c] -= ((enc_q.values[i, part] - prototype) ** 2).sum() / count
+    return logits / len(counts)
+
+
+def test_tuples_are_pairs_and_triples_in_combinations_order():
+    method = small(pe_scale=0.0).eval()
+    video = torch.randn(8, 6, dtype=torch.float64)
+    method = method.double()
+    enc = method.encode(video)
+    assert tuple_counts(enc.keys.shape[-2], [2, 3]) == [28, 56] and enc.values.shape == (84, 10)
+    pairs = [(0, 1), (0, 2), (0, 7), (1, 2), (6, 7)]  # positions 0, 1, 6, 7 and 27 of the pairs
+    for row, (a, b) in zip([0, 1, 6, 7, 27], pairs, strict=True):
+        torch.testing.assert_close(enc.values[row], method.value_maps[0](torch.cat([video[a], video[b]])))
+    for row, (a, b, c) in zip([0, 1, 55], [(0, 1, 2), (0, 1, 3), (5, 6, 7)], strict=True):
+        concat = torch.cat([video[a], video[b], video[c]])
+        torch.testing.assert_close(enc.keys[28 + row], method.key_norms[1](method.key_maps[1](concat)))
+        torch.testing.assert_close(enc.values[28 + row], method.value_maps[1](concat))
+
+
+def test_position_code_is_the_released_scaled_sinusoid():
+    t, d = torch.arange(8.0)[:, None], 6
+    expected = torch.zeros(8, d)
+    expected[:, 0::2] = torch.sin(t * torch.exp(torch.arange(0, d, 2) * -(math.log(10000.0) / d)))
+    expected[:, 1::2] = torch.cos(t * torch.exp(torch.arange(0, d, 2) * -(math.log(10000.0) / d)))
+    torch.testing.assert_close(sinusoid_code(torch.arange(8), d), expected)
+    method = small(temporal_set=[1]).eval()
+    video = torch.zeros(8, 6)
+    torch.testing.assert_close(method.encode(video).values, method.value_maps[0](0.1 * expected))
+
+
+def test_matches_the_class_by_class_definition():
+    gen = torch.Generator().manual_seed(1)
+    method = small().double().eval()
+    support = torch.randn(2, 6, 5, 6, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([[2, 0, 1, 1, 0, 2], [0, 1, 2, 0, 1, 2]])  # 2 shots, shuffled
+    query = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        logits = method(support, labels, query, 3)
+        for b in range(2):
+            torch.testing.assert_close(logits[b], reference_logits(method, support[b], labels[b], query[b], 3))
+
+
+def test_attention_stays_within_each_class():
+    gen = torch.Generator().manual_seed(2)
+    method = small(temporal_set=[2]).eval()
+    support = torch.randn(6, 8, 6, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    query = torch.randn(3, 8, 6, generator=gen)
+    changed = support.clone()
+    changed[labels == 1] = 5 * torch.randn(2, 8, 6, generator=gen)
+    with torch.no_grad():
+        before, after = method(support, labels, query, 3), method(changed, labels, query, 3)
+    torch.testing.assert_close(after[:, [0, 2]], before[:, [0, 2]])
+    assert (after[:, 1] - before[:, 1]).abs().min() > 1e-3
+
+
+def test_encode_once_then_head_equals_the_forward():
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
+
+    torch.manual_seed(3)
+    method = small(proj_dim=4).eval()
+    labels = np.repeat(np.arange(8), 6)
+    feats = torch.randn(48, 8, 6).half().float()  # what a store holds: fp16
+    for shot in (1, 3):
+        eps = EpisodeSampler(labels, way=5, shot=shot, query=2, seed=shot).batch(0, 40)
+        support, s_lab, query, q_lab = gather_episodes(feats, eps)
+        with torch.no_grad():
+            expected = method(support, s_lab, query, 5)
+            encoded = FeatureSplit(feats.half().numpy(), chunk=7).encode(method, torch.device("cpu"))
+            s_idx, q_idx = torch.as_tensor(eps.support.reshape(40, -1)), torch.as_tensor(eps.query.reshape(40, -1))
+            head = method.head(index_encoding(encoded, s_idx), s_lab, index_encoding(encoded, q_idx), 5).logits
+            scored = episode_scorer(method, encoded, 5)(eps)
+        torch.testing.assert_close(head, expected, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-5)
+        accuracy = episode_accuracies(method, feats, eps, batch_size=16)
+        assert accuracy == pytest.approx((expected.argmax(-1) == q_lab).float().mean(-1).numpy())
+
+
+def test_dropout_only_in_training():
+    method = small(dropout=0.5)
+    video = torch.randn(3, 8, 6)
+    first = method.train().encode(video).values
+    assert not torch.equal(first, method.encode(video).values)
+    method.eval()
+    assert torch.equal(method.encode(video).values, method.encode(video).values)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    from test_training_loop import config, make_signal_store
+
+    from fsar.training.loop import train_worker
+
+    store = make_signal_store(tmp_path / "store", frames=4)
+    reports = []
+    cfg = config(store, tmp_path / "run", method="trx", knobs={"proj_dim": 16, "trans_linear_out_dim": 32},
+                 steps=40, val_every=20, val_episodes=200, lr=1e-2)
+    train_worker(cfg, report=lambda m, p: reports.append(m))
+    assert [m["step"] for m in reports] == [20, 40]
+    assert reports[-1]["train_loss"] < 0.5 * reports[0]["train_loss"]
+    assert reports[-1]["val_accuracy"] > 60  # unseen classes, 5-way: chance is 20
+
+
+@pytest.mark.parametrize(("knobs", "message"), [
+    ({"temporal_set": []}, "temporal_set must be a non-empty list"),
+    ({"temporal_set": [0, 2]}, r"temporal_set must be .* tuple sizes >= 1 .*got \[0, 2\]"),
+    ({"temporal_set": [2, 2]}, "temporal_set must not repeat a cardinality"),
+    ({"trans_linear_out_dim": 0}, "trans_linear_out_dim must be >= 1"),
+    ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+    ({"pe_scale": -0.1}, "pe_scale must be >= 0"),
+    ({"temperature": 0.0}, "temperature must be > 0"),
+    ({"proj_dim": -1}, "proj_dim must be >= 0"),
+], ids=str)
+def test_bad_knobs_are_refused(knobs, message):
+    with pytest.raises(ConfigError, match=f"trx: {message}"):
+        build_method("trx", feature_dim=6, **knobs)
+
+
+def test_too_few_frames_and_unbalanced_shots_are_refused():
+    method = small(temporal_set=[2, 4])
+    with pytest.raises(ValueError, match=r"trx: 3 frames per video, fewer than the largest tuple size in "
+                                         r"temporal_set=\[2, 4\]"):
+        method.encode(torch.randn(2, 3, 6))
+    support, query = torch.randn(3, 4, 6), torch.randn(2, 4, 6)
+    with pytest.raises(ValueError, match="same number of support videos"):
+        method(support, torch.tensor([0, 0, 1]), query, 2)
+
+
+def test_blocks_of_episodes_give_the_same_logits(monkeypatch):
+    import fsar.methods.trx as trx
+
+    gen = torch.Generator().manual_seed(5)
+    method = small().eval()
+    support, query = torch.randn(7, 6, 5, 6, generator=gen), torch.randn(7, 3, 5, 6, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2]).expand(7, 6)
+    with torch.no_grad():
+        whole = method(support, labels, query, 3)
+        monkeypatch.setattr(trx, "ATTENTION_BLOCK", 2 * 3 * 10 * 6 * 10)  # two episodes per block: 4 blocks
+        torch.testing.assert_close(method(support, labels, query, 3), whole)
