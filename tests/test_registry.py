@@ -45,9 +45,10 @@ def knob_names(info: MethodInfo) -> set[str]:
 
 
 def build_small(name: str, *, text_dim: int | None = None, **extra) -> FewShotMethod:
+    """The method at a small size; one that needs class text is built for ``FEATURE_DIM``-wide text."""
     info = method_info(name)
-    if info.needs_text:
-        pytest.fail(f"{name} needs text, which this test does not supply yet: extend make_episodes")
+    if info.needs_text and text_dim is None:
+        text_dim = FEATURE_DIM
     knobs = {k: v for k, v in SMALL_KNOBS.items() if k in knob_names(info)} | extra
     torch.manual_seed(0)
     return build_method(name, feature_dim=FEATURE_DIM, text_dim=text_dim, **knobs)
@@ -57,8 +58,20 @@ def build_small(name: str, *, text_dim: int | None = None, **extra) -> FewShotMe
 # (DDP fails a step on a parameter that got none).
 LEAN_VARIANTS = {"i2st": [{"layers": 0, "match_features": "frame"}, {"layers": 0, "match_features": "instances"}],
                  "a2m2": [{"marginals": "uniform", "time_encoding": False}, {"text_weight": 0.0, "text_loss": 0.0}]}
-GRADIENT_CASES = [(name, text, knobs) for name in METHODS for text in (None, FEATURE_DIM)
+GRADIENT_CASES = [(name, text, knobs) for name in METHODS
+                  for text in ((FEATURE_DIM,) if method_info(name).needs_text else (None, FEATURE_DIM))
                   for knobs in [{}, *LEAN_VARIANTS.get(name, [])]]
+# Class-name embeddings of up to 4 episodes of 3 classes, for the methods that read text.
+EPISODE_TEXT = torch.randn(4, 3, FEATURE_DIM, generator=torch.Generator().manual_seed(7))
+
+
+def run(method: FewShotMethod, support, labels, query, way: int, *, episode: int | None = None) -> torch.Tensor:
+    """``method(support, labels, query, way)``, with class text when the method reads it: the first episodes'
+    text for a batch, episode ``episode``'s for a single episode."""
+    text = None
+    if method.uses_text:
+        text = EPISODE_TEXT[: labels.shape[0], :way] if episode is None else EPISODE_TEXT[episode, :way]
+    return method(support, labels, query, way, class_text=text)
 
 
 def make_episodes(name: str, *, batch: int = 3, way: int = 3, shot: int = 2, n_query: int = 2, frames: int = 4, seed: int = 0):
@@ -102,12 +115,13 @@ def test_info_describes_the_method(name):
 def test_output_shapes_and_values(name):
     method = build_small(name).eval()
     support, labels, query, _ = make_episodes(name)
-    batched = method(support, labels, query, 3)
+    batched = run(method, support, labels, query, 3)
     assert batched.shape == (3, 6, 3)
     assert torch.isfinite(batched).all()
-    single = method(support[0], labels[0], query[0], 3)
+    single = run(method, support[0], labels[0], query[0], 3, episode=0)
     assert single.shape == (6, 3)
-    logits, aux = method.forward_with_aux(support, labels, query, 3)
+    text = EPISODE_TEXT[:3] if method.uses_text else None
+    logits, aux = method.forward_with_aux(support, labels, query, 3, class_text=text)
     torch.testing.assert_close(logits, batched)
     assert isinstance(aux, Mapping)
     for key, value in aux.items():
@@ -172,9 +186,10 @@ def test_batched_equals_one_episode_at_a_time(name):
     method = build_small(name).eval()
     support, labels, query, _ = make_episodes(name, batch=4)
     with torch.no_grad():
-        batched = method(support, labels, query, 3)
+        batched = run(method, support, labels, query, 3)
         for b in range(4):
-            torch.testing.assert_close(method(support[b], labels[b], query[b], 3), batched[b], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(run(method, support[b], labels[b], query[b], 3, episode=b), batched[b],
+                                       atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -185,9 +200,11 @@ def test_support_order_does_not_matter_and_query_order_permutes_rows(name):
     s_perm = torch.randperm(support.shape[1], generator=gen)
     q_perm = torch.randperm(query.shape[1], generator=gen)
     with torch.no_grad():
-        logits = method(support, labels, query, 3)
-        torch.testing.assert_close(method(support[:, s_perm], labels[:, s_perm], query, 3), logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(method(support, labels, query[:, q_perm], 3), logits[:, q_perm], atol=1e-5, rtol=1e-5)
+        logits = run(method, support, labels, query, 3)
+        torch.testing.assert_close(run(method, support[:, s_perm], labels[:, s_perm], query, 3), logits,
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(run(method, support, labels, query[:, q_perm], 3), logits[:, q_perm],
+                                   atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -12,15 +12,17 @@ from fsar.training.config import StoreData, TrainConfig
 from fsar.training.loop import train_worker
 
 
-def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0):
+def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0, text=False):
     """Classes differ only inside the first ``signal`` dims; the rest is loud shared noise, so an untrained
-    cosine metric is poor and a learned projection can find the signal subspace (same for unseen classes)."""
+    cosine metric is poor and a learned projection can find the signal subspace (same for unseen classes).
+    With ``text`` the store also gets class-name embeddings: each class's mean plus a little noise."""
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, texts = [], {}
     for split, classes in (("train", range(0, 12)), ("val", range(12, 18)), ("test", range(18, 24))):
         for c in classes:
             mean = np.zeros(dim)
             mean[:signal] = rng.normal(size=signal) * 1.0
+            texts[c] = mean + rng.normal(scale=0.1, size=dim)
             for v in range(8):
                 feats = rng.normal(scale=0.15, size=(frames, dim)) + mean
                 feats[:, signal:] += rng.normal(scale=2.0, size=(1, dim - signal))
@@ -29,6 +31,11 @@ def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0):
     write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim, patch_grid=0,
                                image_size=64))
     write_shard(root, 0, rows)
+    if text:
+        from fsar.data.feature_store import write_class_text
+
+        write_class_text(root, list(texts), [f"class{c}" for c in texts], np.stack(list(texts.values())),
+                         template="a video of {}")
     return root
 
 
@@ -87,14 +94,19 @@ def test_up_front_errors(signal_store, tmp_path):
 
 
 def test_every_registered_frame_method_trains(signal_store, tmp_path):
-    """Each method with learnable parameters (here: its projection) runs the loop and reports finite metrics."""
+    """Each method with learnable parameters (here: its projection) runs the loop and reports finite metrics;
+    methods that need class-name text get a store that has it."""
     from fsar.methods import list_methods, method_info
 
+    with_text = make_signal_store(tmp_path / "with_text", text=True)
     for name in list_methods():
-        if method_info(name).input_kind != "frames":
+        info = method_info(name)
+        if info.input_kind != "frames":
             continue
         reports = []
-        cfg = config(signal_store, tmp_path / name, method=name, steps=6, val_every=3, val_episodes=20)
+        knobs = {k: v for k, v in {"proj_dim": 16, "mlp_dim": 64}.items() if k in info.config.__dataclass_fields__}
+        cfg = config(with_text if info.needs_text else signal_store, tmp_path / name, method=name, knobs=knobs,
+                     steps=6, val_every=3, val_episodes=20)
         train_worker(cfg, report=lambda m, p, reports=reports: reports.append(m))
         assert [m["step"] for m in reports] == [3, 6], name
         assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m in reports), name

@@ -5,7 +5,7 @@ say what exists and what each consumes. Importing this package registers the bui
 """
 
 # Imported for their registration side effect.
-from fsar.methods import a2m2, bimhm, dmgal, i2st, otam, protonet, trx  # noqa: F401
+from fsar.methods import a2m2, bimhm, clip_fsar, dmgal, i2st, otam, protonet, trx  # noqa: F401
 from fsar.methods.base import FewShotMethod
 from fsar.methods.registry import (
     MethodInfo,
