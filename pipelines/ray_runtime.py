@@ -32,5 +32,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> Any:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1", log_to_driver=False)
+        # address="local": always a new instance of our own, never another Ray that happens to run on this
+        # machine (ray.init() alone would join the most recent one it finds in /tmp/ray).
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)
     return ray
