@@ -125,10 +125,11 @@ def _methods_arguments(p: Any) -> None:
 def _run_methods(args: Any) -> int:
     from fsar.methods import list_methods, method_info
 
-    print(f"{'method':<12} {'input':<8} {'text':<5} description")
+    width = max(len(name) for name in list_methods())
+    print(f"{'method':<{width}} {'input':<8} {'text':<5} description")
     for name in list_methods():
         info = method_info(name)
-        print(f"{name:<12} {info.input_kind:<8} {'yes' if info.needs_text else 'no':<5} {info.description}")
+        print(f"{name:<{width}} {info.input_kind:<8} {'yes' if info.needs_text else 'no':<5} {info.description}")
     return 0
 
 
