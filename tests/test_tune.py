@@ -220,6 +220,18 @@ def test_example_a2m2_sweep_is_valid():
     assert [4, 8] in space.space["scales"].values  # the default set is among the choices
 
 
+def test_example_clip_fsar_sweep_is_valid(tmp_path):
+    from test_training_loop import make_signal_store
+
+    from fsar.training.loop import check_training_inputs
+
+    space = load_search_space(EXAMPLES / "clip_fsar.yaml")
+    assert space.method == "clip_fsar" and 3.0 in space.space["text_loss_weight"].values
+    store = make_signal_store(tmp_path / "store", text=True)
+    for values in space.probe_values():  # every probe builds on a store with class text
+        check_training_inputs(space.train_config(values, store=store, out="unused"))
+
+
 def test_results_tables(tmp_path):
     space = SearchSpace(method="otam", space={"lr": {"loguniform": [1e-4, 1e-2]}, "gamma": {"choice": [0.01, 0.1]}})
     curve = [{"step": 10, "val_accuracy": 30.0}, {"step": 20, "val_accuracy": 45.0}, {"step": 30, "val_accuracy": 45.0}]
