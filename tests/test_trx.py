@@ -174,3 +174,57 @@ def test_blocks_of_episodes_give_the_same_logits(monkeypatch):
         whole = method(support, labels, query, 3)
         monkeypatch.setattr(trx, "ATTENTION_BLOCK", 2 * 3 * 10 * 6 * 10)  # two episodes per block: 4 blocks
         torch.testing.assert_close(method(support, labels, query, 3), whole)
+
+
+def trained_looking(method):
+    """Non-trivial LayerNorm affine parameters (a fresh LayerNorm's γ = 1, β = 0 would hide their terms)."""
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for norm in method.key_norms:
+            norm.weight.copy_(1 + 0.3 * torch.randn(norm.weight.shape, generator=gen))
+            norm.bias.copy_(0.3 * torch.randn(norm.bias.shape, generator=gen))
+    return method
+
+
+@pytest.mark.parametrize("temporal_set", [[2, 3], [1, 2, 3]], ids=str)
+@pytest.mark.parametrize("shot", [1, 3])
+@pytest.mark.parametrize(("feature_dim", "width"), [(16, 1152), (64, 1152), (16, 20)],
+                         ids=["D16", "D64", "D16-narrow"])  # narrow: k·D + 1 >= d, no rank to save
+def test_factored_evaluation_equals_the_plain_head(temporal_set, shot, feature_dim, width):
+    from fsar.methods.trx import TRXEncoding, TRXFactorEncoding
+
+    gen = torch.Generator().manual_seed(shot + feature_dim)
+    method = trained_looking(small(feature_dim=feature_dim, trans_linear_out_dim=width, temporal_set=temporal_set,
+                                   pe_scale=0.5)).eval()
+    way = 4
+    labels = torch.stack([torch.arange(way).repeat(shot)[torch.randperm(way * shot, generator=gen)] for _ in range(2)])
+    support = torch.randn(2, way * shot, 8, feature_dim, generator=gen)
+    query = torch.randn(2, 3, 8, feature_dim, generator=gen)
+    with torch.no_grad():
+        factored = [method.encode_for_scoring(x) for x in (support, query)]
+        assert all(isinstance(e, TRXFactorEncoding) for e in factored)
+        fast = method.head(factored[0], labels, factored[1], way).logits
+        plain = method.head(method.encode(support), labels, method.encode(query), way).logits
+        reference = torch.stack([reference_logits(method, support[b], labels[b], query[b], way) for b in range(2)])
+    scale = plain.abs().max()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4 * scale)
+    torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4 * scale)
+    assert isinstance(method.train().encode_for_scoring(query), TRXEncoding)  # training keeps the plain path
+
+
+def test_factored_evaluation_scores_episodes_like_the_forward():
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
+
+    torch.manual_seed(4)
+    method = trained_looking(small(feature_dim=16, trans_linear_out_dim=64, proj_dim=8)).eval()
+    labels = np.repeat(np.arange(8), 5)
+    feats = torch.randn(40, 8, 16).half().float()
+    eps = EpisodeSampler(labels, way=5, shot=1, query=1, seed=0).batch(0, 30)
+    support, s_lab, query, q_lab = gather_episodes(feats, eps)
+    with torch.no_grad():
+        expected = method(support, s_lab, query, 5)
+        scored = episode_scorer(method, FeatureSplit(feats.half().numpy()).encode(method, torch.device("cpu")), 5)(eps)
+    torch.testing.assert_close(scored, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+    accuracy = episode_accuracies(method, feats, eps)
+    assert accuracy == pytest.approx((expected.argmax(-1) == q_lab).float().mean(-1).numpy())

@@ -93,7 +93,7 @@ class FeatureSplit:
         return len(self.features)
 
     def encode(self, method: Any, device: torch.device) -> Encoding:
-        return concat_encodings([method.encode(to_device(self.features[i : i + self.chunk], device, dtype=torch.float32))
+        return concat_encodings([method.encode_for_scoring(to_device(self.features[i : i + self.chunk], device, dtype=torch.float32))
                                  for i in range(0, len(self.features), self.chunk)])
 
 

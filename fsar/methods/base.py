@@ -14,7 +14,8 @@ The per-video trailing shape is (T, D) for ``frames``, (T, g, g, d) for ``patche
 
 - ``encode(videos (..., T, ...))`` → an **encoding**: a NamedTuple of tensors sharing the leading ``(...)``
   axes. It depends on each video alone (no episode context, no batch statistics unless documented), so
-  evaluation encodes every video of a split once instead of once per episode it appears in.
+  evaluation encodes every video of a split once instead of once per episode it appears in (through
+  ``encode_for_scoring``: ``encode`` unless the method keeps another, exact form for its head there).
 - ``head(support_encoding, support_labels, query_encoding, way, class_text=, supervision=)`` →
   ``HeadOutput(logits (B, N_q, way), aux)``: the per-episode part, batched over episodes. ``aux`` holds
   named training-only losses. A query's logits never depend on another query.
@@ -116,6 +117,12 @@ class FewShotMethod(nn.Module):
     def encode(self, videos: Tensor) -> Encoding:
         """Per video: ``(..., T, ...)`` → an encoding (NamedTuple) sharing the leading ``(...)`` axes."""
         raise NotImplementedError
+
+    def encode_for_scoring(self, videos: Tensor) -> Encoding:
+        """The encoding evaluation keeps per video and gathers per episode (``fsar.evaluation.scoring``):
+        ``encode``'s, unless a method's head has an exact, faster form that reads another per-video encoding
+        (TRX); ``head`` must accept what this returns."""
+        return self.encode(videos)
 
     def head(self, support: Encoding, support_labels: Tensor, query: Encoding, way: int, *,
              class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:

@@ -12,6 +12,13 @@ prototype per class and tuple; distance = squared distance between the query's t
 prototype, summed over tuples and divided by the tuple count; logits = −distance averaged over the
 cardinalities, divided by ``temperature``.
 
+Evaluation (``encode_for_scoring`` in eval mode) reads a factored form instead of the width-d tuples: a
+tuple's key and value are linear in its frames, so every key and value product is a sum of frame-pair
+products under a (D+1)×(D+1) metric per position pair, and the LayerNorm enters only through a per-tuple
+scale and shift. Per video it keeps the frames and those metrics applied to them (``TRXFactorEncoding``);
+per episode ``factored_distance`` forms the same scores, attention and distances from frame-level products
+(same logits up to float rounding, at a fraction of the tuple × tuple × d work and of the memory gathered).
+
 The tuples depend on the frame count T while the linears depend only on k·D, so tuple indices are built
 lazily per T (cached) rather than from a ``num_frames`` knob: one trained model reads any clip length with
 T ≥ max(temporal_set), and no knob has to be kept equal to the store's frame count.
@@ -70,7 +77,25 @@ class TRXEncoding(NamedTuple):
     values: Tensor  # (..., ΣC(T, k), d) tuple values
 
 
+class TRXFactorEncoding(NamedTuple):
+    """The evaluation form of a video (``encode_for_scoring`` in eval mode): what the exact tuple attention
+    needs, at frame level and in ``D + 1`` dimensions instead of ``ΣC(T, k)`` tuples of width d.
+
+    A tuple's key before its LayerNorm is ``x_τ = Σ_p Ã_p f̃_{τ_p}`` with ``f̃ = (f, 1)`` the coded frame
+    and ``Ã_p = [A_p, a/k]`` position p's column block of the key linear and its bias split over the k
+    positions; likewise the value ``V_τ = Σ_p B̃_p f̃_{τ_p}``. So every key and value product is a sum over
+    position pairs (p, p') of frame-pair products ``f̃_t · M_{pp'} f̃'_{t'}`` (``frame_products``)."""
+
+    frames: Tensor  # (..., T, D + 1) position-coded frames with a constant 1 (the biases' input)
+    key_maps: Tensor  # (..., Σ_k k·k·T, D + 1) per cardinality, rows (p, p', t): M^K_{pp'} f̃_t
+    value_maps: Tensor  # (..., Σ_k k·k·T, D + 1) the same with the value metric M^V_{pp'}
+    key_scale: Tensor  # (..., ΣC(T, k)) 1 / (s_τ d^¼): s_τ the key LayerNorm's root variance of tuple τ
+    key_shift: Tensor  # (..., ΣC(T, k)) (γ⊙β)·(C x_τ) / (s_τ √d): the score term of a support tuple alone
+    value_sq: Tensor  # (..., len(temporal_set)) Σ_τ ‖V_τ‖² per cardinality
+
+
 ATTENTION_BLOCK = 1 << 23  # (query tuple, support tuple) pairs the head holds at once, all episodes of a block
+FACTOR_BLOCK = 1 << 23  # the same for the factored evaluation head (its small matrix products gain from big batches)
 
 
 @functools.lru_cache(maxsize=64)
@@ -125,6 +150,86 @@ def tuple_attention_distance(query_keys: Tensor, query_values: Tensor, support_k
     return (query_sq.unsqueeze(-1) - 2 * query_proto + proto_sq) / l_q
 
 
+@functools.lru_cache(maxsize=64)
+def tuple_frames(frames: int, cardinality: int) -> Tensor:
+    """One-hot ``(cardinality·frames, C(frames, cardinality))`` float32 on the CPU: row ``(p, t)``, column τ
+    is 1 where tuple τ has frame t at position p (a sum over a tuple's frames as a matrix product)."""
+    index = tuple_index(frames, cardinality)
+    hot = torch.zeros(cardinality, frames, len(index))
+    hot[torch.arange(cardinality).expand_as(index), index, torch.arange(len(index))[:, None].expand_as(index)] = 1
+    return hot.view(cardinality * frames, len(index))
+
+
+def frame_products(query_frames: Tensor, support_maps: Tensor, cardinality: int) -> Tensor:
+    """Every query frame against every support frame under each position pair's metric.
+
+    Args:
+        query_frames: ``(B, N_q, T, D + 1)``; support_maps: ``(B, N_s, k·k·T, D + 1)``, rows ``(p, p', t')``.
+
+    Returns:
+        ``(B, N_q, T, N_s, k, k·T)``: entry ``[q, t, s, p, (p', t')] = f̃^q_t · M_{pp'} f̃^s_{t'}``.
+    """
+    b, n_q, frames, width = query_frames.shape
+    n_s = support_maps.shape[1]
+    products = query_frames.reshape(b, n_q * frames, width) @ support_maps.reshape(b, -1, width).transpose(1, 2)
+    return products.view(b, n_q, frames, n_s, cardinality, cardinality * frames)
+
+
+@full_precision
+def factored_distance(query: TRXFactorEncoding, support: TRXFactorEncoding, way: int, cardinality: int,
+                      rows: slice, tuples: slice, position: int) -> Tensor:
+    """TRX distance ``(B, N_q, way)`` of one cardinality from factored encodings, equal to
+    ``tuple_attention_distance`` on the full keys and values (up to float rounding).
+
+    Args:
+        query: fields ``(B, N_q, ...)``; support: fields ``(B, way·shot, ...)``, class 0's shots first, ….
+        rows, tuples, position: this cardinality's rows of ``key_maps``/``value_maps``, its tuples of
+            ``key_scale``/``key_shift`` and its entry of ``value_sq``.
+
+    Scores: ``K^q_τ·K^s_σ / √d = [Σ_{p,p'} G_{pp'}(τ_p, σ_p')] / (s_τ s_σ √d) + shift_σ + (terms of τ alone,
+    which the softmax over σ drops)``, G the key frame products. Distances: ``‖V_τ‖² − 2⟨V_τ, P_τ⟩ + ‖P_τ‖²``
+    with ``P_τ = Σ_σ α_τσ V_σ = Σ_{s,p',t'} β_τ(s, p', t') v^s_{p',t'}``, β the attention summed onto the support
+    frames it selects, so both products are frame-level: ``⟨V_τ, v^s_{p',t'}⟩`` and the class's own frame Gram.
+    Every sum over a tuple's frames is a product with the one-hot ``tuple_frames`` (dense matrix products
+    beat gathers on the CPU), with the tuple scales folded into it.
+    """
+    k = cardinality
+    b, n_q, frames, width = query.frames.shape
+    n_s = support.frames.shape[1]
+    shots, kt = n_s // way, k * frames
+    hot = tuple_frames(frames, k).to(query.frames.device)  # (k·T, L)
+    n_tuples = hot.shape[1]
+    # Key scores. Support positions first, per support video: (p', t') → σ, times 1/(s_σ d^¼).
+    key_products = frame_products(query.frames, support.key_maps[..., rows, :], k)  # (B, N_q, T, N_s, k, k·T)
+    support_hot = hot * support.key_scale[..., tuples].unsqueeze(-2)  # (B, N_s, k·T, L_s)
+    per_support = key_products.permute(0, 3, 1, 2, 4, 5).reshape(b * n_s, n_q * frames * k, kt) @ \
+        support_hot.view(b * n_s, kt, n_tuples)  # (B·N_s, N_q·T·k, L_s)
+    # Then query positions, per query video: rows (p, t) and a last row of the support tuples' shifts, against
+    # the query's one-hot times 1/(s_τ d^¼) and a column of ones.
+    stacked = per_support.new_empty(b, n_q, kt + 1, n_s, n_tuples)
+    stacked[:, :, :kt].view(b, n_q, k, frames, n_s, n_tuples).copy_(
+        per_support.view(b, n_s, n_q, frames, k, n_tuples).permute(0, 2, 4, 3, 1, 5))
+    stacked[:, :, kt] = support.key_shift[:, None, :, tuples]
+    query_hot = torch.cat([hot.T * query.key_scale[..., tuples, None], hot.new_ones(b, n_q, n_tuples, 1)], dim=-1)
+    scores = query_hot.view(b * n_q, n_tuples, kt + 1) @ stacked.view(b * n_q, kt + 1, n_s * n_tuples)
+    attention = scores.view(b, n_q, n_tuples, way, shots * n_tuples).softmax(dim=-1)
+    # β: each query tuple's attention on support tuple σ credited to σ's frame at each position, (s, p', t').
+    frame_attention = (attention.view(-1, n_tuples) @ hot.T).view(b, n_q, n_tuples, n_s * kt)
+    # ⟨V^q_τ, v^s_{p',t'}⟩: value frame products summed over the query positions.
+    value_products = frame_products(query.frames, support.value_maps[..., rows, :], k)  # (B, N_q, T, N_s, k, k·T)
+    query_support = hot.T @ value_products.permute(0, 1, 4, 2, 3, 5).reshape(b, n_q, kt, n_s * kt)
+    query_proto = (frame_attention * query_support).view(b, n_q, n_tuples, way, shots * kt).sum(dim=(2, 4))
+    # ‖P_τ‖² = βᵀ (the class's own value frame Gram, rows and columns (shot, p, t)) β.
+    class_frames = support.frames.reshape(b, way, shots * frames, width)
+    class_maps = support.value_maps[..., rows, :].reshape(b, way, shots * k * kt, width)
+    gram = (class_frames @ class_maps.transpose(-1, -2)).view(b, way, shots, frames, shots, k, k, frames)
+    gram = gram.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(b, way, shots * kt, shots * kt)
+    by_class = frame_attention.view(b, n_q * n_tuples, way, shots * kt).transpose(1, 2)  # (B, way, N_q·L_q, S·k·T)
+    proto_sq = ((by_class @ gram) * by_class).sum(-1).view(b, way, n_q, n_tuples).sum(-1).transpose(1, 2)
+    query_sq = query.value_sq[..., position]
+    return (query_sq.unsqueeze(-1) - 2 * query_proto + proto_sq) / n_tuples
+
+
 @register_method(
     "trx", config=TRXConfig, input_kind="frames",
     description="TRX: query-specific class prototypes by attention over frame pairs and triples",
@@ -147,26 +252,88 @@ class TRX(FewShotMethod):
 
     def encode(self, videos: Tensor) -> TRXEncoding:
         """Frames ``(..., T, D)`` → keys and values ``(..., ΣC(T, k), d)``; T must be ≥ max(temporal_set)."""
-        frames = videos.shape[-2]
-        if frames < max(self.config.temporal_set):
-            raise ValueError(f"trx: {frames} frames per video, fewer than the largest tuple size in "
-                             f"temporal_set={self.config.temporal_set}; sample more frames or use smaller tuples")
-        x = self.proj(videos)
-        code = sinusoid_code(torch.arange(frames, device=x.device), x.shape[-1]).to(x.dtype)
-        # The released code applies its dropout once per cardinality (each transformer owns one): so here.
-        coded = x + self.config.pe_scale * code
+        coded = self._coded_frames(videos)
+        frames = coded.shape[-2]
         keys, values = [], []
         for k, key_map, value_map, norm in zip(self.config.temporal_set, self.key_maps, self.value_maps,
                                                self.key_norms, strict=True):
-            index = tuple_index(frames, k).to(x.device)
+            index = tuple_index(frames, k).to(coded.device)
+            # The released code applies its dropout once per cardinality (each transformer owns one): so here.
             tuples = self.dropout(coded)[..., index, :].flatten(-2)  # (..., C(T, k), k·D): frames concatenated
             keys.append(norm(key_map(tuples)))
             values.append(value_map(tuples))
         return TRXEncoding(torch.cat(keys, dim=-2), torch.cat(values, dim=-2))
 
-    def head(self, support: TRXEncoding, support_labels: Tensor, query: TRXEncoding, way: int, *,
-             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
-        """Encodings ``(B, N_s, ΣL, d)`` / ``(B, N_q, ΣL, d)``, labels ``(B, N_s)`` → logits ``(B, N_q, way)``.
+    def _coded_frames(self, videos: Tensor) -> Tensor:
+        """Frames ``(..., T, D)`` → projected and position-coded ``(..., T, D')``; T must be ≥ max(temporal_set)."""
+        frames = videos.shape[-2]
+        if frames < max(self.config.temporal_set):
+            raise ValueError(f"trx: {frames} frames per video, fewer than the largest tuple size in "
+                             f"temporal_set={self.config.temporal_set}; sample more frames or use smaller tuples")
+        x = self.proj(videos)
+        return x + self.config.pe_scale * sinusoid_code(torch.arange(frames, device=x.device), x.shape[-1]).to(x.dtype)
+
+    def encode_for_scoring(self, videos: Tensor) -> TRXEncoding | TRXFactorEncoding:
+        """In eval mode the factored encoding (``encode_factored``), which ``head`` reads exactly and far
+        faster; in training mode ``encode`` (dropout draws differ per cardinality there)."""
+        return self.encode(videos) if self.training else self.encode_factored(videos)
+
+    def position_metrics(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per cardinality k, from the parameters: the key metric ``M^K`` and value metric ``M^V``
+        ``(k, D+1, k, D+1)`` (``M[p, :, p', :] = Ã_pᵀ C Γ² C Ã_p'`` and ``B̃_pᵀ B̃_p'``), the key variance metric
+        ``M^C`` ``(k(D+1), k(D+1))`` (``‖C x_τ‖² = x̃_τᵀ M^C x̃_τ``) and the shift vector ``(k(D+1),)``
+        (``(γ⊙β)·C x_τ``), x̃_τ the tuple's frames f̃ concatenated."""
+        out = []
+        for k, key_map, value_map, norm in zip(self.config.temporal_set, self.key_maps, self.value_maps,
+                                               self.key_norms, strict=True):
+            def blocks(linear: nn.Linear, k: int = k) -> Tensor:
+                """(k, d, D+1): position p's column block of the weight, beside the bias over k."""
+                d = linear.out_features
+                weight = linear.weight.float().view(d, k, -1).transpose(0, 1)
+                return torch.cat([weight, (linear.bias.float() / k).expand(k, d).unsqueeze(-1)], dim=-1)
+
+            keys = blocks(key_map)
+            centred = keys - keys.mean(dim=1, keepdim=True)  # C Ã_p: LayerNorm centres over the d features
+            scaled = centred * norm.weight.float()[:, None]  # Γ C Ã_p
+            values = blocks(value_map)
+            key_metric = torch.einsum("pdi,qdj->piqj", scaled, scaled)
+            value_metric = torch.einsum("pdi,qdj->piqj", values, values)
+            flat = centred.transpose(0, 1).flatten(1)  # (d, k(D+1))
+            variance_metric = flat.T @ flat
+            shift = flat.T @ (norm.weight.float() * norm.bias.float())
+            out.append((key_metric, value_metric, variance_metric, shift))
+        return out
+
+    @full_precision
+    def encode_factored(self, videos: Tensor) -> TRXFactorEncoding:
+        """Frames ``(..., T, D)`` → the factored encoding (``TRXFactorEncoding``), without dropout: the
+        evaluation form, which ``head`` turns into the same logits as from ``encode``."""
+        coded = self._coded_frames(videos)
+        frames, lead = coded.shape[-2], coded.shape[:-2]
+        coded = torch.cat([coded, coded.new_ones(*lead, frames, 1)], dim=-1)  # f̃ = (f, 1)
+        width = coded.shape[-1]
+        d = self.config.trans_linear_out_dim
+        key_maps, value_maps, scales, shifts, value_sq = [], [], [], [], []
+        for k, norm, (key_metric, value_metric, variance_metric, shift) in zip(
+                self.config.temporal_set, self.key_norms, self.position_metrics(), strict=True):
+            # rows (p, p', t): M_{pp'} f̃_t, so query frame · row = f̃^q M_{pp'} f̃^s
+            key_maps.append(torch.einsum("piqj,...tj->...pqti", key_metric, coded).reshape(*lead, k * k * frames, width))
+            value_maps.append(torch.einsum("piqj,...tj->...pqti", value_metric, coded).reshape(*lead, k * k * frames,
+                                                                                                width))
+            tuples = coded[..., tuple_index(frames, k).to(coded.device), :].flatten(-2)  # (..., L, k(D+1))
+            root = ((tuples @ variance_metric) * tuples).sum(-1).div(d).add(norm.eps).sqrt()  # LayerNorm's s_τ
+            scales.append(root.reciprocal() * d ** -0.25)
+            shifts.append((tuples @ shift) / root / math.sqrt(d))
+            value_flat = value_metric.reshape(k * width, k * width)
+            value_sq.append(((tuples @ value_flat) * tuples).sum(dim=(-1, -2)))
+        return TRXFactorEncoding(coded, torch.cat(key_maps, -2), torch.cat(value_maps, -2), torch.cat(scales, -1),
+                                 torch.cat(shifts, -1), torch.stack(value_sq, -1))
+
+    def head(self, support: TRXEncoding | TRXFactorEncoding, support_labels: Tensor,
+             query: TRXEncoding | TRXFactorEncoding, way: int, *, class_text: Tensor | None = None,
+             supervision: Supervision | None = None) -> HeadOutput:
+        """Encodings ``(B, N_s, ΣL, d)`` / ``(B, N_q, ΣL, d)``, labels ``(B, N_s)`` → logits ``(B, N_q, way)``;
+        or factored encodings (``TRXFactorEncoding``), which give the same logits.
 
         Supports are regrouped class by class (a stable sort of the labels), so each class's tuples are one
         contiguous block and the softmax over them is a plain last-axis softmax; this needs every class to
@@ -174,6 +341,11 @@ class TRX(FewShotMethod):
         self._check_balanced(support_labels, way)
         order = support_labels.argsort(dim=1, stable=True)  # (B, N_s): class 0's shots, then class 1's, ...
         rows = torch.arange(order.shape[0], device=order.device).unsqueeze(1)
+        if isinstance(query, TRXFactorEncoding):
+            # The evaluator's supports come class by class already: then no copy of the support fields.
+            grouped = support_labels.device.type == "cpu" and bool((support_labels.diff(dim=1) >= 0).all())
+            support = support if grouped else type(support)(*(f[rows, order] for f in support))
+            return HeadOutput(self.scale(self._factored_head(support, query, way)))
         s_keys, s_values = support.keys[rows, order], support.values[rows, order]
         ks = self.config.temporal_set
         q_counts, s_counts = tuple_counts(query.keys.shape[-2], ks), tuple_counts(s_keys.shape[-2], ks)
@@ -188,6 +360,27 @@ class TRX(FewShotMethod):
                          s_keys[block].split(s_counts, -2), s_values[block].split(s_counts, -2), strict=True)
             blocks.append(sum(tuple_attention_distance(qk, qv, sk, sv, way) for qk, qv, sk, sv in pieces))
         return HeadOutput(self.scale(torch.cat(blocks) / len(ks)))
+
+    def _factored_head(self, support: TRXFactorEncoding, query: TRXFactorEncoding, way: int) -> Tensor:
+        """Distance ``(B, N_q, way)`` averaged over the cardinalities, from class-grouped factored supports,
+        in blocks of episodes (``FACTOR_BLOCK`` tuple pairs each)."""
+        frames = query.frames.shape[-2]
+        ks = self.config.temporal_set
+        sizes = [k * k * frames for k in ks]
+        counts = [math.comb(frames, k) for k in ks]
+        per_episode = query.frames.shape[1] * max(counts) * support.frames.shape[1] * max(counts)
+        step = max(1, FACTOR_BLOCK // per_episode)
+        blocks = []
+        for start in range(0, query.frames.shape[0], step):
+            q = type(query)(*(f[start : start + step] for f in query))
+            s = type(support)(*(f[start : start + step] for f in support))
+            total = 0
+            for i, k in enumerate(ks):
+                rows = slice(sum(sizes[:i]), sum(sizes[: i + 1]))
+                tuples = slice(sum(counts[:i]), sum(counts[: i + 1]))
+                total = total + factored_distance(q, s, way, k, rows, tuples, i)
+            blocks.append(total)
+        return torch.cat(blocks) / len(ks)
 
     @staticmethod
     def _check_balanced(support_labels: Tensor, way: int) -> None:

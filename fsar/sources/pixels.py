@@ -63,7 +63,7 @@ class PixelSplit:
         for start in range(0, len(pixels), self.chunk):
             clips = normalise(to_device(pixels[start : start + self.chunk], device), self.preprocess)
             with autocast(device):
-                encoded = method.encode(clips)
+                encoded = method.encode_for_scoring(clips)
             parts.append(type(encoded)(*(part.float() for part in encoded)))
         return concat_encodings(parts)
 
