@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,9 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                                  "mlflow_parent_run_id": parent.run_id}
     tracker = SweepTracker(space=space, store=store, out=out, settings=trial_settings, uri=uri,
                            experiment=config.experiment, parent_run_id=parent.run_id)
-    trainable = tune.with_resources(make_trainable(space, store=store, out=out, settings=trial_settings),
+    shared_job = uuid.uuid4().hex[:12]  # this sweep's per-node feature actors (pipelines.node_features)
+    trainable = tune.with_resources(make_trainable(space, store=store, out=out, settings=trial_settings,
+                                                   shared_job=shared_job),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     experiment = out / "tune"
     status = "FAILED"
@@ -201,7 +204,11 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 ),
             )
-        grid = tuner.fit()
+        from pipelines.node_features import NodeFeatureActors
+
+        with NodeFeatureActors(shared_job) as actors:  # one copy of each split per node, for every trial
+            grid = tuner.fit()
+            actors.write_stats(out / "feature_loads.json")
         trials = sorted((Path(r.path).name, dict(r.config or {})) for r in grid)
         records = [tracker.record(trial_id, values) for trial_id, values in trials]
         complete = len(records) >= space.trials and all(r.status != "incomplete" for r in records)

@@ -37,9 +37,12 @@ def trial_config(space: SearchSpace, values: dict[str, Any], *, store: Path, out
     return space.train_config(values, store=store, out=out / "trials" / trial_id, **settings)
 
 
-def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict[str, Any]) -> Callable[[dict], None]:
+def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict[str, Any],
+                   shared_job: str | None = None) -> Callable[[dict], None]:
     """The Tune function trainable: one in-process training run per trial, every validation reported to
-    Tune with a checkpoint (latest weights and optimiser state) so a stopped sweep resumes mid-trial."""
+    Tune with a checkpoint (latest weights and optimiser state) so a stopped sweep resumes mid-trial.
+    ``shared_job``: the sweep's per-node feature actors (``pipelines.node_features``): every trial on a node
+    reads the same copy of each split."""
 
     def fsar_trial(values: dict[str, Any]) -> None:
         import torch
@@ -72,7 +75,13 @@ def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict
         # Ray makes only the trial's own GPUs visible to it; without gpus_per_trial the trial stays on the CPU
         # even where the node has a GPU (another trial may hold it).
         device = torch.device("cuda") if config.use_gpu else torch.device("cpu")
-        train_worker(config, report=report, device=device, start_step=start_step, state=state)
+        split_loader = None
+        if shared_job is not None:
+            from pipelines.node_features import node_split_loader
+
+            split_loader = node_split_loader(shared_job)
+        train_worker(config, report=report, device=device, start_step=start_step, state=state,
+                     split_loader=split_loader)
 
     return fsar_trial
 

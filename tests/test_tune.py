@@ -111,6 +111,9 @@ def test_four_trial_sweep(store, tmp_path, ray_local, mlflow_uri):
     assert len(table) == 5 and table[0].startswith("trial_id,status,lr,temperature,steps")
     assert (out / "results.png").stat().st_size > 10_000 and "stopped" in (out / "results.md").read_text()
 
+    (loads,) = json.loads((out / "feature_loads.json").read_text()).values()  # one node
+    assert loads == {"train/pooled": 1, "val/pooled": 1}  # four trials, one copy of each split
+
     best = yaml.safe_load((out / "best_config.yaml").read_text())
     assert best["lr"] == 3e-2 and best["knobs"]["proj_dim"] == 16 and best["mlflow_parent_run_id"] is None
     assert best["out"] == str(out / "best") and best["data"]["store"] == str(store.resolve())
