@@ -42,6 +42,7 @@ def test_round_trip_views(store):
     assert fs.load_split("test").features.shape == (5, 4, 6)  # the default is the pooled embedding, grid or not
     assert fs.meta.view_for("frames") == "pooled" and fs.meta.view_for("frames", "grid") == "grid"
     assert fs.meta.view_for("patches") == "patches"  # patch methods still read the grid they need
+    assert fs.meta.view_for("patches", "grid") == "patches"  # one data.view=grid serves both kinds of method
     grid = fs.load_split("test", view="grid")
     assert grid.features.shape == (5, 4, 24)
     np.testing.assert_allclose(grid.features[1], written[1]["patches"].reshape(4, 24).astype(np.float16))

@@ -77,12 +77,14 @@ class StoreMeta:
 
     def view_for(self, input_kind: str, requested: str = "auto") -> View:
         """The view a method of ``input_kind`` reads: frames get ``requested`` (auto = default_view);
-        patch methods get the patch grid, or the pooled embedding as a 1×1 grid when none is stored."""
+        patch methods get the patch grid, or the pooled embedding as a 1×1 grid when none is stored. ``grid``
+        means the patch grid for both: flattened per frame for frame methods, as a grid for patch methods, so
+        one ``data.view=grid`` serves a job (the demo, a comparison) that trains both kinds."""
         if input_kind == "patches":
-            if requested not in ("auto", "patches", "pooled"):
+            if requested not in ("auto", "patches", "pooled", "grid"):
                 raise FeatureStoreError(f"a patches method reads view 'patches' or 'pooled', not {requested!r}")
-            if requested == "auto":
-                return "patches" if self.patch_grid > 0 else "pooled"
+            if requested in ("auto", "grid"):
+                return "patches" if self.patch_grid > 0 or requested == "grid" else "pooled"
             return requested  # type: ignore[return-value]
         if input_kind != "frames":
             raise FeatureStoreError(f"a feature store holds frame and patch features, not {input_kind!r} inputs; "
