@@ -87,8 +87,11 @@ class NodeFeatureActors:
             ray.kill(actor)
 
 
-def node_split_loader(job: str) -> Any:
-    """In a worker: a ``SplitLoader`` that reads through this node's actor (see the module docstring)."""
+def node_split_loader(job: str | None) -> Any:
+    """In a worker: a ``SplitLoader`` that reads through this node's actor of ``job`` (see the module
+    docstring); None when the job shares nothing (the worker then reads the store's files itself)."""
+    if job is None:
+        return None
     import ray
 
     actor = ray.get_actor(actor_name(ray.get_runtime_context().get_node_id(), job), namespace=NAMESPACE)

@@ -134,13 +134,10 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
 
     status = "FAILED"
     try:
-        split_loader = None
-        if shared_job is not None:
-            from pipelines.node_features import node_split_loader
+        from pipelines.node_features import node_split_loader
 
-            split_loader = node_split_loader(shared_job)
         train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device,
-                     start_step=start_step, state=state, split_loader=split_loader)
+                     start_step=start_step, state=state, split_loader=node_split_loader(shared_job))
         status = "FINISHED"
     finally:
         if logger is not None:

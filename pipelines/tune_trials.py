@@ -75,13 +75,10 @@ def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict
         # Ray makes only the trial's own GPUs visible to it; without gpus_per_trial the trial stays on the CPU
         # even where the node has a GPU (another trial may hold it).
         device = torch.device("cuda") if config.use_gpu else torch.device("cpu")
-        split_loader = None
-        if shared_job is not None:
-            from pipelines.node_features import node_split_loader
+        from pipelines.node_features import node_split_loader
 
-            split_loader = node_split_loader(shared_job)
         train_worker(config, report=report, device=device, start_step=start_step, state=state,
-                     split_loader=split_loader)
+                     split_loader=node_split_loader(shared_job))
 
     return fsar_trial
 
