@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fsar.storage import as_location
+
 T = TypeVar("T")
 
 
@@ -96,7 +98,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Path:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{where}: expected a path, got {value!r}")
-        return Path(value)
+        return as_location(value)  # a URI (s3://...) stays a string: Path() would fold its "//"
     return value
 
 

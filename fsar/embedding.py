@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from fsar import __version__
-from fsar.atomic import atomic_path
+from fsar import __version__, storage
 from fsar.backbones import ClipBackbone, build_backbone
 from fsar.data.feature_store import (
     CLASS_TEXT_FILE,
@@ -31,13 +30,16 @@ from fsar.data.feature_store import (
     StoreMeta,
     finished_shards,
     read_meta,
+    read_table,
+    shard_table,
     write_class_text,
     write_meta,
-    write_shard,
+    write_table,
 )
-from fsar.data.manifest import read_manifest
+from fsar.data.manifest import manifest_classes, manifest_rows, read_manifest_rows
 from fsar.data.transforms import centre_square, pixels_from_squares
 from fsar.data.video import VideoDecodeError, load_clip
+from fsar.storage import Location
 
 FAILURE_SCHEMA = pa.schema(
     [("video_id", pa.string()), ("path", pa.string()), ("split", pa.string()), ("reason", pa.string())]
@@ -48,8 +50,8 @@ FAILURE_SCHEMA = pa.schema(
 class EmbedConfig:
     """``fsar embed``: which videos, which encoder, what to store."""
 
-    manifest: Path  # manifest.parquet of the videos to embed
-    out: Path  # feature store folder (created; a rerun resumes it)
+    manifest: Location  # manifest.parquet of the videos to embed (a local path or a URI: s3://, gs://, ...)
+    out: Location  # feature store folder or URI (created; a rerun resumes it)
     backbone: str = "ViT-B-16"  # open_clip model name, or fsar-tiny (shipped, offline)
     pretrained: str = "default"  # open_clip tag, checkpoint path, "none" (random), or "default" (openai if the model has it)
     frames: int = 8  # frames sampled per video (segment centres)
@@ -163,7 +165,7 @@ def encode_clips(
 class EmbedSummary:
     """What an embed run did: shards written now / skipped as already done, good videos, failures."""
 
-    store: Path
+    store: Location
     shards_written: int
     shards_skipped: int
     videos: int
@@ -193,9 +195,9 @@ def store_meta_for(config: EmbedConfig, backbone: ClipBackbone) -> StoreMeta:
     )
 
 
-def check_resume(root: Path, meta: StoreMeta) -> None:
+def check_resume(root: Location, meta: StoreMeta) -> None:
     """A rerun into an existing store must use the same encoder and sampling, or the shards would mix."""
-    if not (root / "store.json").is_file():
+    if not storage.is_file(storage.join(root, "store.json")):
         return
     old = read_meta(root)
     for key in ("backbone", "pretrained", "init_seed", "frames", "embed_dim", "patch_grid", "shard_size"):
@@ -206,104 +208,171 @@ def check_resume(root: Path, meta: StoreMeta) -> None:
             )
 
 
+@dataclass(frozen=True)
+class EmbedChunk:
+    """One unit of embed work: manifest rows ``[start, stop)``, a part of shard ``shard``.
+
+    Its part files are named by the row range, so a retried task or a rerun rewrites the same names (the
+    exactly-once key), and a rerun with another ``batch_size`` cannot mistake an old part for one of its own."""
+
+    shard: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a worker reports for a chunk it wrote: counts, never features."""
+
+    shard: int
+    start: int
+    videos: int
+    failures: int
+
+
 @dataclass
 class EmbedPlan:
-    """The shards of a manifest and which of them are still to be written."""
+    """The shards of a manifest still to be written and the chunks of them still to be embedded. Holds
+    row ranges only: the rows themselves are read by whoever embeds a chunk."""
 
-    root: Path
-    rows: list[dict[str, Any]]  # manifest rows, paths resolved
-    shard_size: int
-    todo: list[int]  # shard numbers to write in this run
+    root: Location
+    manifest: Location
+    todo: list[int]  # shards to complete in this run
+    chunks: list[EmbedChunk]  # chunks of those shards without a finished part file
+    parts: dict[int, list[tuple[int, int]]]  # shard -> the row ranges of its parts
     skipped: int  # shards already complete before this run
 
-    def shard_rows(self, shard: int) -> list[dict[str, Any]]:
-        return self.rows[shard * self.shard_size : (shard + 1) * self.shard_size]
+    def complete_shards(self) -> list[int]:
+        """Shards of ``todo`` none of whose chunks is left (an earlier run wrote every part, not the shard)."""
+        pending = {c.shard for c in self.chunks}
+        return [s for s in self.todo if s not in pending]
+
+
+PARTS_DIR = "parts"
+
+
+def part_path(root: str | Path, shard: int, rows: tuple[int, int], kind: str = "features") -> Location:
+    """``parts/shard-NNNNN/rows-START-STOP.<kind>.parquet``: the features (the part's completion marker) or the
+    failures of manifest rows ``[START, STOP)``."""
+    return storage.join(root, PARTS_DIR, f"shard-{shard:05d}", f"rows-{rows[0]:010d}-{rows[1]:010d}.{kind}.parquet")
+
+
+def _finished_parts(root: Location) -> set[tuple[int, int]]:
+    """Row ranges of the part files already written."""
+    done = set()
+    for path in storage.list_files(storage.join(root, PARTS_DIR), "rows-*.features.parquet", recursive=True):
+        _, start, stop = storage.name(path).split(".")[0].split("-")
+        done.add((int(start), int(stop)))
+    return done
 
 
 def plan_embedding(config: EmbedConfig, backbone: ClipBackbone, *, max_shards: int | None = None) -> EmbedPlan:
-    """Check the store can be (re)written with this encoder, record store.json, list unfinished shards."""
-    root = Path(config.out)
-    rows = read_manifest(config.manifest).to_pylist()
+    """Check the store can be (re)written with this encoder, record store.json and the class text, and list
+    the unfinished shards and chunks. Reads the manifest's footer and its label/class columns only."""
+    root = storage.as_location(config.out)
+    manifest = storage.as_location(config.manifest)
+    total = manifest_rows(manifest)
     meta = store_meta_for(config, backbone)
     check_resume(root, meta)
-    root.mkdir(parents=True, exist_ok=True)
+    storage.make_dirs(root)
     write_meta(root, meta)
-    write_store_class_text(root, rows, backbone, template=config.text_template)
-    n_shards = (len(rows) + config.shard_size - 1) // config.shard_size
+    write_store_class_text(root, manifest_classes(manifest), backbone, template=config.text_template)
+    n_shards = (total + config.shard_size - 1) // config.shard_size
     done = finished_shards(root)
     todo = [s for s in range(n_shards) if s not in done]
     if max_shards is not None:
         todo = todo[:max_shards]
-    return EmbedPlan(root, rows, config.shard_size, todo, len(done))
+    written = _finished_parts(root) if todo else set()
+    chunks, parts = [], {}
+    for shard in todo:
+        first, last = shard * config.shard_size, min(total, (shard + 1) * config.shard_size)
+        parts[shard] = [(a, min(last, a + config.batch_size)) for a in range(first, last, config.batch_size)]
+        chunks += [EmbedChunk(shard, a, b) for a, b in parts[shard] if (a, b) not in written]
+    return EmbedPlan(root, manifest, todo, chunks, parts, len(done))
 
 
-def write_store_class_text(root: Path, rows: Sequence[Mapping[str, Any]], backbone: ClipBackbone, *,
+def write_store_class_text(root: Location, classes: Sequence[tuple[int, str]], backbone: ClipBackbone, *,
                            template: str) -> None:
-    """Embed every class name of the manifest with the backbone's text tower (when it has one), once."""
-    if not backbone.has_text or not template or (root / CLASS_TEXT_FILE).is_file():
+    """Embed every ``(label, class_name)`` with the backbone's text tower (when it has one), once per store."""
+    if not backbone.has_text or not template or storage.is_file(storage.join(root, CLASS_TEXT_FILE)):
         return
-    classes = sorted({(int(r["label"]), str(r["class_name"])) for r in rows})
     with torch.no_grad():
         vectors = backbone.encode_text([name for _, name in classes], template=template).float().cpu().numpy()
     write_class_text(root, [label for label, _ in classes], [name for _, name in classes], vectors, template=template)
 
 
-class ShardAssembler:
-    """Collects encoded rows and failures per shard, in any arrival order, and writes each shard (and its
-    failure list) as soon as all of its videos are accounted for."""
+def decode_chunk(chunk: EmbedChunk, config: EmbedConfig, *, map_fn: Callable[..., Any] = map) -> list[dict[str, Any]]:
+    """Read the chunk's manifest rows and decode each (``decode_record``; ``map_fn`` may be a thread pool's map)."""
+    rows = read_manifest_rows(config.manifest, chunk.start, chunk.stop).to_pylist()
+    return list(map_fn(lambda r: decode_record(r, config), rows))
+
+
+def write_chunk(chunk: EmbedChunk, records: Sequence[dict[str, Any]], backbone: ClipBackbone, config: EmbedConfig
+                ) -> ChunkResult:
+    """Encode a decoded chunk and write its part: failures first, then the features file, whose appearance
+    marks the part done (a retry rewrites the same two names, so nothing is ever stored twice)."""
+    records = list(records)
+    encode_records(backbone, records, patch_grid=config.patch_grid)
+    failed = [{k: r[k] for k in ("video_id", "path", "split")} | {"reason": r["error"]} for r in records if r["error"]]
+    good = [{k: r.get(k) for k in ROW_SCHEMA.names} for r in records if not r["error"]]
+    rows = (chunk.start, chunk.stop)
+    write_table(part_path(config.out, chunk.shard, rows, "failures"), pa.Table.from_pylist(failed, schema=FAILURE_SCHEMA))
+    write_table(part_path(config.out, chunk.shard, rows), shard_table(good))
+    return ChunkResult(chunk.shard, chunk.start, len(good), len(failed))
+
+
+def merge_shard(root: str | Path, shard: int, parts: Sequence[tuple[int, int]]) -> int:
+    """Join a shard's parts into its shard file (and its failure list), then drop the parts. Returns its videos.
+
+    The shard file is written last, atomically: it is the marker a rerun trusts. Killed before it, a rerun
+    finds every part and merges again; killed after it, the rerun skips the shard and clears the parts."""
+    features = [read_table(part_path(root, shard, rows)) for rows in parts]
+    failures = [read_table(part_path(root, shard, rows, "failures")) for rows in parts]
+    write_table(storage.join(root, "failures", f"shard-{shard:05d}.parquet"),
+                pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table())
+    table = pa.concat_tables(features) if features else ROW_SCHEMA.empty_table()
+    write_table(storage.join(root, f"shard-{shard:05d}.parquet"), table)
+    storage.delete(storage.join(root, PARTS_DIR, f"shard-{shard:05d}"))
+    return table.num_rows
+
+
+class ShardTracker:
+    """Driver side: counts the parts reported per shard (a repeated report, from a retried task, counts once)
+    and says when a shard has all of them."""
 
     def __init__(self, plan: EmbedPlan) -> None:
-        self.plan = plan
-        self.expected = {s: len(plan.shard_rows(s)) for s in plan.todo}
-        self.good: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
-        self.failed: dict[int, list[dict[str, Any]]] = {s: [] for s in plan.todo}
-        self.seen: dict[int, set[str]] = {s: set() for s in plan.todo}
-        self.written = 0
-        for s in [s for s, n in self.expected.items() if n == 0]:
-            self._write(s)
+        self.missing = {s: {c.start for c in plan.chunks if c.shard == s} for s in plan.todo}
+        self.videos = self.failures = 0
 
-    def add(self, shard: int, record: Mapping[str, Any]) -> None:
-        """``record`` has an ``error`` (a failure) or ``frames`` (+ optional ``patches``) features. A video
-        already added is ignored: Ray retries the task of a dead worker, and a retried task can deliver
-        rows that had already arrived, so each video is kept exactly once."""
-        seen = self.seen.get(shard)
-        if seen is None or str(record["video_id"]) in seen:
-            return
-        seen.add(str(record["video_id"]))
-        if record.get("error"):
-            self.failed[shard].append({k: record[k] for k in ("video_id", "path", "split")} | {"reason": record["error"]})
-        else:
-            self.good[shard].append({k: record.get(k) for k in ROW_SCHEMA.names})
-        if len(self.good[shard]) + len(self.failed[shard]) == self.expected[shard]:
-            self._write(shard)
+    def add(self, result: ChunkResult) -> bool:
+        """Record one part; True when this completed its shard."""
+        missing = self.missing.get(result.shard)
+        if missing is None or result.start not in missing:
+            return False
+        missing.discard(result.start)
+        self.videos, self.failures = self.videos + result.videos, self.failures + result.failures
+        return not missing
 
-    def _write(self, shard: int) -> None:
-        # Failures first: the shard file is the completion marker a rerun trusts.
-        write_failures(self.plan.root, shard, self.failed.pop(shard, []))
-        write_shard(self.plan.root, shard, self.good.pop(shard, []))
-        self.seen.pop(shard, None)
-        self.written += 1
-
-    def finish(self) -> EmbedSummary:
-        if self.good:
-            raise RuntimeError(f"embedding ended with shards {sorted(self.good)} incomplete; rerun to finish them")
-        n_fail = merge_failures(self.plan.root)
-        n_good = sum(pq.read_metadata(p).num_rows for p in self.plan.root.glob("shard-*.parquet"))
-        return EmbedSummary(self.plan.root, self.written, self.plan.skipped, n_good, n_fail)
+    def incomplete(self) -> list[int]:
+        return sorted(s for s, m in self.missing.items() if m)
 
 
-def write_failures(root: Path, shard: int, failures: Sequence[dict[str, Any]]) -> None:
-    path = root / "failures" / f"shard-{shard:05d}.parquet"
-    with atomic_path(path) as tmp:
-        pq.write_table(pa.Table.from_pylist(list(failures), schema=FAILURE_SCHEMA), tmp)
+def finish_embedding(plan: EmbedPlan, tracker: ShardTracker) -> EmbedSummary:
+    """After every shard is merged: one failures table for the store, and the summary."""
+    if tracker.incomplete():
+        raise RuntimeError(f"embedding ended with shards {tracker.incomplete()} incomplete; rerun to finish them")
+    storage.delete(storage.join(plan.root, PARTS_DIR))  # parts of shards an earlier run had already finished
+    n_fail = merge_failures(plan.root)
+    n_good = sum(pq.read_metadata(p, filesystem=fs).num_rows
+                 for fs, p in (storage.filesystem(s) for s in storage.list_files(plan.root, "shard-*.parquet")))
+    return EmbedSummary(plan.root, len(plan.todo), plan.skipped, n_good, n_fail)
 
 
-def merge_failures(root: Path) -> int:
+def merge_failures(root: Location) -> int:
     """Collect per-shard failure files into ``failures.parquet``; returns the number of failed videos."""
-    parts = sorted((root / "failures").glob("shard-*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else FAILURE_SCHEMA.empty_table()
-    with atomic_path(root / "failures.parquet") as tmp:
-        pq.write_table(table, tmp)
+    parts = storage.list_files(storage.join(root, "failures"), "shard-*.parquet")
+    table = pa.concat_tables([read_table(p) for p in parts]) if parts else FAILURE_SCHEMA.empty_table()
+    write_table(storage.join(root, "failures.parquet"), table)
     return table.num_rows
 
 
@@ -321,24 +390,22 @@ def encode_records(backbone: ClipBackbone, records: list[dict[str, Any]], *, pat
 def embed_manifest(config: EmbedConfig, *, progress: bool = True, max_shards: int | None = None) -> EmbedSummary:
     """Embed every video of the manifest into ``config.out`` in this process (threads decode, one encoder).
 
-    Finished shards are skipped, so an interrupted run resumes; ``max_shards`` stops after that many new
-    shards (used to test resumption).
+    The same chunks, parts and merges as the Ray job, one chunk at a time. Finished shards and parts are
+    skipped, so an interrupted run resumes; ``max_shards`` stops after that many new shards (used to test
+    resumption).
     """
     from tqdm.auto import tqdm
 
     backbone = load_backbone(config)
     plan = plan_embedding(config, backbone, max_shards=max_shards)
-    assembler = ShardAssembler(plan)
+    tracker = ShardTracker(plan)
+    for shard in plan.complete_shards():
+        merge_shard(plan.root, shard, plan.parts[shard])
     threads = config.decode_threads or os.cpu_count() or 1
-    total = sum(len(plan.shard_rows(s)) for s in plan.todo)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=total, desc="embed", unit="video", disable=not progress) as bar:
-        for shard in plan.todo:
-            rows = plan.shard_rows(shard)
-            for start in range(0, len(rows), config.batch_size):
-                batch = list(pool.map(lambda r: decode_record(r, config), rows[start : start + config.batch_size]))
-                encode_records(backbone, batch, patch_grid=config.patch_grid)
-                for record in batch:
-                    assembler.add(shard, record)
-                bar.update(len(batch))
-    return assembler.finish()
+            tqdm(total=sum(c.stop - c.start for c in plan.chunks), desc="embed", unit="video", disable=not progress) as bar:
+        for chunk in plan.chunks:
+            if tracker.add(write_chunk(chunk, decode_chunk(chunk, config, map_fn=pool.map), backbone, config)):
+                merge_shard(plan.root, chunk.shard, plan.parts[chunk.shard])
+            bar.update(chunk.stop - chunk.start)
+    return finish_embedding(plan, tracker)

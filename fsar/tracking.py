@@ -11,13 +11,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fsar import storage
+from fsar.config import ConfigError
+
 
 def tracking_uri(run_dir: str | Path, uri: str | None = None) -> str:
-    """``uri`` if given, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<run_dir>/mlflow.db`` (absolute)."""
+    """``uri`` if given, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<run_dir>/mlflow.db`` (absolute).
+
+    A folder on object storage cannot hold a SQLite file: there the tracking URI must be given."""
     if uri:
         return uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if storage.is_uri(run_dir):
+        raise ConfigError(f"{run_dir} is on object storage, where MLflow's default SQLite file cannot live: set "
+                          "MLFLOW_TRACKING_URI (or mlflow_uri) to a tracking server or a local sqlite:/// file, or "
+                          "turn tracking off (mlflow=false)")
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 
@@ -80,7 +89,16 @@ class RunLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        """Log a local file, or a copy of one on object storage."""
+        if not storage.is_uri(path):
+            self.client.log_artifact(self.run_id, str(path))
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            local = Path(folder) / storage.name(path)
+            local.write_bytes(storage.read_bytes(path))
+            self.client.log_artifact(self.run_id, str(local))
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -1,137 +1,126 @@
 """Embed a manifest's videos into a feature store with Ray Data.
 
-``python -m pipelines.embed --config embed.yaml [key=value ...]`` or ``fsar embed``. Rows of unfinished
-shards stream through Ray Data: on a cluster with GPUs, CPU tasks decode the sampled frames and an
-actor per GPU encodes them (uint8 centre squares travel between the two; resize and normalisation run
-on the GPU); without GPUs, tasks on every core decode and encode (the model cached once
-per worker process). The driver assembles shards as their last video arrives and writes each
-atomically, so an interrupted job resumes from its finished shards. ``engine=local`` runs the same
-steps in this process without Ray.
+``python -m pipelines.embed --config embed.yaml [key=value ...]`` or ``fsar embed``. The driver cuts the
+unfinished shards into chunks of ``batch_size`` manifest rows (row ranges: it never reads the rows) and
+streams them through Ray Data. On a cluster with GPUs, CPU tasks read and decode a chunk's videos and an
+actor per GPU encodes it (uint8 centre squares travel between the two; resize and normalisation run on
+the GPU); without GPUs, tasks on every core do both (the model cached once per worker process). Whoever
+encodes a chunk writes it as a part file named by its row range, and reports four integers. When every
+part of a shard is in, the driver starts a small task that joins them into the shard file, written
+atomically: an interrupted job resumes from its finished shards and parts, and a retried task rewrites
+the same names, so no video is stored twice. ``engine=local`` runs the same steps in this process.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fsar import storage
 from fsar.config import resolve
 from fsar.embedding import (
+    ChunkResult,
+    EmbedChunk,
     EmbedConfig,
     EmbedSummary,
-    ShardAssembler,
-    decode_record,
+    ShardTracker,
+    decode_chunk,
     embed_manifest,
-    encode_records,
+    finish_embedding,
     load_backbone,
+    merge_shard,
     plan_embedding,
+    write_chunk,
 )
 from pipelines.command import Command, flags, run_alone
 
 __all__ = ["EmbedConfig", "run", "main"]
 
-_PASS_THROUGH = ("video_id", "path", "label", "class_name", "split", "shard")
+_CHUNK_FIELDS = ("shard", "start", "stop")
 
 
-def _decode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, Any]:
-    """Ray Data map_batches task (CPU): manifest rows → uint8 clips, or an error per bad video (never raised).
+def _chunks(batch: dict[str, np.ndarray]) -> list[EmbedChunk]:
+    return [EmbedChunk(*(int(batch[k][i]) for k in _CHUNK_FIELDS)) for i in range(len(batch["shard"]))]
 
-    ``clip`` is an object column of ``(T, s, s, 3)`` uint8 arrays, s the video's own shorter side (a
-    failed video: ``(T, 0, 0, 3)``, so every row has the same rank). Ray Data stores such a column as
-    its variable-shaped tensor type — one contiguous buffer plus a shape per row — and hands the encoder
-    zero-copy views (a dense array when a batch's sizes agree). Padding to the batch's largest side
-    would ship bytes for nothing, and the padded size would still differ from batch to batch; grouping
-    rows by size across batches is a groupby, an all-to-all shuffle that stops the stream. The encoder
-    groups by size itself, within its batch (``encode_clips``).
+
+def _reports(results: list[ChunkResult]) -> dict[str, np.ndarray]:
+    """What a worker hands back to the driver: four integers per chunk."""
+    return {f.name: np.asarray([getattr(r, f.name) for r in results], dtype=np.int64)
+            for f in dataclasses.fields(ChunkResult)}
+
+
+def _decode_chunks(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, Any]:
+    """Ray Data task (CPU): chunk descriptors → the chunk's decoded videos, one row per chunk.
+
+    ``records`` holds the pickled list of ``decode_record`` results: uint8 centre squares at each video's own
+    size (failures carry their reason instead). A chunk travels whole so that the encoder actor can write
+    its part; one pickle per chunk keeps Ray Data from guessing a tensor type for clips of mixed sizes.
     """
-    n = len(batch["video_id"])
-    clips = np.empty(n, dtype=object)  # filled per row: np.array(list) would try to stack equal shapes
-    indices = np.zeros((n, config.frames), dtype=np.int64)
-    num_frames = np.zeros(n, dtype=np.int64)
-    errors = []
-    for i in range(n):
-        record = decode_record({k: batch[k][i] for k in _PASS_THROUGH}, config)
-        errors.append(record["error"] or "")
-        if record["error"]:
-            clips[i] = np.zeros((config.frames, 0, 0, 3), dtype=np.uint8)
-        else:
-            clips[i], indices[i], num_frames[i] = record["clip"], record["frame_indices"], record["num_frames"]
-    return {**{k: batch[k] for k in _PASS_THROUGH}, "clip": clips, "frame_indices": indices,
-            "num_frames": num_frames, "error": np.asarray(errors, dtype=object)}
-
-
-def _encode_batch(batch: dict[str, Any], backbone: Any, config: EmbedConfig) -> dict[str, Any]:
-    """Decoded batch (``_decode_batch``) → the same rows with ``frames`` (and ``patches``) features instead of
-    ``clip``; failed rows get zeros."""
-    n = len(batch["video_id"])
-    records = [{"clip": batch["clip"][i], "error": batch["error"][i]} for i in range(n)]
-    encode_records(backbone, records, patch_grid=config.patch_grid)
-    t, g, dim = config.frames, config.patch_grid, backbone.embed_dim
-    frames = np.zeros((n, t, dim), dtype=np.float16)
-    patches = np.zeros((n, t, g, g, dim), dtype=np.float16) if g else None
-    for i, r in enumerate(records):
-        if "frames" in r:
-            frames[i] = r["frames"]
-            if patches is not None:
-                patches[i] = r["patches"]
-    out = {k: batch[k] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error")}
-    out["frames"] = frames
-    if patches is not None:
-        out["patches"] = patches
-    return out
+    chunks = _chunks(batch)
+    payload = np.empty(len(chunks), dtype=object)
+    for i, chunk in enumerate(chunks):
+        payload[i] = pickle.dumps(decode_chunk(chunk, config), protocol=pickle.HIGHEST_PROTOCOL)
+    return {**{k: batch[k] for k in _CHUNK_FIELDS}, "records": payload}
 
 
 class _Encode:
-    """Ray Data actor (GPU): holds one backbone on this actor's GPU and encodes batches."""
+    """Ray Data actor (GPU): holds one backbone on this actor's GPU, encodes decoded chunks, writes their parts."""
 
     def __init__(self, config: EmbedConfig) -> None:
         self.config = config
         self.backbone = load_backbone(config)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return _encode_batch(batch, self.backbone, self.config)
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _reports([write_chunk(chunk, pickle.loads(batch["records"][i]), self.backbone, self.config)
+                         for i, chunk in enumerate(_chunks(batch))])
 
 
 _WORKER_BACKBONES: dict[tuple[Any, ...], Any] = {}
 
 
-def _decode_and_encode_batch(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, Any]:
-    """Ray Data task (CPU-only clusters): decode and encode in one task. Ray reuses worker processes, so
-    the backbone is built once per process (cached here), not once per task or per job."""
+def _embed_chunks(batch: dict[str, np.ndarray], *, config: EmbedConfig) -> dict[str, np.ndarray]:
+    """Ray Data task (CPU-only clusters): decode, encode and write whole chunks in one task. Ray reuses worker
+    processes, so the backbone is built once per process (cached here), not once per task or per job."""
     key = (config.backbone, config.pretrained, config.init_seed)
     if key not in _WORKER_BACKBONES:
         _WORKER_BACKBONES[key] = load_backbone(config, device="cpu")
-    return _encode_batch(_decode_batch(batch, config=config), _WORKER_BACKBONES[key], config)
+    return _reports([write_chunk(chunk, decode_chunk(chunk, config), _WORKER_BACKBONES[key], config)
+                     for chunk in _chunks(batch)])
 
 
 def _decode_then_encode(ds: Any, config: EmbedConfig, *, actors: int, gpus_per_actor: float) -> Any:
-    """Decode in CPU tasks, encode in ``actors`` actors (one per GPU): the two stages of a GPU cluster.
+    """Decode in CPU tasks, encode and write in ``actors`` actors (one per GPU): the two stages of a GPU cluster.
 
-    uint8 clips cross between them (``_decode_batch``). Decode asks for a different CPU share than the
-    actor: with equal remote args Ray Data would fuse decoding into the encoder actor.
+    Decode asks for a different CPU share than the actor: with equal remote args Ray Data would fuse
+    decoding into the encoder actor.
     """
     from ray.data import ActorPoolStrategy
 
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"config": config}, batch_size=config.decode_batch,
-                        num_cpus=config.decode_cpus)
+    ds = ds.map_batches(_decode_chunks, fn_kwargs={"config": config}, batch_size=1, num_cpus=config.decode_cpus)
     return ds.map_batches(_Encode, fn_constructor_args=(config,), compute=ActorPoolStrategy(size=actors),
-                          batch_size=config.batch_size, num_gpus=gpus_per_actor, num_cpus=0)
+                          batch_size=1, num_gpus=gpus_per_actor, num_cpus=0)
 
 
 def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
             max_shards: int | None = None) -> EmbedSummary:
-    """The Ray Data engine (see module docstring)."""
+    """The Ray Data engine (see module docstring). The driver plans row ranges, counts what the workers
+    report, and starts a merge task for each shard whose parts are all written; no feature passes through it."""
     from pipelines.ray_runtime import init_ray
 
     # Manifest, weights and an incompatible existing store are checked before Ray starts.
     driver_backbone = load_backbone(config, device="cpu")
     plan = plan_embedding(config, driver_backbone, max_shards=max_shards)
+    del driver_backbone
     ray = init_ray(address=address)
-    assembler = ShardAssembler(plan)
-    items = [dict(row, shard=s) for s in plan.todo for row in plan.shard_rows(s)]
-    if items:
+    merge = ray.remote(num_cpus=0)(merge_shard)  # I/O only: never waits behind the embed tasks for a core
+    tracker = ShardTracker(plan)
+    merges = [merge.remote(plan.root, s, plan.parts[s]) for s in plan.complete_shards()]
+    if plan.chunks:
         from tqdm.auto import tqdm
 
         # One bar on the driver, counting finished videos; Ray's own per-operator output is off (outside a
@@ -139,31 +128,33 @@ def run_ray(config: EmbedConfig, *, address: str | None = None, progress: bool =
         ray.data.DataContext.get_current().enable_progress_bars = False
         gpus = ray.cluster_resources().get("GPU", 0)
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
-        ds = ray.data.from_items([{k: r[k] for k in _PASS_THROUGH} for r in items])
+        # One block per chunk: a task per chunk spreads them over every core from the first one.
+        ds = ray.data.from_items([dataclasses.asdict(c) for c in plan.chunks], override_num_blocks=len(plan.chunks))
         if use_gpu:
             ds = _decode_then_encode(ds, config, actors=config.encoder_actors or int(gpus), gpus_per_actor=1)
         else:
             # Without GPUs an encoder actor would be one more process competing for the same cores, and
             # costs seconds to start per job; tasks decode+encode on every core, model cached per process.
-            ds = ds.map_batches(_decode_and_encode_batch, fn_kwargs={"config": config}, batch_size=config.batch_size,
-                                num_cpus=1)
-        bar = tqdm(total=len(items), desc="embed", unit="video", disable=not progress)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            bar.update(len(batch["video_id"]))
-            for i in range(len(batch["video_id"])):
-                record = {k: batch[k][i] for k in (*_PASS_THROUGH, "frame_indices", "num_frames", "error", "frames")}
-                record["patches"] = batch["patches"][i] if "patches" in batch else None
-                record["error"] = record["error"] or None
-                record["label"], record["num_frames"] = int(record["label"]), int(record["num_frames"])
-                assembler.add(int(record.pop("shard")), record)
-        bar.close()
-    return assembler.finish()
+            ds = ds.map_batches(_embed_chunks, fn_kwargs={"config": config}, batch_size=1, num_cpus=1)
+        rows = {c.start: c.stop - c.start for c in plan.chunks}
+        with tqdm(total=sum(rows.values()), desc="embed", unit="video", disable=not progress) as bar:
+            for report in ds.iter_rows():
+                result = ChunkResult(**{k: int(v) for k, v in report.items()})
+                if tracker.add(result):
+                    merges.append(merge.remote(plan.root, result.shard, plan.parts[result.shard]))
+                bar.update(rows[result.start])
+    ray.get(merges)
+    return finish_embedding(plan, tracker)
 
 
 def run(config: EmbedConfig, *, address: str | None = None, progress: bool = True,
         max_shards: int | None = None) -> EmbedSummary:
     """Embed with the engine ``config.engine`` names, then record the store in MLflow."""
     start = time.perf_counter()
+    if config.mlflow:
+        from fsar.tracking import tracking_uri
+
+        tracking_uri(config.out, config.mlflow_uri)  # a store on object storage needs a tracking URI: say so now
     if config.engine == "local":
         summary = embed_manifest(config, progress=progress, max_shards=max_shards)
     else:
@@ -176,23 +167,21 @@ def run(config: EmbedConfig, *, address: str | None = None, progress: bool = Tru
 def log_store(config: EmbedConfig, summary: EmbedSummary, *, seconds: float) -> str:
     """One MLflow run per embed job: the store's metadata as params, what the job did as metrics, the
     failures table as an artifact. Returns the run id (also written to ``<store>/mlflow_run_id``)."""
-    import dataclasses
-
     from fsar.data.feature_store import FeatureStore
     from fsar.tracking import RunLogger, tracking_uri
 
-    store = Path(config.out)
+    store = config.out if storage.is_uri(config.out) else Path(config.out).resolve()
     meta = dataclasses.asdict(FeatureStore(store).meta)
     logger = RunLogger(uri=tracking_uri(store, config.mlflow_uri), experiment=config.experiment,
-                       run_name=f"embed-{store.resolve().name}", params={"store": str(store.resolve()), **meta},
-                       tags={"fsar.kind": "embed", "fsar.store": str(store.resolve())})
+                       run_name=f"embed-{storage.name(store)}", params={"store": str(store), **meta},
+                       tags={"fsar.kind": "embed", "fsar.store": str(store)})
     logger.log_metrics({"videos": summary.videos, "failures": summary.failures,
                         "shards_written": summary.shards_written, "shards_skipped": summary.shards_skipped,
                         "seconds": seconds}, step=0)
-    if (store / "failures.parquet").is_file():
-        logger.log_artifact(store / "failures.parquet")
+    if storage.is_file(storage.join(store, "failures.parquet")):
+        logger.log_artifact(storage.join(store, "failures.parquet"))
     logger.end()
-    (store / "mlflow_run_id").write_text(logger.run_id)
+    storage.write_text(storage.join(store, "mlflow_run_id"), logger.run_id)
     return logger.run_id
 
 

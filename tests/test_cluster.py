@@ -274,32 +274,42 @@ def test_rerunning_a_finished_embed_job_is_a_no_op(videos, ray_local):
     assert time.perf_counter() - start < 30
 
 
-def test_a_video_delivered_twice_is_stored_once(videos):
-    """A retried Ray task can deliver rows that already arrived; the assembler keeps the first copy."""
+def test_a_chunk_written_twice_is_stored_once(videos):
+    """A retried Ray task rewrites its chunk's part under the same name, and its report may reach the driver
+    twice: the merged shard still holds each video once, and the tracker counts the chunk once."""
     from conftest import embed_config
 
     from fsar.data.feature_store import FeatureStore
-    from fsar.embedding import ShardAssembler, decode_record, encode_records, load_backbone, plan_embedding
+    from fsar.embedding import (
+        ShardTracker,
+        decode_chunk,
+        finish_embedding,
+        load_backbone,
+        merge_shard,
+        plan_embedding,
+        write_chunk,
+    )
 
     manifest, tmp = videos
-    cfg = embed_config(manifest, tmp / "store")
+    cfg = embed_config(manifest, tmp / "store", batch_size=2)
     backbone = load_backbone(cfg, device="cpu")
     plan = plan_embedding(cfg, backbone)
-    assembler = ShardAssembler(plan)
-    for shard in plan.todo:
-        records = [decode_record(row, cfg) for row in plan.shard_rows(shard)]
-        encode_records(backbone, records, patch_grid=cfg.patch_grid)
-        for record in records[:2] + records + records[:1]:  # repeats before and after the shard completes
-            assembler.add(shard, record)
-    summary = assembler.finish()
+    tracker = ShardTracker(plan)
+    for chunk in plan.chunks + plan.chunks[:2]:  # the first two chunks run again (a retry after a lost worker)
+        report = write_chunk(chunk, decode_chunk(chunk, cfg), backbone, cfg)
+        for _ in range(2):  # ... and their reports arrive twice
+            if tracker.add(report):
+                merge_shard(plan.root, chunk.shard, plan.parts[chunk.shard])
+    summary = finish_embedding(plan, tracker)
     ids = FeatureStore(tmp / "store").table["video_id"].to_pylist()
-    assert summary.videos == 6 and sorted(ids) == [f"good{i}" for i in range(6)]
+    assert (summary.videos, summary.failures) == (6, 3) and (tracker.videos, tracker.failures) == (6, 3)
+    assert sorted(ids) == [f"good{i}" for i in range(6)]
 
 
 def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monkeypatch):
-    """The task that reaches video good3 kills its worker process the first time (as a lost node would),
-    after earlier batches of the same task may have been delivered; Ray retries the task and the store
-    still holds every good video exactly once."""
+    """The task of the chunk holding video good3 kills its worker process the first time (as a lost node
+    would), after other chunks' parts are written and reported; Ray retries the task and the store still
+    holds every good video exactly once."""
     from conftest import embed_config
 
     import pipelines.embed as embed
@@ -307,10 +317,10 @@ def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monke
 
     manifest, tmp = videos
     marker = tmp / "crashed"
-    real = embed._decode_and_encode_batch
+    real = embed._embed_chunks
 
     def crash_once(batch, **kwargs):  # a local function: Ray pickles it by value to the workers
-        if "good3" in list(batch["video_id"]):
+        if any(a <= 3 < b for a, b in zip(batch["start"], batch["stop"], strict=True)):  # the row of good3
             try:
                 os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
                 os._exit(1)
@@ -318,7 +328,7 @@ def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monke
                 pass  # the retry
         return real(batch, **kwargs)
 
-    monkeypatch.setattr(embed, "_decode_and_encode_batch", crash_once)
+    monkeypatch.setattr(embed, "_embed_chunks", crash_once)
     summary = embed.run(embed_config(manifest, tmp / "store", engine="ray", batch_size=1), progress=False)
     assert marker.is_file(), "no worker was killed"
     ids = FeatureStore(tmp / "store").table["video_id"].to_pylist()

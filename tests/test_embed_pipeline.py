@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow.parquet as pq
 from conftest import embed_config
@@ -49,48 +51,50 @@ def test_ray_engine_resumes_after_interruption(videos, ray_local):
 
 
 def test_decode_task_ships_uint8_clips_of_native_size(mixed_videos):
-    """The CPU half of the GPU layout, without Ray: one object column of uint8 centre squares, one per row
-    at the video's own size; a failed video ships an empty clip of the same rank and its reason."""
+    """The CPU half of the GPU layout, without Ray: a task reads its chunk's rows from the manifest itself and
+    ships one row per chunk holding uint8 centre squares, one per video at the video's own size; a failed
+    video ships its reason instead."""
+    import pickle
+
     from conftest import MIXED_SIZES
 
-    from fsar.data.manifest import read_manifest
-    from pipelines.embed import _decode_batch
+    from pipelines.embed import _decode_chunks
 
     manifest, tmp = mixed_videos
-    table = read_manifest(manifest)
-    batch = {k: np.asarray(table[k].to_pylist(), dtype=object) for k in table.column_names}
-    batch["shard"] = np.zeros(len(table), dtype=np.int64)
-    out = _decode_batch(batch, config=embed_config(manifest, tmp / "store"))
-    assert out["clip"].dtype == object
-    for video_id, clip, error in zip(out["video_id"], out["clip"], out["error"], strict=True):
-        assert clip.dtype == np.uint8
-        if video_id == "text":
-            assert clip.shape == (4, 0, 0, 3) and "cannot be decoded" in error
+    batch = {"shard": np.array([0, 0]), "start": np.array([0, 4]), "stop": np.array([4, 7])}
+    out = _decode_chunks(batch, config=embed_config(manifest, tmp / "store"))
+    records = [r for payload in out["records"] for r in pickle.loads(payload)]
+    assert [len(pickle.loads(p)) for p in out["records"]] == [4, 3]
+    assert len({r["video_id"] for r in records}) == 7
+    for r in records:
+        if r["video_id"] == "text":
+            assert r["clip"] is None and "cannot be decoded" in r["error"]
         else:
-            side = min(MIXED_SIZES[int(video_id[1:])])
-            assert clip.shape == (4, side, side, 3) and error == ""
+            side = min(MIXED_SIZES[int(r["video_id"][1:])])
+            assert r["clip"].dtype == np.uint8 and r["clip"].shape == (4, side, side, 3) and r["error"] is None
 
 
 def test_decode_tasks_feed_encoder_actors_with_mixed_sizes(mixed_videos, ray_local):
     """The GPU cluster layout run on CPUs (the actor asks for no GPU): decode tasks ship uint8 clips of
-    several native sizes through Ray's object store to an encoder actor, batches spanning decode tasks;
-    the features equal the local engine's (fp16 storage: one ulp) and the broken video is a failure."""
-    from fsar.data.manifest import read_manifest
-    from pipelines.embed import _decode_then_encode
+    several native sizes through Ray's object store to an encoder actor, which writes the parts itself and
+    hands back counts only; the merged store equals the local engine's (fp16 storage: one ulp) and the
+    broken video is a failure."""
+    import pipelines.embed as embed
+    from fsar.embedding import load_backbone, merge_shard, plan_embedding
 
     manifest, tmp = mixed_videos
-    cfg = embed_config(manifest, tmp / "ray", device="cpu", decode_batch=3, batch_size=4)
-    items = [dict(row, shard=0) for row in read_manifest(manifest).to_pylist()]
-    ds = _decode_then_encode(ray_local.data.from_items(items), cfg, actors=1, gpus_per_actor=0)
-    rows = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        assert "clip" not in batch  # pixels stop at the encoder
-        for i, video_id in enumerate(batch["video_id"]):
-            rows[str(video_id)] = (str(batch["error"][i]), batch["frames"][i].astype(np.float32))
-    assert set(rows) == {"text", *(f"v{i}" for i in range(6))} and "cannot be decoded" in rows["text"][0]
+    cfg = embed_config(manifest, tmp / "ray", device="cpu", batch_size=3, shard_size=100)
+    plan = plan_embedding(cfg, load_backbone(cfg, device="cpu"))
+    items = [dataclasses.asdict(c) for c in plan.chunks]
+    ds = embed._decode_then_encode(ray_local.data.from_items(items), cfg, actors=1, gpus_per_actor=0)
+    reports = list(ds.iter_rows())
+    assert all(set(r) == {"shard", "start", "videos", "failures"} for r in reports)  # no pixels, no features
+    assert sum(r["videos"] for r in reports) == 6 and sum(r["failures"] for r in reports) == 1
+    merge_shard(cfg.out, 0, plan.parts[0])
     run(embed_config(manifest, tmp / "local", batch_size=8), progress=False)
     local = FeatureStore(tmp / "local").load_split("test", view="pooled")
-    for row, video_id in enumerate(local.video_ids):
-        error, frames = rows[video_id]
-        assert error == ""
-        np.testing.assert_allclose(frames, local.features[row].astype(np.float32), rtol=2**-10, atol=1e-5)
+    ray = FeatureStore(tmp / "ray").load_split("test", view="pooled")
+    assert sorted(ray.video_ids) == sorted(local.video_ids) == [f"v{i}" for i in range(6)]
+    order = [ray.video_ids.index(v) for v in local.video_ids]
+    np.testing.assert_allclose(ray.features[order].astype(np.float32), local.features.astype(np.float32),
+                               rtol=2**-10, atol=1e-5)

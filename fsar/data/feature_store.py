@@ -1,9 +1,11 @@
-"""Feature store: per-video frame features in Parquet shards plus ``store.json``.
+"""Feature store: per-video frame features in Parquet shards plus ``store.json``, on a local disk or object
+storage (``s3://``, ``gs://``: every path here goes through ``fsar.storage``).
 
 Layout: ``<root>/store.json`` (what produced the features: backbone, weights, frames, dims, sampling)
-and ``<root>/shard-NNNNN.parquet``, one per fixed chunk of the manifest, each written to a temporary
-name and renamed when complete — so a rerun skips exactly the finished shards and a reader never
-sees half a shard. Per row: ``video_id, label, class_name, split, num_frames, frame_indices`` and the
+and ``<root>/shard-NNNNN.parquet``, one per fixed chunk of the manifest. Embed workers write parts
+(``parts/shard-NNNNN/rows-A-B.*.parquet``) and a merge joins a shard's parts into its shard file, which
+appears whole or not at all — so a rerun skips exactly the finished shards and a reader never sees half
+a shard. Per row: ``video_id, label, class_name, split, num_frames, frame_indices`` and the
 features as raw little-endian fp16 bytes: ``frames`` (T×D) and optionally ``patches`` (T×g×g×D).
 When the backbone has a text tower, ``<root>/class_text.parquet`` holds each class name's text
 embedding (``label, class_name, template, embedding`` fp32 bytes, E = D), for methods that read text.
@@ -23,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fsar.atomic import atomic_path, atomic_write_text
+from fsar import storage
+from fsar.storage import Location
 
 STORE_VERSION = 1
 View = Literal["pooled", "grid", "patches"]
@@ -94,20 +97,28 @@ class StoreMeta:
         return self.default_view if requested == "auto" else requested  # type: ignore[return-value]
 
 
-def shard_path(root: Path, shard: int) -> Path:
-    return root / f"shard-{shard:05d}.parquet"
+def shard_path(root: str | Path, shard: int) -> Location:
+    return storage.join(root, f"shard-{shard:05d}.parquet")
 
 
 def finished_shards(root: str | Path) -> set[int]:
-    """Shard numbers whose files are complete (temporary files are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return set()
-    return {int(p.stem.split("-")[1]) for p in root.glob("shard-*.parquet")}
+    """Shard numbers whose files are complete (a shard file appears whole or not at all)."""
+    return {int(storage.name(p)[len("shard-"):-len(".parquet")]) for p in storage.list_files(root, "shard-*.parquet")}
 
 
-def write_shard(root: str | Path, shard: int, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write one shard atomically. Each row has the ROW_SCHEMA keys; arrays are converted to fp16 bytes."""
+def write_table(location: str | Path, table: pa.Table) -> None:
+    """Write a Parquet file atomically, locally or on object storage."""
+    with storage.open_output(location) as f:
+        pq.write_table(table, f)
+
+
+def read_table(location: str | Path, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem(location)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def shard_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows with the ROW_SCHEMA keys (feature arrays of any float dtype) → a table of the store's schema."""
     out = []
     for r in rows:
         r = dict(r)
@@ -118,22 +129,25 @@ def write_shard(root: str | Path, shard: int, rows: Iterable[Mapping[str, Any]])
             r["patches"] = None
         r["frame_indices"] = [int(i) for i in r.get("frame_indices", [])]
         out.append(r)
-    table = pa.Table.from_pylist(out, schema=ROW_SCHEMA)
-    path = shard_path(Path(root), shard)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    return pa.Table.from_pylist(out, schema=ROW_SCHEMA)
+
+
+def write_shard(root: str | Path, shard: int, rows: Iterable[Mapping[str, Any]]) -> Location:
+    """Write one shard atomically. Each row has the ROW_SCHEMA keys; arrays are converted to fp16 bytes."""
+    path = shard_path(root, shard)
+    write_table(path, shard_table(rows))
     return path
 
 
 def write_meta(root: str | Path, meta: StoreMeta) -> None:
-    atomic_write_text(Path(root) / "store.json", json.dumps(dataclasses.asdict(meta), indent=2))
+    storage.write_text(storage.join(root, "store.json"), json.dumps(dataclasses.asdict(meta), indent=2))
 
 
 def read_meta(root: str | Path) -> StoreMeta:
-    path = Path(root) / "store.json"
-    if not path.is_file():
+    path = storage.join(root, "store.json")
+    if not storage.is_file(path):
         raise FeatureStoreError(f"{root} is not a feature store (no store.json); build one with `fsar embed`")
-    data = json.loads(path.read_text())
+    data = json.loads(storage.read_text(path))
     if data.get("version") != STORE_VERSION:
         raise FeatureStoreError(f"{root}: store version {data.get('version')} but this fsar reads {STORE_VERSION}; re-embed")
     known = {f.name for f in dataclasses.fields(StoreMeta)}
@@ -155,7 +169,7 @@ class FeatureStore:
     """Read side of a store: metadata checks and per-split feature arrays."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = storage.as_location(root)
         self.meta = read_meta(self.root)
         self._table: pa.Table | None = None
 
@@ -179,13 +193,23 @@ class FeatureStore:
             raise FeatureStoreError(f"feature store {self.root} holds no patch grid; re-embed with --patch-grid 4")
 
     def _shards(self) -> list[str]:
-        paths = sorted(self.root.glob("shard-*.parquet"))
+        """The shard files as paths on ``self._fs``."""
+        paths = storage.list_files(self.root, "shard-*.parquet")
         if not paths:
             raise FeatureStoreError(f"feature store {self.root} has no shards; the embed job did not finish")
-        return [str(p) for p in paths]
+        return [storage.filesystem(p)[1] for p in paths]
+
+    @property
+    def _fs(self) -> Any:
+        return storage.filesystem(self.root)[0]
+
+    def _dataset(self) -> Any:
+        import pyarrow.dataset as pads
+
+        return pads.dataset(self._shards(), format="parquet", filesystem=self._fs)
 
     def _read(self, columns: list[str] | None = None) -> pa.Table:
-        return pa.concat_tables([pq.read_table(p, columns=columns) for p in self._shards()])
+        return self._dataset().to_table(columns=columns)
 
     @property
     def table(self) -> pa.Table:
@@ -228,7 +252,7 @@ class FeatureStore:
         m = self.meta
         column = "frames" if view == "pooled" else "patches"
         width = m.frames * m.view_dim("pooled" if view == "pooled" else "grid")
-        dataset, wanted = pads.dataset(self._shards(), format="parquet"), pads.field("split") == split
+        dataset, wanted = self._dataset(), pads.field("split") == split
         n = dataset.count_rows(filter=wanted)  # reads the split column only
         if n == 0:
             raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
@@ -249,14 +273,16 @@ class FeatureStore:
                              frame_indices=_frame_indices(table, m.frames))
 
     def has_class_text(self) -> bool:
-        return (self.root / CLASS_TEXT_FILE).is_file()
+        return storage.is_file(storage.join(self.root, CLASS_TEXT_FILE))
 
     def text_dim(self) -> int | None:
         """Size E of the stored class-name embeddings, None when the store has none (reads the schema-sized
         first row only)."""
         if not self.has_class_text():
             return None
-        first = pq.ParquetFile(self.root / CLASS_TEXT_FILE).read_row_group(0, columns=["embedding"])
+        fs, path = storage.filesystem(storage.join(self.root, CLASS_TEXT_FILE))
+        with fs.open_input_file(path) as f:
+            first = pq.ParquetFile(f).read_row_group(0, columns=["embedding"])
         return len(first["embedding"][0].as_py()) // 4  # fp32 bytes
 
     def class_text(self) -> np.ndarray | None:
@@ -264,7 +290,7 @@ class FeatureStore:
         labels without text are zero), or None when the store has none."""
         if not self.has_class_text():
             return None
-        table = pq.read_table(self.root / CLASS_TEXT_FILE)
+        table = read_table(storage.join(self.root, CLASS_TEXT_FILE))
         labels = np.asarray(table["label"].to_pylist(), dtype=np.int64)
         vectors = np.stack([np.frombuffer(b, dtype="<f4") for b in table["embedding"].to_pylist()])
         out = np.zeros((int(labels.max()) + 1, vectors.shape[1]), dtype=np.float32)
@@ -272,7 +298,7 @@ class FeatureStore:
         return out
 
 
-def fixed_width_values(column: pa.Array, width: int, where: Path) -> np.ndarray:
+def fixed_width_values(column: pa.Array, width: int, where: str | Path) -> np.ndarray:
     """A binary column of fp16 vectors of ``width`` values each → ``(n, width)`` fp16, read straight from
     the Arrow data buffer (no Python bytes objects, no join)."""
     if column.null_count:
@@ -296,7 +322,7 @@ def _frame_indices(rows: pa.Table, frames: int) -> np.ndarray:
 
 
 def write_class_text(root: str | Path, labels: Iterable[int], class_names: Iterable[str], embeddings: np.ndarray,
-                     *, template: str) -> Path:
+                     *, template: str) -> Location:
     """Write ``class_text.parquet`` atomically: one row per class, embedding ``(E,)`` as fp32 bytes."""
     vectors = np.ascontiguousarray(embeddings, dtype="<f4")
     labels, names = [int(v) for v in labels], list(class_names)
@@ -307,7 +333,6 @@ def write_class_text(root: str | Path, labels: Iterable[int], class_names: Itera
         "template": pa.array([template] * len(labels), pa.string()),
         "embedding": pa.array([v.tobytes() for v in vectors], pa.binary()),
     })
-    path = Path(root) / CLASS_TEXT_FILE
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    path = storage.join(root, CLASS_TEXT_FILE)
+    write_table(path, table)
     return path

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,7 +34,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fsar.atomic import atomic_path
+from fsar import storage
+from fsar.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -81,38 +83,92 @@ def manifest_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
 from_records = manifest_table
 
 
-def write_manifest(table_or_records: pa.Table | Iterable[Mapping[str, Any]], path: str | Path) -> Path:
-    """Write a manifest atomically to ``path`` (Parquet) and return the path (no validation here)."""
+MANIFEST_ROW_GROUP = 8192  # rows per Parquet row group: a worker reading one chunk of rows decodes ~this many
+
+
+def write_manifest(table_or_records: pa.Table | Iterable[Mapping[str, Any]], path: str | Path) -> Location:
+    """Write a manifest atomically to ``path`` (Parquet; a local path or a URI) and return it (no validation here).
+
+    Row groups of ``MANIFEST_ROW_GROUP`` rows let an embed worker read its own rows of a million-row manifest
+    (``read_manifest_rows``) without reading the rest."""
     table = table_or_records if isinstance(table_or_records, pa.Table) else manifest_table(table_or_records)
     if "num_frames" not in table.column_names:
         table = table.append_column("num_frames", pa.nulls(table.num_rows, pa.int64()))
     table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    with storage.open_output(path) as f:
+        pq.write_table(table, f, row_group_size=MANIFEST_ROW_GROUP)
+    return storage.as_location(path)
 
 
-def read_manifest(path: str | Path, *, resolve_paths: bool = True) -> pa.Table:
-    """Read a manifest; relative video paths are resolved against the manifest's folder."""
-    path = Path(path)
-    if not path.is_file():
+def _manifest_file(path: str | Path) -> pq.ParquetFile:
+    if not storage.is_file(path):
         raise ManifestError(f"manifest {path} does not exist; build one with `fsar manifest` or `fsar synth`")
-    table = pq.read_table(path)
-    missing = [c for c in MANIFEST_SCHEMA.names if c not in table.column_names and c != "num_frames"]
+    fs, inner = storage.filesystem(path)
+    parquet = pq.ParquetFile(fs.open_input_file(inner))
+    missing = [c for c in MANIFEST_SCHEMA.names if c not in parquet.schema_arrow.names and c != "num_frames"]
     if missing:
         raise ManifestError(f"manifest {path} lacks column(s) {missing}; rebuild it with `fsar manifest`")
+    return parquet
+
+
+def _conform(table: pa.Table, path: str | Path, resolve_paths: bool) -> pa.Table:
     if "num_frames" not in table.column_names:
         table = table.append_column("num_frames", pa.nulls(table.num_rows, pa.int64()))
     table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
     if resolve_paths:
-        root = path.resolve().parent
-        # normpath folds "../" without a stat per row; symlinks inside the video tree stay as written.
-        paths = [p if os.path.isabs(p) or "://" in p else os.path.normpath(os.path.join(root, p))
-                 for p in table["path"].to_pylist()]
+        root = storage.parent(storage.as_location(path) if storage.is_uri(path) else Path(path).resolve())
         i = table.schema.get_field_index("path")
-        table = table.set_column(i, MANIFEST_SCHEMA.field("path"), pa.array(paths, pa.string()))
+        table = table.set_column(i, MANIFEST_SCHEMA.field("path"),
+                                 pa.array([resolve_video_path(root, p) for p in table["path"].to_pylist()], pa.string()))
     return table
+
+
+def resolve_video_path(root: str | Path, path: str) -> str:
+    """A manifest's video path as a local path or URI: absolute paths and URIs as written, relative ones
+    against the manifest's folder ``root``."""
+    if os.path.isabs(path) or "://" in path:
+        return path
+    if storage.is_uri(root):
+        scheme, rest = str(root).split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+    # normpath folds "../" without a stat per row; symlinks inside the video tree stay as written.
+    return os.path.normpath(os.path.join(root, path))
+
+
+def read_manifest(path: str | Path, *, resolve_paths: bool = True) -> pa.Table:
+    """Read a manifest (a local path or a URI); relative video paths are resolved against its folder."""
+    return _conform(_manifest_file(path).read(), path, resolve_paths)
+
+
+def manifest_rows(path: str | Path) -> int:
+    """Number of videos in a manifest, from its footer alone."""
+    return _manifest_file(path).metadata.num_rows
+
+
+def read_manifest_rows(path: str | Path, start: int, stop: int) -> pa.Table:
+    """Rows ``[start, stop)`` of a manifest, paths resolved, reading only the row groups that hold them."""
+    parquet = _manifest_file(path)
+    meta, groups, first, offset = parquet.metadata, [], None, 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if offset < stop and offset + n > start:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    if not groups:
+        return _conform(parquet.schema_arrow.empty_table(), path, resolve_paths=False)
+    table = parquet.read_row_groups(groups).slice(start - first, stop - start)
+    return _conform(table, path, resolve_paths=True)
+
+
+def manifest_classes(path: str | Path) -> list[tuple[int, str]]:
+    """Every ``(label, class_name)`` of a manifest, sorted, reading those two columns batch by batch (memory
+    grows with the classes, not the videos)."""
+    classes: set[tuple[int, str]] = set()
+    for batch in _manifest_file(path).iter_batches(batch_size=65536, columns=["label", "class_name"]):
+        pairs = pa.Table.from_batches([batch]).group_by(["label", "class_name"]).aggregate([])
+        classes.update(zip(pairs["label"].to_pylist(), pairs["class_name"].to_pylist(), strict=True))
+    return sorted(classes)
 
 
 # ---------------------------------------------------------------- shared helpers

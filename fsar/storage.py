@@ -1,0 +1,209 @@
+"""Where files live: a local path or a URI (``s3://``, ``gs://``, ``hdfs://``, anything ``pyarrow.fs`` or fsspec
+opens), behind one small set of functions.
+
+A location is a :class:`~pathlib.Path` for local files and a ``str`` for a URI, so local code keeps its
+``Path`` arithmetic and ``join`` works on both. Credentials and endpoints come from each client's own
+standard settings (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
+``AWS_DEFAULT_REGION``, or an instance role), never from an fsar setting.
+
+Writes are atomic on both: locally a temporary file renamed onto the name; on an object store a single
+PUT, which readers see whole or not at all (an object store has no rename to build on, and needs none).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from fsar.atomic import atomic_path
+
+Location = Path | str
+
+
+class StorageError(OSError):
+    """A location cannot be opened: an unknown scheme, a missing client library, or no such file."""
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether ``location`` names a file system by scheme (``s3://bucket/key``) rather than a local path."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def as_location(location: str | Path) -> Location:
+    """A URI stays a ``str`` (without a trailing ``/``); anything else becomes a ``Path`` (``file://`` URIs
+    included)."""
+    if is_uri(location):
+        return str(location).rstrip("/")
+    text = str(location)
+    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+
+
+def join(location: str | Path, *parts: str) -> Location:
+    """``location / part / ...`` for either kind."""
+    base = as_location(location)
+    return posixpath.join(base, *parts) if isinstance(base, str) else base.joinpath(*parts)
+
+
+def name(location: str | Path) -> str:
+    """The last component: a file or folder name."""
+    return posixpath.basename(str(location).rstrip("/"))
+
+
+def parent(location: str | Path) -> Location:
+    base = as_location(location)
+    return posixpath.dirname(base) if isinstance(base, str) else base.parent
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem_for(scheme_and_host: str) -> pafs.FileSystem:
+    try:
+        return pafs.FileSystem.from_uri(scheme_and_host)[0]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
+        try:
+            import fsspec
+        except ImportError as exc:
+            raise StorageError(f"cannot open {scheme_and_host}: pyarrow does not know the scheme ({arrow_error}) and "
+                               "fsspec is not installed") from exc
+        protocol = scheme_and_host.split("://", 1)[0]
+        try:
+            fs = fsspec.filesystem(protocol)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"cannot open {scheme_and_host}: {exc}; install the client for {protocol}:// "
+                               "(for example `pip install gcsfs` or `adlfs`)") from exc
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """The file system holding ``location`` and the path on it (``bucket/key`` for an object store).
+
+    One client per scheme and bucket is kept for the process: an S3 client costs a connection pool."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        return pafs.LocalFileSystem(), str(loc.absolute())
+    scheme, rest = loc.split("://", 1)
+    host = rest.split("/", 1)[0]
+    fs = _filesystem_for(f"{scheme}://{host}")
+    if isinstance(fs, pafs.PyFileSystem):
+        return fs, loc.split("://", 1)[1]
+    return fs, pafs.FileSystem.from_uri(loc)[1] if scheme in ("hdfs", "viewfs") else rest
+
+
+def _info(location: str | Path) -> pafs.FileInfo:
+    fs, path = filesystem(location)
+    try:
+        return fs.get_file_info(path)
+    except OSError as exc:
+        raise StorageError(f"cannot reach {location}: {exc}") from exc
+
+
+def exists(location: str | Path) -> bool:
+    return _info(location).type != pafs.FileType.NotFound
+
+
+def is_file(location: str | Path) -> bool:
+    return _info(location).type == pafs.FileType.File
+
+
+def is_dir(location: str | Path) -> bool:
+    """A folder; on an object store, a prefix that holds at least one object."""
+    info = _info(location)
+    if info.type == pafs.FileType.Directory:
+        return True
+    if info.type == pafs.FileType.File or not is_uri(location):
+        return False
+    return bool(list_files(location, recursive=True, limit=1))
+
+
+def size(location: str | Path) -> int:
+    info = _info(location)
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"{location} is not a file")
+    return int(info.size)
+
+
+def list_files(location: str | Path, pattern: str = "*", *, recursive: bool = False,
+               limit: int | None = None) -> list[Location]:
+    """Files directly in the folder ``location`` (or below it, ``recursive``) whose names match the glob
+    ``pattern``, sorted; an absent folder has none."""
+    fs, path = filesystem(location)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+    except OSError as exc:
+        raise StorageError(f"cannot list {location}: {exc}") from exc
+    base = as_location(location)
+    found = []
+    for info in infos:
+        if info.type == pafs.FileType.File and fnmatch.fnmatch(info.base_name, pattern):
+            relative = posixpath.relpath(info.path, path)
+            found.append(join(base, *relative.split("/")))
+            if limit is not None and len(found) >= limit:
+                break
+    return sorted(found, key=str)
+
+
+def read_bytes(location: str | Path) -> bytes:
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise StorageError(f"{location} does not exist") from exc
+    except OSError as exc:
+        if "not found" in str(exc).lower() or "does not exist" in str(exc).lower():
+            raise StorageError(f"{location} does not exist") from exc
+        raise StorageError(f"cannot read {location}: {exc}") from exc
+
+
+def read_text(location: str | Path) -> str:
+    return read_bytes(location).decode()
+
+
+@contextmanager
+def open_output(location: str | Path) -> Iterator[IO[bytes] | Any]:
+    """A binary stream whose bytes appear under ``location`` only if the block succeeds."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        with atomic_path(loc) as tmp, tmp.open("wb") as f:
+            yield f
+        return
+    fs, path = filesystem(loc)
+    with fs.open_output_stream(path) as f:
+        yield f
+
+
+def write_bytes(location: str | Path, data: bytes) -> None:
+    with open_output(location) as f:
+        f.write(data)
+
+
+def write_text(location: str | Path, text: str) -> None:
+    write_bytes(location, text.encode())
+
+
+def delete(location: str | Path, *, missing_ok: bool = True) -> None:
+    """Remove a file, or a folder and everything in it."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        if not missing_ok:
+            raise StorageError(f"{location} does not exist")
+        return
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    else:
+        fs.delete_file(path)
+
+
+def make_dirs(location: str | Path) -> None:
+    """Create a local folder and its parents; an object store has no folders to create."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        loc.mkdir(parents=True, exist_ok=True)
