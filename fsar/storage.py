@@ -6,14 +6,16 @@ A location is a :class:`~pathlib.Path` for local files and a ``str`` for a URI, 
 standard settings (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
 ``AWS_DEFAULT_REGION``, or an instance role), never from an fsar setting.
 
-Writes are atomic on both: locally a temporary file renamed onto the name; on an object store a single
-PUT, which readers see whole or not at all (an object store has no rename to build on, and needs none).
+Writes are atomic on both: locally a temporary file renamed onto the name; on an object store one upload
+of bytes buffered in memory, which readers see whole or not at all (an object store has no rename to build
+on, and needs none).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import functools
+import io
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,9 +176,13 @@ def open_output(location: str | Path) -> Iterator[IO[bytes] | Any]:
         with atomic_path(loc) as tmp, tmp.open("wb") as f:
             yield f
         return
+    # Buffered, and sent only once the block has succeeded: closing an object-store stream uploads whatever
+    # was written, so a failure inside the block must never reach the stream.
+    buffer = io.BytesIO()
+    yield buffer
     fs, path = filesystem(loc)
     with fs.open_output_stream(path) as f:
-        yield f
+        f.write(buffer.getbuffer())
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:

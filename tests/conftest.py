@@ -8,6 +8,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Every S3 client of the session (pyarrow, boto3, Ray's storage, in this process and in the Ray workers it
+# starts) talks to the moto server of the `s3` fixture, through the standard AWS variables only. Set before
+# anything starts Ray, so that the workers inherit them; never real credentials.
+S3_PORT = _free_port()
+os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "fsar-test",
+                   "AWS_SECRET_ACCESS_KEY": "fsar-test", "AWS_DEFAULT_REGION": "us-east-1",
+                   "AWS_EC2_METADATA_DISABLED": "true"})
+
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -144,6 +161,43 @@ def ray_local():
     ray = init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (the port of ``AWS_ENDPOINT_URL``), stopped by its process id."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(os.environ["AWS_ENDPOINT_URL"], timeout=1)
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError("the moto S3 server did not start") from None
+            time.sleep(0.2)
+    yield os.environ["AWS_ENDPOINT_URL"]
+    os.kill(server.pid, 15)
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(s3_server, request) -> str:
+    """A fresh bucket on the test server, as ``s3://<bucket>``."""
+    import re
+
+    import boto3
+
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -98,3 +99,29 @@ def test_decode_tasks_feed_encoder_actors_with_mixed_sizes(mixed_videos, ray_loc
     order = [ray.video_ids.index(v) for v in local.video_ids]
     np.testing.assert_allclose(ray.features[order].astype(np.float32), local.features.astype(np.float32),
                                rtol=2**-10, atol=1e-5)
+
+
+def test_ray_engine_embeds_videos_on_object_storage_into_a_store_there(videos, ray_local, s3):
+    """Manifest, videos and store all in a bucket (relative video paths resolve against the manifest's
+    folder): the Ray job reads, decodes and writes there, resumes there, and the store reads back equal
+    to a local one."""
+    from fsar import storage
+    from fsar.data.feature_store import read_table
+    from fsar.data.manifest import read_manifest, write_manifest
+
+    manifest, tmp = videos
+    table = read_manifest(manifest, resolve_paths=False).to_pylist()
+    for row in table:
+        storage.write_bytes(f"{s3}/data/videos/{row['video_id']}.mp4", Path(row["path"]).read_bytes())
+        row["path"] = f"videos/{row['video_id']}.mp4"
+    remote_manifest = write_manifest(table, f"{s3}/data/manifest.parquet")
+    cfg = embed_config(remote_manifest, f"{s3}/store", batch_size=2)
+    assert run(cfg, progress=False, max_shards=1).shards_written == 1
+    summary = run(cfg, progress=False)
+    assert (summary.videos, summary.failures, summary.shards_written, summary.shards_skipped) == (6, 3, 2, 1)
+    assert storage.list_files(f"{s3}/store/parts", recursive=True) == []  # merged and cleared
+    run(embed_config(manifest, tmp / "local"), progress=False)
+    remote, local = FeatureStore(f"{s3}/store").load_split("test"), FeatureStore(tmp / "local").load_split("test")
+    assert remote.video_ids == local.video_ids
+    np.testing.assert_array_equal(remote.features, local.features)
+    assert sorted(read_table(f"{s3}/store/failures.parquet")["video_id"].to_pylist()) == ["cut", "empty", "text"]

@@ -109,3 +109,35 @@ def test_from_records_is_manifest_table():
         mf.from_records([{"video_id": "a", "path": "p", "label": 0, "class_name": "a"}])
     assert isinstance(mf.from_records([]), pa.Table)
 
+
+
+def test_a_manifest_on_object_storage_resolves_relative_paths_to_uris(tmp_path: Path, s3):
+    rows = [{**r, "path": f"videos/{r['class_name']}/{i}.mp4"} for i, r in enumerate(good_records(tmp_path / "v"))]
+    uri = mf.write_manifest(mf.from_records(rows), f"{s3}/data/manifest.parquet")
+    assert uri == f"{s3}/data/manifest.parquet"
+    back = mf.read_manifest(uri)
+    assert back["path"].to_pylist() == [f"{s3}/data/{r['path']}" for r in rows]
+    assert mf.manifest_rows(uri) == len(rows)
+    assert mf.read_manifest_rows(uri, 1, 3)["video_id"].to_pylist() == [r["video_id"] for r in rows[1:3]]
+    assert mf.manifest_classes(uri) == sorted({(r["label"], r["class_name"]) for r in rows})
+    with pytest.raises(mf.ManifestError, match="does not exist"):
+        mf.read_manifest(f"{s3}/data/absent.parquet")
+
+
+def test_rows_of_a_large_manifest_are_read_by_row_group(tmp_path: Path, monkeypatch):
+    """A worker reading rows [a, b) of a manifest reads the row groups that hold them, not the file."""
+    monkeypatch.setattr(mf, "MANIFEST_ROW_GROUP", 10)
+    rows = [{"video_id": f"v{i}", "path": f"/v/{i}.mp4", "label": i % 3, "class_name": f"c{i % 3}", "split": "train"}
+            for i in range(95)]
+    path = mf.write_manifest(rows, tmp_path / "m.parquet")
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(path).metadata.num_row_groups == 10
+    read_groups = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, **kw: read_groups.append(list(groups)) or real(self, groups, **kw))
+    for start, stop in [(0, 7), (8, 33), (90, 95), (40, 40)]:
+        got = mf.read_manifest_rows(path, start, stop)["video_id"].to_pylist()
+        assert got == [f"v{i}" for i in range(start, stop)]
+    assert read_groups == [[0], [0, 1, 2, 3], [9]]

@@ -69,3 +69,19 @@ def test_truncated_and_missing_files(counter_video, tmp_path):
         load_clip(cut, num_segments=4)
     with pytest.raises(VideoDecodeError, match="file not found"):
         load_clip(tmp_path / "nope.mp4", num_segments=4)
+
+
+def test_a_video_on_object_storage_decodes_like_the_local_file(counter_video, s3):
+    from fsar import storage
+
+    path = counter_video(40)
+    uri = f"{s3}/videos/counter.mp4"
+    storage.write_bytes(uri, path.read_bytes())
+    for backend in ("decord", "pyav"):
+        remote, local = load_clip(uri, num_segments=8, backend=backend), load_clip(path, num_segments=8, backend=backend)
+        assert np.array_equal(remote.indices, local.indices) and np.array_equal(remote.frames, local.frames)
+    with pytest.raises(VideoDecodeError, match="does not exist.*manifest's path or the bucket"):
+        load_clip(f"{s3}/videos/absent.mp4", num_segments=8)
+    storage.write_bytes(f"{s3}/videos/empty.mp4", b"")
+    with pytest.raises(VideoDecodeError, match="empty"):
+        load_clip(f"{s3}/videos/empty.mp4", num_segments=8)

@@ -6,7 +6,9 @@ sequentially, converts only the wanted frames and stops after the last one.
 
 from __future__ import annotations
 
+import io
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +16,17 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from fsar import storage
 from fsar.data.sampling import SampleMode, ShortVideoError, ShortVideoPolicy, segment_indices
 
 Backend = Literal["auto", "decord", "pyav"]
 SampleFn = Callable[[int], np.ndarray]
+Source = str | bytes  # a local path, or the bytes of a video fetched from object storage
+
+
+def _openable(source: Source) -> str | io.BytesIO:
+    """What PyAV opens: the path itself, or a fresh in-memory file over fetched bytes."""
+    return io.BytesIO(source) if isinstance(source, bytes) else source
 
 
 class VideoDecodeError(RuntimeError):
@@ -29,15 +38,15 @@ class VideoDecoder(Protocol):
 
     name: str
 
-    def num_frames(self, path: str) -> int:
+    def num_frames(self, path: Source) -> int:
         """Number of frames in the video."""
         ...
 
-    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+    def read(self, path: Source, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` (non-decreasing, may repeat) as ``(len(indices), H, W, 3)`` uint8 RGB."""
         ...
 
-    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+    def read_sampled(self, path: Source, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
         """Frames picked by ``sample(num_frames)``, the indices, and the frame count."""
         ...
 
@@ -47,15 +56,22 @@ class DecordDecoder:
 
     name = "decord"
 
-    def _reader(self, path: str):  # decord imported lazily: it is optional at import time of fsar
+    def _reader(self, path: Source):  # decord imported lazily: it is optional at import time of fsar
         import decord
 
+        if isinstance(path, bytes):
+            # decord 0.6 cannot read from memory (its FFI refuses the bytes), so a temporary file, unlinked as
+            # soon as FFmpeg holds it open.
+            with tempfile.NamedTemporaryFile(suffix=".video") as f:
+                f.write(path)
+                f.flush()
+                return decord.VideoReader(f.name, num_threads=1)
         return decord.VideoReader(path, num_threads=1)
 
-    def num_frames(self, path: str) -> int:
+    def num_frames(self, path: Source) -> int:
         return len(self._reader(path))
 
-    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+    def read(self, path: Source, indices: Sequence[int]) -> np.ndarray:
         reader = self._reader(path)
         return self._read_from(reader, indices)
 
@@ -66,7 +82,7 @@ class DecordDecoder:
         frames = reader.get_batch(unique.tolist()).asnumpy()
         return frames[inverse]
 
-    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+    def read_sampled(self, path: Source, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
         """Count frames and read the ones ``sample(num_frames)`` picks, opening the file once."""
         reader = self._reader(path)
         n = len(reader)
@@ -79,17 +95,17 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def num_frames(self, path: str) -> int:
+    def num_frames(self, path: Source) -> int:
         import av
 
-        with av.open(path) as container:
+        with av.open(_openable(path)) as container:
             stream = container.streams.video[0]
             if stream.frames:
                 return int(stream.frames)
             # Some containers carry no frame count: count packets without decoding them.
             return sum(1 for p in container.demux(stream) if p.size > 0)
 
-    def read(self, path: str, indices: Sequence[int]) -> np.ndarray:
+    def read(self, path: Source, indices: Sequence[int]) -> np.ndarray:
         import av
 
         wanted = np.asarray(indices, dtype=np.int64)
@@ -99,7 +115,7 @@ class PyAVDecoder:
         got: dict[int, np.ndarray] = {}
         last = int(unique[-1])
         wanted_set = set(unique.tolist())
-        with av.open(path) as container:
+        with av.open(_openable(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
@@ -109,10 +125,10 @@ class PyAVDecoder:
                     break
         missing = [int(i) for i in unique if int(i) not in got]
         if missing:
-            raise VideoDecodeError(f"{path}: frames {missing[:5]} not found (video has {len(got)} decodable)")
+            raise VideoDecodeError(f"frames {missing[:5]} not found (video has {len(got)} decodable)")
         return np.stack([got[int(i)] for i in wanted])
 
-    def read_sampled(self, path: str, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
+    def read_sampled(self, path: Source, sample: SampleFn) -> tuple[np.ndarray, np.ndarray, int]:
         """Count frames and read the ones ``sample(num_frames)`` picks."""
         n = self.num_frames(path)
         indices = sample(n)
@@ -125,6 +141,18 @@ _DECODERS: dict[str, VideoDecoder] = {"decord": DecordDecoder(), "pyav": PyAVDec
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:300]
+
+
+def _fetch(uri: str) -> bytes:
+    """A video on object storage, read whole: both decoders need to seek, and a clip of a few frames is
+    worth one GET of a few MB rather than many ranged reads."""
+    try:
+        data = storage.read_bytes(uri)
+    except storage.StorageError as exc:
+        raise VideoDecodeError(f"video {uri}: {exc} — check the manifest's path or the bucket") from exc
+    if not data:
+        raise VideoDecodeError(f"video {uri}: object is empty (0 bytes) — re-upload or remove it")
+    return data
 
 
 def _precheck(path: str) -> None:
@@ -165,7 +193,9 @@ def load_clip(
     VideoDecodeError naming the file and both reasons.
     """
     path = str(path)
-    _precheck(path)
+    source: Source = _fetch(path) if storage.is_uri(path) else path
+    if isinstance(source, str):
+        _precheck(path)
     names = ["decord", "pyav"] if backend == "auto" else [backend]
     reasons = []
 
@@ -178,7 +208,7 @@ def load_clip(
         try:
             if state is not None:  # a fallback must sample the same indices the first try drew
                 rng.bit_generator.state = state
-            frames, indices, n = decoder.read_sampled(path, sample)
+            frames, indices, n = decoder.read_sampled(source, sample)
             if frames.ndim != 4 or frames.shape[0] != num_segments or frames.shape[-1] != 3:
                 raise VideoDecodeError(f"unexpected decoded shape {frames.shape}")
             return Clip(frames=frames, indices=indices, num_frames=n, backend=name)

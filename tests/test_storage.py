@@ -1,0 +1,56 @@
+"""fsar.storage: the same calls on a local folder and on an S3 bucket (a moto server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fsar import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request, tmp_path) -> storage.Location:
+    if request.param == "local":
+        return tmp_path / "root"
+    return request.getfixturevalue("s3") + "/root"
+
+
+def test_locations_keep_their_kind():
+    assert storage.as_location("s3://b/x/") == "s3://b/x"
+    assert storage.as_location("file:///tmp/x") == Path("/tmp/x")
+    assert storage.join("s3://b/x", "y", "z.parquet") == "s3://b/x/y/z.parquet"
+    assert storage.join(Path("/tmp"), "y") == Path("/tmp/y")
+    assert storage.name("s3://b/x/y.json") == "y.json" and storage.parent("s3://b/x/y.json") == "s3://b/x"
+    assert storage.is_uri("gs://b/k") and not storage.is_uri("/tmp/x") and not storage.is_uri("file:///tmp/x")
+
+
+def test_write_read_list_delete(base):
+    storage.make_dirs(base)
+    storage.write_text(storage.join(base, "a.json"), "{}")
+    storage.write_bytes(storage.join(base, "sub", "b.parquet"), b"xyz")
+    storage.write_bytes(storage.join(base, "c.parquet"), b"")
+    assert storage.read_text(storage.join(base, "a.json")) == "{}"
+    assert storage.size(storage.join(base, "sub", "b.parquet")) == 3
+    assert [storage.name(p) for p in storage.list_files(base, "*.parquet")] == ["c.parquet"]
+    assert sorted(storage.name(p) for p in storage.list_files(base, "*.parquet", recursive=True)) == ["b.parquet", "c.parquet"]
+    assert storage.is_dir(storage.join(base, "sub")) and not storage.is_file(storage.join(base, "sub"))
+    assert storage.list_files(storage.join(base, "absent")) == []
+    storage.delete(storage.join(base, "sub"))
+    assert not storage.exists(storage.join(base, "sub", "b.parquet"))
+    with pytest.raises(storage.StorageError, match="does not exist"):
+        storage.read_bytes(storage.join(base, "sub", "b.parquet"))
+
+
+def test_a_failed_write_leaves_nothing(base):
+    target = storage.join(base, "out.bin")
+    storage.write_bytes(target, b"old")
+    with pytest.raises(RuntimeError), storage.open_output(target) as f:
+        f.write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert storage.read_bytes(target) == b"old"
+
+
+def test_an_unknown_scheme_says_what_to_install():
+    with pytest.raises(storage.StorageError, match="nosuchscheme"):
+        storage.read_bytes("nosuchscheme://bucket/key")
