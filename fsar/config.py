@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fsar import storage
 from fsar.storage import as_location
 
 T = TypeVar("T")
@@ -181,10 +182,9 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``safe_load``; a missing file or non-mapping content is a ConfigError."""
-    path = Path(path)
-    if not path.is_file():
+    if not storage.is_file(path):
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load(storage.read_text(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
     return data
@@ -224,7 +224,6 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def dump_yaml(config: Any, path: str | Path) -> None:
-    """Save the resolved config next to an output, so a run can be reproduced from its folder."""
-    from fsar.atomic import atomic_write_text
-
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Save the resolved config next to an output (a local path or a URI), so a run can be reproduced from its
+    folder."""
+    storage.write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

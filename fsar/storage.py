@@ -54,6 +54,12 @@ def join(location: str | Path, *parts: str) -> Location:
     return posixpath.join(base, *parts) if isinstance(base, str) else base.joinpath(*parts)
 
 
+def absolute(location: str | Path) -> Location:
+    """A URI as it is; a local path resolved (what a job records, and what workers on other nodes can open)."""
+    loc = as_location(location)
+    return loc if isinstance(loc, str) else loc.resolve()
+
+
 def name(location: str | Path) -> str:
     """The last component: a file or folder name."""
     return posixpath.basename(str(location).rstrip("/"))
@@ -192,6 +198,18 @@ def write_bytes(location: str | Path, data: bytes) -> None:
 
 def write_text(location: str | Path, text: str) -> None:
     write_bytes(location, text.encode())
+
+
+def append_text(location: str | Path, text: str) -> None:
+    """Add ``text`` at the end of a small file: an append locally, a rewrite of the whole object on an object
+    store (which cannot append). For logs of a few lines per minute, such as a run's metrics."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        loc.parent.mkdir(parents=True, exist_ok=True)
+        with loc.open("a") as f:
+            f.write(text)
+        return
+    write_text(loc, (read_text(loc) if is_file(loc) else "") + text)
 
 
 def delete(location: str | Path, *, missing_ok: bool = True) -> None:

@@ -77,8 +77,10 @@ class NodeFeatureActors:
 
         return {s["node"]: s["loads"] for s in ray.get([a.stats.remote() for a in self.actors.values()])}
 
-    def write_stats(self, path: Path) -> None:
-        path.write_text(json.dumps(self.stats(), indent=2, sort_keys=True) + "\n")
+    def write_stats(self, path: str | Path) -> None:
+        from fsar import storage
+
+        storage.write_text(path, json.dumps(self.stats(), indent=2, sort_keys=True) + "\n")
 
     def __exit__(self, *exc: Any) -> None:
         import ray

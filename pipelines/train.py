@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import tempfile
 import threading
 import uuid
@@ -26,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsar.atomic import atomic_write_text
+from fsar import storage
 from fsar.config import ConfigError, dump_yaml, from_dict, resolve, to_dict
+from fsar.storage import Location
 from fsar.tracking import RunLogger, tracking_uri
 from fsar.training.checkpoint import save_checkpoint
 from fsar.training.config import ManifestData, StoreData, TrainConfig
@@ -44,8 +44,8 @@ SHARED_FEATURES_KEY = "_shared_features_job"
 class TrainResult:
     """Where a finished run left its outputs and how it did on validation."""
 
-    run_dir: Path
-    best_checkpoint: Path
+    run_dir: Location
+    best_checkpoint: Location
     best_val_accuracy: float
     best_step: int
     steps: int
@@ -100,7 +100,7 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     config = from_dict(TrainConfig, config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    out = Path(config.out)
+    out = storage.as_location(config.out)
 
     import ray.train.torch
 
@@ -121,13 +121,13 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
             metrics = {**metrics, "resumed_from_step": start_step}
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
-            with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            storage.append_text(storage.join(out, "metrics.jsonl"), json.dumps(metrics) + "\n")
         if payload is None:
             ray.train.report(metrics)
             return
         if metrics.get("is_best"):
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}, out / "best.pt")
+            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")},
+                            storage.join(out, "best.pt"))
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(payload, Path(folder) / "checkpoint.pt")
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
@@ -141,28 +141,29 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
         status = "FINISHED"
     finally:
         if logger is not None:
-            logger.log_artifact(out / "train_config.yaml")
-            if status == "FINISHED" and (out / "best.pt").is_file():  # the run names its checkpoint
-                logger.client.set_tag(logger.run_id, "fsar.best_checkpoint", str((out / "best.pt").resolve()))
+            logger.log_artifact(storage.join(out, "train_config.yaml"))
+            best = storage.join(out, "best.pt")
+            if status == "FINISHED" and storage.is_file(best):  # the run names its checkpoint
+                logger.client.set_tag(logger.run_id, "fsar.best_checkpoint", str(storage.absolute(best)))
                 if config.log_checkpoint:
-                    logger.log_artifact(out / "best.pt")
+                    logger.log_artifact(best)
             logger.end(status)
 
 
 def _mlflow_run(config: TrainConfig) -> RunLogger:
-    out = Path(config.out)
-    run_id_file = out / "mlflow_run_id"
+    out = storage.as_location(config.out)
+    run_id_file = storage.join(out, "mlflow_run_id")
     uri = tracking_uri(out, config.mlflow_uri)
-    if run_id_file.is_file():  # a restarted worker group continues the same MLflow run
-        return RunLogger(uri=uri, experiment=config.experiment, run_id=run_id_file.read_text().strip())
-    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{out.name}",
+    if storage.is_file(run_id_file):  # a restarted worker group continues the same MLflow run
+        return RunLogger(uri=uri, experiment=config.experiment, run_id=storage.read_text(run_id_file).strip())
+    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{storage.name(out)}",
                        params=to_dict(config), tags={"fsar.method": config.method, "fsar.kind": "train"},
                        parent_run_id=config.mlflow_parent_run_id)
-    run_id_file.write_text(logger.run_id)
+    storage.write_text(run_id_file, logger.run_id)
     return logger
 
 
-def _follow_metrics(path: Path, config: TrainConfig, stop: threading.Event) -> None:
+def _follow_metrics(path: Location, config: TrainConfig, stop: threading.Event) -> None:
     """Driver-side progress bar: follows the metrics rank 0 appends at each validation (workers may run
     on other machines; the run folder is the one thing driver and rank 0 share)."""
     from tqdm.auto import tqdm
@@ -170,8 +171,8 @@ def _follow_metrics(path: Path, config: TrainConfig, stop: threading.Event) -> N
     seen = 0
     with tqdm(total=config.steps, desc=f"train {config.method}", unit="step") as bar:
         while True:
-            finished = stop.wait(1.0)
-            lines = path.read_text().splitlines() if path.is_file() else []
+            finished = stop.wait(1.0 if isinstance(path, Path) else 5.0)  # an object store is asked less often
+            lines = storage.read_text(path).splitlines() if storage.is_file(path) else []
             for line in lines[seen:]:
                 m = json.loads(line)
                 bar.update(int(m["step"]) - bar.n)
@@ -191,21 +192,21 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
 
     check_training_inputs(config)
 
-    out = Path(config.out).resolve()
-    data = (dataclasses.replace(config.data, store=Path(config.data.store).resolve()) if isinstance(config.data, StoreData)
-            else dataclasses.replace(config.data, manifest=Path(config.data.manifest).resolve()))
+    out = storage.absolute(config.out)
+    tracking_uri(out, config.mlflow_uri)  # a run folder on object storage needs a tracking URI: say so now
+    data = (dataclasses.replace(config.data, store=storage.absolute(config.data.store)) if isinstance(config.data, StoreData)
+            else dataclasses.replace(config.data, manifest=storage.absolute(config.data.manifest)))
     config = dataclasses.replace(config, out=out, data=data)
-    out.mkdir(parents=True, exist_ok=True)
-    same_run = _same_config(config, out / "train_config.yaml")
-    if same_run and (out / "finished.json").is_file() and (out / "best.pt").is_file():
+    storage.make_dirs(out)
+    same_run = _same_config(config, storage.join(out, "train_config.yaml"))
+    if same_run and storage.is_file(storage.join(out, "finished.json")) and storage.is_file(storage.join(out, "best.pt")):
         return _result(out, config)  # this exact run already finished: a rerun is a no-op
     if not same_run:
         # A new run in this folder. Ray Train's state goes too: with the same storage path and name it would
         # resume the old run's latest checkpoint. The same config, unfinished, keeps everything and resumes.
-        for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id", "finished.json"):
-            (out / stale).unlink(missing_ok=True)
-        shutil.rmtree(out / "ray_train", ignore_errors=True)
-    dump_yaml(config, out / "train_config.yaml")
+        for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id", "finished.json", "ray_train"):
+            storage.delete(storage.join(out, stale))
+    dump_yaml(config, storage.join(out, "train_config.yaml"))
     if config.workers > 0:
         ray = init_ray(address=address)
         check_decode_room(config, ray.cluster_resources())
@@ -226,7 +227,8 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
         ),
     )
     stop = threading.Event()
-    follower = threading.Thread(target=_follow_metrics, args=(out / "metrics.jsonl", config, stop), daemon=True)
+    follower = threading.Thread(target=_follow_metrics, args=(storage.join(out, "metrics.jsonl"), config, stop),
+                                daemon=True)
     follower.start()
     try:
         if shared:
@@ -234,32 +236,33 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
 
             with NodeFeatureActors(loop_config[SHARED_FEATURES_KEY]) as actors:
                 trainer.fit()
-                actors.write_stats(out / "feature_loads.json")
+                actors.write_stats(storage.join(out, "feature_loads.json"))
         else:
             trainer.fit()
     finally:
         stop.set()
         follower.join()
     result = _result(out, config)
-    atomic_write_text(out / "finished.json", json.dumps({"best_val_accuracy": result.best_val_accuracy,
-                                                         "best_step": result.best_step, "steps": result.steps}))
+    storage.write_text(storage.join(out, "finished.json"), json.dumps({
+        "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step, "steps": result.steps}))
     return result
 
 
-def _same_config(config: TrainConfig, path: Path) -> bool:
+def _same_config(config: TrainConfig, path: Location) -> bool:
     """Whether ``path`` (a run folder's train_config.yaml) holds exactly this config."""
     import yaml
 
-    return path.is_file() and path.read_text() == yaml.safe_dump(to_dict(config), sort_keys=False)
+    return storage.is_file(path) and storage.read_text(path) == yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def _result(out: Path, config: TrainConfig) -> TrainResult:
+def _result(out: Location, config: TrainConfig) -> TrainResult:
     """The finished run's summary, read back from its folder."""
-    import torch
+    from fsar.training.checkpoint import read_checkpoint
 
-    best = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    run_id = (out / "mlflow_run_id").read_text().strip() if (out / "mlflow_run_id").is_file() else None
-    return TrainResult(out, out / "best.pt", float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
+    best_path, run_id_file = storage.join(out, "best.pt"), storage.join(out, "mlflow_run_id")
+    best = read_checkpoint(best_path)
+    run_id = storage.read_text(run_id_file).strip() if storage.is_file(run_id_file) else None
+    return TrainResult(out, best_path, float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
 
 
 def _arguments(p: Any) -> None:

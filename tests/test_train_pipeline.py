@@ -10,6 +10,7 @@ import torch
 from test_pixels_source import small, synth  # noqa: F401 — the module-scoped synthetic dataset fixture
 from test_training_loop import config, make_signal_store
 
+from fsar.config import ConfigError
 from fsar.training.checkpoint import load_checkpoint
 from pipelines.train import run
 
@@ -151,3 +152,31 @@ def test_a_manifest_run_must_leave_a_cpu_for_decoding(tmp_path):
     check_decode_room(config, {"CPU": 3.0})
     check_decode_room(TrainConfig(method="otam", out=tmp_path, data=StoreData(store=tmp_path), workers=2),
                       {"CPU": 2.0})
+
+
+def test_store_and_run_folder_on_object_storage(signal_store, in_process, tmp_path, ray_local, s3):
+    """Store and run folder in a bucket: two Ray Train workers read the store from it, Ray Train keeps its
+    checkpoints there (storage_path = the run URI), and rank 0 writes best.pt and the metrics there; the
+    experiment is the in-process one."""
+    import pyarrow.fs as pafs
+
+    from fsar import storage
+
+    pafs.copy_files(str(signal_store), f"{s3}/store")
+    out = f"{s3}/runs/protonet"
+    result = run(config(f"{s3}/store", out, workers=2, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    assert result.run_dir == out and result.best_checkpoint == f"{out}/best.pt"
+    lines = [json.loads(line) for line in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
+    reference = [json.loads(line) for line in (in_process.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_accuracy"] for m in lines] == pytest.approx([m["val_accuracy"] for m in reference], abs=1e-6)
+    method, payload = load_checkpoint(out)
+    assert payload["step"] == result.best_step == in_process.best_step
+    assert storage.list_files(f"{out}/ray_train", "checkpoint.pt", recursive=True)  # Ray Train's own checkpoints
+    assert storage.is_file(f"{out}/train_config.yaml") and storage.is_file(f"{out}/finished.json")
+    assert run(config(f"{s3}/store", out, workers=2, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")) == result
+
+
+def test_a_run_folder_on_object_storage_needs_a_tracking_uri(signal_store, s3, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match="object storage.*MLFLOW_TRACKING_URI"):
+        run(config(signal_store, f"{s3}/runs/x", workers=2))

@@ -8,15 +8,17 @@ checks that nothing else is missing.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fsar.atomic import atomic_path
+from fsar import storage
 from fsar.config import to_dict
 from fsar.methods import FewShotMethod, build_method
+from fsar.storage import Location
 from fsar.training.config import TrainConfig
 
 CHECKPOINT_FORMAT = "fsar-checkpoint/1"
@@ -57,21 +59,29 @@ def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, step: int,
     }
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Location:
+    """Write a checkpoint atomically to a local path or a URI."""
+    with storage.open_output(path) as f:
+        torch.save(payload, f)
+    return storage.as_location(path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of a checkpoint file (local or a URI), as plain data (untrusted input: ``weights_only``)."""
+    if storage.is_uri(path):
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
-    """Rebuild a trained method from its checkpoint (untrusted input: ``weights_only=True``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
-    if not path.is_file():
+    """Rebuild a trained method from its checkpoint: a ``.pt`` file or a run folder holding ``best.pt``,
+    local or a URI (untrusted input: ``weights_only=True``)."""
+    path = storage.as_location(path)
+    if not storage.is_file(path) and storage.is_dir(path):
+        path = storage.join(path, "best.pt")
+    if not storage.is_file(path):
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
     method = build_method(payload["method"], feature_dim=payload["feature_dim"], text_dim=payload.get("text_dim"),

@@ -8,19 +8,19 @@ derived here too, so the Ray job, Tune trials and the in-process loop agree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from fsar.config import ConfigError
+from fsar.storage import Location
 
 
 @dataclass
 class StoreData:
     """``data:`` a feature store (from ``fsar embed``): cached-feature methods (input ``frames``/``patches``)."""
 
-    store: Path  # feature store folder
+    store: Location  # feature store folder, or its URI (s3://, gs://, ...)
     view: Literal["auto", "pooled", "grid", "patches"] = "auto"  # features read: pooled, flattened grid, or patch grid (auto: what the method takes)
     feature_placement: Literal["auto", "device", "host"] = "auto"  # whole splits on the device, or fp16 on the host with each step's episodes copied over; auto = device when they fit in a quarter of its free memory
     backbone: str | None = None  # if set, refuse a store built with another backbone
@@ -30,7 +30,7 @@ class StoreData:
 class ManifestData:
     """``data:`` a manifest of videos: end-to-end methods (input ``pixels``) decode them while they train."""
 
-    manifest: Path  # manifest.parquet (from `fsar manifest` or `fsar synth`)
+    manifest: Location  # manifest.parquet (from `fsar manifest` or `fsar synth`), a local path or a URI
     frames: int = 8  # frames decoded per video (TSN segments; random offsets in training)
     decode: Literal["auto", "ray", "threads"] = "auto"  # who decodes: Ray Data tasks (auto with Ray workers) or a thread pool in the worker
     decode_threads: int = 0  # thread-pool decoding and every validation decode: parallel decodes (0 = number of CPUs)
@@ -56,7 +56,7 @@ class TrainConfig:
     }
 
     method: str  # registered method name (`fsar methods`)
-    out: Path  # run folder: best.pt, train_config.yaml, metrics, mlflow.db
+    out: Location  # run folder or URI (Ray Train's storage_path too): best.pt, train_config.yaml, metrics, mlflow.db
     data: StoreData | ManifestData  # where the episodes come from: {store: ...} or {manifest: ...}
     knobs: dict[str, Any] = field(default_factory=dict)  # the method's config fields, e.g. {proj_dim: 256}
     way: int = 5  # classes per training episode
