@@ -17,6 +17,7 @@ import fnmatch
 import functools
 import io
 import posixpath
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +225,24 @@ def delete(location: str | Path, *, missing_ok: bool = True) -> None:
         fs.delete_dir(path)
     else:
         fs.delete_file(path)
+
+
+@contextmanager
+def staged_folder(location: str | Path) -> Iterator[Path]:
+    """A local folder standing for ``location``: the folder itself when local; for a URI, a temporary folder
+    holding a copy of what is there, copied back when the block succeeds. For folders of a few small files
+    written by one process (an evaluation's results), not for stores or run folders that workers write."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        loc.mkdir(parents=True, exist_ok=True)
+        yield loc
+        return
+    fs, path = filesystem(loc)
+    with tempfile.TemporaryDirectory(prefix="fsar-stage-") as local:
+        if list_files(loc, recursive=True, limit=1):
+            pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield Path(local)
+        pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
 def make_dirs(location: str | Path) -> None:

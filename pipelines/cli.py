@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fsar.config import ConfigError, resolve
+from fsar.storage import as_location
 from pipelines import demo, embed, evaluate, train, tune
 from pipelines.command import Command, dispatch, flags
 
@@ -72,7 +73,7 @@ class ManifestConfig:
 
 def _manifest_arguments(p: Any) -> None:
     p.add_argument("--videos", type=Path)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=as_location)
     p.add_argument("--splits", type=Path)
     p.add_argument("--benchmark")
     p.add_argument("--class-split", dest="class_split", type=lambda s: [float(x) for x in s.split(",")])

@@ -16,8 +16,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from fsar.storage import as_location
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Command:
 
 
 def common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML file with this command's settings")
+    parser.add_argument("--config", type=as_location, help="YAML file with this command's settings")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings overriding file and flags")
 
 

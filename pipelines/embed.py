@@ -37,6 +37,7 @@ from fsar.embedding import (
     plan_embedding,
     write_chunk,
 )
+from fsar.storage import as_location
 from pipelines.command import Command, flags, run_alone
 
 __all__ = ["EmbedConfig", "run", "main"]
@@ -186,8 +187,8 @@ def log_store(config: EmbedConfig, summary: EmbedSummary, *, seconds: float) -> 
 
 
 def _arguments(p: Any) -> None:
-    p.add_argument("--manifest", type=Path)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--manifest", type=as_location)
+    p.add_argument("--out", type=as_location)
     p.add_argument("--backbone")
     p.add_argument("--pretrained", help="open_clip tag, checkpoint path, 'none' or 'default'")
     p.add_argument("--frames", type=int)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from fsar import storage
 from fsar.config import ConfigError, dump_yaml, resolve
 from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
 from fsar.evaluation.results import (
@@ -35,6 +36,7 @@ from fsar.evaluation.results import (
 )
 from fsar.evaluation.scoring import episode_accuracies
 from fsar.methods import FewShotMethod
+from fsar.storage import Location, as_location
 from fsar.training.checkpoint import load_checkpoint
 from fsar.training.config import ManifestData, StoreData, resolve_device
 from pipelines.command import Command, data_flags, flags, run_alone
@@ -49,10 +51,10 @@ class EvalConfig:
     MOVED_KEYS: ClassVar[dict[str, str]] = {"store": "data.store", "manifest": "data.manifest", "view": "data.view",
                                             "frames": "data.frames"}
 
-    out: Path  # output folder: results.json, results.md, the episode file, the resolved config
+    out: Location  # output folder or URI: results.json, results.md, the episode file, the resolved config
     data: StoreData | ManifestData  # {store: ...} (cached-feature methods) or {manifest: ...} (end-to-end methods)
     methods: list[str] = field(default_factory=list)  # untrained methods, by registered name
-    runs: list[Path] = field(default_factory=list)  # trained runs (folders holding best.pt, or .pt files)
+    runs: list[Location] = field(default_factory=list)  # trained runs (folders holding best.pt, or .pt files; or URIs)
     knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method knobs, e.g. {otam: {gamma: 0.05}}
     split: str = "test"  # split the episodes are drawn from
     way: int = 5  # classes per episode
@@ -116,13 +118,14 @@ def _candidates(config: EvalConfig, data: Any) -> list[Candidate]:
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         key = data.accept(method, payload, str(run_path))
-        folder = Path(run_path).parent.name if Path(run_path).suffix == ".pt" else Path(run_path).name
+        run_folder = storage.parent(run_path) if str(run_path).endswith(".pt") else storage.as_location(run_path)
+        folder = storage.name(run_folder)
         label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
         data_section = payload.get("train_config", {}).get("data", {})
-        id_file = (Path(run_path).parent if Path(run_path).suffix == ".pt" else Path(run_path)) / "mlflow_run_id"
+        id_file = storage.join(run_folder, "mlflow_run_id")
         out.append(Candidate(label, str(run_path), method, key,
                              trained_on=data_section.get("store") or data_section.get("manifest"),
-                             mlflow_run_id=id_file.read_text().strip() if id_file.is_file() else None))
+                             mlflow_run_id=storage.read_text(id_file).strip() if storage.is_file(id_file) else None))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
@@ -134,26 +137,31 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    if config.mlflow:
+        from fsar.tracking import tracking_uri
+
+        tracking_uri(config.out, config.mlflow_uri)  # an output folder on object storage needs one: say so now
     data = open_evaluation(config)
     candidates = _candidates(config, data)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records, per_episode = [], {}
-    for shot in config.shots():
-        shot_records, shot_accuracies = _evaluate_shot(replace(config, shot=shot), data, candidates, device,
-                                                       progress=progress)
-        records += shot_records
-        per_episode |= shot_accuracies
-    write_per_episode(out / PER_EPISODE_FILE, per_episode)
-    write_report(records, out, reference=config.reference or None)
-    if config.mlflow:
-        log_evaluation(config, records, candidates)
+    # On object storage the folder is written locally and copied there at the end (a few small files).
+    with storage.staged_folder(config.out) as out:
+        local = replace(config, out=out)
+        records, per_episode = [], {}
+        for shot in config.shots():
+            shot_records, shot_accuracies = _evaluate_shot(replace(local, shot=shot), data, candidates, device,
+                                                           progress=progress)
+            records += shot_records
+            per_episode |= shot_accuracies
+        write_per_episode(out / PER_EPISODE_FILE, per_episode)
+        write_report(records, out, reference=config.reference or None)
+        if config.mlflow:
+            log_evaluation(config, records, candidates, folder=out)
     return records
 
 
 def _dataset_name(path: str | Path, *, manifest: bool) -> str:
     """A store is named by its folder, a manifest by the folder that holds it."""
-    return Path(path).resolve().parent.name if manifest else Path(path).name
+    return storage.name(storage.parent(storage.absolute(path))) if manifest else storage.name(path)
 
 
 def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], device: torch.device, *,
@@ -196,15 +204,17 @@ def metric_name(label: str, shot: int) -> str:
     return f"accuracy/{re.sub(r'[^A-Za-z0-9_.-]+', '_', label).strip('_')}/{shot}shot"
 
 
-def log_evaluation(config: EvalConfig, records: list[ResultRecord], candidates: list[Candidate]) -> str:
+def log_evaluation(config: EvalConfig, records: list[ResultRecord], candidates: list[Candidate], *,
+                   folder: Path | None = None) -> str:
     """One MLflow run for the evaluation: accuracy and CI per method and shot, the results files as
-    artifacts, and a tag with the MLflow run ids of the trained runs it scored. Returns its run id."""
+    artifacts, and a tag with the MLflow run ids of the trained runs it scored. Returns its run id.
+    ``folder``: where the results files are now (the local stand-in of an output folder on object storage)."""
     from fsar.config import to_dict
     from fsar.tracking import RunLogger, tracking_uri
 
-    out = Path(config.out)
-    logger = RunLogger(uri=tracking_uri(out, config.mlflow_uri), experiment=config.experiment,
-                       run_name=f"eval-{out.resolve().name}", params=to_dict(config),
+    out = folder or Path(config.out)
+    logger = RunLogger(uri=tracking_uri(config.out, config.mlflow_uri), experiment=config.experiment,
+                       run_name=f"eval-{storage.name(storage.absolute(config.out))}", params=to_dict(config),
                        tags={"fsar.kind": "eval", "fsar.training_runs": ",".join(
                            c.mlflow_run_id for c in candidates if c.mlflow_run_id)})
     metrics = {}
@@ -232,12 +242,12 @@ def write_report(records: list[ResultRecord], out: Path, *, reference: str | Non
 
 
 def _arguments(p: Any) -> None:
-    p.add_argument("--store", type=Path, help="feature store: cached-feature methods and runs (data.store)")
-    p.add_argument("--manifest", type=Path,
+    p.add_argument("--store", type=as_location, help="feature store: cached-feature methods and runs (data.store)")
+    p.add_argument("--manifest", type=as_location,
                    help="end-to-end (pixels) methods and runs: decode these videos instead of a store (data.manifest)")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=as_location)
     p.add_argument("--method", dest="methods", action="append", help="untrained method name (repeatable)")
-    p.add_argument("--run", dest="runs", action="append", type=Path, help="trained run folder or .pt (repeatable)")
+    p.add_argument("--run", dest="runs", action="append", type=as_location, help="trained run folder or .pt (repeatable)")
     p.add_argument("--episodes", type=int)
     p.add_argument("--way", type=int)
     p.add_argument("--shot", type=shot_list, help="support videos per class, or several: 1,3,5")
@@ -258,7 +268,7 @@ def _run(args: Any) -> int:
                      | data_flags(args, "store", "manifest"))
     records = run(config)
     print(format_table(records))
-    print(f"results: {Path(config.out) / 'results.json'}")
+    print(f"results: {storage.join(config.out, 'results.json')}")
     return 0
 
 

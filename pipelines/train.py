@@ -27,7 +27,7 @@ from typing import Any
 
 from fsar import storage
 from fsar.config import ConfigError, dump_yaml, from_dict, resolve, to_dict
-from fsar.storage import Location
+from fsar.storage import Location, as_location
 from fsar.tracking import RunLogger, tracking_uri
 from fsar.training.checkpoint import save_checkpoint
 from fsar.training.config import ManifestData, StoreData, TrainConfig
@@ -266,10 +266,10 @@ def _result(out: Location, config: TrainConfig) -> TrainResult:
 
 
 def _arguments(p: Any) -> None:
-    p.add_argument("--store", type=Path, help="feature store: cached-feature methods (data.store)")
-    p.add_argument("--manifest", type=Path, help="end-to-end (pixels) methods: train on these videos (data.manifest)")
+    p.add_argument("--store", type=as_location, help="feature store: cached-feature methods (data.store)")
+    p.add_argument("--manifest", type=as_location, help="end-to-end (pixels) methods: train on these videos (data.manifest)")
     p.add_argument("--method")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=as_location)
     p.add_argument("--way", type=int)
     p.add_argument("--shot", type=int)
     p.add_argument("--steps", type=int)

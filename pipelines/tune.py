@@ -30,6 +30,7 @@ import yaml
 from fsar.atomic import atomic_write_text
 from fsar.config import ConfigError, dump_yaml, resolve, to_dict
 from fsar.search_space import SearchSpace, load_search_space
+from fsar.storage import as_location
 from fsar.sweep import TrialRecord, best_trial, ranked, write_results_md, write_trials_csv
 from fsar.tracking import RunLogger, tracking_uri
 from pipelines.command import Command, flags, run_alone
@@ -245,9 +246,9 @@ def _write_results(records: list[TrialRecord], space: SearchSpace, out: Path, *,
 
 
 def _arguments(p: Any) -> None:
-    p.add_argument("--store", type=Path)
+    p.add_argument("--store", type=as_location)
     p.add_argument("--space", type=Path, help="search space YAML: method, metric, trials, fixed, space")
-    p.add_argument("--out", type=Path, help="sweep folder; rerunning on it resumes an interrupted sweep")
+    p.add_argument("--out", type=as_location, help="sweep folder; rerunning on it resumes an interrupted sweep")
     p.add_argument("--trials", type=int, help="trials to sample (default: the space file's)")
     p.add_argument("--cpus-per-trial", dest="cpus_per_trial", type=float)
     p.add_argument("--gpus-per-trial", dest="gpus_per_trial", type=float)

@@ -115,3 +115,28 @@ def test_a_training_run_names_its_best_checkpoint(trained):
     training = client.get_run((run / "mlflow_run_id").read_text().strip())
     assert training.data.tags["fsar.best_checkpoint"] == str((run / "best.pt").resolve())
     assert "best.pt" in {a.path for a in client.list_artifacts(training.info.run_id)}  # log_checkpoint=true
+
+
+def test_a_run_and_an_evaluation_on_object_storage(trained, tmp_path, s3):
+    """Store, trained run and output folder all in a bucket, through the command line: the same scores as
+    the local evaluation of the same run, the results written there, the episodes read back on a rerun."""
+    import pyarrow.fs as pafs
+
+    from fsar import storage
+
+    store, _, run = trained
+    pafs.copy_files(str(store), f"{s3}/store")
+    pafs.copy_files(str(run / "best.pt"), f"{s3}/runs/run/best.pt")
+    out, local = f"{s3}/eval", tmp_path / "eval"
+    common = ["--method", "otam", "--episodes", "30", "--shot", "1,5", "mlflow=false"]
+    assert main(["eval", "--store", f"{s3}/store", "--out", out, "--run", f"{s3}/runs/run", *common]) == 0
+    assert main(["eval", "--store", str(store), "--out", str(local), "--run", str(run), *common]) == 0
+    remote_records = json.loads(storage.read_text(f"{out}/results.json"))
+    local_records = json.loads((local / "results.json").read_text())
+    assert [r["accuracy"] for r in remote_records] == [r["accuracy"] for r in local_records]
+    assert remote_records[0]["dataset"] == "store" and remote_records[1]["run"] == f"{s3}/runs/run"
+    assert {storage.name(p) for p in storage.list_files(out)} >= {
+        "results.json", "results.md", "results.png", "per_episode.parquet", "episodes-test-5way1shot1q-n30-seed0.json"}
+    assert main(["eval", "--store", f"{s3}/store", "--out", out, "--method", "otam", "--episodes", "30", "--shot", "5",
+                 "mlflow=false"]) == 0
+    assert json.loads(storage.read_text(f"{out}/results.json"))[0]["accuracy"] == remote_records[2]["accuracy"]
