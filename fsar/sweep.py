@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fsar.atomic import atomic_write_text
+from fsar import storage
 from fsar.search_space import SearchSpace
+from fsar.storage import Location
 
 Status = Literal["finished", "stopped", "error", "incomplete"]
 
@@ -77,7 +78,7 @@ def _or(x: float, default: float) -> float:
     return default if math.isnan(x) else x
 
 
-def write_trials_csv(records: Sequence[TrialRecord], space: SearchSpace, path: str | Path) -> Path:
+def write_trials_csv(records: Sequence[TrialRecord], space: SearchSpace, path: str | Path) -> Location:
     """``trials.csv``: one row per trial, best first; list values as JSON (``[1, 2]``)."""
     names = list(space.space)
     buffer = io.StringIO()
@@ -89,8 +90,8 @@ def write_trials_csv(records: Sequence[TrialRecord], space: SearchSpace, path: s
                  for n in names]
         writer.writerow([r.trial_id, r.status, *cells, r.steps, f"{r.val_accuracy:.4f}",
                          f"{r.best_val_accuracy:.4f}", r.best_step, r.mlflow_run_id or ""])
-    atomic_write_text(Path(path), buffer.getvalue())
-    return Path(path)
+    storage.write_text(path, buffer.getvalue())
+    return storage.as_location(path)
 
 
 def format_trials(records: Sequence[TrialRecord], space: SearchSpace) -> str:
@@ -110,7 +111,7 @@ def format_trials(records: Sequence[TrialRecord], space: SearchSpace) -> str:
     return "\n".join(lines)
 
 
-def write_results_md(records: Sequence[TrialRecord], space: SearchSpace, path: str | Path) -> Path:
+def write_results_md(records: Sequence[TrialRecord], space: SearchSpace, path: str | Path) -> Location:
     """``results.md``: what was swept, the table, and the best trial."""
     best = best_trial(records)
     done = sum(r.status in ("finished", "stopped") for r in records)
@@ -123,12 +124,12 @@ def write_results_md(records: Sequence[TrialRecord], space: SearchSpace, path: s
     if best is not None:
         text += [f"Best: trial {best.trial_id}, {best.best_val_accuracy:.2f}% validation accuracy at step "
                  f"{best.best_step} with " + ", ".join(f"{k}={value_label(v)}" for k, v in best.values.items()), ""]
-    atomic_write_text(Path(path), "\n".join(text))
-    return Path(path)
+    storage.write_text(path, "\n".join(text))
+    return storage.as_location(path)
 
 
 def plot_sweep(records: Sequence[TrialRecord], space: SearchSpace, path: str | Path, *,
-               chance: float | None = None) -> Path:
+               chance: float | None = None) -> Location:
     """Best validation accuracy of each trial against each swept knob, one panel per knob: ranges on a
     (log) value axis, choices as categories; early-stopped trials hollow, the best trial starred."""
     import matplotlib
@@ -182,6 +183,7 @@ def plot_sweep(records: Sequence[TrialRecord], space: SearchSpace, path: str | P
     fig.suptitle(f"{space.method} sweep: {len(scored)} trials, {space.metric} maximised", fontsize=10, x=0.02,
                  ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=120)
+    with storage.open_output(path) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
-    return Path(path)
+    return storage.as_location(path)

@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from fsar.atomic import atomic_write_text
+from fsar import storage
 from fsar.config import ConfigError, dump_yaml, resolve, to_dict
 from fsar.search_space import SearchSpace, load_search_space
-from fsar.storage import as_location
+from fsar.storage import Location, as_location
 from fsar.sweep import TrialRecord, best_trial, ranked, write_results_md, write_trials_csv
 from fsar.tracking import RunLogger, tracking_uri
 from pipelines.command import Command, flags, run_alone
@@ -41,9 +41,9 @@ __all__ = ["SweepConfig", "SweepResult", "run", "main"]
 class SweepConfig:
     """``fsar tune``: a search space swept over a feature store with Ray Tune."""
 
-    store: Path  # feature store folder (from `fsar embed`)
+    store: Location  # feature store folder or URI (from `fsar embed`)
     space: Path  # search space file: method, metric, trials, fixed settings, distributions (fsar.search_space)
-    out: Path  # sweep folder: trials/, trials.csv, results.md/.png, best_config.yaml, tune/, mlflow.db
+    out: Location  # sweep folder or URI (Tune's storage_path too): trials/, trials.csv, results.md/.png, best_config.yaml, tune/, mlflow.db
     trials: int | None = None  # trials to sample (default: the space file's `trials`)
     fixed: dict[str, Any] = field(default_factory=dict)  # added to / replacing the space file's fixed settings (e.g. steps for a smoke test)
     cpus_per_trial: float = 1.0  # CPUs reserved per trial; with the cluster's CPUs this bounds concurrency
@@ -61,10 +61,10 @@ class SweepConfig:
 class SweepResult:
     """What a sweep left behind."""
 
-    out: Path  # the sweep folder
+    out: Location  # the sweep folder
     records: list[TrialRecord]  # one per trial, best first
     best: TrialRecord | None  # the best trial (None before any trial validated)
-    best_config: Path | None  # best_config.yaml, once every trial is done
+    best_config: Location | None  # best_config.yaml, once every trial is done
     complete: bool  # False when the sweep was interrupted: rerun the same command to resume
     mlflow_run_id: str  # the sweep's parent MLflow run
 
@@ -77,7 +77,7 @@ def _trial_settings(config: SweepConfig, space: SearchSpace) -> dict[str, Any]:
     return settings
 
 
-def _check_up_front(config: SweepConfig, space: SearchSpace, store: Path, out: Path,
+def _check_up_front(config: SweepConfig, space: SearchSpace, store: Location, out: Location,
                     settings: dict[str, Any]) -> tuple[int, int]:
     """Everything a sweep can get wrong without a cluster: sweep settings, and every probe of the space
     trained against the store (store, method and knobs, view, possible episodes). Returns (max_t, grace)."""
@@ -102,17 +102,17 @@ def _check_up_front(config: SweepConfig, space: SearchSpace, store: Path, out: P
     return max_t, grace
 
 
-def _check_same_sweep(out: Path, described: dict[str, Any]) -> None:
+def _check_same_sweep(out: Location, described: dict[str, Any]) -> None:
     """A rerun on a folder where a sweep started must be the same sweep: Tune cannot resume a changed space."""
-    saved = out / "sweep.yaml"
-    if saved.is_file() and (out / "tune").exists():
-        before = yaml.safe_load(saved.read_text())
+    saved = storage.join(out, "sweep.yaml")
+    if storage.is_file(saved) and storage.is_dir(storage.join(out, "tune")):
+        before = yaml.safe_load(storage.read_text(saved))
         if before != described:
             changed = sorted(k for k in set(before) | set(described) if before.get(k) != described.get(k))
             raise ConfigError(f"{out} holds a sweep started with another {' and '.join(changed)}; rerun with the "
                               "original space file, --trials and store to resume it, or pass a new --out")
     else:
-        atomic_write_text(saved, yaml.safe_dump(described, sort_keys=False))
+        storage.write_text(saved, yaml.safe_dump(described, sort_keys=False))
 
 
 def _check_resources(config: SweepConfig, address: str | None) -> None:
@@ -129,15 +129,15 @@ def _check_resources(config: SweepConfig, address: str | None) -> None:
             print(f"warning: {message} (or let the autoscaler add nodes)", file=sys.stderr)
 
 
-def _parent_run(config: SweepConfig, space: SearchSpace, out: Path, uri: str) -> RunLogger:
-    run_id_file = out / "mlflow_run_id"
-    if run_id_file.is_file():  # a resumed sweep continues its parent run
-        return RunLogger(uri=uri, experiment=config.experiment, run_id=run_id_file.read_text().strip())
+def _parent_run(config: SweepConfig, space: SearchSpace, out: Location, uri: str) -> RunLogger:
+    run_id_file = storage.join(out, "mlflow_run_id")
+    if storage.is_file(run_id_file):  # a resumed sweep continues its parent run
+        return RunLogger(uri=uri, experiment=config.experiment, run_id=storage.read_text(run_id_file).strip())
     params = {"space": {**space.to_dict(), "space": {k: d.describe() for k, d in space.space.items()}},
               "sweep": to_dict(config)}
-    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"sweep-{space.method}-{out.name}",
+    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"sweep-{space.method}-{storage.name(out)}",
                        params=params, tags={"fsar.kind": "sweep", "fsar.method": space.method})
-    atomic_write_text(run_id_file, logger.run_id)
+    storage.write_text(run_id_file, logger.run_id)
     return logger
 
 
@@ -154,20 +154,20 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     from pipelines.tune_trials import ResumableASHA, SweepTracker, make_trainable, trial_dirname, tune_domains
 
     space = load_search_space(config.space, trials=config.trials, fixed=config.fixed)
-    out = Path(config.out).resolve()
-    store = Path(config.store).resolve()
+    out = storage.absolute(config.out)
+    store = storage.absolute(config.store)
     settings = _trial_settings(config, space)
     max_t, grace = _check_up_front(config, space, store, out, settings)
-    out.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(out, config.mlflow_uri)  # a sweep folder on object storage needs one: say so now
+    storage.make_dirs(out)
     _check_same_sweep(out, {"store": str(store), "space": space.to_dict()})
-    dump_yaml(config, out / "sweep_config.yaml")
+    dump_yaml(config, storage.join(out, "sweep_config.yaml"))
 
     init_ray(address=address)
     _check_resources(config, address)
     # Every trial checkpoint forces a state snapshot (num_to_keep=1): what makes a resume exact. Tune
     # warns when that happens often, which short validation intervals always do.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    uri = tracking_uri(out, config.mlflow_uri)
     parent = _parent_run(config, space, out, uri)
     # What each trial's train_config.yaml records: how it ran and where it is logged.
     trial_settings = settings | {"mlflow_uri": uri, "experiment": config.experiment,
@@ -178,7 +178,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     trainable = tune.with_resources(make_trainable(space, store=store, out=out, settings=trial_settings,
                                                    shared_job=shared_job),
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
-    experiment = out / "tune"
+    experiment = storage.join(out, "tune")
     status = "FAILED"
     try:
         if tune.Tuner.can_restore(str(experiment)):
@@ -191,7 +191,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                 param_space=tune_domains(space),
                 tune_config=tune.TuneConfig(
                     metric=space.metric, mode="max", num_samples=space.trials,
-                    scheduler=ResumableASHA(state_file=out / "asha.json", time_attr="step", max_t=max_t,
+                    scheduler=ResumableASHA(state_file=storage.join(out, "asha.json"), time_attr="step", max_t=max_t,
                                             grace_period=grace, reduction_factor=config.reduction_factor),
                     search_alg=BasicVariantGenerator(random_state=space.search_seed,
                                                      max_concurrent=config.max_concurrent),
@@ -199,7 +199,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                     reuse_actors=True,  # a trial's process outlives it: the next skips torch/Ray start-up
                 ),
                 run_config=tune.RunConfig(
-                    name=experiment.name, storage_path=str(out), verbose=config.verbose,
+                    name=storage.name(experiment), storage_path=str(out), verbose=config.verbose,
                     callbacks=[tracker, *callbacks],
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
@@ -209,8 +209,8 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
 
         with NodeFeatureActors(shared_job) as actors:  # one copy of each split per node, for every trial
             grid = tuner.fit()
-            actors.write_stats(out / "feature_loads.json")
-        trials = sorted((Path(r.path).name, dict(r.config or {})) for r in grid)
+            actors.write_stats(storage.join(out, "feature_loads.json"))
+        trials = sorted((storage.name(r.path), dict(r.config or {})) for r in grid)
         records = [tracker.record(trial_id, values) for trial_id, values in trials]
         complete = len(records) >= space.trials and all(r.status != "incomplete" for r in records)
         best_config = _write_results(records, space, out, store=store, settings=settings, complete=complete,
@@ -221,25 +221,26 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     return SweepResult(out, ranked(records), best_trial(records), best_config, complete, parent.run_id)
 
 
-def _write_results(records: list[TrialRecord], space: SearchSpace, out: Path, *, store: Path,
-                   settings: dict[str, Any], complete: bool, parent: RunLogger) -> Path | None:
+def _write_results(records: list[TrialRecord], space: SearchSpace, out: Location, *, store: Location,
+                   settings: dict[str, Any], complete: bool, parent: RunLogger) -> Location | None:
     """trials.csv, results.md, results.png; once every trial is done, best_config.yaml (the best trial's
     TrainConfig, on the trials' hardware, logged to its own default store); all logged to the parent run."""
     from fsar.sweep import plot_sweep
 
-    files = [write_trials_csv(records, space, out / "trials.csv"), write_results_md(records, space, out / "results.md")]
+    files = [write_trials_csv(records, space, storage.join(out, "trials.csv")),
+             write_results_md(records, space, storage.join(out, "results.md"))]
     way = space.train_config({}, store=store, out=out).way
-    files.append(plot_sweep(records, space, out / "results.png", chance=100.0 / way))
+    files.append(plot_sweep(records, space, storage.join(out, "results.png"), chance=100.0 / way))
     best = best_trial(records)
     best_config = None
     if complete and best is not None:
-        config = space.train_config(best.values, store=store, out=out / "best", **settings)
-        best_config = out / "best_config.yaml"
+        config = space.train_config(best.values, store=store, out=storage.join(out, "best"), **settings)
+        best_config = storage.join(out, "best_config.yaml")
         dump_yaml(config, best_config)
         files.append(best_config)
         parent.log_metrics({"best_val_accuracy": best.best_val_accuracy}, step=best.best_step)
         parent.client.set_tag(parent.run_id, "fsar.best_trial", best.trial_id)
-    files.append(out / "sweep.yaml")
+    files.append(storage.join(out, "sweep.yaml"))
     for path in files:
         parent.log_artifact(path)
     return best_config
@@ -261,12 +262,13 @@ def _run(args: Any) -> int:
                      flags=flags(args, "store", "space", "out", "trials", "cpus_per_trial", "gpus_per_trial",
                                  "mlflow_uri"))
     result = run(config, address=args.address)
-    print((result.out / "results.md").read_text())
+    print(storage.read_text(storage.join(result.out, "results.md")))
     if not result.complete:
         print(f"sweep {result.out}: interrupted; rerun the same command to resume (finished trials are kept)")
         return 1
     print(f"sweep {result.out}: best config {result.best_config} (`fsar train --config {result.best_config}`); "
-          f"table {result.out / 'trials.csv'}, plot {result.out / 'results.png'}; MLflow parent run {result.mlflow_run_id}")
+          f"table {storage.join(result.out, 'trials.csv')}, plot {storage.join(result.out, 'results.png')}; "
+          f"MLflow parent run {result.mlflow_run_id}")
     return 0
 
 

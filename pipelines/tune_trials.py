@@ -16,9 +16,10 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
-from fsar.atomic import atomic_write_text
+from fsar import storage
 from fsar.config import dump_yaml, to_dict
 from fsar.search_space import SearchSpace
+from fsar.storage import Location
 from fsar.sweep import TrialRecord, record_from_metrics
 from fsar.tracking import RunLogger
 
@@ -32,12 +33,12 @@ def trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def trial_config(space: SearchSpace, values: dict[str, Any], *, store: Path, out: Path, trial_id: str,
+def trial_config(space: SearchSpace, values: dict[str, Any], *, store: Location, out: Location, trial_id: str,
                   settings: dict[str, Any]) -> Any:
-    return space.train_config(values, store=store, out=out / "trials" / trial_id, **settings)
+    return space.train_config(values, store=store, out=storage.join(out, "trials", trial_id), **settings)
 
 
-def make_trainable(space: SearchSpace, *, store: Path, out: Path, settings: dict[str, Any],
+def make_trainable(space: SearchSpace, *, store: Location, out: Location, settings: dict[str, Any],
                    shared_job: str | None = None) -> Callable[[dict], None]:
     """The Tune function trainable: one in-process training run per trial, every validation reported to
     Tune with a checkpoint (latest weights and optimiser state) so a stopped sweep resumes mid-trial.
@@ -97,12 +98,12 @@ def tune_domains(space: SearchSpace) -> dict[str, Any]:
     return domains
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Location) -> list[dict[str, Any]]:
     """Metrics lines in step order, one per step (the last written wins)."""
-    if not path.is_file():
+    if not storage.is_file(path):
         return []
     by_step: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
+    for line in storage.read_text(path).splitlines():
         if line.strip():
             m = json.loads(line)
             by_step[int(m["step"])] = m
@@ -115,26 +116,25 @@ class ResumableASHA(AsyncHyperBandScheduler):
     rungs (milestone → trial id → reward) go to ``state_file`` at every decision and are read back on
     first use after a restore."""
 
-    def __init__(self, *, state_file: str | Path, **kwargs: Any) -> None:
+    def __init__(self, *, state_file: Location, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.state_file = str(state_file)
+        self.state_file = storage.absolute(state_file)
         self._loaded = False
 
     def _load(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        path = Path(self.state_file)
-        if path.is_file():
-            saved = json.loads(path.read_text())
+        if storage.is_file(self.state_file):
+            saved = json.loads(storage.read_text(self.state_file))
             for bracket, rungs in zip(self._brackets, saved, strict=False):
                 for (milestone, recorded), (saved_milestone, values) in zip(bracket._rungs, rungs, strict=False):
                     if milestone == saved_milestone:
                         recorded.update(values)
 
     def _save(self) -> None:
-        atomic_write_text(Path(self.state_file),
-                          json.dumps([[[m, r] for m, r in bracket._rungs] for bracket in self._brackets]))
+        storage.write_text(self.state_file,
+                           json.dumps([[[m, r] for m, r in bracket._rungs] for bracket in self._brackets]))
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._load()
@@ -159,7 +159,7 @@ class SweepTracker(Callback):
     resume, so this keeps plain data only (clients are reopened on demand).
     """
 
-    def __init__(self, *, space: SearchSpace, store: Path, out: Path, settings: dict[str, Any], uri: str,
+    def __init__(self, *, space: SearchSpace, store: Location, out: Location, settings: dict[str, Any], uri: str,
                  experiment: str, parent_run_id: str) -> None:
         self.space, self.store, self.out, self.settings = space, store, out, settings
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
@@ -169,8 +169,8 @@ class SweepTracker(Callback):
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_loggers": {}, "_last_step": {}}
 
-    def folder(self, trial_id: str) -> Path:
-        return self.out / "trials" / trial_id
+    def folder(self, trial_id: str) -> Location:
+        return storage.join(self.out, "trials", trial_id)
 
     def config(self, trial_id: str, values: dict[str, Any]) -> Any:
         return trial_config(self.space, values, store=self.store, out=self.out, trial_id=trial_id,
@@ -181,16 +181,16 @@ class SweepTracker(Callback):
         if trial_id in self._loggers:
             return self._loggers[trial_id]
         folder = self.folder(trial_id)
-        run_id_file = folder / "mlflow_run_id"
-        if run_id_file.is_file():
-            logger = RunLogger(uri=self.uri, experiment=self.experiment, run_id=run_id_file.read_text().strip())
+        run_id_file = storage.join(folder, "mlflow_run_id")
+        if storage.is_file(run_id_file):
+            logger = RunLogger(uri=self.uri, experiment=self.experiment, run_id=storage.read_text(run_id_file).strip())
         else:
             config = self.config(trial_id, values)
-            dump_yaml(config, folder / "train_config.yaml")
+            dump_yaml(config, storage.join(folder, "train_config.yaml"))
             logger = RunLogger(uri=self.uri, experiment=self.experiment, run_name=f"{self.space.method}-{trial_id}",
                                params=to_dict(config), parent_run_id=self.parent_run_id,
                                tags={"fsar.kind": "trial", "fsar.method": self.space.method, "fsar.trial_id": trial_id})
-            atomic_write_text(run_id_file, logger.run_id)
+            storage.write_text(run_id_file, logger.run_id)
         self._loggers[trial_id] = logger
         return logger
 
@@ -201,7 +201,7 @@ class SweepTracker(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: result[k] for k in REPORTED if k in result}
         logger = self.logger(trial.trial_id, trial.config)
-        path = self.folder(trial.trial_id) / "metrics.jsonl"
+        path = storage.join(self.folder(trial.trial_id), "metrics.jsonl")
         if trial.trial_id not in self._last_step:
             logged = read_jsonl(path)
             self._last_step[trial.trial_id] = int(logged[-1]["step"]) if logged else 0
@@ -210,8 +210,7 @@ class SweepTracker(Callback):
             # recorded, which may precede results already logged here (training is seeded: same values).
             return
         self._last_step[trial.trial_id] = int(metrics["step"])
-        with path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        storage.append_text(path, json.dumps(metrics) + "\n")
         logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -225,22 +224,22 @@ class SweepTracker(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """An interrupted sweep leaves running trials unfinished: their child runs say so until resumed."""
         for trial_id, logger in self._loggers.items():
-            if not (self.folder(trial_id) / "status.json").is_file():
+            if not storage.is_file(storage.join(self.folder(trial_id), "status.json")):
                 logger.end("KILLED")
 
     def _finish(self, trial: Any, status: str, mlflow_status: str, error: str = "") -> None:
         folder = self.folder(trial.trial_id)
         logger = self.logger(trial.trial_id, trial.config)
         logger.client.set_tag(logger.run_id, "fsar.status", status)
-        if (folder / "train_config.yaml").is_file():
-            logger.log_artifact(folder / "train_config.yaml")
-        atomic_write_text(folder / "status.json", json.dumps({"status": status, "error": error}))
+        if storage.is_file(storage.join(folder, "train_config.yaml")):
+            logger.log_artifact(storage.join(folder, "train_config.yaml"))
+        storage.write_text(storage.join(folder, "status.json"), json.dumps({"status": status, "error": error}))
         logger.end(mlflow_status)
 
     def record(self, trial_id: str, values: dict[str, Any]) -> TrialRecord:
         folder = self.folder(trial_id)
-        status = json.loads((folder / "status.json").read_text())["status"] if (folder / "status.json").is_file() \
-            else "incomplete"
-        run_id = (folder / "mlflow_run_id").read_text().strip() if (folder / "mlflow_run_id").is_file() else None
-        return record_from_metrics(trial_id, values, read_jsonl(folder / "metrics.jsonl"), status=status,
+        status_file, run_id_file = storage.join(folder, "status.json"), storage.join(folder, "mlflow_run_id")
+        status = json.loads(storage.read_text(status_file))["status"] if storage.is_file(status_file) else "incomplete"
+        run_id = storage.read_text(run_id_file).strip() if storage.is_file(run_id_file) else None
+        return record_from_metrics(trial_id, values, read_jsonl(storage.join(folder, "metrics.jsonl")), status=status,
                                    mlflow_run_id=run_id)

@@ -121,6 +121,27 @@ def test_four_trial_sweep(store, tmp_path, ray_local, mlflow_uri):
     assert (out / "best" / "best.pt").is_file()
 
 
+def test_a_sweep_on_object_storage(store, tmp_path, ray_local, mlflow_uri, s3):
+    """Store and sweep folder in a bucket: Tune keeps its experiment there (storage_path = the sweep URI) and
+    the driver writes every trial's folder and the results there."""
+    import pyarrow.fs as pafs
+
+    from fsar import storage
+
+    pafs.copy_files(str(store), f"{s3}/store")
+    out, space = f"{s3}/sweep", write_space(tmp_path / "space.yaml", trials=2)
+    assert cli(["tune", "--store", f"{s3}/store", "--space", str(space), "--out", out, "--mlflow-uri", mlflow_uri,
+                "max_concurrent=1", "verbose=0"]) == 0
+    statuses = [json.loads(storage.read_text(p))["status"] for p in storage.list_files(out, "status.json", recursive=True)]
+    assert len(statuses) == 2 and set(statuses) <= {"finished", "stopped"} and "finished" in statuses
+    assert len(storage.list_files(f"{out}/trials", "metrics.jsonl", recursive=True)) == 2
+    assert storage.list_files(f"{out}/tune", recursive=True, limit=1)  # Tune's own experiment state
+    best = yaml.safe_load(storage.read_text(f"{out}/best_config.yaml"))
+    assert best["out"] == f"{out}/best" and best["data"]["store"] == f"{s3}/store"
+    assert "finished" in storage.read_text(f"{out}/results.md") and storage.size(f"{out}/results.png") > 10_000
+    assert storage.is_file(f"{out}/trials.csv") and storage.is_file(f"{out}/feature_loads.json")
+
+
 class InterruptAfter(Callback):
     """Sends this process SIGUSR1, which Ray Tune takes as Ctrl+C (save the state, stop), once ``n`` trials
     have completed. Tune pickles callbacks into its state, so the resumed sweep holds a copy too: the
