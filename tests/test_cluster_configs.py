@@ -112,7 +112,7 @@ def test_launcher_yaml_runs_the_project_image_with_shared_storage():
 def test_image_and_runtime_env_install_what_pyproject_and_constraints_say():
     dockerfile = (CLUSTER / "Dockerfile").read_text()
     assert f"rayproject/ray:{PINS['ray']}-" in dockerfile
-    extras = set(re.findall(r"\.\[(\w+)\]", dockerfile))
+    extras = {e for group in re.findall(r"\.\[([\w,]+)\]", dockerfile) for e in group.split(",")}
     assert extras and extras <= set(PYPROJECT["project"]["optional-dependencies"])
     assert any(d.startswith("ray[default]") for d in PYPROJECT["project"]["optional-dependencies"]["cluster"])
     assert any(d.startswith("ray[default]") for d in PYPROJECT["project"]["optional-dependencies"]["dev"])
