@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -78,6 +79,62 @@ def write_store(root: Path, videos: int, *, seed: int = 0) -> Path:
     return root
 
 
+def tree_pss(root_pid: int) -> int:
+    """Proportional set size of a process and all its descendants, in bytes: a page shared by k of them
+    (a split in Ray's object store, a memory map) counts 1/k in each, so once in the sum."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def peak_pss(command: list[str], *, every: float = 0.1) -> int:
+    """Run ``command`` (from the repository) and return the peak of its process tree's total PSS."""
+    repo = Path(__file__).resolve().parents[1]
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_pss(proc.pid))
+        time.sleep(every)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr.read()[-3000:]}")
+    return peak
+
+
+def job_pss(root: Path, work: Path, job: str) -> int:
+    """Peak PSS of a real 2-worker ``fsar train`` (ProtoNet, pooled view) or an ``fsar eval`` (ProtoNet) on ``root``."""
+    common = [f"mlflow_uri=sqlite:///{work / 'mlflow.db'}"]
+    if job == "train":
+        return peak_pss([sys.executable, "-m", "pipelines.train", "--store", str(root), "--method", "protonet",
+                         "--out", str(work / "run"), "--workers", "2", "--steps", "20", "val_every=10",
+                         "val_episodes=100", "knobs.proj_dim=16", "threads_per_worker=1", *common])
+    return peak_pss([sys.executable, "-m", "pipelines.evaluate", "--store", str(root), "--method", "protonet",
+                     "--out", str(work / "eval"), "--episodes", "2000", *common])
+
+
+def pooled_bytes(root: Path, splits: tuple[str, ...]) -> int:
+    from fsar.data.feature_store import FeatureStore
+
+    store = FeatureStore(root)
+    return sum(store.split_labels(s)[0].size for s in splits) * store.meta.frames * store.meta.embed_dim * 2
+
+
 def measure(root: Path, mode: str) -> dict[str, float]:
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", MEASURE, str(root), mode], cwd=repo, capture_output=True, text=True,
@@ -89,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", default="600,12000", help="store sizes, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("bench-scale"))
+    parser.add_argument("--jobs", action="store_true", help="also the peak PSS of real train and eval jobs")
     args = parser.parse_args(argv)
     lines = ["| videos | store (GB) | test features read (MB) | pruned: grown ÷ read | whole table: grown ÷ read |",
              "|---:|---:|---:|---:|---:|"]
@@ -105,7 +163,32 @@ def main(argv: list[str] | None = None) -> int:
                      f"{whole['grown_bytes'] / whole['read_bytes']:.1f}× |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
+    if args.jobs:
+        print("\n".join(job_table([int(v) for v in args.videos.split(",")], args.out)))
     return 0
+
+
+def job_table(sizes: list[int], out: Path) -> list[str]:
+    """Peak PSS of a 2-worker train and of an eval at each size; the growth between the smallest and the
+    largest store divided by the growth of the features the job reads (target: at most 1.5)."""
+    import shutil
+
+    rows, lines = {}, ["| videos | train+val pooled (MB) | train peak PSS (MB) | test pooled (MB) | eval peak PSS (MB) |",
+                       "|---:|---:|---:|---:|---:|"]
+    for videos in sizes:
+        root, work = out / f"store-{videos}", out / f"jobs-{videos}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        rows[videos] = (pooled_bytes(root, ("train", "val")), job_pss(root, work, "train"),
+                        pooled_bytes(root, ("test",)), job_pss(root, work, "eval"))
+        r = rows[videos]
+        lines.append(f"| {videos} | {r[0] / 1e6:.1f} | {r[1] / 1e6:.0f} | {r[2] / 1e6:.1f} | {r[3] / 1e6:.0f} |")
+        print(lines[-1], flush=True)
+    small, large = rows[min(sizes)], rows[max(sizes)]
+    lines.append(f"train: PSS growth ÷ train+val feature growth = {(large[1] - small[1]) / (large[0] - small[0]):.2f} "
+                 f"(target ≤ 1.5); eval: PSS growth ÷ test feature growth = "
+                 f"{(large[3] - small[3]) / (large[2] - small[2]):.2f} (target ≤ 1.5)")
+    return lines
 
 
 if __name__ == "__main__":
