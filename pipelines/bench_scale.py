@@ -1,16 +1,21 @@
 """Store-scale benchmark: memory that grows with the store when a job reads one split's features.
 
-``python -m pipelines.bench_scale [--videos 600,12000] [--out DIR]``. For each size it writes a store of
-that many videos (synthetic fp16 features: 8 frames, a 4×4 grid of 512-d patches plus the pooled 512-d
-embedding, 64/12/24 % of the classes in train/val/test, shards of 256 videos, splits interleaved as a
-manifest would give them), then, each in a fresh process, measures the peak resident memory (sampled every millisecond) added by
+``python -m pipelines.bench_scale [--videos 600,12000] [--out DIR] [--jobs] [--embed 2000,20000]``. For each
+size it writes a store of that many videos (synthetic fp16 features: 8 frames, a 4×4 grid of 512-d patches
+plus the pooled 512-d embedding, 64/12/24 % of the classes in train/val/test, shards of 256 videos, splits
+interleaved as a manifest would give them), then, each in a fresh process, measures the peak resident
+memory (sampled every millisecond) added by
 
 - ``pruned``: ``FeatureStore.load_split("test", view="pooled")`` (what ``fsar eval`` of a frame method reads),
 - ``whole table``: the read this replaced (every column of every shard in one table, the split's rows
   filtered out, their bytes joined),
 
-and prints each as a multiple of the bytes of features actually read. The ratio is measured in one run;
-absolute numbers depend on the machine.
+and prints each as a multiple of the bytes of features actually read. ``--jobs`` adds real jobs: the peak
+PSS (shared pages counted once) of every process of a 2-worker ``fsar train`` (ProtoNet, pooled view) and
+of an ``fsar eval``, and the growth from the smallest to the largest store divided by the growth of the
+features each reads (target: at most 1.5). ``--embed N,M`` embeds manifests of N and M tiny videos with the
+Ray engine and prints the driver process's peak PSS (it should not grow with the videos). Ratios are
+measured in one run; absolute numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def write_store(root: Path, videos: int, *, seed: int = 0) -> Path:
     from fsar.data.feature_store import StoreMeta, write_meta, write_shard
 
     rng = np.random.default_rng(seed)
-    classes = max(10, videos // 20)
+    classes = max(50, videos // 20)  # at least 6 val classes: a 5-way validation needs 5
     split_of = np.where(np.arange(classes) < 0.64 * classes, "train",
                         np.where(np.arange(classes) < 0.76 * classes, "val", "test"))
     write_meta(root, StoreMeta(backbone="synthetic", pretrained=None, frames=FRAMES, embed_dim=DIM, patch_grid=GRID,
@@ -95,22 +100,27 @@ def tree_pss(root_pid: int) -> int:
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration):
-            pass
+        total += process_pss(pid)
     return total
 
 
-def peak_pss(command: list[str], *, every: float = 0.1) -> int:
-    """Run ``command`` (from the repository) and return the peak of its process tree's total PSS."""
+def process_pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def peak_pss(command: list[str], *, every: float = 0.1, tree: bool = True) -> int:
+    """Run ``command`` (from the repository) and return the peak of its process tree's total PSS (``tree=False``:
+    of its own process alone)."""
     repo = Path(__file__).resolve().parents[1]
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
+        peak = max(peak, tree_pss(proc.pid) if tree else process_pss(proc.pid))
         time.sleep(every)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr.read()[-3000:]}")
@@ -147,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", default="600,12000", help="store sizes, comma-separated")
     parser.add_argument("--out", type=Path, default=Path("bench-scale"))
     parser.add_argument("--jobs", action="store_true", help="also the peak PSS of real train and eval jobs")
+    parser.add_argument("--embed", default="", help="video counts (e.g. 2000,20000): the embed driver's peak PSS")
+    parser.add_argument("--skip-reads", action="store_true", help="skip the store-read table")
     args = parser.parse_args(argv)
+    if args.embed:
+        print("\n".join(embed_driver_table([int(v) for v in args.embed.split(",")], args.out)))
+    if args.skip_reads:
+        return 0
     lines = ["| videos | store (GB) | test features read (MB) | pruned: grown ÷ read | whole table: grown ÷ read |",
              "|---:|---:|---:|---:|---:|"]
     for videos in [int(v) for v in args.videos.split(",")]:
@@ -166,6 +182,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs:
         print("\n".join(job_table([int(v) for v in args.videos.split(",")], args.out)))
     return 0
+
+
+def embed_driver_table(sizes: list[int], out: Path) -> list[str]:
+    """Peak PSS of the embed job's driver process (Ray engine, fsar-tiny) on manifests of ``sizes`` videos.
+
+    The videos are one tiny clip (8 frames, 32 px) listed under as many video ids: every row is really read,
+    decoded, encoded and written, and the files cost nothing to make."""
+    import shutil
+
+    from fsar.data.manifest import write_manifest
+    from fsar.data.synthetic import SynthConfig, generate
+
+    data = out / "embed-videos"
+    clip = generate(SynthConfig(out=data, classes=6, videos_per_class=1, frames=8, size=32, seed=0), progress=False)
+    path = next(iter(_manifest_paths(clip)))
+    lines = ["| videos | driver peak PSS (MB) | seconds |", "|---:|---:|---:|"]
+    peaks = {}
+    for videos in sizes:
+        classes = 40
+        rows = [{"video_id": f"v{i}", "path": path, "label": i % classes, "class_name": f"c{i % classes}",
+                 "split": "train" if i % classes < 26 else "val" if i % classes < 31 else "test"} for i in range(videos)]
+        manifest = write_manifest(rows, out / f"embed-{videos}.parquet")
+        store = out / f"embed-store-{videos}"
+        shutil.rmtree(store, ignore_errors=True)
+        start = time.perf_counter()
+        peaks[videos] = peak_pss([sys.executable, "-m", "pipelines.embed", "--manifest", str(manifest), "--out",
+                                  str(store), "--backbone", "fsar-tiny", "--pretrained", "none", "--frames", "8",
+                                  "mlflow=false"], tree=False)
+        lines.append(f"| {videos} | {peaks[videos] / 1e6:.0f} | {time.perf_counter() - start:.0f} |")
+        print(lines[-1], flush=True)
+    lines.append(f"driver growth from {min(sizes)} to {max(sizes)} videos: "
+                 f"{(peaks[max(sizes)] - peaks[min(sizes)]) / 1e6:+.0f} MB")
+    return lines
+
+
+def _manifest_paths(manifest: Path) -> list[str]:
+    from fsar.data.manifest import read_manifest
+
+    return read_manifest(manifest)["path"].to_pylist()
 
 
 def job_table(sizes: list[int], out: Path) -> list[str]:
