@@ -202,7 +202,7 @@ def scan_folder_tree(
 
     # (split or None, class) -> (video ids, suffixes); split is None until the seeded class split decides it.
     per_class: dict[tuple[str | None, str], tuple[list[str], list[str]]] = {}
-    with tqdm(desc=f"scan {root}", unit="file", disable=None if progress else True) as bar:
+    with tqdm(desc=f"scan {root}", unit=" files", disable=None if progress else True) as bar:
         walk = _Walk(exts, report, bar)
         if split_dirs:
             absent = [s for s in SPLITS if s not in split_dirs]

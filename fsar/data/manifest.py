@@ -230,7 +230,7 @@ def unreadable_paths(table: pa.Table, *, root: Path | None = None, progress: boo
     local, bad = 0, []
     # Threads overlap the stat latency of network file systems; local disks lose nothing by it.
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(column) // 2000 + 1))) as pool, \
-            tqdm(total=len(column), desc="check paths", unit="video", disable=None if progress else True) as bar:
+            tqdm(total=len(column), desc="check paths", unit=" videos", disable=None if progress else True) as bar:
         for start, (n, bad_here) in zip(starts, pool.map(lambda s: _unreadable_chunk(column, s, base), starts),
                                         strict=True):
             local += n

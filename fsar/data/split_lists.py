@@ -291,7 +291,7 @@ def from_split_lists(
     spec = get_benchmark(benchmark)
     entries = read_split_lists(splits_dir, spec.name)
     root = check_video_root(videos)
-    with tqdm(desc=f"scan {root}", unit="file", disable=None if progress else True) as bar:
+    with tqdm(desc=f"scan {root}", unit=" files", disable=None if progress else True) as bar:
         index = _index_video_root(root, normalise_extensions(extensions), bar)
     # Folder name -> the two-level folders ending in it, for the "any top folder" candidates.
     by_leaf: dict[str, list[str]] = defaultdict(list)
