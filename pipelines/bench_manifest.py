@@ -1,8 +1,8 @@
 """Manifest-scale benchmark: ``fsar manifest`` on a tree of up to a million videos, and on split lists for it.
 
-``python -m pipelines.bench_manifest [--videos 100000,1000000] [--out DIR]``. For each size it makes (once,
-then reuses) ``OUT/tree-N``: ``<class>/v<j>.mp4`` (every tenth ``.webm``), 1,000 class folders of N/1,000
-empty files (lengths are not probed, so empty files are enough), and ``OUT/lists-N/ssv2_CMN/{train,val,
+``python -m pipelines.bench_manifest [--videos 100000,1000000] [--out DIR]`` (default
+``$TMPDIR/fsar-bench-manifest``). For each size it makes (once, then reuses) ``OUT/tree-N``:
+``<class>/v<j>.mp4`` (every tenth ``.webm``), 1,000 class folders of N/1,000 empty files (lengths are not probed, so empty files are enough), and ``OUT/lists-N/ssv2_CMN/{train,val,
 test}list03.txt`` listing the same videos (classes 0–639 train, 640–759 val, 760–999 test), the layout
 ``--splits DIR --benchmark ssv2_cmn`` reads. Then, each in a fresh process, it runs
 
@@ -23,6 +23,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def run_python(args: list[str]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", default="100000,1000000", help="tree sizes, comma-separated")
-    parser.add_argument("--out", type=Path, default=Path("bench-manifest"))
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fsar-bench-manifest",
+                        help="where the trees go (a million files: keep it out of the repository)")
     args = parser.parse_args(argv)
     seconds, peak = run_python(["-c", "import pipelines.cli"])
     print(f"importing the fsar command alone: {seconds:.1f} s, peak {peak:.0f} MB (included below)", flush=True)
