@@ -91,12 +91,14 @@ def _run_manifest(args: Any) -> int:
         raise ConfigError("--splits needs --benchmark: which benchmark's lists to read from that folder")
     if config.benchmark is not None:
         table, report = from_split_lists(config.splits, config.benchmark, config.videos,
-                                            require_all=config.require_all)
+                                            require_all=config.require_all, progress=True)
         print(report.summary())
     else:
-        table, folder_report = scan_folder_tree(config.videos, class_split=config.class_split, seed=config.seed)
+        table, folder_report = scan_folder_tree(config.videos, class_split=config.class_split, seed=config.seed,
+                                                progress=True)
         print(folder_report.summary())
-    mf.validate_manifest(table, check_paths=config.check_paths)
+    # Video lengths are not probed here (num_frames stays null): `fsar embed` learns each length when it decodes.
+    mf.validate_manifest(table, check_paths=config.check_paths, progress=True)
     mf.write_manifest(table, config.out)
     print(mf.summarize(table))
     print(f"manifest: {config.out} ({table.num_rows} videos)")

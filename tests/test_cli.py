@@ -95,6 +95,9 @@ def test_manifest_from_folder_tree(tmp_path, capsys):
 
     table = read_manifest(out)
     assert table.num_rows == 10 and sorted(set(table["split"].to_pylist())) == ["test", "train", "val"]
+    assert table["num_frames"].null_count == 10  # lengths are not probed: embed learns them when it decodes
+    printed = capsys.readouterr()
+    assert "scan" not in printed.err and "check paths" not in printed.err  # no progress bars off a terminal
     assert main(["manifest", "--videos", str(tmp_path / "videos"), "--out", str(out), "--splits", str(tmp_path)]) == 2
     assert "--splits needs --benchmark" in capsys.readouterr().err
 

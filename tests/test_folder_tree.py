@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -119,3 +120,38 @@ def test_folder_tree_errors(tmp_path: Path):
         ft.from_folder_tree(partial)
 
 
+
+
+def _rows_by_hand(root: Path, split_of: dict[str, str]) -> list[dict]:
+    """The manifest rows of a class tree, one dict per file (os.walk), in manifest order: split, class
+    (natural order), then video id."""
+    labels = mf.assign_labels({s: [c for c, cs in split_of.items() if cs == s] for s in mf.SPLITS})
+    rows = []
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = Path(here).relative_to(root)
+        if rel == Path("."):
+            continue
+        for f in files:
+            if f.startswith(".") or ft.video_suffix(f, ft.normalise_extensions(mf.VIDEO_EXTENSIONS)) is None:
+                continue
+            name = rel.parts[0]
+            vid = f"{rel.as_posix()}/{f[: f.rfind('.')]}"
+            rows.append({"video_id": vid, "path": os.path.join(here, f), "label": labels[name], "class_name": name,
+                         "split": split_of[name]})
+    order = {s: i for i, s in enumerate(mf.SPLITS)}
+    rows.sort(key=lambda r: (order[r["split"]], mf.natural_key(r["class_name"]), r["video_id"]))
+    return rows
+
+
+def test_folder_tree_columns_match_rows_by_hand(tmp_path: Path):
+    names = ["a.mp4", "a-b.mp4", "a.b.webm", "B.MP4", "é x.mkv", "10.mp4", "9.avi", "sub/x.mp4", "sub/deeper/y.Mov",
+             "n.txt", ".hidden.mp4"]
+    for c in ["cls 1", "cls2", "cls10", "Zed", "ä", "q"]:
+        for n in names:
+            touch(tmp_path / c / n)
+    table, _ = ft.scan_folder_tree(tmp_path, seed=5)
+    split_of = dict(zip(table["class_name"].to_pylist(), table["split"].to_pylist(), strict=True))
+    assert table.equals(mf.manifest_table(_rows_by_hand(tmp_path.resolve(), split_of)))
+    with_bar, _ = ft.scan_folder_tree(tmp_path, seed=5, progress=True)  # the bar changes nothing
+    assert with_bar.equals(table)

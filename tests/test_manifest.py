@@ -141,3 +141,37 @@ def test_rows_of_a_large_manifest_are_read_by_row_group(tmp_path: Path, monkeypa
         got = mf.read_manifest_rows(path, start, stop)["video_id"].to_pylist()
         assert got == [f"v{i}" for i in range(start, stop)]
     assert read_groups == [[0], [0, 1, 2, 3], [9]]
+
+
+def test_manifest_columns_is_the_table_of_the_rows(tmp_path: Path):
+    rows = good_records(tmp_path)
+    rows[3]["num_frames"] = 12
+    columns = {c: [r[c] for r in rows] for c in ("video_id", "path", "label", "class_name", "split")}
+    expected = mf.manifest_table(rows)
+    assert mf.manifest_columns(**columns, num_frames=[r.get("num_frames") for r in rows]).equals(expected)
+    arrays = {c: pa.array(v) for c, v in columns.items()}  # Arrow arrays are taken as they are
+    assert mf.manifest_columns(**arrays).equals(mf.manifest_table([{**r, "num_frames": None} for r in rows]))
+    with pytest.raises(mf.ManifestError, match="differ in length"):
+        mf.manifest_columns(**{**columns, "split": columns["split"][:-1]})
+
+
+def test_validate_counts_and_orders_like_the_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    rows = good_records(tmp_path)
+    extra = [{**rows[0], "video_id": f"a/{i}", "split": s} for i, s in enumerate(["zz", "dev", "zz", ""], start=10)]
+    extra.append({**rows[0], "video_id": "", "class_name": None})
+    with pytest.raises(mf.ManifestError) as info:
+        mf.validate_manifest(mf.manifest_table([*rows, *extra]), check_paths=False)
+    text = str(info.value)
+    assert "unknown split value(s) {'zz': 2, 'dev': 1}" in text  # first appearance order, counts per value
+    assert "1 row(s) have no video_id" in text and "1 row(s) have no split" in text
+    assert "1 row(s) have no class_name" in text
+
+    # The path check runs in chunks on threads; the unreadable paths still come in row order.
+    monkeypatch.setattr(mf, "PATH_CHUNK", 3)
+    for r in rows[1::3]:
+        os.remove(r["path"])
+    gone = [r["path"] for r in rows[1::3]]
+    for progress in (False, True):
+        assert mf.unreadable_paths(mf.manifest_table(rows), progress=progress) == (len(rows), gone)
+    with pytest.raises(mf.ManifestError, match=rf"{len(gone)} of {len(rows)} video path\(s\) do not exist"):
+        mf.validate_manifest(mf.manifest_table(rows), progress=True)

@@ -170,3 +170,25 @@ def test_split_lists_lookup_order_and_errors(tmp_path: Path):
         sl.from_split_lists(splits, "kinetics_cmn", tmp_path / "splits")
 
 
+
+
+def test_split_lists_columns_match_rows_by_hand(tmp_path: Path):
+    """The columnar build gives the table of one dict per found video, in list order; the bar changes nothing."""
+    entries = sl.read_split_lists(SPLITS_DIR, "ucf_arn")
+    labels = mf.assign_labels({s: [e.class_name for e in es] for s, es in entries.items()})
+    rows = []
+    for split, es in entries.items():
+        for i, e in enumerate(es):
+            if i % 4 == 0:
+                continue  # missing
+            folder, suffix = [("", ".avi"), (f"{e.class_key}/", ".MP4"), (f"{split}/{e.class_key}/", ".mkv")][i % 4 - 1]
+            found = touch(tmp_path / f"{folder}{e.vid}{suffix}").relative_to(tmp_path).as_posix()
+            if i % 7 == 0:  # a second container beside it: webm goes before mkv and avi, after mp4
+                other = touch(tmp_path / f"{folder}{e.vid}.webm").relative_to(tmp_path).as_posix()
+                found = found if suffix == ".MP4" else other
+            rows.append({"video_id": e.video_id, "path": str(tmp_path.resolve() / found), "label": labels[e.class_name],
+                         "class_name": e.class_name, "split": split})
+    for progress in (False, True):
+        table, report = sl.from_split_lists(SPLITS_DIR, "ucf_arn", tmp_path, progress=progress)
+        assert table.equals(mf.manifest_table(rows))
+        assert report.found == len(rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fsar.data.manifest import (
     DEFAULT_CLASS_SPLIT,
@@ -25,7 +26,8 @@ from fsar.data.manifest import (
     ManifestError,
     assign_labels,
     check_video_root,
-    manifest_table,
+    duplicate_values,
+    manifest_columns,
     natural_key,
     normalise_extensions,
     sample_text,
@@ -124,28 +126,42 @@ class FolderReport:
         return "\n".join(lines)
 
 
-def _walk_class_folder(folder: Path, rel: str, exts: frozenset[str], report: FolderReport) -> list[tuple[str, str]]:
-    """(video_id, absolute path) for every video under one class folder, subfolders included."""
-    found: list[tuple[str, str]] = []
-    stack = [(str(folder), rel)]
-    while stack:
-        here, here_rel = stack.pop()
-        with os.scandir(here) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue  # hidden: .DS_Store, ._resource forks, partial downloads
-                entry_rel = f"{here_rel}/{entry.name}"
-                if entry.is_dir():
-                    stack.append((entry.path, entry_rel))
-                elif entry.is_file():
-                    suffix = video_suffix(entry.name, exts)
-                    if suffix is None:
-                        report.non_video[os.path.splitext(entry.name)[1].lower()] += 1
-                        if len(report.non_video_sample) < SAMPLE_SIZE:
-                            report.non_video_sample.append(entry_rel)
-                    else:
-                        found.append((entry_rel[: -len(suffix)], entry.path))
-    return found
+class _Walk:
+    """What the walk of the class folders collects: per class folder, each video's id and suffix."""
+
+    def __init__(self, exts: frozenset[str], report: FolderReport, bar: Any) -> None:
+        self.exts, self.report, self.bar = exts, report, bar
+        self.suffixes: dict[str, str] = {}  # one string object per suffix as written (".mp4", ".MP4")
+
+    def class_folder(self, folder: str, rel: str) -> tuple[list[str], list[str]]:
+        """Video ids (``rel/.../name`` without the suffix) and suffixes as written, of every video under
+        one class folder, subfolders included. The path of a video is its folder's prefix + id + suffix."""
+        vids: list[str] = []
+        suffixes: list[str] = []
+        stack = [(folder, rel)]
+        while stack:
+            here, here_rel = stack.pop()
+            seen = 0
+            with os.scandir(here) as entries:
+                for entry in entries:
+                    seen += 1
+                    if entry.name.startswith("."):
+                        continue  # hidden: .DS_Store, ._resource forks, partial downloads
+                    if entry.is_dir():
+                        stack.append((entry.path, f"{here_rel}/{entry.name}"))
+                    elif entry.is_file():
+                        suffix = video_suffix(entry.name, self.exts)
+                        if suffix is None:
+                            self.report.non_video[os.path.splitext(entry.name)[1].lower()] += 1
+                            if len(self.report.non_video_sample) < SAMPLE_SIZE:
+                                self.report.non_video_sample.append(f"{here_rel}/{entry.name}")
+                        else:
+                            cut = len(entry.name) - len(suffix)
+                            vids.append(f"{here_rel}/{entry.name[:cut]}")
+                            written = entry.name[cut:]
+                            suffixes.append(self.suffixes.setdefault(written, written))
+            self.bar.update(seen)
+        return vids, suffixes
 
 
 def _subfolders(folder: Path) -> tuple[list[os.DirEntry[str]], list[str]]:
@@ -168,8 +184,14 @@ def scan_folder_tree(
     class_split: Sequence[float] = DEFAULT_CLASS_SPLIT,
     seed: int = 0,
     extensions: Iterable[str] = VIDEO_EXTENSIONS,
+    progress: bool = False,
 ) -> tuple[pa.Table, FolderReport]:
-    """:func:`from_folder_tree`, also returning the :class:`FolderReport` of what was skipped."""
+    """:func:`from_folder_tree`, also returning the :class:`FolderReport` of what was skipped.
+
+    ``progress`` shows a bar of the files seen on a terminal. Videos are kept as columns (an id and a
+    shared suffix string each; the path is joined by Arrow), so a million files fit in a few hundred MB."""
+    from tqdm.auto import tqdm
+
     root = check_video_root(videos)
     exts = normalise_extensions(extensions)
     top_dirs, top_files = _subfolders(root)
@@ -178,31 +200,33 @@ def scan_folder_tree(
     report = FolderReport(videos=root, layout=layout)
     report.outside_classes.extend(top_files)
 
-    # (split or None, class) -> videos; split is None until the seeded class split decides it.
-    per_class: dict[tuple[str | None, str], list[tuple[str, str]]] = {}
-    if split_dirs:
-        absent = [s for s in SPLITS if s not in split_dirs]
-        if absent:
-            raise ManifestError(
-                f"{root} holds {', '.join(f'{s}/' for s in SPLITS if s in split_dirs)} but not "
-                f"{', '.join(f'{s}/' for s in absent)}: a split-folder tree needs all three "
-                f"(<videos>/<split>/<class>/<file>); add the missing folder(s), or use a class-per-folder "
-                f"tree (<videos>/<class>/<file>) without folders named train, val or test"
-            )
-        report.other_folders.extend(e.name for e in top_dirs if e.name not in SPLITS)
-        for split in SPLITS:
-            class_dirs, files = _subfolders(Path(split_dirs[split].path))
-            report.outside_classes.extend(f"{split}/{f}" for f in files)
-            for entry in class_dirs:
-                per_class[(split, entry.name)] = _walk_class_folder(Path(entry.path), entry.name, exts, report)
-    else:
-        for entry in top_dirs:
-            per_class[(None, entry.name)] = _walk_class_folder(Path(entry.path), entry.name, exts, report)
+    # (split or None, class) -> (video ids, suffixes); split is None until the seeded class split decides it.
+    per_class: dict[tuple[str | None, str], tuple[list[str], list[str]]] = {}
+    with tqdm(desc=f"scan {root}", unit=" files", disable=None if progress else True) as bar:
+        walk = _Walk(exts, report, bar)
+        if split_dirs:
+            absent = [s for s in SPLITS if s not in split_dirs]
+            if absent:
+                raise ManifestError(
+                    f"{root} holds {', '.join(f'{s}/' for s in SPLITS if s in split_dirs)} but not "
+                    f"{', '.join(f'{s}/' for s in absent)}: a split-folder tree needs all three "
+                    f"(<videos>/<split>/<class>/<file>); add the missing folder(s), or use a class-per-folder "
+                    f"tree (<videos>/<class>/<file>) without folders named train, val or test"
+                )
+            report.other_folders.extend(e.name for e in top_dirs if e.name not in SPLITS)
+            for split in SPLITS:
+                class_dirs, files = _subfolders(Path(split_dirs[split].path))
+                report.outside_classes.extend(f"{split}/{f}" for f in files)
+                for entry in class_dirs:
+                    per_class[(split, entry.name)] = walk.class_folder(str(Path(entry.path)), entry.name)
+        else:
+            for entry in top_dirs:
+                per_class[(None, entry.name)] = walk.class_folder(str(Path(entry.path)), entry.name)
 
-    for (split, name), vids in per_class.items():
+    for (split, name), (vids, _) in per_class.items():
         if not vids:
             report.empty_classes.append(f"{split}/{name}" if split else name)
-    per_class = {k: v for k, v in per_class.items() if v}
+    per_class = {k: v for k, v in per_class.items() if v[0]}
     if not per_class:
         raise ManifestError(
             f"no videos ({', '.join(sorted(exts))}) found under {root}; expected <videos>/<class>/<file> "
@@ -221,22 +245,39 @@ def scan_folder_tree(
         classes_by_split[split].append(name)  # type: ignore[index]
     labels = assign_labels(classes_by_split)
 
-    rows: list[dict[str, Any]] = []
+    # Columns, one list entry per video (shared objects for the repeated values); path = prefix + id + suffix,
+    # the prefix being the split folder (split layout) or the root, exactly as os.scandir spelled the path.
+    video_ids: list[str] = []
+    suffixes: list[str] = []
+    prefixes: list[str] = []
+    label_col: list[int] = []
+    class_col: list[str] = []
+    split_col: list[str] = []
     for split in SPLITS:
+        prefix = os.path.join(str(root), split, "") if split_dirs else os.path.join(str(root), "")
         for name in sorted(classes_by_split.get(split, ()), key=natural_key):
-            vids = sorted(per_class[(split, name)])
+            pairs = sorted(zip(*per_class.pop((split, name)), strict=True))
+            video_ids.extend(vid for vid, _ in pairs)
+            suffixes.extend(suffix for _, suffix in pairs)
+            n = len(pairs)
             report.classes[split] = report.classes.get(split, 0) + 1
-            report.found[split] = report.found.get(split, 0) + len(vids)
-            rows.extend({"video_id": vid, "path": path, "label": labels[name], "class_name": name, "split": split}
-                        for vid, path in vids)
+            report.found[split] = report.found.get(split, 0) + n
+            prefixes.extend([prefix] * n)
+            label_col.extend([labels[name]] * n)
+            class_col.extend([name] * n)
+            split_col.extend([split] * n)
 
-    dup = sorted(k for k, c in Counter(r["video_id"] for r in rows).items() if c > 1)
+    id_array = pa.array(video_ids, pa.string())
+    del video_ids
+    dup = duplicate_values(id_array)
     if dup:
         raise ManifestError(
             f"{len(dup)} video id(s) occur twice under {root} (the same name with two extensions, or the "
             f"same class/name under two splits): {sample_text(dup)}; keep one file per video"
         )
-    table = manifest_table(rows)
+    paths = pc.binary_join_element_wise(pa.array(prefixes, pa.string()), id_array, pa.array(suffixes, pa.string()), "")
+    del prefixes, suffixes
+    table = manifest_columns(id_array, paths, label_col, class_col, split_col)
     validate_manifest(table, check_paths=False)
     return table, report
 

@@ -2,7 +2,9 @@
 
 Columns (see DESIGN "Data flow"): ``video_id`` (str, unique), ``path`` (str; absolute, or relative to
 the manifest file's folder), ``label`` (int64, global class index), ``class_name`` (str), ``split``
-(``train``/``val``/``test``) and ``num_frames`` (int64, nullable: known for generated videos).
+(``train``/``val``/``test``) and ``num_frames`` (int64, nullable: known for generated videos; left null
+for real ones, whose length ``fsar embed`` learns when it decodes them, so building a manifest never
+opens a video and a million files take seconds: ``python -m pipelines.bench_manifest``).
 
 Three ways to build one:
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fsar import storage
@@ -77,6 +80,27 @@ def manifest_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
     if missing:
         raise ManifestError(f"manifest records lack key(s) {missing}; each row needs {list(MANIFEST_SCHEMA.names)}")
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def manifest_columns(
+    video_id: Sequence[str] | pa.Array,
+    path: Sequence[str] | pa.Array,
+    label: Sequence[int] | pa.Array,
+    class_name: Sequence[str] | pa.Array,
+    split: Sequence[str] | pa.Array,
+    num_frames: Sequence[int | None] | pa.Array | None = None,
+) -> pa.Table:
+    """Build a manifest table from its columns (lists or Arrow arrays of equal length): the same table as
+    :func:`manifest_table` of the rows, without a dict per row. ``num_frames`` None: all null."""
+    columns = [video_id, path, label, class_name, split]
+    n = len(video_id)
+    if any(len(c) != n for c in columns) or (num_frames is not None and len(num_frames) != n):
+        raise ManifestError(f"manifest columns differ in length: {[len(c) for c in columns]}")
+    arrays = [c if isinstance(c, pa.Array | pa.ChunkedArray) else pa.array(c, type=f.type)
+              for c, f in zip(columns, MANIFEST_SCHEMA, strict=False)]
+    frames = pa.nulls(n, pa.int64()) if num_frames is None else (
+        num_frames if isinstance(num_frames, pa.Array | pa.ChunkedArray) else pa.array(num_frames, pa.int64()))
+    return pa.Table.from_arrays([*arrays, frames], names=MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
 
 
 # The synthetic generator's name for the same thing: its rows are already complete.
@@ -219,43 +243,106 @@ def check_video_root(videos: Path) -> Path:
 
 
 # ---------------------------------------------------------------- validation and summary
+PATH_CHUNK = 4096  # paths one thread checks at a time (and the progress bar's step)
+
+
 def _readable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.R_OK)
 
 
-def validate_manifest(table: pa.Table, *, check_paths: bool = True, root: Path | None = None) -> None:
+def _count_empty(column: pa.ChunkedArray) -> int:
+    """Rows that are null, or the empty string in a string column."""
+    empty = pc.is_null(column)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        empty = pc.or_(empty, pc.fill_null(pc.equal(column, ""), False))
+    return int(pc.sum(empty).as_py() or 0)
+
+
+def duplicate_values(column: pa.ChunkedArray) -> list[Any]:
+    """Values (not null or empty) occurring more than once, sorted."""
+    counts = pc.value_counts(column)
+    if len(counts) == len(column):
+        return []
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+    return sorted(v for v in repeated if v)
+
+
+def _unreadable_chunk(column: pa.ChunkedArray, start: int, base: Path) -> tuple[int, list[str]]:
+    """(local paths, unreadable ones) among rows ``start .. start + PATH_CHUNK`` of the path column."""
+    local = [p if os.path.isabs(p) else str(base / p)
+             for p in column.slice(start, PATH_CHUNK).to_pylist() if p and "://" not in p]
+    return len(local), [p for p in local if not _readable(p)]
+
+
+def unreadable_paths(table: pa.Table, *, root: Path | None = None, progress: bool = False) -> tuple[int, list[str]]:
+    """(local paths, the ones that are not readable files, in row order) of a manifest's ``path`` column.
+
+    Relative paths are taken from ``root`` (default: the working folder); ``scheme://`` URIs are skipped.
+    Threads check chunks of :data:`PATH_CHUNK` paths; ``progress`` shows a bar on a terminal.
+    """
+    from tqdm.auto import tqdm
+
+    base = Path.cwd() if root is None else Path(root)
+    column = table["path"]
+    starts = range(0, len(column), PATH_CHUNK)
+    local, bad = 0, []
+    # Threads overlap the stat latency of network file systems; local disks lose nothing by it.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(column) // 2000 + 1))) as pool, \
+            tqdm(total=len(column), desc="check paths", unit=" videos", disable=None if progress else True) as bar:
+        for start, (n, bad_here) in zip(starts, pool.map(lambda s: _unreadable_chunk(column, s, base), starts),
+                                        strict=True):
+            local += n
+            bad.extend(bad_here)
+            bar.update(min(PATH_CHUNK, len(column) - start))
+    return local, bad
+
+
+def validate_manifest(table: pa.Table, *, check_paths: bool = True, root: Path | None = None,
+                      progress: bool = False) -> None:
     """Raise a ManifestError listing every problem found, or return None for a sound manifest.
 
     Checks: required columns, empty table, empty values, unknown splits, duplicate ``video_id``s, a
     class in two splits (few-shot classes must be disjoint), a label with two class names or a class
     with two labels, and (``check_paths``) that every local path is a readable file; relative paths
     are taken from ``root`` (default: the working folder) and ``scheme://`` URIs are not checked.
+    ``progress`` shows a bar for the path check on a terminal.
+
+    The checks run on the table's columns (Arrow kernels, then Python over the distinct
+    (class, split, label) triples only), so a million rows take seconds, not a copy of every row.
     """
     absent = [c for c in MANIFEST_SCHEMA.names if c != "num_frames" and c not in table.column_names]
     if absent:
         raise ManifestError(f"manifest lacks column(s) {absent}; expected {list(MANIFEST_SCHEMA.names)}")
     if table.num_rows == 0:
         raise ManifestError("manifest is empty: no videos; check --videos (and --splits/--benchmark)")
-    cols = {c: table[c].to_pylist() for c in ("video_id", "path", "label", "class_name", "split")}
     problems: list[str] = []
 
-    for c, values in cols.items():
-        empty = sum(v is None or v == "" for v in values)
+    for c in ("video_id", "path", "label", "class_name", "split"):
+        empty = _count_empty(table[c])
         if empty:
             problems.append(f"{empty} row(s) have no {c}")
 
-    unknown = Counter(s for s in cols["split"] if s not in SPLITS and s)
+    # Distinct (class, split, label) triples with their row counts, in order of first appearance
+    # (one thread keeps that order), stand in for the rows in every check below but the last two.
+    triples = table.select(["class_name", "split", "label"]).group_by(
+        ["class_name", "split", "label"], use_threads=False).aggregate([([], "count_all")])
+    names, splits, labels, counts = (triples[c].to_pylist() for c in ("class_name", "split", "label", "count_all"))
+
+    unknown: Counter[Any] = Counter()
+    for s, n in zip(splits, counts, strict=True):
+        if s not in SPLITS and s:
+            unknown[s] += n
     if unknown:
         problems.append(f"unknown split value(s) {dict(unknown)}; split is one of {', '.join(SPLITS)}")
 
-    dup = sorted(v for v, n in Counter(cols["video_id"]).items() if n > 1 and v)
+    dup = duplicate_values(table["video_id"])
     if dup:
         problems.append(f"{len(dup)} duplicate video_id(s): {sample_text(dup)}")
 
     splits_of: dict[str, set[str]] = defaultdict(set)
     names_of: dict[Any, set[str]] = defaultdict(set)
     labels_of: dict[str, set[Any]] = defaultdict(set)
-    for name, split, label in zip(cols["class_name"], cols["split"], cols["label"], strict=True):
+    for name, split, label in zip(names, splits, labels, strict=True):
         if name:
             splits_of[name].add(split)
             labels_of[name].add(label)
@@ -276,14 +363,9 @@ def validate_manifest(table: pa.Table, *, check_paths: bool = True, root: Path |
         problems.append(f"{len(two_labels)} class name(s) map to more than one label: {shown}")
 
     if check_paths:
-        base = Path.cwd() if root is None else Path(root)
-        local = [p if os.path.isabs(p) else str(base / p) for p in cols["path"] if p and "://" not in p]
-        # Threads overlap the stat latency of network file systems; local disks lose nothing by it.
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(local) // 2000 + 1))) as pool:
-            ok = list(pool.map(_readable, local, chunksize=512))
-        bad = [p for p, good in zip(local, ok, strict=True) if not good]
+        local, bad = unreadable_paths(table, root=root, progress=progress)
         if bad:
-            problems.append(f"{len(bad)} of {len(local)} video path(s) do not exist or are not readable files: "
+            problems.append(f"{len(bad)} of {local} video path(s) do not exist or are not readable files: "
                             f"{sample_text(bad)}")
 
     if problems:
@@ -297,8 +379,9 @@ def _split_order(split: str) -> tuple[int, str]:
 def summarize(table: pa.Table) -> str:
     """Per split: classes, videos and the fewest/most videos of a class, as a small text table."""
     per_class: dict[str, Counter[str]] = defaultdict(Counter)
-    for split, name in zip(table["split"].to_pylist(), table["class_name"].to_pylist(), strict=True):
-        per_class[split][name] += 1
+    groups = table.select(["split", "class_name"]).group_by(["split", "class_name"]).aggregate([([], "count_all")])
+    for split, name, n in zip(*(groups[c].to_pylist() for c in ("split", "class_name", "count_all")), strict=True):
+        per_class[split][name] += n
     lines = [f"{'split':<6} {'classes':>8} {'videos':>8} {'min/class':>10} {'max/class':>10}"]
     for split in sorted(set(SPLITS) | set(per_class), key=_split_order):
         counts = per_class.get(split, Counter())

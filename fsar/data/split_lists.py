@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fsar.data.manifest import (
     SAMPLE_SIZE,
@@ -28,7 +29,7 @@ from fsar.data.manifest import (
     ManifestError,
     assign_labels,
     check_video_root,
-    manifest_table,
+    manifest_columns,
     normalise_extensions,
     sample_text,
     validate_manifest,
@@ -75,7 +76,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListEntry:
     """One line of a split list."""
 
@@ -125,13 +126,19 @@ def read_split_lists(splits_dir: Path | None, benchmark: str) -> dict[str, list[
     for split in SPLITS:
         path = spec.list_path(splits_dir, split)
         entries = []
+        # class_key -> (the one string object kept for it, its class name): a list names each class many
+        # times, and a million entries then share a few thousand class strings.
+        classes: dict[str, tuple[str, str]] = {}
         for number, line in enumerate(_read_lines(path, "split list"), start=1):
             if not line:
                 continue
             class_key, sep, vid = line.rpartition("/")
             if not sep or not class_key or not vid:
                 raise ManifestError(f"{path}:{number}: expected 'class/video_id', got {line!r}")
-            entries.append(ListEntry(split, class_key, _class_name(class_key, split, names, path, number), vid))
+            known = classes.get(class_key)
+            if known is None:
+                known = classes[class_key] = (class_key, _class_name(class_key, split, names, path, number))
+            entries.append(ListEntry(split, known[0], known[1], vid))
         out[split] = entries
     return out
 
@@ -150,14 +157,17 @@ def _class_name(class_key: str, split: str, names: Mapping[str, list[str]], path
     return names[split][index]
 
 
-def _index_video_root(root: Path, exts: frozenset[str]) -> dict[str, dict[str, str]]:
-    """relative folder ('' = root, 'a', 'a/b') -> {file stem: file name}, for the root and two levels below.
+def _index_video_root(root: Path, exts: frozenset[str], bar: Any = None) -> dict[str, dict[str, str]]:
+    """relative folder ('' = root, 'a', 'a/b') -> {file stem: suffix as written}, for the root and two
+    levels below (the file's name is stem + suffix; one string object per distinct suffix).
 
     One scandir pass over at most three levels replaces stat'ing every candidate location of every
     listed video (tens of thousands × several candidates). Where a folder holds one stem in several
     containers, the earlier suffix of VIDEO_EXTENSIONS wins, so the choice does not depend on listing order.
+    ``bar`` (a tqdm bar, optional) counts the entries seen.
     """
     rank = {e: i for i, e in enumerate(VIDEO_EXTENSIONS)}
+    shared: dict[str, str] = {}
     index: dict[str, dict[str, str]] = {}
     stack = [("", str(root), 0)]
     while stack:
@@ -178,13 +188,15 @@ def _index_video_root(root: Path, exts: frozenset[str]) -> dict[str, dict[str, s
             suffix = video_suffix(entry.name, exts)
             if suffix is None:
                 continue
-            stem = entry.name[: -len(suffix)]
+            cut = len(entry.name) - len(suffix)
+            stem, written = entry.name[:cut], entry.name[cut:]
             old = stems.get(stem)
-            if old is None or (rank.get(suffix, len(rank)), entry.name) < (
-                rank.get(os.path.splitext(old)[1].lower(), len(rank)), old):
-                stems[stem] = entry.name
+            if old is None or (rank.get(suffix, len(rank)), entry.name) < (rank.get(old.lower(), len(rank)), stem + old):
+                stems[stem] = shared.setdefault(written, written)
         if stems:
             index[rel] = stems
+        if bar is not None:
+            bar.update(len(entries))
     return index
 
 
@@ -258,6 +270,7 @@ def from_split_lists(
     *,
     extensions: Iterable[str] = VIDEO_EXTENSIONS,
     require_all: bool = False,
+    progress: bool = False,
 ) -> tuple[pa.Table, SplitReport]:
     """Manifest of a standard benchmark: its split lists (``splits_dir`` None: the packaged ones), with each
     listed video looked up under ``videos``.
@@ -270,12 +283,16 @@ def from_split_lists(
     levels deep. Labels come from the listed classes, so a missing video never shifts them.
 
     Missing videos are left out of the table and counted in the returned :class:`SplitReport`;
-    ``require_all=True`` raises a ManifestError instead.
+    ``require_all=True`` raises a ManifestError instead. ``progress`` shows a bar of the files seen
+    while the root is listed, on a terminal.
     """
+    from tqdm.auto import tqdm
+
     spec = get_benchmark(benchmark)
     entries = read_split_lists(splits_dir, spec.name)
     root = check_video_root(videos)
-    index = _index_video_root(root, normalise_extensions(extensions))
+    with tqdm(desc=f"scan {root}", unit=" files", disable=None if progress else True) as bar:
+        index = _index_video_root(root, normalise_extensions(extensions), bar)
     # Folder name -> the two-level folders ending in it, for the "any top folder" candidates.
     by_leaf: dict[str, list[str]] = defaultdict(list)
     for rel in sorted(index):
@@ -284,7 +301,10 @@ def from_split_lists(
             by_leaf[leaf].append(rel)
 
     labels = assign_labels({s: (e.class_name for e in es) for s, es in entries.items()})
-    rows: list[dict[str, Any]] = []
+    # Columns of the found videos, as references to strings that already exist (the entry's class key,
+    # id and name, the folder's prefix, the suffix); Arrow joins video_id = class/id and path = prefix+id+suffix.
+    prefixes = {rel: os.path.join(root, rel, "") for rel in index}
+    col: dict[str, list[Any]] = {c: [] for c in ("class_key", "vid", "prefix", "suffix", "label", "class_name", "split")}
     counts: dict[str, SplitCount] = {}
     for split, split_entries in entries.items():
         found = 0
@@ -295,20 +315,20 @@ def from_split_lists(
             dirs = candidates.get((e.class_key, e.class_name))
             if dirs is None:
                 dirs = candidates[(e.class_key, e.class_name)] = _candidate_dirs(e, by_leaf)
-            path = None
             for rel in dirs:
-                name = index.get(rel, {}).get(e.vid)
-                if name is not None:
-                    path = os.path.join(root, rel, name) if rel else os.path.join(root, name)
+                suffix = index.get(rel, _NO_FILES).get(e.vid)
+                if suffix is not None:
                     break
-            if path is None:
+            else:
                 if len(missing_sample) < SAMPLE_SIZE:
                     missing_sample.append(e.video_id)
                 continue
             found += 1
             classes_found.add(e.class_name)
-            rows.append({"video_id": e.video_id, "path": path, "label": labels[e.class_name],
-                         "class_name": e.class_name, "split": split})
+            for c, value in (("class_key", e.class_key), ("vid", e.vid), ("prefix", prefixes[rel]),
+                             ("suffix", suffix), ("label", labels[e.class_name]), ("class_name", e.class_name),
+                             ("split", split)):
+                col[c].append(value)
         counts[split] = SplitCount(split, len(split_entries), found, len({e.class_name for e in split_entries}),
                                    len(classes_found), missing_sample)
     report = SplitReport(spec, (PACKAGED_SPLITS if splits_dir is None else Path(splits_dir)) / spec.folder, root,
@@ -316,15 +336,23 @@ def from_split_lists(
     if require_all and report.missing:
         raise ManifestError(f"require_all: {report.missing} of {report.listed} listed videos are missing "
                             f"under {root}\n{report.summary()}")
-    if not rows:
+    if not col["vid"]:
         raise ManifestError(
             f"none of the {report.listed} videos listed for {spec.name} were found under {root}; expected "
             f"<videos>/<class>/<id>.<ext>, <videos>/<id>.<ext> or <videos>/<split>/<class>/<id>.<ext>, "
             f"e.g. {entries['train'][0].video_id}"
         )
-    table = manifest_table(rows)
+    vids = pa.array(col.pop("vid"), pa.string())
+    video_ids = pc.binary_join_element_wise(pa.array(col.pop("class_key"), pa.string()), vids, "/")
+    paths = pc.binary_join_element_wise(pa.array(col.pop("prefix"), pa.string()), vids,
+                                        pa.array(col.pop("suffix"), pa.string()), "")
+    del vids
+    table = manifest_columns(video_ids, paths, col.pop("label"), col.pop("class_name"), col.pop("split"))
     validate_manifest(table, check_paths=False)
     return table, report
+
+
+_NO_FILES: Mapping[str, str] = {}
 
 
 def _candidate_dirs(e: ListEntry, by_leaf: Mapping[str, list[str]]) -> list[str]:
