@@ -162,27 +162,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.embed:
         print("\n".join(embed_driver_table([int(v) for v in args.embed.split(",")], args.out)))
-    if args.skip_reads:
-        return 0
-    lines = ["| videos | store (GB) | test features read (MB) | pruned: grown ÷ read | whole table: grown ÷ read |",
-             "|---:|---:|---:|---:|---:|"]
-    for videos in [int(v) for v in args.videos.split(",")]:
+    sizes = [int(v) for v in args.videos.split(",") if v]
+    for videos in sizes:
         root = args.out / f"store-{videos}"
         if not (root / "store.json").is_file():
             start = time.perf_counter()
             write_store(root, videos)
             print(f"wrote {root} in {time.perf_counter() - start:.0f} s", flush=True)
+    if not args.skip_reads:
+        print("\n".join(read_table(sizes, args.out)))
+    if args.jobs:
+        print("\n".join(job_table(sizes, args.out)))
+    return 0
+
+
+def read_table(sizes: list[int], out: Path) -> list[str]:
+    lines = ["| videos | store (GB) | test features read (MB) | pruned: grown ÷ read | whole table: grown ÷ read |",
+             "|---:|---:|---:|---:|---:|"]
+    for videos in sizes:
+        root = out / f"store-{videos}"
         size = sum(p.stat().st_size for p in root.glob("shard-*.parquet")) / 1e9
         pruned, whole = measure(root, "pruned"), measure(root, "whole")
         lines.append(f"| {videos} | {size:.2f} | {pruned['read_bytes'] / 1e6:.1f} | "
                      f"{pruned['grown_bytes'] / pruned['read_bytes']:.1f}× | "
                      f"{whole['grown_bytes'] / whole['read_bytes']:.1f}× |")
         print(lines[-1], flush=True)
-    print("\n".join(lines))
-    if args.jobs:
-        print("\n".join(job_table([int(v) for v in args.videos.split(",")], args.out)))
-    return 0
-
+    return lines
 
 def embed_driver_table(sizes: list[int], out: Path) -> list[str]:
     """Peak PSS of the embed job's driver process (Ray engine, fsar-tiny) on manifests of ``sizes`` videos.
