@@ -62,24 +62,25 @@ print(json.dumps({"grown_bytes": max(highest[0], rss()) - base, "read_bytes": in
 """
 
 
-def write_store(root: Path, videos: int, *, seed: int = 0) -> Path:
-    """A store of ``videos`` synthetic videos (see the module docstring), written shard by shard."""
+def write_store(root: Path, videos: int, *, seed: int = 0, grid: int = GRID) -> Path:
+    """A store of ``videos`` synthetic videos (see the module docstring), written shard by shard; ``grid=0``
+    stores the pooled embedding alone."""
     from fsar.data.feature_store import StoreMeta, write_meta, write_shard
 
     rng = np.random.default_rng(seed)
     classes = max(50, videos // 20)  # at least 6 val classes: a 5-way validation needs 5
     split_of = np.where(np.arange(classes) < 0.64 * classes, "train",
                         np.where(np.arange(classes) < 0.76 * classes, "val", "test"))
-    write_meta(root, StoreMeta(backbone="synthetic", pretrained=None, frames=FRAMES, embed_dim=DIM, patch_grid=GRID,
+    write_meta(root, StoreMeta(backbone="synthetic", pretrained=None, frames=FRAMES, embed_dim=DIM, patch_grid=grid,
                                image_size=224))
     for shard, start in enumerate(range(0, videos, SHARD)):
         rows = []
         for v in range(start, min(videos, start + SHARD)):
             label = v % classes
-            patches = rng.standard_normal((FRAMES, GRID, GRID, DIM), dtype=np.float32)
+            patches = rng.standard_normal((FRAMES, max(grid, 1), max(grid, 1), DIM), dtype=np.float32)
             rows.append({"video_id": f"v{v}", "label": label, "class_name": f"c{label}", "split": str(split_of[label]),
                          "num_frames": 32, "frame_indices": list(range(FRAMES)), "frames": patches.mean(axis=(1, 2)),
-                         "patches": patches})
+                         "patches": patches if grid else None})
         write_shard(root, shard, rows)
     return root
 
@@ -159,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", action="store_true", help="also the peak PSS of real train and eval jobs")
     parser.add_argument("--embed", default="", help="video counts (e.g. 2000,20000): the embed driver's peak PSS")
     parser.add_argument("--skip-reads", action="store_true", help="skip the store-read table")
+    parser.add_argument("--open", type=int, default=0, help="videos of a pooled-only store: time to open it and "
+                        "load its pooled train split (e.g. 100000)")
     args = parser.parse_args(argv)
+    if args.open:
+        print("\n".join(open_table(args.open, args.out)))
     if args.embed:
         print("\n".join(embed_driver_table([int(v) for v in args.embed.split(",")], args.out)))
     sizes = [int(v) for v in args.videos.split(",") if v]
@@ -174,6 +179,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs:
         print("\n".join(job_table(sizes, args.out)))
     return 0
+
+
+OPEN = r"""
+import json, sys, time
+start = time.perf_counter()
+from fsar.data.feature_store import FeatureStore
+imported = time.perf_counter()
+store = FeatureStore(sys.argv[1])
+opened = time.perf_counter()
+split = store.load_split("train", view="pooled")
+done = time.perf_counter()
+print(json.dumps({"import_s": imported - start, "open_s": opened - imported, "load_s": done - opened,
+                  "videos": len(split.video_ids), "bytes": int(split.features.nbytes)}))
+"""
+
+
+def open_table(videos: int, out: Path) -> list[str]:
+    """Time to open a store of ``videos`` videos (pooled embedding only, 256-video shards) and load its pooled
+    train split, in a fresh process with a cold page cache where the OS lets us drop it."""
+    root = out / f"store-{videos}-pooled"
+    if not (root / "store.json").is_file():
+        start = time.perf_counter()
+        write_store(root, videos, grid=0)
+        print(f"wrote {root} in {time.perf_counter() - start:.0f} s", flush=True)
+    repo = Path(__file__).resolve().parents[1]
+    runs = []
+    for _ in range(2):  # the first may read from disk, the second from the page cache
+        done = subprocess.run([sys.executable, "-c", OPEN, str(root)], cwd=repo, capture_output=True, text=True,
+                              check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    shards = len(list(root.glob("shard-*.parquet")))
+    lines = ["| store | shards | train videos | train pooled (MB) | open (s) | load train split (s) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for label, r in zip(("first read", "again"), runs, strict=True):
+        lines.append(f"| {videos} videos, {label} | {shards} | {r['videos']} | {r['bytes'] / 1e6:.0f} | "
+                     f"{r['open_s']:.3f} | {r['load_s']:.2f} |")
+    return lines
 
 
 def read_table(sizes: list[int], out: Path) -> list[str]:
