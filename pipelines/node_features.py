@@ -3,9 +3,11 @@
 The job's driver starts one ``NodeFeatures`` actor on each node (pinned there, no CPU) before the workers
 start, and stops them when the job ends; it never touches feature bytes itself. The first worker on a node
 that asks for a split makes that node's actor read it (``FeatureStore.load_split``: one split, one column)
-and ``ray.put`` it into the node's object store; every worker on the node then maps the same buffers
-read-only, zero-copy. A node's memory thus holds one copy of each split its workers read, whatever the
-number of workers or trials on it.
+straight into a file-backed memory map in the node's shared memory (``/dev/shm``, or the temporary folder
+when that is too small); the ids and labels go to Ray's object store. Every worker on the node then maps
+the same pages read-only. A node's memory thus holds one copy of each split its workers read, whatever the
+number of workers or trials on it, and never two, not even while it loads: ``ray.put`` of a loaded array
+would copy it into the object store while the original still exists.
 
 Each actor counts what it read; the driver writes the counts to ``<run>/feature_loads.json`` so a run
 shows where its features came from.
@@ -14,10 +16,26 @@ shows where its features came from.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 NAMESPACE = "fsar"
+
+
+def shared_path(job: str, index: int, nbytes: int) -> str:
+    """Where a node's copy of a split of ``nbytes`` lives: shared memory when it has room for twice that (Ray's
+    object store lives there too), else the temporary folder (a disk file, whose pages are still shared
+    through the page cache)."""
+    import shutil
+    import tempfile
+
+    folder = "/dev/shm"
+    if not os.path.isdir(folder) or shutil.disk_usage(folder).free < 2 * nbytes:
+        folder = tempfile.gettempdir()
+    return os.path.join(folder, f"fsar-features-{job}-{os.getpid()}-{index}.npy")
 
 
 def actor_name(node_id: str, job: str) -> str:
@@ -32,20 +50,38 @@ def _actor_class() -> Any:
         """Holds this node's copies: (store, split, view, as_grid) → a one-element list with the object ref (a
         list, so that returning it hands out the ref, not the data)."""
 
-        def __init__(self) -> None:
+        def __init__(self, job: str) -> None:
+            self.job = job
             self.refs: dict[tuple[str, str, str, bool], list[Any]] = {}
             self.loads: dict[str, int] = {}
+            self.files: list[str] = []
 
         def get(self, store: str, split: str, view: str, as_grid: bool) -> list[Any]:
+            """``[ref of the split without its features, path of their memory map, their shape]``."""
+            import dataclasses
+
             from fsar.data.feature_store import FeatureStore
 
             key = (store, split, view, as_grid)
             if key not in self.refs:
-                features = FeatureStore(store).load_split(split, view=view, as_grid=as_grid)  # type: ignore[arg-type]
-                self.refs[key] = [ray.put(features)]
+                def allocate(shape: tuple[int, ...]) -> Any:
+                    self.files.append(shared_path(self.job, len(self.files), int(np.prod(shape)) * 2))
+                    return np.lib.format.open_memmap(self.files[-1], mode="w+", dtype="<f2", shape=shape)
+
+                loaded = FeatureStore(store).load_split(split, view=view, as_grid=as_grid, allocate=allocate)  # type: ignore[arg-type]
+                loaded.features.flush()
+                self.refs[key] = [ray.put(dataclasses.replace(loaded, features=None)), self.files[-1],
+                                  loaded.features.shape]
+                del loaded  # the actor keeps no mapping: the workers' mappings hold the pages
                 name = f"{split}/{view}"
                 self.loads[name] = self.loads.get(name, 0) + 1
             return self.refs[key]
+
+        def close(self) -> None:
+            for path in self.files:
+                if os.path.exists(path):
+                    os.unlink(path)  # the workers' open mappings stay valid until they end
+            self.files.clear()
 
         def stats(self) -> dict[str, Any]:
             return {"node": ray.get_runtime_context().get_node_id(), "loads": dict(self.loads)}
@@ -69,7 +105,7 @@ class NodeFeatureActors:
                 node_id = node["NodeID"]
                 self.actors[node_id] = cls.options(
                     name=actor_name(node_id, self.job), namespace=NAMESPACE,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(self.job)
         return self
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -85,8 +121,11 @@ class NodeFeatureActors:
     def __exit__(self, *exc: Any) -> None:
         import ray
 
-        for actor in self.actors.values():
-            ray.kill(actor)
+        try:
+            ray.get([actor.close.remote() for actor in self.actors.values()])  # the shared files go first
+        finally:
+            for actor in self.actors.values():
+                ray.kill(actor)
 
 
 def node_split_loader(job: str | None) -> Any:
@@ -99,7 +138,9 @@ def node_split_loader(job: str | None) -> Any:
     actor = ray.get_actor(actor_name(ray.get_runtime_context().get_node_id(), job), namespace=NAMESPACE)
 
     def load(store: Any, split: str, view: str, as_grid: bool) -> Any:
-        (ref,) = ray.get(actor.get.remote(str(store.root), split, view, as_grid))
-        return ray.get(ref)
+        import dataclasses
+
+        ref, path, shape = ray.get(actor.get.remote(str(store.root), split, view, as_grid))
+        return dataclasses.replace(ray.get(ref), features=np.load(path, mmap_mode="r").reshape(shape))
 
     return load

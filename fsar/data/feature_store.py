@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fsar import storage
@@ -203,6 +204,10 @@ class FeatureStore:
     def _fs(self) -> Any:
         return storage.filesystem(self.root)[0]
 
+    def _open(self, path: str) -> pq.ParquetFile:
+        """One shard (a path on ``self._fs``) for reading; close it after use."""
+        return pq.ParquetFile(self._fs.open_input_file(path))
+
     def _dataset(self) -> Any:
         import pyarrow.dataset as pads
 
@@ -238,36 +243,54 @@ class FeatureStore:
     def splits(self) -> list[str]:
         return sorted(set(self._read(["split"])["split"].to_pylist()))
 
-    def load_split(self, split: str, *, view: View | None = None, as_grid: bool = False) -> SplitFeatures:
+    def load_split(self, split: str, *, view: View | None = None, as_grid: bool = False,
+                   allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None) -> SplitFeatures:
         """Features of one split, fp16: ``(N, T, D)`` pooled, ``(N, T, g·g·D)`` grid (flattened per frame)
         or ``(N, T, g, g, D)`` patches. ``as_grid`` gives the pooled view as a 1×1 grid ``(N, T, 1, 1, D)``.
 
-        Reads only that split's rows (a Parquet filter on ``split``) and only the one feature column the view
-        needs, batch by batch into one preallocated array: the memory that grows with the data is about one
-        copy of the features read, whatever else the store holds."""
-        import pyarrow.dataset as pads
-
+        Reads only that split's rows and only the one feature column the view needs, one Parquet row group
+        at a time: a first pass reads the ``split`` column alone, the second decodes the feature column of
+        the row groups that hold the split and copies their rows into one preallocated array (``allocate``
+        makes it, given its shape: a shared memory map, say; default ``np.empty``). The memory that grows
+        with the data is one copy of the features read, plus one row group of the store, whatever else the
+        store holds."""
         view = view or self.meta.default_view
         self.check(view=view)
         m = self.meta
         column = "frames" if view == "pooled" else "patches"
         width = m.frames * m.view_dim("pooled" if view == "pooled" else "grid")
-        dataset, wanted = self._dataset(), pads.field("split") == split
-        n = dataset.count_rows(filter=wanted)  # reads the split column only
+        # A Parquet reader keeps the last column chunk it decoded: each file is opened for one step and closed.
+        shards = self._shards()
+        masks = [[_equals(groups.read_row_group(g, columns=["split"], use_threads=False)["split"], split)
+                  for g in range(groups.metadata.num_row_groups)] for groups in map(self._open, shards)]
+        n = int(sum(mask.sum() for groups in masks for mask in groups))
         if n == 0:
             raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
-        features, parts, filled = np.empty((n, width), dtype="<f2"), [], 0
-        for batch in dataset.to_batches(columns=["video_id", "label", "class_name", "frame_indices", column],
-                                        filter=wanted, batch_size=1024):
-            features[filled : filled + batch.num_rows] = fixed_width_values(batch.column(column), width, self.root)
-            filled += batch.num_rows
-            parts.append(batch.drop_columns([column]))
-        table = pa.Table.from_batches(parts)
-        features = features.reshape(table.num_rows, m.frames, width // m.frames)
+        features = (allocate or (lambda shape: np.empty(shape, dtype="<f2")))((n, width))
+        parts, filled = [], 0
+        pool = pa.default_memory_pool()
+        for path, groups in zip(shards, masks, strict=True):
+            if not any(mask.any() for mask in groups):
+                continue
+            parquet = self._open(path)
+            for g, mask in enumerate(groups):
+                if mask.any():
+                    rows = parquet.read_row_group(g, columns=["video_id", "label", "class_name", "frame_indices", column],
+                                                  use_threads=False).filter(pa.array(mask))
+                    features[filled : filled + rows.num_rows] = fixed_width_values(
+                        rows.column(column).combine_chunks(), width, self.root)
+                    filled += rows.num_rows
+                    parts.append(rows.drop_columns([column]))
+                    del rows
+            parquet.close()
+            del parquet
+            pool.release_unused()  # Arrow's allocator would keep the decoded pages for reuse
+        table = pa.concat_tables(parts)
+        features = features.reshape(n, m.frames, width // m.frames)
         if view == "patches":
-            features = features.reshape(table.num_rows, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
+            features = features.reshape(n, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
         elif as_grid and view == "pooled":
-            features = features.reshape(table.num_rows, m.frames, 1, 1, m.embed_dim)
+            features = features.reshape(n, m.frames, 1, 1, m.embed_dim)
         labels, names = self._labels(table)
         return SplitFeatures(table["video_id"].to_pylist(), labels, names, features,
                              frame_indices=_frame_indices(table, m.frames))
@@ -296,6 +319,11 @@ class FeatureStore:
         out = np.zeros((int(labels.max()) + 1, vectors.shape[1]), dtype=np.float32)
         out[labels] = vectors
         return out
+
+
+def _equals(column: pa.ChunkedArray, value: str) -> np.ndarray:
+    """Boolean mask of the rows whose string ``column`` equals ``value``."""
+    return pc.equal(column, value).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def fixed_width_values(column: pa.Array, width: int, where: str | Path) -> np.ndarray:
