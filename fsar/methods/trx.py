@@ -197,15 +197,19 @@ def factored_distance(query: TRXFactorEncoding, support: TRXFactorEncoding, way:
 
     Args:
         query: fields ``(B, N_q, ...)``; support: fields ``(B, way·shot, ...)``, class 0's shots first, ….
+            Of the supports it reads ``frames``, ``key_scale``, ``key_shift`` and, at one shot, ``value_gram``
+            (beyond one shot ``value_maps`` instead).
         rows, tuples, grams, position: this cardinality's rows of ``key_maps``/``value_maps``, its tuples of
             ``key_scale``/``key_shift``, its entries of ``value_gram`` and its entry of ``value_sq``.
 
     Scores: ``K^q_τ·K^s_σ / √d = [Σ_{p,p'} f̃^q_{τ_p} M^K_{pp'} f̃^s_{σ_p'}] / (s_τ s_σ √d) + shift_σ + (terms of
     τ alone, which the softmax over σ drops)``. Distances: ``‖V_τ‖² − 2⟨V_τ, P_τ⟩ + ‖P_τ‖²`` with
     ``P_τ = Σ_σ α_τσ V_σ = Σ_{s,p',u} β_τ(s, p', u) v^s_{p',u}``, β the attention summed onto the support frames
-    it selects, so both products are frame-level: ``⟨V_τ, v^s_{p',u}⟩`` and the class's own frame Gram (kept
-    per video at one shot). Every sum over a tuple's frames is a product with the one-hot ``tuple_frames``
-    (dense products over all pairs at once beat gathers on the CPU).
+    it selects, so both products are frame-level: ``Y_τ = ⟨V_τ, v^s_{p',u}⟩`` and the class's own frame Gram g
+    (kept per video at one shot); per query tuple ``‖P‖² − 2⟨V, P⟩ = (β g − 2Y)·β``. Every sum over a tuple's
+    frames is a product with the one-hot ``tuple_frames`` (dense products over all pairs at once beat gathers
+    on the CPU). Work is laid out support-major ``[s, q, τ, ...]``, so at one shot each support's block is
+    contiguous and the Gram product needs no copy; the softmax is unnormalised until β (k·T wide, not L).
     """
     k = cardinality
     b, n_q, frames, _ = query.frames.shape
@@ -214,32 +218,38 @@ def factored_distance(query: TRXFactorEncoding, support: TRXFactorEncoding, way:
     hot, hot_t = one_hot_pair(frames, k, query.frames.device)
     n_tuples = hot.shape[1]
     # Scores. Query positions first, all pairs in one product: [s, u, q, p', τ]; then times 1/(s_τ d^¼) while
-    # moving to [q, τ, s, p', u], so the support positions sum onto σ by one more product with the one-hot.
+    # moving to [s, q, τ, p', u], so the support positions sum onto σ by one more product with the one-hot.
     keys = query_tuple_products(support.frames, query.key_maps[..., rows, :], hot, k)
-    moved = keys.new_empty(b, n_q, n_tuples, n_s, k, frames)
-    torch.mul(keys.permute(0, 3, 5, 1, 4, 2), query.key_scale[..., tuples].view(b, n_q, n_tuples, 1, 1, 1), out=moved)
-    scores = (moved.view(-1, kt) @ hot).view(b, n_q, n_tuples, n_s, n_tuples)
-    scores = torch.addcmul(support.key_shift[:, None, None, :, tuples], scores, support.key_scale[:, None, None, :, tuples])
-    attention = scores.view(b, n_q, n_tuples, way, shots * n_tuples).softmax(dim=-1)
-    # β: each query tuple's attention on support tuple σ credited to σ's frame at each position, [q, τ, s, p', u].
-    frame_attention = (attention.view(-1, n_tuples) @ hot_t).view(b, n_q, n_tuples, n_s, kt)
-    # ⟨V^q_τ, v^s_{p',u}⟩ [s, u, q, p', τ], read in β's order.
-    values = query_tuple_products(support.frames, query.value_maps[..., rows, :], hot, k)
-    values = values.permute(0, 3, 5, 1, 4, 2).reshape(b, n_q, n_tuples, n_s, kt)
-    query_proto = (frame_attention * values).view(b, n_q, n_tuples, way, shots * kt).sum(dim=(2, 4))
-    # ‖P_τ‖² = βᵀ (the class's own value frame Gram, rows and columns (shot, p', u)) β.
+    moved = keys.new_empty(b, n_s, n_q, n_tuples, k, frames)
+    torch.mul(keys.permute(0, 1, 3, 5, 4, 2), query.key_scale[:, None, :, tuples, None, None], out=moved)
+    scores = (moved.view(-1, kt) @ hot).view(b, way, shots, n_q, n_tuples, n_tuples)
+    per_support = (b, way, shots, 1, 1, n_tuples)
+    torch.addcmul(support.key_shift[..., tuples].view(per_support), scores,
+                  support.key_scale[..., tuples].view(per_support), out=scores)
+    # exp(score − max) over each class's tuples, all its shots; the sum normalises β below.
+    scores.sub_(scores.amax(dim=(2, 5), keepdim=True)).exp_()
+    total = scores.sum(dim=(2, 5))  # (B, way, N_q, L)
+    # β: each query tuple's attention on support tuple σ credited to σ's frame at each position, [s, q, τ, p', u].
+    frame_attention = (scores.view(-1, n_tuples) @ hot_t).view(b, way, shots, n_q, n_tuples, kt)
+    frame_attention.div_(total.view(b, way, 1, n_q, n_tuples, 1))
+    by_class = frame_attention.permute(0, 1, 3, 4, 2, 5).reshape(b * way, n_q * n_tuples, shots * kt)  # a view at 1 shot
     if shots == 1:
-        gram = support.value_gram[..., grams].view(b, way, kt, kt)
-    else:
+        gram = support.value_gram[..., grams].reshape(b * way, kt, kt)
+    else:  # the class's frame Gram, rows and columns (shot, p', u)
         width = support.frames.shape[-1]
         class_frames = support.frames.reshape(b, way, shots * frames, width)
         class_maps = support.value_maps[..., rows, :].reshape(b, way, shots * k * kt, width)
         gram = (class_frames @ class_maps.transpose(-1, -2)).view(b, way, shots, frames, shots, k, k, frames)
-        gram = gram.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(b, way, shots * kt, shots * kt)
-    by_class = frame_attention.view(b, n_q * n_tuples, way, shots * kt).transpose(1, 2)  # (B, way, N_q·L, S·k·T)
-    proto_sq = ((by_class @ gram) * by_class).sum(-1).view(b, way, n_q, n_tuples).sum(-1).transpose(1, 2)
+        gram = gram.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(b * way, shots * kt, shots * kt)
+    # Y = ⟨V^q_τ, v^s_{p',u}⟩ [s, u, q, p', τ], read in β's order by the subtraction.
+    values = query_tuple_products(support.frames, query.value_maps[..., rows, :], hot, k)
+    combined = torch.bmm(by_class, gram)  # β g
+    combined.view(b, way, n_q, n_tuples, shots, k, frames).sub_(
+        values.view(b, way, shots, frames, n_q, k, n_tuples).permute(0, 1, 4, 6, 2, 5, 3), alpha=2)
+    flat = n_tuples * shots * kt
+    proto_terms = torch.bmm(combined.view(-1, 1, flat), by_class.view(-1, flat, 1)).view(b, way, n_q)
     query_sq = query.value_sq[..., position]
-    return (query_sq.unsqueeze(-1) - 2 * query_proto + proto_sq) / n_tuples
+    return ((query_sq.unsqueeze(1) + proto_terms) / n_tuples).transpose(1, 2)
 
 
 @register_method(
