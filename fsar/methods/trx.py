@@ -312,9 +312,9 @@ class TRX(FewShotMethod):
 
     def position_metrics(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per cardinality k, from the parameters: the key metric ``M^K`` and value metric ``M^V``
-        ``(k, D+1, k, D+1)`` (``M[p, :, p', :] = Ã_pᵀ C Γ² C Ã_p'`` and ``B̃_pᵀ B̃_p'``), the key variance metric
-        ``M^C`` ``(k(D+1), k(D+1))`` (``‖C x_τ‖² = x̃_τᵀ M^C x̃_τ``) and the shift vector ``(k(D+1),)``
-        (``(γ⊙β)·C x_τ``), x̃_τ the tuple's frames f̃ concatenated."""
+        ``(k, D+1, k, D+1)`` (``M[p, :, p', :] = Ã_pᵀ C Γ² C Ã_p'`` and ``B̃_pᵀ B̃_p'``), the centred key blocks
+        ``C Ã_p`` ``(k, d, D+1)`` (``C x_τ = Σ_p C Ã_p f̃_{τ_p}``, whose norm gives the LayerNorm's variance) and
+        the shift vector ``(k(D+1),)`` (``(γ⊙β)·C x_τ``), x̃_τ the tuple's frames f̃ concatenated."""
         out = []
         for k, key_map, value_map, norm in zip(self.config.temporal_set, self.key_maps, self.value_maps,
                                                self.key_norms, strict=True):
@@ -330,10 +330,8 @@ class TRX(FewShotMethod):
             values = blocks(value_map)
             key_metric = torch.einsum("pdi,qdj->piqj", scaled, scaled)
             value_metric = torch.einsum("pdi,qdj->piqj", values, values)
-            flat = centred.transpose(0, 1).flatten(1)  # (d, k(D+1))
-            variance_metric = flat.T @ flat
-            shift = flat.T @ (norm.weight.float() * norm.bias.float())
-            out.append((key_metric, value_metric, variance_metric, shift))
+            shift = centred.transpose(0, 1).flatten(1).T @ (norm.weight.float() * norm.bias.float())
+            out.append((key_metric, value_metric, centred, shift))
         return out
 
     @full_precision
@@ -346,21 +344,27 @@ class TRX(FewShotMethod):
         width = coded.shape[-1]
         d = self.config.trans_linear_out_dim
         key_maps, value_maps, scales, shifts, value_sq, grams = [], [], [], [], [], []
-        for k, norm, (key_metric, value_metric, variance_metric, shift) in zip(
+        for k, norm, (key_metric, value_metric, centred, shift) in zip(
                 self.config.temporal_set, self.key_norms, self.position_metrics(), strict=True):
             # rows (p, p', t): M_{pp'} f̃_t, so query frame · row = f̃^q M_{pp'} f̃^s
             key_maps.append(torch.einsum("piqj,...tj->...pqti", key_metric, coded).reshape(*lead, k * k * frames, width))
             value_maps.append(torch.einsum("piqj,...tj->...pqti", value_metric, coded).reshape(*lead, k * k * frames,
                                                                                                 width))
-            # A one-video class's own value Gram, which 1-shot episodes read instead of forming it per episode.
+            # A one-video class's own value Gram [(p, t), (p', t')], which 1-shot episodes read instead of forming
+            # it per episode; Σ_τ ‖V_τ‖² is its sum weighted by how many tuples hold each frame pair.
+            hot = tuple_frames(frames, k).to(coded.device)  # (k·T, L)
             gram = (coded @ value_maps[-1].transpose(-1, -2)).view(*lead, frames, k, k, frames).transpose(-4, -3)
-            grams.append(gram.reshape(*lead, k * k * frames * frames))
-            tuples = coded[..., tuple_index(frames, k).to(coded.device), :].flatten(-2)  # (..., L, k(D+1))
-            root = ((tuples @ variance_metric) * tuples).sum(-1).div(d).add(norm.eps).sqrt()  # LayerNorm's s_τ
+            gram = gram.reshape(*lead, k * frames, k * frames)
+            grams.append(gram.flatten(-2))
+            value_sq.append((gram * (hot @ hot.T)).sum(dim=(-1, -2)))
+            # The LayerNorm's s_τ: ‖C x_τ‖² = Σ_{p,p'} z_{p,τ_p}·z_{p',τ_p'} with z_{p,t} = C Ã_p f̃_t, so a (k·T)²
+            # Gram of z per video read through the one-hot, not a k(D+1)-wide quadratic form per tuple.
+            centred_frames = torch.einsum("pdi,...ti->...ptd", centred, coded).reshape(*lead, k * frames, d)
+            variance = ((hot.T @ (centred_frames @ centred_frames.transpose(-1, -2))) * hot.T).sum(-1)  # (..., L)
+            root = variance.div(d).add(norm.eps).sqrt()
             scales.append(root.reciprocal() * d ** -0.25)
-            shifts.append((tuples @ shift) / root / math.sqrt(d))
-            value_flat = value_metric.reshape(k * width, k * width)
-            value_sq.append(((tuples @ value_flat) * tuples).sum(dim=(-1, -2)))
+            per_frame = torch.einsum("pi,...ti->...pt", shift.view(k, width), coded).reshape(*lead, k * frames)
+            shifts.append((per_frame @ hot) / root / math.sqrt(d))
         return TRXFactorEncoding(coded, torch.cat(key_maps, -2), torch.cat(value_maps, -2), torch.cat(scales, -1),
                                  torch.cat(shifts, -1), torch.stack(value_sq, -1), torch.cat(grams, -1))
 
