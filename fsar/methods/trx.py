@@ -87,7 +87,7 @@ class TRXFactorEncoding(NamedTuple):
     A tuple's key before its LayerNorm is ``x_τ = Σ_p Ã_p f̃_{τ_p}`` with ``f̃ = (f, 1)`` the coded frame
     and ``Ã_p = [A_p, a/k]`` position p's column block of the key linear and its bias split over the k
     positions; likewise the value ``V_τ = Σ_p B̃_p f̃_{τ_p}``. So every key and value product is a sum over
-    position pairs (p, p') of frame-pair products ``f̃_t · M_{pp'} f̃'_{t'}`` (``frame_products``)."""
+    position pairs (p, p') of frame-pair products ``f̃_t · M_{pp'} f̃'_{t'}`` (``query_tuple_products``)."""
 
     frames: Tensor  # (..., T, D + 1) position-coded frames with a constant 1 (the biases' input)
     key_maps: Tensor  # (..., Σ_k k·k·T, D + 1) per cardinality, rows (p, p', t): M^K_{pp'} f̃_t
