@@ -90,3 +90,16 @@ def test_fast_scorers_equal_the_plain_forward_for_every_method(knobs):
                 torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=f"{name} {knobs} limit={limit}")
     declared = {n for n in list_methods() if method_info(n).cls.pair_table}
     assert {"otam", "bimhm", "a2m2", "i2st"} <= declared and "protonet" not in declared
+
+
+@pytest.mark.parametrize("width", [1, 2, 5])
+def test_pair_rows_hold_every_pair_once_per_query_row(width):
+    from fsar.evaluation.scoring import pair_rows
+
+    query = np.array([0, 0, 0, 2, 3, 3, 3, 3, 3, 3])  # sorted, as the table's pairs come
+    support = np.array([1, 4, 5, 0, 0, 1, 2, 4, 5, 6])
+    queries, supports, slots = pair_rows(query, support, width)
+    assert supports.shape == (len(queries), width)
+    np.testing.assert_array_equal(np.repeat(queries, width)[slots], query)
+    np.testing.assert_array_equal(supports.reshape(-1)[slots], support)
+    assert len(queries) == sum(-(-n // width) for n in (3, 1, 6))

@@ -228,3 +228,48 @@ def test_factored_evaluation_scores_episodes_like_the_forward():
     torch.testing.assert_close(scored, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
     accuracy = episode_accuracies(method, feats, eps)
     assert accuracy == pytest.approx((expected.argmax(-1) == q_lab).float().mean(-1).numpy())
+
+
+@pytest.mark.parametrize("frames", [3, 5, 8])
+@pytest.mark.parametrize("row", [1, 3, 16])  # supports per query row of the pair table: one, several rows, padded
+def test_one_shot_pair_table_equals_the_forward(monkeypatch, frames, row):
+    """1-shot episodes read a table of (query, support) distances, each pair solved once; k-shot ones the head."""
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.evaluation.scoring import FeatureSplit, episode_scorer, gather_episodes
+    from fsar.methods.trx import TRX
+
+    monkeypatch.setattr(TRX, "pair_table_row", row)
+    torch.manual_seed(frames)
+    method = trained_looking(small(feature_dim=16, trans_linear_out_dim=64, pe_scale=0.5)).eval()
+    labels = np.repeat(np.arange(7), 4)
+    feats = torch.randn(28, frames, 16)
+    encoded = FeatureSplit(feats).encode(method, torch.device("cpu"))
+    scorer = episode_scorer(method, encoded, 5)
+    for shot, seed in ((1, 0), (2, 1), (1, 2)):  # the second 1-shot batch reuses and extends the table
+        eps = EpisodeSampler(labels, way=5, shot=shot, query=2, seed=seed).batch(0, 25)
+        support, s_lab, query, _ = gather_episodes(feats, eps)
+        with torch.no_grad():
+            expected = method(support, s_lab, query, 5)
+            got = scorer(eps)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+    # Shuffled 1-shot labels: class c's logit is its own support video's distance.
+    order = torch.stack([torch.randperm(5) for _ in range(3)])
+    s_enc, q_enc = (method.encode_for_scoring(torch.randn(3, n, frames, 16)) for n in (5, 2))
+    with torch.no_grad():
+        head = method.head(s_enc, order, q_enc, 5).logits
+        pairs = method.logits_from_pairs(method.pair_distance(s_enc, q_enc), s_enc, order, q_enc, 5)
+    torch.testing.assert_close(pairs, head)
+    with pytest.raises(ValueError, match="1-shot logits only"):
+        method.logits_from_pairs(torch.zeros(1, 2, 4), None, torch.tensor([[0, 1, 0, 1]]), None, 2)
+
+
+def test_one_shot_pair_table_stays_on_the_features_device():
+    from fsar.data.episodes import EpisodeSampler
+    from fsar.evaluation.scoring import FeatureSplit, episode_scorer
+
+    meta = torch.device("meta")
+    method = small(proj_dim=4).to(meta).eval()
+    eps = EpisodeSampler(np.repeat(np.arange(6), 4), way=3, shot=1, query=1, seed=0).batch(0, 5)
+    with torch.no_grad():
+        logits = episode_scorer(method, FeatureSplit(torch.empty(24, 4, 6, device=meta)).encode(method, meta), 3)(eps)
+    assert logits.device == meta and logits.shape == (5, 3, 3)

@@ -5,7 +5,8 @@ A split to score is anything with ``encode(method, device) -> Encoding`` (all it
 ``FeatureSplit`` (store features, here) or a decoded-pixels split (``fsar.sources.pixels``). The scorer
 then takes the fast path the method **declares**: ``pair_table`` methods (OTAM, Bi-MHM, A2M2, I2ST) get an
 ``(N, N)`` table of pair distances filled on demand, each (query, support) pair solved once however many
-episodes share it; others gather their encodings per episode and run their head. Every tensor made here
+episodes share it, and so do ``one_shot_pair_table`` methods (TRX) on 1-shot episodes; others gather their
+encodings per episode and run their head. Every tensor made here
 lives on the scoring device: index and label tensors come through pinned memory, and nothing waits for
 the device until the caller reads the result.
 """
@@ -106,7 +107,8 @@ def episode_scorer(method: Any, encoded: Encoding, way: int, *, class_text: torc
                    pair_limit: int = 8192) -> EpisodeScorer:
     """A function from a batch of episodes to logits ``(E, way·query, way)``, from a split's encodings (every
     video encoded once), on their device. A ``pair_table`` method on at most ``pair_limit`` videos reads an
-    on-demand table of pair distances; any other runs its head on the gathered encodings. ``class_text``
+    on-demand table of pair distances (a ``one_shot_pair_table`` method too, in 1-shot batches); any other
+    runs its head on the gathered encodings. ``class_text``
     ``(n_labels, E)``: each split label's class-name embedding, for methods that read text."""
     device = encoded[0].device
     if not method.uses_text:
@@ -123,7 +125,18 @@ def episode_scorer(method: Any, encoded: Encoding, way: int, *, class_text: torc
         return method.head(index_encoding(encoded, s_idx), s_lab, index_encoding(encoded, q_idx), way,
                            class_text=episode_class_text(class_text, batch)).logits
 
-    return from_encoded
+    if not (method.one_shot_pair_table and n_videos <= pair_limit):
+        return from_encoded
+    tables: list[EpisodeScorer] = []  # the table is made at the first 1-shot batch: k-shot ones never need it
+
+    def by_shots(batch: Episodes) -> torch.Tensor:
+        if batch.support.shape[2] != 1:
+            return from_encoded(batch)
+        if not tables:
+            tables.append(pair_table_scorer(method, encoded, n_videos, way, class_text))
+        return tables[0](batch)
+
+    return by_shots
 
 
 def pair_table_scorer(method: Any, encoded: Encoding, n_videos: int, way: int,
@@ -139,17 +152,22 @@ def pair_table_scorer(method: Any, encoded: Encoding, n_videos: int, way: int,
     # Per episode only the fields logits_from_pairs reads are gathered (A2M2: the video embeddings, not the
     # candidate sets, which the pair table already summarises).
     needed = keep_fields(encoded, method.pair_table_reads)
+    width = method.pair_table_row
+    support_side = encoded if method.pair_table_support_reads is None else keep_fields(
+        encoded, method.pair_table_support_reads)
 
     def fill(batch: Episodes) -> None:
         e = len(batch)
         flat = (batch.query.reshape(e, -1)[:, :, None] * n_videos + batch.support.reshape(e, -1)[:, None, :]).ravel()
         todo = np.unique(flat[~known[flat]])
         for start in range(0, len(todo), chunk):
-            pairs = torch.as_tensor(todo[start : start + chunk], device=device)
-            qi, si = pairs // n_videos, pairs % n_videos
-            # Each pair as its own one-query, one-support "episode": (P, 1, ...) against (P, 1, ...).
-            dist = method.pair_distance(index_encoding(encoded, si[:, None]), index_encoding(encoded, qi[:, None]))
-            table.view(-1)[pairs] = dist.reshape(-1).to(table.dtype)
+            pairs = todo[start : start + chunk]
+            queries, supports, slots = pair_rows(pairs // n_videos, pairs % n_videos, width)
+            # Each row a one-query "episode" of `width` supports: (R, width, ...) against (R, 1, ...).
+            dist = method.pair_distance(index_encoding(support_side, host_to_device(supports, device)),
+                                        index_encoding(encoded, host_to_device(queries[:, None], device)))
+            flat = dist.reshape(-1) if width == 1 else dist.reshape(-1)[host_to_device(slots, device)]
+            table.view(-1)[host_to_device(pairs, device)] = flat.to(table.dtype)
         known[todo] = True
 
     def from_pairs(batch: Episodes) -> torch.Tensor:
@@ -161,6 +179,22 @@ def pair_table_scorer(method: Any, encoded: Encoding, n_videos: int, way: int,
                                         way, class_text=episode_class_text(class_text, batch))
 
     return from_pairs
+
+
+def pair_rows(query: np.ndarray, support: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(P,)`` sorted by query → rows of at most ``width`` supports of one query: each row's query
+    ``(R,)``, its supports ``(R, width)`` (a short row repeats its first support) and each pair's slot in the
+    flat ``(R·width,)`` rows. A method whose query encoding is costly to gather reads it once per row."""
+    if width == 1:
+        return query, support[:, None], np.arange(len(query))
+    index = np.arange(len(query))
+    first = np.r_[True, query[1:] != query[:-1]]  # each query's first pair
+    rank = index - np.maximum.accumulate(np.where(first, index, 0))  # place among its query's pairs
+    opens = rank % width == 0  # a pair that opens a row
+    slots = (np.cumsum(opens) - 1) * width + rank % width
+    supports = np.repeat(support[opens], width)
+    supports[slots] = support
+    return query[opens], supports.reshape(-1, width), slots
 
 
 @torch.no_grad()

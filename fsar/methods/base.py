@@ -30,7 +30,10 @@ Two optional keyword inputs travel beside the episode:
 A method may **declare** a capability the evaluator uses (``fsar.evaluation.scoring``), instead of the
 evaluator guessing from the class: ``pair_table = True`` (``PairTableMethod``) says the logits come from a
 distance per (query, support) pair plus the encoding fields ``pair_table_reads``, so evaluation solves each
-pair once per split and reuses it in every episode the pair meets in.
+pair once per split and reuses it in every episode the pair meets in. ``one_shot_pair_table = True`` says
+the same only of 1-shot episodes (TRX: a class's attention spans all its shots, so only a one-video class's
+distance is a pair's); such a method also has ``pair_distance``, ``logits_from_pairs`` and
+``pair_table_reads``, used on 1-shot episodes, and its ``head`` serves the others.
 """
 
 from __future__ import annotations
@@ -106,6 +109,12 @@ class FewShotMethod(nn.Module):
     input_kind: ClassVar[str] = "frames"
     needs_text: ClassVar[bool] = False
     pair_table: ClassVar[bool] = False  # declared: logits from per-pair distances (see PairTableMethod)
+    one_shot_pair_table: ClassVar[bool] = False  # declared: the same, at one shot per class only
+    # How the evaluator fills a pair table: pair_distance gets rows of one query and pair_table_row supports, and
+    # of the supports only the fields pair_table_support_reads (None: all), so a query's costly fields are
+    # gathered once per row and a support's once per pair only where read.
+    pair_table_row: ClassVar[int] = 1
+    pair_table_support_reads: ClassVar[tuple[str, ...] | None] = None
 
     config: Any  # the method's resolved config dataclass, saved next to a run to rebuild the method
 

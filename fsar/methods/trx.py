@@ -18,6 +18,9 @@ products under a (D+1)×(D+1) metric per position pair, and the LayerNorm enters
 scale and shift. Per video it keeps the frames and those metrics applied to them (``TRXFactorEncoding``);
 per episode ``factored_distance`` forms the same scores, attention and distances from frame-level products
 (same logits up to float rounding, at a fraction of the tuple × tuple × d work and of the memory gathered).
+At one shot a class is one video, so a query's logits are its distances to single support videos: the
+evaluator keeps a table of them (``one_shot_pair_table``), each (query, support) pair solved once per split
+however many 1-shot episodes it meets in, in rows of one query and ``pair_table_row`` supports.
 
 The tuples depend on the frame count T while the linears depend only on k·D, so tuple indices are built
 lazily per T (cached) rather than from a ``num_frames`` knob: one trained model reads any clip length with
@@ -30,7 +33,7 @@ import functools
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +87,7 @@ class TRXFactorEncoding(NamedTuple):
     A tuple's key before its LayerNorm is ``x_τ = Σ_p Ã_p f̃_{τ_p}`` with ``f̃ = (f, 1)`` the coded frame
     and ``Ã_p = [A_p, a/k]`` position p's column block of the key linear and its bias split over the k
     positions; likewise the value ``V_τ = Σ_p B̃_p f̃_{τ_p}``. So every key and value product is a sum over
-    position pairs (p, p') of frame-pair products ``f̃_t · M_{pp'} f̃'_{t'}`` (``frame_products``)."""
+    position pairs (p, p') of frame-pair products ``f̃_t · M_{pp'} f̃'_{t'}`` (``query_tuple_products``)."""
 
     frames: Tensor  # (..., T, D + 1) position-coded frames with a constant 1 (the biases' input)
     key_maps: Tensor  # (..., Σ_k k·k·T, D + 1) per cardinality, rows (p, p', t): M^K_{pp'} f̃_t
@@ -92,6 +95,7 @@ class TRXFactorEncoding(NamedTuple):
     key_scale: Tensor  # (..., ΣC(T, k)) 1 / (s_τ d^¼): s_τ the key LayerNorm's root variance of tuple τ
     key_shift: Tensor  # (..., ΣC(T, k)) (γ⊙β)·(C x_τ) / (s_τ √d): the score term of a support tuple alone
     value_sq: Tensor  # (..., len(temporal_set)) Σ_τ ‖V_τ‖² per cardinality
+    value_gram: Tensor  # (..., Σ_k (k·T)²) per cardinality the frame Gram [(p, t), (p', t')] = f̃_t · M^V_{pp'} f̃_t'
 
 
 ATTENTION_BLOCK = 1 << 23  # (query tuple, support tuple) pairs the head holds at once, all episodes of a block
@@ -160,74 +164,92 @@ def tuple_frames(frames: int, cardinality: int) -> Tensor:
     return hot.view(cardinality * frames, len(index))
 
 
-def frame_products(query_frames: Tensor, support_maps: Tensor, cardinality: int) -> Tensor:
-    """Every query frame against every support frame under each position pair's metric.
+def one_hot_pair(frames: int, cardinality: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``tuple_frames`` ``(k·T, L)`` and its transpose ``(L, k·T)``, both contiguous on ``device`` (the
+    right operands of the frame → tuple and tuple → frame matrix products)."""
+    hot = tuple_frames(frames, cardinality).to(device)
+    return hot, hot.T.contiguous()
+
+
+def query_tuple_products(support_frames: Tensor, query_maps: Tensor, hot: Tensor, cardinality: int) -> Tensor:
+    """Every support frame against every query tuple, per support position.
 
     Args:
-        query_frames: ``(B, N_q, T, D + 1)``; support_maps: ``(B, N_s, k·k·T, D + 1)``, rows ``(p, p', t')``.
+        support_frames: ``(B, N_s, T, D + 1)``; query_maps: ``(B, N_q, k·k·T, D + 1)``, rows ``(p', p, t)``
+            (``M_{p'p} f̃^q_t``); hot: ``tuple_frames`` ``(k·T, L)``.
 
     Returns:
-        ``(B, N_q, T, N_s, k, k·T)``: entry ``[q, t, s, p, (p', t')] = f̃^q_t · M_{pp'} f̃^s_{t'}``.
+        ``(B, N_s, T, N_q, k, L)``: entry ``[s, u, q, p', τ] = Σ_p f̃^s_u · M_{p'p} f̃^q_{τ_p}``, the query
+        positions already summed onto the query's tuples (one matrix product with the one-hot for all pairs).
     """
-    b, n_q, frames, width = query_frames.shape
-    n_s = support_maps.shape[1]
-    products = query_frames.reshape(b, n_q * frames, width) @ support_maps.reshape(b, -1, width).transpose(1, 2)
-    return products.view(b, n_q, frames, n_s, cardinality, cardinality * frames)
+    b, n_s, frames, width = support_frames.shape
+    n_q = query_maps.shape[1]
+    k, n_tuples = cardinality, hot.shape[1]
+    products = support_frames.reshape(b, n_s * frames, width) @ query_maps.reshape(b, -1, width).transpose(1, 2)
+    return (products.view(-1, k * frames) @ hot).view(b, n_s, frames, n_q, k, n_tuples)
 
 
 @full_precision
 def factored_distance(query: TRXFactorEncoding, support: TRXFactorEncoding, way: int, cardinality: int,
-                      rows: slice, tuples: slice, position: int) -> Tensor:
+                      rows: slice, tuples: slice, grams: slice, position: int) -> Tensor:
     """TRX distance ``(B, N_q, way)`` of one cardinality from factored encodings, equal to
     ``tuple_attention_distance`` on the full keys and values (up to float rounding).
 
     Args:
         query: fields ``(B, N_q, ...)``; support: fields ``(B, way·shot, ...)``, class 0's shots first, ….
-        rows, tuples, position: this cardinality's rows of ``key_maps``/``value_maps``, its tuples of
-            ``key_scale``/``key_shift`` and its entry of ``value_sq``.
+            Of the supports it reads ``frames``, ``key_scale``, ``key_shift`` and, at one shot, ``value_gram``
+            (beyond one shot ``value_maps`` instead).
+        rows, tuples, grams, position: this cardinality's rows of ``key_maps``/``value_maps``, its tuples of
+            ``key_scale``/``key_shift``, its entries of ``value_gram`` and its entry of ``value_sq``.
 
-    Scores: ``K^q_τ·K^s_σ / √d = [Σ_{p,p'} G_{pp'}(τ_p, σ_p')] / (s_τ s_σ √d) + shift_σ + (terms of τ alone,
-    which the softmax over σ drops)``, G the key frame products. Distances: ``‖V_τ‖² − 2⟨V_τ, P_τ⟩ + ‖P_τ‖²``
-    with ``P_τ = Σ_σ α_τσ V_σ = Σ_{s,p',t'} β_τ(s, p', t') v^s_{p',t'}``, β the attention summed onto the support
-    frames it selects, so both products are frame-level: ``⟨V_τ, v^s_{p',t'}⟩`` and the class's own frame Gram.
-    Every sum over a tuple's frames is a product with the one-hot ``tuple_frames`` (dense matrix products
-    beat gathers on the CPU), with the tuple scales folded into it.
+    Scores: ``K^q_τ·K^s_σ / √d = [Σ_{p,p'} f̃^q_{τ_p} M^K_{pp'} f̃^s_{σ_p'}] / (s_τ s_σ √d) + shift_σ + (terms of
+    τ alone, which the softmax over σ drops)``. Distances: ``‖V_τ‖² − 2⟨V_τ, P_τ⟩ + ‖P_τ‖²`` with
+    ``P_τ = Σ_σ α_τσ V_σ = Σ_{s,p',u} β_τ(s, p', u) v^s_{p',u}``, β the attention summed onto the support frames
+    it selects, so both products are frame-level: ``Y_τ = ⟨V_τ, v^s_{p',u}⟩`` and the class's own frame Gram g
+    (kept per video at one shot); per query tuple ``‖P‖² − 2⟨V, P⟩ = (β g − 2Y)·β``. Every sum over a tuple's
+    frames is a product with the one-hot ``tuple_frames`` (dense products over all pairs at once beat gathers
+    on the CPU). Work is laid out support-major ``[s, q, τ, ...]``, so at one shot each support's block is
+    contiguous and the Gram product needs no copy; the softmax is unnormalised until β (k·T wide, not L).
     """
     k = cardinality
-    b, n_q, frames, width = query.frames.shape
+    b, n_q, frames, _ = query.frames.shape
     n_s = support.frames.shape[1]
     shots, kt = n_s // way, k * frames
-    hot = tuple_frames(frames, k).to(query.frames.device)  # (k·T, L)
+    hot, hot_t = one_hot_pair(frames, k, query.frames.device)
     n_tuples = hot.shape[1]
-    # Key scores. Support positions first, per support video: (p', t') → σ, times 1/(s_σ d^¼).
-    key_products = frame_products(query.frames, support.key_maps[..., rows, :], k)  # (B, N_q, T, N_s, k, k·T)
-    support_hot = hot * support.key_scale[..., tuples].unsqueeze(-2)  # (B, N_s, k·T, L_s)
-    per_support = key_products.permute(0, 3, 1, 2, 4, 5).reshape(b * n_s, n_q * frames * k, kt) @ \
-        support_hot.view(b * n_s, kt, n_tuples)  # (B·N_s, N_q·T·k, L_s)
-    # Then query positions, per query video: rows (p, t) and a last row of the support tuples' shifts, against
-    # the query's one-hot times 1/(s_τ d^¼) and a column of ones.
-    stacked = per_support.new_empty(b, n_q, kt + 1, n_s, n_tuples)
-    stacked[:, :, :kt].view(b, n_q, k, frames, n_s, n_tuples).copy_(
-        per_support.view(b, n_s, n_q, frames, k, n_tuples).permute(0, 2, 4, 3, 1, 5))
-    stacked[:, :, kt] = support.key_shift[:, None, :, tuples]
-    query_hot = torch.cat([hot.T * query.key_scale[..., tuples, None], hot.new_ones(b, n_q, n_tuples, 1)], dim=-1)
-    scores = query_hot.view(b * n_q, n_tuples, kt + 1) @ stacked.view(b * n_q, kt + 1, n_s * n_tuples)
-    attention = scores.view(b, n_q, n_tuples, way, shots * n_tuples).softmax(dim=-1)
-    # β: each query tuple's attention on support tuple σ credited to σ's frame at each position, (s, p', t').
-    frame_attention = (attention.view(-1, n_tuples) @ hot.T).view(b, n_q, n_tuples, n_s * kt)
-    # ⟨V^q_τ, v^s_{p',t'}⟩: value frame products summed over the query positions.
-    value_products = frame_products(query.frames, support.value_maps[..., rows, :], k)  # (B, N_q, T, N_s, k, k·T)
-    query_support = hot.T @ value_products.permute(0, 1, 4, 2, 3, 5).reshape(b, n_q, kt, n_s * kt)
-    query_proto = (frame_attention * query_support).view(b, n_q, n_tuples, way, shots * kt).sum(dim=(2, 4))
-    # ‖P_τ‖² = βᵀ (the class's own value frame Gram, rows and columns (shot, p, t)) β.
-    class_frames = support.frames.reshape(b, way, shots * frames, width)
-    class_maps = support.value_maps[..., rows, :].reshape(b, way, shots * k * kt, width)
-    gram = (class_frames @ class_maps.transpose(-1, -2)).view(b, way, shots, frames, shots, k, k, frames)
-    gram = gram.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(b, way, shots * kt, shots * kt)
-    by_class = frame_attention.view(b, n_q * n_tuples, way, shots * kt).transpose(1, 2)  # (B, way, N_q·L_q, S·k·T)
-    proto_sq = ((by_class @ gram) * by_class).sum(-1).view(b, way, n_q, n_tuples).sum(-1).transpose(1, 2)
+    # Scores. Query positions first, all pairs in one product: [s, u, q, p', τ]; then times 1/(s_τ d^¼) while
+    # moving to [s, q, τ, p', u], so the support positions sum onto σ by one more product with the one-hot.
+    keys = query_tuple_products(support.frames, query.key_maps[..., rows, :], hot, k)
+    moved = keys.new_empty(b, n_s, n_q, n_tuples, k, frames)
+    torch.mul(keys.permute(0, 1, 3, 5, 4, 2), query.key_scale[:, None, :, tuples, None, None], out=moved)
+    scores = (moved.view(-1, kt) @ hot).view(b, way, shots, n_q, n_tuples, n_tuples)
+    per_support = (b, way, shots, 1, 1, n_tuples)
+    torch.addcmul(support.key_shift[..., tuples].view(per_support), scores,
+                  support.key_scale[..., tuples].view(per_support), out=scores)
+    # exp(score − max) over each class's tuples, all its shots; the sum normalises β below.
+    scores.sub_(scores.amax(dim=(2, 5), keepdim=True)).exp_()
+    total = scores.sum(dim=(2, 5))  # (B, way, N_q, L)
+    # β: each query tuple's attention on support tuple σ credited to σ's frame at each position, [s, q, τ, p', u].
+    frame_attention = (scores.view(-1, n_tuples) @ hot_t).view(b, way, shots, n_q, n_tuples, kt)
+    frame_attention.div_(total.view(b, way, 1, n_q, n_tuples, 1))
+    by_class = frame_attention.permute(0, 1, 3, 4, 2, 5).reshape(b * way, n_q * n_tuples, shots * kt)  # a view at 1 shot
+    if shots == 1:
+        gram = support.value_gram[..., grams].reshape(b * way, kt, kt)
+    else:  # the class's frame Gram, rows and columns (shot, p', u)
+        width = support.frames.shape[-1]
+        class_frames = support.frames.reshape(b, way, shots * frames, width)
+        class_maps = support.value_maps[..., rows, :].reshape(b, way, shots * k * kt, width)
+        gram = (class_frames @ class_maps.transpose(-1, -2)).view(b, way, shots, frames, shots, k, k, frames)
+        gram = gram.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(b * way, shots * kt, shots * kt)
+    # Y = ⟨V^q_τ, v^s_{p',u}⟩ [s, u, q, p', τ], read in β's order by the subtraction.
+    values = query_tuple_products(support.frames, query.value_maps[..., rows, :], hot, k)
+    combined = torch.bmm(by_class, gram)  # β g
+    combined.view(b, way, n_q, n_tuples, shots, k, frames).sub_(
+        values.view(b, way, shots, frames, n_q, k, n_tuples).permute(0, 1, 4, 6, 2, 5, 3), alpha=2)
+    flat = n_tuples * shots * kt
+    proto_terms = torch.bmm(combined.view(-1, 1, flat), by_class.view(-1, flat, 1)).view(b, way, n_q)
     query_sq = query.value_sq[..., position]
-    return (query_sq.unsqueeze(-1) - 2 * query_proto + proto_sq) / n_tuples
+    return ((query_sq.unsqueeze(1) + proto_terms) / n_tuples).transpose(1, 2)
 
 
 @register_method(
@@ -236,6 +258,16 @@ def factored_distance(query: TRXFactorEncoding, support: TRXFactorEncoding, way:
 )
 class TRX(FewShotMethod):
     """Cross-attention between query and support frame tuples of several cardinalities (Perrett et al. 2021)."""
+
+    # At one shot a class is one video, so a query's logits are its distances to single videos: evaluation
+    # solves each (query, support) pair once per split (``pair_distance``) and reuses it in every 1-shot
+    # episode that pair meets in; k-shot episodes run ``head`` (a class's softmax spans all its shots).
+    one_shot_pair_table: ClassVar[bool] = True
+    pair_table_reads: ClassVar[tuple[str, ...]] = ()
+    # A query's key and value maps (k²·T rows each) are the large fields, read once per row of supports; of a
+    # 1-shot support the head reads its frames, tuple scales and shifts and value Gram only.
+    pair_table_row: ClassVar[int] = 16
+    pair_table_support_reads: ClassVar[tuple[str, ...]] = ("frames", "key_scale", "key_shift", "value_gram")
 
     def __init__(self, config: TRXConfig, *, feature_dim: int, text_dim: int | None = None) -> None:
         super().__init__()
@@ -280,9 +312,9 @@ class TRX(FewShotMethod):
 
     def position_metrics(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per cardinality k, from the parameters: the key metric ``M^K`` and value metric ``M^V``
-        ``(k, D+1, k, D+1)`` (``M[p, :, p', :] = Ã_pᵀ C Γ² C Ã_p'`` and ``B̃_pᵀ B̃_p'``), the key variance metric
-        ``M^C`` ``(k(D+1), k(D+1))`` (``‖C x_τ‖² = x̃_τᵀ M^C x̃_τ``) and the shift vector ``(k(D+1),)``
-        (``(γ⊙β)·C x_τ``), x̃_τ the tuple's frames f̃ concatenated."""
+        ``(k, D+1, k, D+1)`` (``M[p, :, p', :] = Ã_pᵀ C Γ² C Ã_p'`` and ``B̃_pᵀ B̃_p'``), the centred key blocks
+        ``C Ã_p`` ``(k, d, D+1)`` (``C x_τ = Σ_p C Ã_p f̃_{τ_p}``, whose norm gives the LayerNorm's variance) and
+        the shift vector ``(k(D+1),)`` (``(γ⊙β)·C x_τ``), x̃_τ the tuple's frames f̃ concatenated."""
         out = []
         for k, key_map, value_map, norm in zip(self.config.temporal_set, self.key_maps, self.value_maps,
                                                self.key_norms, strict=True):
@@ -298,10 +330,8 @@ class TRX(FewShotMethod):
             values = blocks(value_map)
             key_metric = torch.einsum("pdi,qdj->piqj", scaled, scaled)
             value_metric = torch.einsum("pdi,qdj->piqj", values, values)
-            flat = centred.transpose(0, 1).flatten(1)  # (d, k(D+1))
-            variance_metric = flat.T @ flat
-            shift = flat.T @ (norm.weight.float() * norm.bias.float())
-            out.append((key_metric, value_metric, variance_metric, shift))
+            shift = centred.transpose(0, 1).flatten(1).T @ (norm.weight.float() * norm.bias.float())
+            out.append((key_metric, value_metric, centred, shift))
         return out
 
     @full_precision
@@ -313,21 +343,30 @@ class TRX(FewShotMethod):
         coded = torch.cat([coded, coded.new_ones(*lead, frames, 1)], dim=-1)  # f̃ = (f, 1)
         width = coded.shape[-1]
         d = self.config.trans_linear_out_dim
-        key_maps, value_maps, scales, shifts, value_sq = [], [], [], [], []
-        for k, norm, (key_metric, value_metric, variance_metric, shift) in zip(
+        key_maps, value_maps, scales, shifts, value_sq, grams = [], [], [], [], [], []
+        for k, norm, (key_metric, value_metric, centred, shift) in zip(
                 self.config.temporal_set, self.key_norms, self.position_metrics(), strict=True):
             # rows (p, p', t): M_{pp'} f̃_t, so query frame · row = f̃^q M_{pp'} f̃^s
             key_maps.append(torch.einsum("piqj,...tj->...pqti", key_metric, coded).reshape(*lead, k * k * frames, width))
             value_maps.append(torch.einsum("piqj,...tj->...pqti", value_metric, coded).reshape(*lead, k * k * frames,
                                                                                                 width))
-            tuples = coded[..., tuple_index(frames, k).to(coded.device), :].flatten(-2)  # (..., L, k(D+1))
-            root = ((tuples @ variance_metric) * tuples).sum(-1).div(d).add(norm.eps).sqrt()  # LayerNorm's s_τ
+            # A one-video class's own value Gram [(p, t), (p', t')], which 1-shot episodes read instead of forming
+            # it per episode; Σ_τ ‖V_τ‖² is its sum weighted by how many tuples hold each frame pair.
+            hot = tuple_frames(frames, k).to(coded.device)  # (k·T, L)
+            gram = (coded @ value_maps[-1].transpose(-1, -2)).view(*lead, frames, k, k, frames).transpose(-4, -3)
+            gram = gram.reshape(*lead, k * frames, k * frames)
+            grams.append(gram.flatten(-2))
+            value_sq.append((gram * (hot @ hot.T)).sum(dim=(-1, -2)))
+            # The LayerNorm's s_τ: ‖C x_τ‖² = Σ_{p,p'} z_{p,τ_p}·z_{p',τ_p'} with z_{p,t} = C Ã_p f̃_t, so a (k·T)²
+            # Gram of z per video read through the one-hot, not a k(D+1)-wide quadratic form per tuple.
+            centred_frames = torch.einsum("pdi,...ti->...ptd", centred, coded).reshape(*lead, k * frames, d)
+            variance = ((hot.T @ (centred_frames @ centred_frames.transpose(-1, -2))) * hot.T).sum(-1)  # (..., L)
+            root = variance.div(d).add(norm.eps).sqrt()
             scales.append(root.reciprocal() * d ** -0.25)
-            shifts.append((tuples @ shift) / root / math.sqrt(d))
-            value_flat = value_metric.reshape(k * width, k * width)
-            value_sq.append(((tuples @ value_flat) * tuples).sum(dim=(-1, -2)))
+            per_frame = torch.einsum("pi,...ti->...pt", shift.view(k, width), coded).reshape(*lead, k * frames)
+            shifts.append((per_frame @ hot) / root / math.sqrt(d))
         return TRXFactorEncoding(coded, torch.cat(key_maps, -2), torch.cat(value_maps, -2), torch.cat(scales, -1),
-                                 torch.cat(shifts, -1), torch.stack(value_sq, -1))
+                                 torch.cat(shifts, -1), torch.stack(value_sq, -1), torch.cat(grams, -1))
 
     def head(self, support: TRXEncoding | TRXFactorEncoding, support_labels: Tensor,
              query: TRXEncoding | TRXFactorEncoding, way: int, *, class_text: Tensor | None = None,
@@ -346,7 +385,34 @@ class TRX(FewShotMethod):
             grouped = support_labels.device.type == "cpu" and bool((support_labels.diff(dim=1) >= 0).all())
             support = support if grouped else type(support)(*(f[rows, order] for f in support))
             return HeadOutput(self.scale(self._factored_head(support, query, way)))
-        s_keys, s_values = support.keys[rows, order], support.values[rows, order]
+        return HeadOutput(self.scale(self._plain_distance(TRXEncoding(support.keys[rows, order],
+                                                                      support.values[rows, order]), query, way)))
+
+    def pair_distance(self, support: TRXEncoding | TRXFactorEncoding, query: TRXEncoding | TRXFactorEncoding
+                      ) -> Tensor:
+        """Encoded support ``(B, N_s, ...)`` and query ``(B, N_q, ...)`` → distances ``(B, N_q, N_s)``, each
+        support video its own class: a 1-shot episode's distances, whose entry [b, i, j] reads query i and
+        support j alone (so evaluation keeps a table of them, ``one_shot_pair_table``)."""
+        n_s = support[0].shape[1]
+        if isinstance(query, TRXFactorEncoding):
+            return self._factored_head(support, query, n_s)
+        return self._plain_distance(support, query, n_s)
+
+    def logits_from_pairs(self, distance: Tensor, support: TRXEncoding | TRXFactorEncoding, support_labels: Tensor,
+                          query: TRXEncoding | TRXFactorEncoding, way: int, *,
+                          class_text: Tensor | None = None) -> Tensor:
+        """1-shot pair distances ``(B, N_q, way)`` (``pair_distance``), labels ``(B, way)`` → logits
+        ``(B, N_q, way)``: class c's logit is its one support video's distance, scaled."""
+        if distance.shape[-1] != way:
+            raise ValueError(f"trx: pair distances are 1-shot logits only: {distance.shape[-1]} support videos "
+                             f"for {way} classes")
+        order = support_labels.argsort(dim=1)  # (B, way): class c's support video
+        return self.scale(distance.gather(-1, order.unsqueeze(1).expand(-1, distance.shape[1], -1)))
+
+    def _plain_distance(self, support: TRXEncoding, query: TRXEncoding, way: int) -> Tensor:
+        """Distance ``(B, N_q, way)`` averaged over the cardinalities, from class-grouped plain encodings,
+        in blocks of episodes (``ATTENTION_BLOCK`` tuple pairs each)."""
+        s_keys, s_values = support
         ks = self.config.temporal_set
         q_counts, s_counts = tuple_counts(query.keys.shape[-2], ks), tuple_counts(s_keys.shape[-2], ks)
         # Each (query tuple, support tuple) pair holds a few floats per episode (scores, attention, value products):
@@ -359,7 +425,7 @@ class TRX(FewShotMethod):
             pieces = zip(query.keys[block].split(q_counts, -2), query.values[block].split(q_counts, -2),
                          s_keys[block].split(s_counts, -2), s_values[block].split(s_counts, -2), strict=True)
             blocks.append(sum(tuple_attention_distance(qk, qv, sk, sv, way) for qk, qv, sk, sv in pieces))
-        return HeadOutput(self.scale(torch.cat(blocks) / len(ks)))
+        return torch.cat(blocks) / len(ks)
 
     def _factored_head(self, support: TRXFactorEncoding, query: TRXFactorEncoding, way: int) -> Tensor:
         """Distance ``(B, N_q, way)`` averaged over the cardinalities, from class-grouped factored supports,
@@ -368,17 +434,18 @@ class TRX(FewShotMethod):
         ks = self.config.temporal_set
         sizes = [k * k * frames for k in ks]
         counts = [math.comb(frames, k) for k in ks]
+        gram_sizes = [k * k * frames * frames for k in ks]
         per_episode = query.frames.shape[1] * max(counts) * support.frames.shape[1] * max(counts)
         step = max(1, FACTOR_BLOCK // per_episode)
         blocks = []
         for start in range(0, query.frames.shape[0], step):
-            q = type(query)(*(f[start : start + step] for f in query))
-            s = type(support)(*(f[start : start + step] for f in support))
+            q, s = (type(e)(*(None if f is None else f[start : start + step] for f in e)) for e in (query, support))
             total = 0
             for i, k in enumerate(ks):
                 rows = slice(sum(sizes[:i]), sum(sizes[: i + 1]))
                 tuples = slice(sum(counts[:i]), sum(counts[: i + 1]))
-                total = total + factored_distance(q, s, way, k, rows, tuples, i)
+                grams = slice(sum(gram_sizes[:i]), sum(gram_sizes[: i + 1]))
+                total = total + factored_distance(q, s, way, k, rows, tuples, grams, i)
             blocks.append(total)
         return torch.cat(blocks) / len(ks)
 
