@@ -58,6 +58,7 @@ class EmbedConfig:
     patch_grid: int = 0  # also store the patch grid average-pooled to g×g (0 = pooled embedding only)
     text_template: str = "a video of {}"  # class-name prompt for the text tower ("" = store no class text)
     batch_size: int = 32  # videos per encoder forward
+    chunk_size: int = 64  # videos per task and per part file: the unit of work, of retry and of resumption
     shard_size: int = 256  # manifest rows per shard (the unit of resumption)
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"  # decord with PyAV fallback, or one of them
     short_video: Literal["repeat", "error"] = "repeat"  # videos shorter than `frames`: repeat frames or fail them
@@ -66,7 +67,6 @@ class EmbedConfig:
     engine: Literal["ray", "local"] = "ray"  # Ray Data (laptop or cluster) or this process alone
     encoder_actors: int = 0  # Ray with GPUs: encoder actors (0 = one per GPU); without GPUs tasks encode
     decode_cpus: float = 0.5  # Ray with GPUs: CPUs reserved per decode task (decoding 8 frames is light)
-    decode_batch: int = 16  # Ray with GPUs: videos per decode task (fewer, larger tasks amortise Ray's cost)
     decode_threads: int = 0  # local engine: parallel decodes (0 = number of CPUs)
     mlflow: bool = True  # record the store's metadata and the failure count as an MLflow run
     mlflow_uri: str | None = None  # MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite file in the store)
@@ -213,7 +213,7 @@ class EmbedChunk:
     """One unit of embed work: manifest rows ``[start, stop)``, a part of shard ``shard``.
 
     Its part files are named by the row range, so a retried task or a rerun rewrites the same names (the
-    exactly-once key), and a rerun with another ``batch_size`` cannot mistake an old part for one of its own."""
+    exactly-once key), and a rerun with another ``chunk_size`` cannot mistake an old part for one of its own."""
 
     shard: int
     start: int
@@ -286,7 +286,7 @@ def plan_embedding(config: EmbedConfig, backbone: ClipBackbone, *, max_shards: i
     chunks, parts = [], {}
     for shard in todo:
         first, last = shard * config.shard_size, min(total, (shard + 1) * config.shard_size)
-        parts[shard] = [(a, min(last, a + config.batch_size)) for a in range(first, last, config.batch_size)]
+        parts[shard] = [(a, min(last, a + config.chunk_size)) for a in range(first, last, config.chunk_size)]
         chunks += [EmbedChunk(shard, a, b) for a, b in parts[shard] if (a, b) not in written]
     return EmbedPlan(root, manifest, todo, chunks, parts, len(done))
 
@@ -312,7 +312,8 @@ def write_chunk(chunk: EmbedChunk, records: Sequence[dict[str, Any]], backbone: 
     """Encode a decoded chunk and write its part: failures first, then the features file, whose appearance
     marks the part done (a retry rewrites the same two names, so nothing is ever stored twice)."""
     records = list(records)
-    encode_records(backbone, records, patch_grid=config.patch_grid)
+    for start in range(0, len(records), config.batch_size):
+        encode_records(backbone, records[start : start + config.batch_size], patch_grid=config.patch_grid)
     failed = [{k: r[k] for k in ("video_id", "path", "split")} | {"reason": r["error"]} for r in records if r["error"]]
     good = [{k: r.get(k) for k in ROW_SCHEMA.names} for r in records if not r["error"]]
     rows = (chunk.start, chunk.stop)

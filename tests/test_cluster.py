@@ -291,7 +291,7 @@ def test_a_chunk_written_twice_is_stored_once(videos):
     )
 
     manifest, tmp = videos
-    cfg = embed_config(manifest, tmp / "store", batch_size=2)
+    cfg = embed_config(manifest, tmp / "store", chunk_size=2)
     backbone = load_backbone(cfg, device="cpu")
     plan = plan_embedding(cfg, backbone)
     tracker = ShardTracker(plan)
@@ -329,7 +329,7 @@ def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monke
         return real(batch, **kwargs)
 
     monkeypatch.setattr(embed, "_embed_chunks", crash_once)
-    summary = embed.run(embed_config(manifest, tmp / "store", engine="ray", batch_size=1), progress=False)
+    summary = embed.run(embed_config(manifest, tmp / "store", engine="ray", chunk_size=1), progress=False)
     assert marker.is_file(), "no worker was killed"
     ids = FeatureStore(tmp / "store").table["video_id"].to_pylist()
     assert (summary.videos, summary.failures) == (6, 3)

@@ -84,7 +84,7 @@ def test_decode_tasks_feed_encoder_actors_with_mixed_sizes(mixed_videos, ray_loc
     from fsar.embedding import load_backbone, merge_shard, plan_embedding
 
     manifest, tmp = mixed_videos
-    cfg = embed_config(manifest, tmp / "ray", device="cpu", batch_size=3, shard_size=100)
+    cfg = embed_config(manifest, tmp / "ray", device="cpu", chunk_size=3, batch_size=2, shard_size=100)
     plan = plan_embedding(cfg, load_backbone(cfg, device="cpu"))
     items = [dataclasses.asdict(c) for c in plan.chunks]
     ds = embed._decode_then_encode(ray_local.data.from_items(items), cfg, actors=1, gpus_per_actor=0)
@@ -115,7 +115,7 @@ def test_ray_engine_embeds_videos_on_object_storage_into_a_store_there(videos, r
         storage.write_bytes(f"{s3}/data/videos/{row['video_id']}.mp4", Path(row["path"]).read_bytes())
         row["path"] = f"videos/{row['video_id']}.mp4"
     remote_manifest = write_manifest(table, f"{s3}/data/manifest.parquet")
-    cfg = embed_config(remote_manifest, f"{s3}/store", batch_size=2)
+    cfg = embed_config(remote_manifest, f"{s3}/store", chunk_size=2)
     assert run(cfg, progress=False, max_shards=1).shards_written == 1
     summary = run(cfg, progress=False)
     assert (summary.videos, summary.failures, summary.shards_written, summary.shards_skipped) == (6, 3, 2, 1)
