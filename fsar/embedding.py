@@ -72,6 +72,13 @@ class EmbedConfig:
     mlflow_uri: str | None = None  # MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite file in the store)
     experiment: str = "fsar-embed"  # MLflow experiment name
 
+    def __post_init__(self) -> None:
+        from fsar.config import ConfigError
+
+        small = {k: getattr(self, k) for k in ("frames", "batch_size", "chunk_size", "shard_size") if getattr(self, k) < 1}
+        if small:
+            raise ConfigError(f"embed: {', '.join(f'{k}={v}' for k, v in small.items())} must be at least 1")
+
 
 def resolve_pretrained(backbone: str, pretrained: str) -> str | None:
     """``default`` → ``openai`` when the model has that tag, else random init; ``none`` → random init."""

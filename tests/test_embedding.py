@@ -114,3 +114,11 @@ def test_resolve_pretrained():
     assert resolve_pretrained(TINY_MODEL, "default") is None
     assert resolve_pretrained("ViT-B-16", "none") is None
     assert resolve_pretrained("ViT-B-16", "/w.pt") == "/w.pt"
+
+
+def test_sizes_below_one_are_refused(videos):
+    from fsar.config import ConfigError
+
+    manifest, tmp = videos
+    with pytest.raises(ConfigError, match="chunk_size=0 must be at least 1"):
+        embed_config(manifest, tmp / "store", chunk_size=0)
