@@ -88,7 +88,7 @@ class FeatureSplit:
     copy of the split."""
 
     features: np.ndarray | torch.Tensor
-    chunk: int = 1024
+    chunk: int = 256  # 256 videos of 8×512 fp32: 4 MB at a time beside the fp16 split
 
     def __len__(self) -> int:
         return len(self.features)
