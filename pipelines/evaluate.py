@@ -145,11 +145,10 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     candidates = _candidates(config, data)
     # On object storage the folder is written locally and copied there at the end (a few small files).
     with storage.staged_folder(config.out) as out:
-        local = replace(config, out=out)
         records, per_episode = [], {}
         for shot in config.shots():
-            shot_records, shot_accuracies = _evaluate_shot(replace(local, shot=shot), data, candidates, device,
-                                                           progress=progress)
+            shot_records, shot_accuracies = _evaluate_shot(replace(config, shot=shot), data, candidates, device,
+                                                           folder=out, progress=progress)
             records += shot_records
             per_episode |= shot_accuracies
         write_per_episode(out / PER_EPISODE_FILE, per_episode)
@@ -165,11 +164,12 @@ def _dataset_name(path: str | Path, *, manifest: bool) -> str:
 
 
 def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], device: torch.device, *,
-                   progress: bool) -> tuple[list[ResultRecord], dict[tuple[str, int], Any]]:
-    """One shot: its fixed episodes (made once, then read back), every candidate scored on them."""
-    dump_yaml(config, Path(config.out) / f"eval_config-{config.shot}shot.yaml")
+                   folder: Path, progress: bool) -> tuple[list[ResultRecord], dict[tuple[str, int], Any]]:
+    """One shot: its fixed episodes (made once, then read back), every candidate scored on them. ``folder``:
+    where the output folder's files are written now (its local stand-in when it is on object storage)."""
+    dump_yaml(config, folder / f"eval_config-{config.shot}shot.yaml")
     video_ids = data.video_ids(candidates[0].key)  # (decodes a manifest's split: its usable videos)
-    episode_path = Path(config.out) / episode_file_name(config)
+    episode_path = folder / episode_file_name(config)
     if episode_path.is_file():
         episodes, _ = read_episode_file(episode_path, video_ids, data.labels)
     else:

@@ -137,6 +137,9 @@ def test_a_run_and_an_evaluation_on_object_storage(trained, tmp_path, s3):
     assert remote_records[0]["dataset"] == "store" and remote_records[1]["run"] == f"{s3}/runs/run"
     assert {storage.name(p) for p in storage.list_files(out)} >= {
         "results.json", "results.md", "results.png", "per_episode.parquet", "episodes-test-5way1shot1q-n30-seed0.json"}
+    import yaml
+
+    assert yaml.safe_load(storage.read_text(f"{out}/eval_config-1shot.yaml"))["out"] == out  # not the local stand-in
     assert main(["eval", "--store", f"{s3}/store", "--out", out, "--method", "otam", "--episodes", "30", "--shot", "5",
                  "mlflow=false"]) == 0
     assert json.loads(storage.read_text(f"{out}/results.json"))[0]["accuracy"] == remote_records[2]["accuracy"]
