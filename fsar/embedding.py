@@ -369,7 +369,12 @@ def finish_embedding(plan: EmbedPlan, tracker: ShardTracker) -> EmbedSummary:
     """After every shard is merged: one failures table for the store, and the summary."""
     if tracker.incomplete():
         raise RuntimeError(f"embedding ended with shards {tracker.incomplete()} incomplete; rerun to finish them")
-    storage.delete(storage.join(plan.root, PARTS_DIR))  # parts of shards an earlier run had already finished
+    # Parts left by a run killed between writing a shard and clearing its parts; parts of shards still
+    # unfinished (beyond ``max_shards``) are kept for the next run.
+    done = finished_shards(plan.root)
+    for folder in {storage.parent(p) for p in storage.list_files(storage.join(plan.root, PARTS_DIR), recursive=True)}:
+        if int(storage.name(folder)[len("shard-"):]) in done:
+            storage.delete(folder)
     n_fail = merge_failures(plan.root)
     n_good = sum(pq.read_metadata(p, filesystem=fs).num_rows
                  for fs, p in (storage.filesystem(s) for s in storage.list_files(plan.root, "shard-*.parquet")))

@@ -122,3 +122,21 @@ def test_sizes_below_one_are_refused(videos):
     manifest, tmp = videos
     with pytest.raises(ConfigError, match="chunk_size=0 must be at least 1"):
         embed_config(manifest, tmp / "store", chunk_size=0)
+
+
+def test_parts_of_unfinished_shards_outlive_a_partial_run(videos):
+    """A run limited to one shard merges that shard and clears the parts of shards finished earlier, but keeps
+    the parts an interrupted run wrote for shards it does not reach."""
+    from fsar import storage
+    from fsar.embedding import decode_chunk, load_backbone, part_path, plan_embedding, write_chunk
+
+    manifest, tmp = videos
+    cfg = embed_config(manifest, tmp / "store", chunk_size=2)
+    backbone = load_backbone(cfg, device="cpu")
+    plan = plan_embedding(cfg, backbone)
+    last = [c for c in plan.chunks if c.shard == plan.todo[-1]][0]  # an interrupted run got this far
+    write_chunk(last, decode_chunk(last, cfg), backbone, cfg)
+    embed_manifest(cfg, progress=False, max_shards=1)
+    assert storage.is_file(part_path(cfg.out, last.shard, (last.start, last.stop)))
+    summary = embed_manifest(cfg, progress=False)
+    assert summary.videos == 6 and not storage.list_files(tmp / "store" / "parts", recursive=True)
