@@ -31,6 +31,7 @@ from fsar.data.feature_store import (
     finished_shards,
     read_meta,
     read_table,
+    shard_path,
     shard_table,
     write_class_text,
     write_meta,
@@ -339,7 +340,7 @@ def merge_shard(root: str | Path, shard: int, parts: Sequence[tuple[int, int]]) 
     write_table(storage.join(root, "failures", f"shard-{shard:05d}.parquet"),
                 pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table())
     table = pa.concat_tables(features) if features else ROW_SCHEMA.empty_table()
-    write_table(storage.join(root, f"shard-{shard:05d}.parquet"), table)
+    write_table(shard_path(root, shard), table)
     storage.delete(storage.join(root, PARTS_DIR, f"shard-{shard:05d}"))
     return table.num_rows
 
@@ -349,7 +350,9 @@ class ShardTracker:
     and says when a shard has all of them."""
 
     def __init__(self, plan: EmbedPlan) -> None:
-        self.missing = {s: {c.start for c in plan.chunks if c.shard == s} for s in plan.todo}
+        self.missing: dict[int, set[int]] = {s: set() for s in plan.todo}
+        for chunk in plan.chunks:  # one pass: a million-video plan has thousands of shards and chunks
+            self.missing[chunk.shard].add(chunk.start)
         self.videos = self.failures = 0
 
     def add(self, result: ChunkResult) -> bool:

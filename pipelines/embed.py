@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,7 +177,7 @@ def log_store(config: EmbedConfig, summary: EmbedSummary, *, seconds: float) -> 
     from fsar.data.feature_store import FeatureStore
     from fsar.tracking import RunLogger, tracking_uri
 
-    store = config.out if storage.is_uri(config.out) else Path(config.out).resolve()
+    store = storage.absolute(config.out)
     meta = dataclasses.asdict(FeatureStore(store).meta)
     logger = RunLogger(uri=tracking_uri(store, config.mlflow_uri), experiment=config.experiment,
                        run_name=f"embed-{storage.name(store)}", params={"store": str(store), **meta},

@@ -261,8 +261,11 @@ class FeatureStore:
         width = m.frames * m.view_dim("pooled" if view == "pooled" else "grid")
         # A Parquet reader keeps the last column chunk it decoded: each file is opened for one step and closed.
         shards = self._shards()
-        masks = [[_equals(groups.read_row_group(g, columns=["split"], use_threads=False)["split"], split)
-                  for g in range(groups.metadata.num_row_groups)] for groups in map(self._open, shards)]
+        masks = []
+        for path in shards:
+            with self._open(path) as parquet:
+                masks.append([_equals(parquet.read_row_group(g, columns=["split"], use_threads=False)["split"], split)
+                              for g in range(parquet.metadata.num_row_groups)])
         n = int(sum(mask.sum() for groups in masks for mask in groups))
         if n == 0:
             raise FeatureStoreError(f"feature store {self.root} has no videos in split {split!r} (has {self.splits()})")
@@ -272,18 +275,16 @@ class FeatureStore:
         for path, groups in zip(shards, masks, strict=True):
             if not any(mask.any() for mask in groups):
                 continue
-            parquet = self._open(path)
-            for g, mask in enumerate(groups):
-                if mask.any():
-                    rows = parquet.read_row_group(g, columns=["video_id", "label", "class_name", "frame_indices", column],
-                                                  use_threads=False).filter(pa.array(mask))
-                    features[filled : filled + rows.num_rows] = fixed_width_values(
-                        rows.column(column).combine_chunks(), width, self.root)
-                    filled += rows.num_rows
-                    parts.append(rows.drop_columns([column]))
-                    del rows
-            parquet.close()
-            del parquet
+            with self._open(path) as parquet:
+                for g, mask in enumerate(groups):
+                    if mask.any():
+                        rows = parquet.read_row_group(g, columns=["video_id", "label", "class_name", "frame_indices",
+                                                                  column], use_threads=False).filter(pa.array(mask))
+                        features[filled : filled + rows.num_rows] = fixed_width_values(
+                            rows.column(column).combine_chunks(), width, self.root)
+                        filled += rows.num_rows
+                        parts.append(rows.drop_columns([column]))
+                        del rows
             pool.release_unused()  # Arrow's allocator would keep the decoded pages for reuse
         table = pa.concat_tables(parts)
         features = features.reshape(n, m.frames, width // m.frames)
