@@ -140,7 +140,7 @@ def _conform(table: pa.Table, path: str | Path, resolve_paths: bool) -> pa.Table
         table = table.append_column("num_frames", pa.nulls(table.num_rows, pa.int64()))
     table = table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
     if resolve_paths:
-        root = storage.parent(storage.as_location(path) if storage.is_uri(path) else Path(path).resolve())
+        root = storage.parent(storage.absolute(path))
         i = table.schema.get_field_index("path")
         table = table.set_column(i, MANIFEST_SCHEMA.field("path"),
                                  pa.array([resolve_video_path(root, p) for p in table["path"].to_pylist()], pa.string()))
