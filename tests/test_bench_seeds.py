@@ -1,4 +1,4 @@
-"""pipelines.bench_seeds: reverse-pair episodes and the summary table (the benchmark itself is run by hand)."""
+"""pipelines.bench.seeds: reverse-pair episodes and the summary table (the benchmark itself is run by hand)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.bench_seeds import format_summary, reverse_pair_episodes
+from pipelines.bench.seeds import format_summary, reverse_pair_episodes
 
 
 def test_reverse_pair_episodes_hold_a_class_and_its_reverse(tmp_path):

@@ -1,4 +1,4 @@
-"""pipelines.gpu_check: the one-command GPU check runs end to end (here on the CPU, at its quick sizes) and
+"""pipelines.bench.gpu_check: the one-command GPU check runs end to end (here on the CPU, at its quick sizes) and
 writes every measure; the figures themselves are only meaningful on a GPU."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 
-from pipelines.gpu_check import main
+from pipelines.bench.gpu_check import main
 
 
 def test_quick_run_on_the_cpu_writes_every_measure(tmp_path, capsys):
@@ -38,7 +38,7 @@ def test_gpu_tests_import_nothing_the_gpu_machines_lack():
         "            raise ImportError('not on the GPU machine: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "sys.path.insert(0, 'tests')\n"
-        "import test_gpu, pipelines.gpu_check, fsar.embedding, fsar.training.loop, fsar.sources.pixels, fsar.evaluation.scoring\n"
+        "import test_gpu, pipelines.bench.gpu_check, fsar.embedding, fsar.training.loop, fsar.sources.pixels, fsar.evaluation.scoring\n"
     )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)

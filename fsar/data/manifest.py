@@ -4,7 +4,7 @@ Columns (see DESIGN "Data flow"): ``video_id`` (str, unique), ``path`` (str; abs
 the manifest file's folder), ``label`` (int64, global class index), ``class_name`` (str), ``split``
 (``train``/``val``/``test``) and ``num_frames`` (int64, nullable: known for generated videos; left null
 for real ones, whose length ``fsar embed`` learns when it decodes them, so building a manifest never
-opens a video and a million files take seconds: ``python -m pipelines.bench_manifest``).
+opens a video and a million files take seconds: ``python -m pipelines.bench.manifest``).
 
 Three ways to build one:
 

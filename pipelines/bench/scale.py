@@ -1,6 +1,6 @@
 """Store-scale benchmark: memory that grows with the store when a job reads one split's features.
 
-``python -m pipelines.bench_scale [--videos 600,12000] [--out DIR] [--jobs] [--embed 2000,20000]``. For each
+``python -m pipelines.bench.scale [--videos 600,12000] [--out DIR] [--jobs] [--embed 2000,20000]``. For each
 size it writes a store of that many videos (synthetic fp16 features: 8 frames, a 4×4 grid of 512-d patches
 plus the pooled 512-d embedding, 64/12/24 % of the classes in train/val/test, shards of 256 videos, splits
 interleaved as a manifest would give them), then, each in a fresh process, measures the peak resident
@@ -116,7 +116,7 @@ def process_pss(pid: int) -> int:
 def peak_pss(command: list[str], *, every: float = 0.1, tree: bool = True) -> int:
     """Run ``command`` (from the repository) and return the peak of its process tree's total PSS (``tree=False``:
     of its own process alone)."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0
@@ -148,7 +148,7 @@ def pooled_bytes(root: Path, splits: tuple[str, ...]) -> int:
 
 
 def measure(root: Path, mode: str) -> dict[str, float]:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", MEASURE, str(root), mode], cwd=repo, capture_output=True, text=True,
                           check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -204,7 +204,7 @@ def open_table(videos: int, out: Path) -> list[str]:
         start = time.perf_counter()
         write_store(root, videos, grid=0)
         print(f"wrote {root} in {time.perf_counter() - start:.0f} s", flush=True)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     runs = []
     for _ in range(2):  # the first may read from disk, the second from the page cache
         done = subprocess.run([sys.executable, "-c", OPEN, str(root)], cwd=repo, capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """Benchmarks, measured in one run on this machine and printed as ratios and rates.
 
-``python -m pipelines.bench [--videos-per-class 5 --classes 40 --episodes 10000]``, or
-``python -m pipelines.bench --store STORE --methods otam,a2m2`` for the evaluation figures alone.
+``python -m pipelines.bench.throughput [--videos-per-class 5 --classes 40 --episodes 10000]``, or
+``python -m pipelines.bench.throughput --store STORE --methods otam,a2m2`` for the evaluation figures alone.
 
 1. Embedding: decode alone (sampled frames → uint8 centre squares), encode alone (resize, normalise and
    the backbone, on the encoder's device), and the Ray Data pipeline on the same videos (videos/s);
@@ -115,7 +115,7 @@ def bench_evaluation(store: Path, *, episodes: int, methods: list[str], shots: t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--classes", type=int, default=40)
     parser.add_argument("--videos-per-class", type=int, default=5)
     parser.add_argument("--size", type=int, default=64)

@@ -1,6 +1,6 @@
 """Worker-count benchmark: the same training config on 1 and on 2 Ray Train workers.
 
-    python -m pipelines.bench_workers [--store STORE] [--steps 60] [--episodes-per-step 16]
+    python -m pipelines.bench.workers [--store STORE] [--steps 60] [--episodes-per-step 16]
 
 ``episodes_per_step`` is the global batch, so both runs train the same experiment; the benchmark prints
 
@@ -35,7 +35,7 @@ def train_once(store: Path, out: Path, *, workers: int, steps: int, episodes_per
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_workers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.workers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--store", type=Path, help="feature store (default: a synthetic one of the demo's shape)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--val-every", type=int, default=20)
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fsar.training.checkpoint import load_checkpoint
-    from pipelines.gpu_check import synthetic_store
+    from pipelines.bench.gpu_check import synthetic_store
     from pipelines.ray_runtime import init_ray
 
     with tempfile.TemporaryDirectory(prefix="fsar-bench-workers-") as tmp:

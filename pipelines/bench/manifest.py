@@ -1,6 +1,6 @@
 """Manifest-scale benchmark: ``fsar manifest`` on a tree of up to a million videos, and on split lists for it.
 
-``python -m pipelines.bench_manifest [--videos 100000,1000000] [--out DIR]`` (default
+``python -m pipelines.bench.manifest [--videos 100000,1000000] [--out DIR]`` (default
 ``$TMPDIR/fsar-bench-manifest``). For each size it makes (once, then reuses) ``OUT/tree-N``:
 ``<class>/v<j>.mp4`` (every tenth ``.webm``), 1,000 class folders of N/1,000 empty files (lengths are not probed, so empty files are enough), and ``OUT/lists-N/ssv2_CMN/{train,val,
 test}list03.txt`` listing the same videos (classes 0–639 train, 640–759 val, 760–999 test), the layout
@@ -81,7 +81,7 @@ def run_manifest(args: list[str]) -> tuple[float, float]:
 
 def run_python(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak resident MB of ``python ARGS`` in a fresh process, run in the repository."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *args], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = proc.stdout.read() if proc.stdout else b""

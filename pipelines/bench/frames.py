@@ -1,6 +1,6 @@
 """End-to-end (pixels) training benchmark: DMGAL-FT vs DMGAL-Adapter on the tiny ViT, CPU.
 
-``python -m pipelines.bench_frames [--steps 60 --episodes 1000 --threads 2 --out DIR]``
+``python -m pipelines.bench.frames [--steps 60 --episodes 1000 --threads 2 --out DIR]``
 
 On a generated synthetic dataset (motion classes, 64 px mp4s):
 
@@ -82,7 +82,7 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_frames", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.frames", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=STEPS_DEFAULT, help="optimiser steps per method (4 episodes each)")
     parser.add_argument("--episodes", type=int, default=1000, help="5-way 1-shot test episodes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads and decode threads")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method in ("dmgal_ft", "dmgal_adapter"):
         child = subprocess.run(
-            [sys.executable, "-m", "pipelines.bench_frames", "--steps", str(args.steps), "--threads", str(args.threads),
+            [sys.executable, "-m", "pipelines.bench.frames", "--steps", str(args.steps), "--threads", str(args.threads),
              "--one", method, str(manifest), str(work / "runs" / method)],
             capture_output=True, text=True, check=False)
         lines = [line for line in child.stdout.splitlines() if line.startswith("BENCH ")]

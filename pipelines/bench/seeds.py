@@ -1,6 +1,6 @@
 """Mechanism benchmark of the seed methods: does each do what its paper claims?
 
-    python -m pipelines.bench_seeds --out DIR [key=value ...]
+    python -m pipelines.bench.seeds --out DIR [key=value ...]
 
 For each variant of the synthetic motion dataset (``variants``: plain; clutter, distractors moving at
 random; misalignment, the action filling a random part of the clip with idle frames around it), every
@@ -43,7 +43,7 @@ DEFAULT_METHODS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class SeedBenchConfig:
-    """``python -m pipelines.bench_seeds``: the variants, the methods and the one budget they all get."""
+    """``python -m pipelines.bench.seeds``: the variants, the methods and the one budget they all get."""
 
     out: Path  # output folder: <variant>/data, <variant>/store, <variant>/compare, seeds.md, seeds.json
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fsar.config import ConfigError, resolve
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench_seeds", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.seeds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--config", type=Path)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
