@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fsar.config import ConfigError, from_dict, load_yaml
-from fsar.training.config import StoreData, TrainConfig
+from fsar.data.sections import StoreData
+from fsar.training.config import TrainConfig
 
 Kind = Literal["uniform", "loguniform", "choice"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)

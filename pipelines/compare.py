@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fsar.config import ConfigError, dump_yaml
+from fsar.data.sections import StoreData
 from fsar.evaluation.results import PER_EPISODE_FILE, ResultRecord, paired_difference, read_per_episode
-from fsar.training.config import StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 
 # The components each seed paper claims, as knob changes from the full method (ablation label → knobs).
 # ``{mask_files}`` is replaced by the mask folder of the store's dataset (or ``mask_files``).

@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 from fsar.backbones import TINY_MODEL
 from fsar.config import dump_yaml, resolve
+from fsar.data.sections import StoreData
 from fsar.evaluation.results import ResultRecord
-from fsar.training.config import StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 from pipelines.command import Command, flags, run_alone
 
 DEMO_REFERENCE = "otam (trained)"  # the row the demo's paired differences are taken against

@@ -23,6 +23,8 @@ import torch
 from fsar import storage
 from fsar.config import ConfigError, dump_yaml, resolve
 from fsar.data.episodes import EpisodeSampler, read_episode_file, write_episode_file
+from fsar.data.sections import ManifestData, StoreData
+from fsar.devices import resolve_device
 from fsar.evaluation.results import (
     PER_EPISODE_FILE,
     ResultRecord,
@@ -36,12 +38,12 @@ from fsar.evaluation.results import (
 )
 from fsar.evaluation.scoring import episode_accuracies
 from fsar.methods import FewShotMethod
+from fsar.run_folder import RunFolder
+from fsar.sources import open_evaluation
+from fsar.sources.base import EvaluationSource, SplitKey
 from fsar.storage import Location, as_location
 from fsar.training.checkpoint import load_checkpoint
-from fsar.training.config import ManifestData, StoreData, resolve_device
 from pipelines.command import Command, data_flags, flags, run_alone
-
-PIXEL_EPISODE_BATCH = 64  # end-to-end methods: episodes per head call (DMGAL's last stage runs per episode)
 
 
 @dataclass
@@ -91,23 +93,12 @@ class Candidate:
     label: str  # row name in the results table
     run: str | None  # run folder or checkpoint, None for an untrained method
     method: FewShotMethod  # built (and, for a run, loaded)
-    key: Any  # what it reads: a store view, or a frame count and pixel pipeline
+    key: SplitKey  # what it reads: a store view, or a frame count and pixel pipeline
     trained_on: str | None = None  # a run: the store or manifest it was trained on
     mlflow_run_id: str | None = None  # a run: its MLflow run, when it kept the id
 
 
-def open_evaluation(config: EvalConfig) -> Any:
-    """The evaluation side of the config's episode source: a store's split or a manifest's decoded split."""
-    if isinstance(config.data, StoreData):
-        from fsar.sources.features import StoreEvaluation
-
-        return StoreEvaluation(config.data, config.split)
-    from fsar.sources.pixels import PixelEvaluation
-
-    return PixelEvaluation(config.data, config.split)
-
-
-def _candidates(config: EvalConfig, data: Any) -> list[Candidate]:
+def _candidates(config: EvalConfig, data: EvaluationSource) -> list[Candidate]:
     """What to score; checks everything (names, knobs, runs against the data) before any episode runs."""
     out: list[Candidate] = []
     for name in config.methods:
@@ -118,14 +109,12 @@ def _candidates(config: EvalConfig, data: Any) -> list[Candidate]:
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         key = data.accept(method, payload, str(run_path))
-        run_folder = storage.parent(run_path) if str(run_path).endswith(".pt") else storage.as_location(run_path)
-        folder = storage.name(run_folder)
-        label = f"{payload['method']} (trained" + ("" if folder == payload["method"] else f": {folder}") + ")"
+        run = RunFolder.of_checkpoint(run_path)
+        label = f"{payload['method']} (trained" + ("" if run.name == payload["method"] else f": {run.name}") + ")"
         data_section = payload.get("train_config", {}).get("data", {})
-        id_file = storage.join(run_folder, "mlflow_run_id")
         out.append(Candidate(label, str(run_path), method, key,
                              trained_on=data_section.get("store") or data_section.get("manifest"),
-                             mlflow_run_id=storage.read_text(id_file).strip() if storage.is_file(id_file) else None))
+                             mlflow_run_id=run.mlflow_run_id()))
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
@@ -141,7 +130,7 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
         from fsar.tracking import tracking_uri
 
         tracking_uri(config.out, config.mlflow_uri)  # an output folder on object storage needs one: say so now
-    data = open_evaluation(config)
+    data = open_evaluation(config.data, config.split)
     candidates = _candidates(config, data)
     # On object storage the folder is written locally and copied there at the end (a few small files).
     with storage.staged_folder(config.out) as out:
@@ -158,12 +147,7 @@ def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
     return records
 
 
-def _dataset_name(path: str | Path, *, manifest: bool) -> str:
-    """A store is named by its folder, a manifest by the folder that holds it."""
-    return storage.name(storage.parent(storage.absolute(path))) if manifest else storage.name(path)
-
-
-def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], device: torch.device, *,
+def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[Candidate], device: torch.device, *,
                    folder: Path, progress: bool) -> tuple[list[ResultRecord], dict[tuple[str, int], Any]]:
     """One shot: its fixed episodes (made once, then read back), every candidate scored on them. ``folder``:
     where the output folder's files are written now (its local stand-in when it is on object storage)."""
@@ -178,10 +162,9 @@ def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], d
         episodes = sampler.batch(0, config.episodes)
         write_episode_file(episode_path, episodes, video_ids,
                            meta={"seed": config.seed, "split": config.split, **data.describe()})
-    pixels = isinstance(config.data, ManifestData)
-    batch_size = min(config.batch_size, PIXEL_EPISODE_BATCH) if pixels else config.batch_size
-    source_path = config.data.manifest if pixels else config.data.store  # type: ignore[union-attr]
-    dataset = config.dataset or _dataset_name(source_path, manifest=pixels)
+    limit = data.episode_batch_limit
+    batch_size = config.batch_size if limit is None else min(config.batch_size, limit)
+    dataset = config.dataset or data.dataset_name()
     records, per_episode = [], {}
     for cand in candidates:
         start = time.perf_counter()
@@ -191,10 +174,9 @@ def _evaluate_shot(config: EvalConfig, data: Any, candidates: list[Candidate], d
         per_episode[(cand.label, config.shot)] = acc
         records.append(ResultRecord(
             method=cand.label, dataset=dataset, split=config.split, way=config.way, shot=config.shot,
-            episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed, store=str(source_path), run=cand.run,
-            seconds=time.perf_counter() - start, view="pixels" if pixels else str(cand.key[0]),
-            train_store=cand.trained_on,
-            train_dataset=None if cand.trained_on is None else _dataset_name(cand.trained_on, manifest=pixels),
+            episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed, store=data.location, run=cand.run,
+            seconds=time.perf_counter() - start, view=cand.key.view, train_store=cand.trained_on,
+            train_dataset=None if cand.trained_on is None else data.trained_dataset_name(cand.trained_on),
         ))
     return records, per_episode
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -26,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from fsar import storage
-from fsar.config import ConfigError, dump_yaml, from_dict, resolve, to_dict
+from fsar.config import ConfigError, from_dict, resolve, to_dict
+from fsar.data.sections import ManifestData, StoreData
+from fsar.run_folder import RunFolder
 from fsar.storage import Location, as_location
 from fsar.tracking import RunLogger, tracking_uri
-from fsar.training.checkpoint import save_checkpoint
-from fsar.training.config import ManifestData, StoreData, TrainConfig
+from fsar.training.checkpoint import best_payload, save_checkpoint
+from fsar.training.config import TrainConfig
 from fsar.training.loop import check_training_inputs, train_worker
 from pipelines.command import Command, data_flags, flags, run_alone
 
@@ -92,78 +93,62 @@ def ddp_wrap(world: int) -> Callable[[Any], Any]:
 def _worker_entry(config_dict: dict[str, Any]) -> None:
     """Ray Train worker body: DDP set-up, resume, and the rank-0 side effects of each report."""
     import ray.train
-    import torch
-    from ray.train import Checkpoint
+    import ray.train.torch
+
+    from pipelines.node_features import node_split_loader
+    from pipelines.ray_checkpoints import report_with_checkpoint, resume_state
 
     config_dict = dict(config_dict)
     shared_job = config_dict.pop(SHARED_FEATURES_KEY, None)
     config = from_dict(TrainConfig, config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    out = storage.as_location(config.out)
-
-    import ray.train.torch
-
+    run = RunFolder.at(config.out)
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
-    wrap = ddp_wrap(world)
-
-    state, start_step = None, 0
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as folder:
-            state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-        start_step = int(state["step"])
-
-    logger = _mlflow_run(config) if rank == 0 else None
+    state, start_step = resume_state(ray.train.get_checkpoint())
+    logger = _mlflow_run(config, run) if rank == 0 else None
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if start_step:  # a restarted worker group (lost worker or resubmitted job): say where it resumed
             metrics = {**metrics, "resumed_from_step": start_step}
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
-            storage.append_text(storage.join(out, "metrics.jsonl"), json.dumps(metrics) + "\n")
+            run.append_metrics(metrics)
         if payload is None:
             ray.train.report(metrics)
             return
         if metrics.get("is_best"):
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")},
-                            storage.join(out, "best.pt"))
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(payload, Path(folder) / "checkpoint.pt")
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder))
+            save_checkpoint(best_payload(payload), run.best_checkpoint)
+        report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, payload)
 
     status = "FAILED"
     try:
-        from pipelines.node_features import node_split_loader
-
-        train_worker(config, rank=rank, world_size=world, report=report, wrap=wrap, device=device,
+        train_worker(config, rank=rank, world_size=world, report=report, wrap=ddp_wrap(world), device=device,
                      start_step=start_step, state=state, split_loader=node_split_loader(shared_job))
         status = "FINISHED"
     finally:
         if logger is not None:
-            logger.log_artifact(storage.join(out, "train_config.yaml"))
-            best = storage.join(out, "best.pt")
-            if status == "FINISHED" and storage.is_file(best):  # the run names its checkpoint
-                logger.client.set_tag(logger.run_id, "fsar.best_checkpoint", str(storage.absolute(best)))
+            logger.log_artifact(run.config_file)
+            if status == "FINISHED" and run.has_best():  # the run names its checkpoint
+                logger.client.set_tag(logger.run_id, "fsar.best_checkpoint", str(storage.absolute(run.best_checkpoint)))
                 if config.log_checkpoint:
-                    logger.log_artifact(best)
+                    logger.log_artifact(run.best_checkpoint)
             logger.end(status)
 
 
-def _mlflow_run(config: TrainConfig) -> RunLogger:
-    out = storage.as_location(config.out)
-    run_id_file = storage.join(out, "mlflow_run_id")
-    uri = tracking_uri(out, config.mlflow_uri)
-    if storage.is_file(run_id_file):  # a restarted worker group continues the same MLflow run
-        return RunLogger(uri=uri, experiment=config.experiment, run_id=storage.read_text(run_id_file).strip())
-    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{storage.name(out)}",
+def _mlflow_run(config: TrainConfig, run: RunFolder) -> RunLogger:
+    uri = tracking_uri(run.root, config.mlflow_uri)
+    run_id = run.mlflow_run_id()
+    if run_id is not None:  # a restarted worker group continues the same MLflow run
+        return RunLogger(uri=uri, experiment=config.experiment, run_id=run_id)
+    logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{run.name}",
                        params=to_dict(config), tags={"fsar.method": config.method, "fsar.kind": "train"},
                        parent_run_id=config.mlflow_parent_run_id)
-    storage.write_text(run_id_file, logger.run_id)
+    run.write_mlflow_run_id(logger.run_id)
     return logger
 
 
-def _follow_metrics(path: Location, config: TrainConfig, stop: threading.Event) -> None:
+def _follow_metrics(run: RunFolder, config: TrainConfig, stop: threading.Event) -> None:
     """Driver-side progress bar: follows the metrics rank 0 appends at each validation (workers may run
     on other machines; the run folder is the one thing driver and rank 0 share)."""
     from tqdm.auto import tqdm
@@ -171,8 +156,8 @@ def _follow_metrics(path: Location, config: TrainConfig, stop: threading.Event) 
     seen = 0
     with tqdm(total=config.steps, desc=f"train {config.method}", unit="step") as bar:
         while True:
-            finished = stop.wait(1.0 if isinstance(path, Path) else 5.0)  # an object store is asked less often
-            lines = storage.read_text(path).splitlines() if storage.is_file(path) else []
+            finished = stop.wait(1.0 if isinstance(run.root, Path) else 5.0)  # an object store is asked less often
+            lines = run.metrics_lines()
             for line in lines[seen:]:
                 m = json.loads(line)
                 bar.update(int(m["step"]) - bar.n)
@@ -198,15 +183,13 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
             else dataclasses.replace(config.data, manifest=storage.absolute(config.data.manifest)))
     config = dataclasses.replace(config, out=out, data=data)
     storage.make_dirs(out)
-    same_run = _same_config(config, storage.join(out, "train_config.yaml"))
-    if same_run and storage.is_file(storage.join(out, "finished.json")) and storage.is_file(storage.join(out, "best.pt")):
-        return _result(out, config)  # this exact run already finished: a rerun is a no-op
+    run_folder = RunFolder(out)
+    same_run = run_folder.holds_config(config)
+    if same_run and run_folder.is_finished():
+        return _result(run_folder, config)  # this exact run already finished: a rerun is a no-op
     if not same_run:
-        # A new run in this folder. Ray Train's state goes too: with the same storage path and name it would
-        # resume the old run's latest checkpoint. The same config, unfinished, keeps everything and resumes.
-        for stale in ("metrics.jsonl", "best.pt", "mlflow_run_id", "finished.json", "ray_train"):
-            storage.delete(storage.join(out, stale))
-    dump_yaml(config, storage.join(out, "train_config.yaml"))
+        run_folder.start_afresh()  # a new run in this folder; the same config, unfinished, resumes
+    run_folder.write_config(config)
     if config.workers > 0:
         ray = init_ray(address=address)
         check_decode_room(config, ray.cluster_resources())
@@ -220,15 +203,14 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
                                      resources_per_worker={"CPU": config.threads_per_worker}),
         run_config=RunConfig(
-            name="ray_train", storage_path=str(out),
+            name=run_folder.ray_train_name, storage_path=str(out),
             checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=3),
         ),
     )
     stop = threading.Event()
-    follower = threading.Thread(target=_follow_metrics, args=(storage.join(out, "metrics.jsonl"), config, stop),
-                                daemon=True)
+    follower = threading.Thread(target=_follow_metrics, args=(run_folder, config, stop), daemon=True)
     follower.start()
     try:
         if shared:
@@ -236,33 +218,25 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
 
             with NodeFeatureActors(loop_config[SHARED_FEATURES_KEY]) as actors:
                 trainer.fit()
-                actors.write_stats(storage.join(out, "feature_loads.json"))
+                actors.write_stats(run_folder.feature_loads_file)
         else:
             trainer.fit()
     finally:
         stop.set()
         follower.join()
-    result = _result(out, config)
-    storage.write_text(storage.join(out, "finished.json"), json.dumps({
-        "best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step, "steps": result.steps}))
+    result = _result(run_folder, config)
+    run_folder.mark_finished({"best_val_accuracy": result.best_val_accuracy, "best_step": result.best_step,
+                              "steps": result.steps})
     return result
 
 
-def _same_config(config: TrainConfig, path: Location) -> bool:
-    """Whether ``path`` (a run folder's train_config.yaml) holds exactly this config."""
-    import yaml
-
-    return storage.is_file(path) and storage.read_text(path) == yaml.safe_dump(to_dict(config), sort_keys=False)
-
-
-def _result(out: Location, config: TrainConfig) -> TrainResult:
+def _result(run: RunFolder, config: TrainConfig) -> TrainResult:
     """The finished run's summary, read back from its folder."""
     from fsar.training.checkpoint import read_checkpoint
 
-    best_path, run_id_file = storage.join(out, "best.pt"), storage.join(out, "mlflow_run_id")
-    best = read_checkpoint(best_path)
-    run_id = storage.read_text(run_id_file).strip() if storage.is_file(run_id_file) else None
-    return TrainResult(out, best_path, float(best["val_accuracy"]), int(best["step"]), config.steps, run_id)
+    best = read_checkpoint(run.best_checkpoint)
+    return TrainResult(run.root, run.best_checkpoint, float(best["val_accuracy"]), int(best["step"]), config.steps,
+                       run.mlflow_run_id())
 
 
 def _arguments(p: Any) -> None:

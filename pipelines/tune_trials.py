@@ -8,16 +8,15 @@ command line do not).
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from fsar import storage
-from fsar.config import dump_yaml, to_dict
+from fsar.config import to_dict
+from fsar.run_folder import RunFolder
 from fsar.search_space import SearchSpace
 from fsar.storage import Location
 from fsar.sweep import TrialRecord, record_from_metrics
@@ -49,29 +48,22 @@ def make_trainable(space: SearchSpace, *, store: Location, out: Location, settin
         import torch
         from ray import tune
 
-        from fsar.training.checkpoint import save_checkpoint
         from fsar.training.loop import train_worker
+        from pipelines.ray_checkpoints import report_with_checkpoint, resume_state
 
         trial_id = tune.get_context().get_trial_id()
         config = trial_config(space, values, store=store, out=out, trial_id=trial_id, settings=settings)
-        state, start_step = None, 0
-        resume = tune.get_checkpoint()
-        if resume is not None:
-            with resume.as_directory() as folder:
-                state = torch.load(Path(folder) / "checkpoint.pt", map_location="cpu", weights_only=True)
-            start_step = int(state["step"])
-            if start_step >= config.steps:
-                # Finished after the sweep state was last saved (a hard kill): report, do not retrain.
-                tune.report(dict(state["metrics"]))
-                return
+        state, start_step = resume_state(tune.get_checkpoint())
+        if state is not None and start_step >= config.steps:
+            # Finished after the sweep state was last saved (a hard kill): report, do not retrain.
+            tune.report(dict(state["metrics"]))
+            return
 
         def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
             if payload is None:  # only rank 0 validates; a trial is always rank 0
                 tune.report(metrics)
                 return
-            with tempfile.TemporaryDirectory() as folder:
-                save_checkpoint(payload | {"metrics": metrics}, Path(folder) / "checkpoint.pt")
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            report_with_checkpoint(tune.report, tune.Checkpoint, metrics, payload | {"metrics": metrics})
 
         # Ray makes only the trial's own GPUs visible to it; without gpus_per_trial the trial stays on the CPU
         # even where the node has a GPU (another trial may hold it).
@@ -96,18 +88,6 @@ def tune_domains(space: SearchSpace) -> dict[str, Any]:
         else:
             domains[name] = tune.uniform(*dist.values)
     return domains
-
-
-def read_jsonl(path: Location) -> list[dict[str, Any]]:
-    """Metrics lines in step order, one per step (the last written wins)."""
-    if not storage.is_file(path):
-        return []
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in storage.read_text(path).splitlines():
-        if line.strip():
-            m = json.loads(line)
-            by_step[int(m["step"])] = m
-    return [by_step[s] for s in sorted(by_step)]
 
 
 class ResumableASHA(AsyncHyperBandScheduler):
@@ -169,8 +149,8 @@ class SweepTracker(Callback):
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_loggers": {}, "_last_step": {}}
 
-    def folder(self, trial_id: str) -> Location:
-        return storage.join(self.out, "trials", trial_id)
+    def folder(self, trial_id: str) -> RunFolder:
+        return RunFolder(storage.join(self.out, "trials", trial_id))
 
     def config(self, trial_id: str, values: dict[str, Any]) -> Any:
         return trial_config(self.space, values, store=self.store, out=self.out, trial_id=trial_id,
@@ -181,16 +161,16 @@ class SweepTracker(Callback):
         if trial_id in self._loggers:
             return self._loggers[trial_id]
         folder = self.folder(trial_id)
-        run_id_file = storage.join(folder, "mlflow_run_id")
-        if storage.is_file(run_id_file):
-            logger = RunLogger(uri=self.uri, experiment=self.experiment, run_id=storage.read_text(run_id_file).strip())
+        run_id = folder.mlflow_run_id()
+        if run_id is not None:
+            logger = RunLogger(uri=self.uri, experiment=self.experiment, run_id=run_id)
         else:
             config = self.config(trial_id, values)
-            dump_yaml(config, storage.join(folder, "train_config.yaml"))
+            folder.write_config(config)
             logger = RunLogger(uri=self.uri, experiment=self.experiment, run_name=f"{self.space.method}-{trial_id}",
                                params=to_dict(config), parent_run_id=self.parent_run_id,
                                tags={"fsar.kind": "trial", "fsar.method": self.space.method, "fsar.trial_id": trial_id})
-            storage.write_text(run_id_file, logger.run_id)
+            folder.write_mlflow_run_id(logger.run_id)
         self._loggers[trial_id] = logger
         return logger
 
@@ -201,16 +181,16 @@ class SweepTracker(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = {k: result[k] for k in REPORTED if k in result}
         logger = self.logger(trial.trial_id, trial.config)
-        path = storage.join(self.folder(trial.trial_id), "metrics.jsonl")
+        folder = self.folder(trial.trial_id)
         if trial.trial_id not in self._last_step:
-            logged = read_jsonl(path)
+            logged = folder.metrics()
             self._last_step[trial.trial_id] = int(logged[-1]["step"]) if logged else 0
         if int(metrics["step"]) <= self._last_step[trial.trial_id]:
             # A replay: after a hard kill a trial resumes from the last checkpoint the sweep state
             # recorded, which may precede results already logged here (training is seeded: same values).
             return
         self._last_step[trial.trial_id] = int(metrics["step"])
-        storage.append_text(path, json.dumps(metrics) + "\n")
+        folder.append_metrics(metrics)
         logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -224,22 +204,19 @@ class SweepTracker(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """An interrupted sweep leaves running trials unfinished: their child runs say so until resumed."""
         for trial_id, logger in self._loggers.items():
-            if not storage.is_file(storage.join(self.folder(trial_id), "status.json")):
+            if self.folder(trial_id).status() is None:
                 logger.end("KILLED")
 
     def _finish(self, trial: Any, status: str, mlflow_status: str, error: str = "") -> None:
         folder = self.folder(trial.trial_id)
         logger = self.logger(trial.trial_id, trial.config)
         logger.client.set_tag(logger.run_id, "fsar.status", status)
-        if storage.is_file(storage.join(folder, "train_config.yaml")):
-            logger.log_artifact(storage.join(folder, "train_config.yaml"))
-        storage.write_text(storage.join(folder, "status.json"), json.dumps({"status": status, "error": error}))
+        if storage.is_file(folder.config_file):
+            logger.log_artifact(folder.config_file)
+        folder.write_status(status, error)
         logger.end(mlflow_status)
 
     def record(self, trial_id: str, values: dict[str, Any]) -> TrialRecord:
         folder = self.folder(trial_id)
-        status_file, run_id_file = storage.join(folder, "status.json"), storage.join(folder, "mlflow_run_id")
-        status = json.loads(storage.read_text(status_file))["status"] if storage.is_file(status_file) else "incomplete"
-        run_id = storage.read_text(run_id_file).strip() if storage.is_file(run_id_file) else None
-        return record_from_metrics(trial_id, values, read_jsonl(storage.join(folder, "metrics.jsonl")), status=status,
-                                   mlflow_run_id=run_id)
+        return record_from_metrics(trial_id, values, folder.metrics(), status=folder.status() or "incomplete",
+                                   mlflow_run_id=folder.mlflow_run_id())

@@ -8,7 +8,8 @@ import torch
 
 from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler
-from fsar.evaluation.scoring import FeatureSplit, episode_class_text, episode_scorer, gather_episodes
+from fsar.devices import episode_class_text
+from fsar.evaluation.scoring import FeatureSplit, episode_scorer, gather_episodes
 from fsar.methods import build_method, method_info
 from fsar.methods.base import Supervision
 from fsar.ops.frame_distance import pairwise_frame_distance

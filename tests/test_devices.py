@@ -14,19 +14,13 @@ import pytest
 import torch
 
 from fsar.data.episodes import EpisodeSampler
-from fsar.evaluation.scoring import (
-    FeatureSplit,
-    episode_class_text,
-    episode_correct,
-    episode_indices,
-    episode_label_tensors,
-    episode_scorer,
-    to_device,
-)
+from fsar.data.sections import StoreData
+from fsar.devices import episode_class_text, episode_indices, episode_label_tensors, to_device
+from fsar.evaluation.scoring import FeatureSplit, episode_correct, episode_scorer
 from fsar.methods import build_method, list_methods, method_info
 from fsar.methods.base import Supervision
 from fsar.sources.base import StepBatch
-from fsar.training.config import StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 from fsar.training.loop import EpisodicLoss, training_step
 
 META = torch.device("meta")
@@ -67,6 +61,7 @@ class MetaSource:
     and mask supervision made there."""
 
     autocast = False
+    may_skip_steps = False
 
     def __init__(self, masks: bool) -> None:
         self.masks = masks
@@ -95,7 +90,7 @@ def test_a_training_step_stays_on_the_device(name):
     s_lab, q_lab = (lab[0] for lab in episode_label_tensors(episodes, META))
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad] or [torch.zeros(1, device=META)], lr=0.1)
     source = MetaSource(masks=method_info(name).input_kind == "patches")
-    loss, acc = training_step(EpisodicLoss(method), opt, method, source, batch, config, s_lab, q_lab, per_forward=2,
+    loss, acc, _ = training_step(EpisodicLoss(method), opt, method, source, batch, config, s_lab, q_lab, per_forward=2,
                               device=META)
     assert loss.device == META and acc.device == META
 

@@ -49,7 +49,8 @@ def patch_store(root: Path, *, dim: int = 16, grid: int = 2, frames: int = 4, se
 
 
 def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, placement: str = "auto"):
-    from fsar.training.config import StoreData, TrainConfig
+    from fsar.data.sections import StoreData
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
 
     reports = []
@@ -101,11 +102,12 @@ def test_end_to_end_bf16_training_matches_cpu():
     """DMGAL-Adapter (frozen fsar-tiny ViT) on uint8 clips: bf16 autocast on the GPU, the same steps in fp32
     on the CPU; first-step losses agree to bf16 precision and the adapters move the same way."""
     from fsar.data.episodes import episode_labels
-    from fsar.evaluation.scoring import host_to_device
+    from fsar.data.sections import ManifestData
+    from fsar.devices import host_to_device
     from fsar.methods import build_method
     from fsar.sources.base import StepBatch
     from fsar.sources.pixels import PixelInputs
-    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
 
     config = TrainConfig(method="dmgal_adapter", out=Path("unused"), data=ManifestData(manifest=Path("unused")),

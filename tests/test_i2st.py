@@ -15,11 +15,12 @@ from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler, episode_labels
 from fsar.data.feature_store import FeatureStore, StoreMeta, write_class_text, write_meta, write_shard
 from fsar.data.masks import write_mask_file
+from fsar.data.sections import StoreData
 from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
 from fsar.methods import build_method, method_info
 from fsar.methods.base import Supervision
 from fsar.training.checkpoint import load_checkpoint, save_checkpoint
-from fsar.training.config import StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 from fsar.training.loop import train_worker
 
 SMALL = {"dim": 16, "heads": 2, "instances": 3}

@@ -41,7 +41,8 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 import ray
-from fsar.training.config import StoreData, TrainConfig
+from fsar.data.sections import StoreData
+from fsar.training.config import TrainConfig
 from pipelines.train import run
 
 address, store, out = sys.argv[1:]

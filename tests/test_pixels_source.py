@@ -12,8 +12,9 @@ import torch
 
 from fsar.config import ConfigError, from_dict
 from fsar.data.manifest import read_manifest, write_manifest
+from fsar.data.sections import ManifestData, StoreData
 from fsar.training.checkpoint import load_checkpoint
-from fsar.training.config import ManifestData, StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 from fsar.training.loop import check_training_inputs, train_worker
 from pipelines.cli import main
 

@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from fsar.data.episodes import EpisodeSampler
-from fsar.evaluation.scoring import (
-    FeatureSplit,
-    episode_accuracies,
-    episode_class_text,
-    episode_scorer,
-    gather_episodes,
-)
+from fsar.devices import episode_class_text
+from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
 from fsar.methods import build_method, list_methods, method_info
 from fsar.methods.base import FewShotMethod, FrameEncoding, HeadOutput
 

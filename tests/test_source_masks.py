@@ -14,7 +14,8 @@ from fsar.data.episodes import EpisodeSampler
 from fsar.data.feature_store import FeatureStore
 from fsar.evaluation.scoring import gather_episodes
 from fsar.methods import build_method
-from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table, mask_source
+from fsar.methods.base import MaskRequest
+from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table
 from fsar.training.loop import check_training_inputs
 
 
@@ -36,9 +37,10 @@ def test_store_splits_carry_their_sampled_frame_numbers(stores):
     assert (np.diff(split.frame_indices, axis=1) == 3).all()  # as make_patch_store wrote them
 
 
-def test_mask_source_of_methods_with_and_without_the_knob(stores):
-    assert mask_source(build_method("otam", feature_dim=16)) == "none"
-    assert mask_source(i2st()) == "none" and mask_source(i2st(mask_source="pseudo")) == "pseudo"
+def test_mask_request_of_methods_with_and_without_the_knob(stores):
+    assert build_method("otam", feature_dim=16).mask_request is None
+    assert i2st().mask_request is None and i2st(mask_source="pseudo").mask_request == MaskRequest("pseudo", "")
+    assert i2st(mask_source="files", mask_files="m").mask_request == MaskRequest("files", "m")
     store = FeatureStore(stores[0])
     assert load_mask_table(i2st(), store, store.load_split("train", view="patches")) is None
     assert load_mask_table(i2st(mask_source="pseudo"), store, store.load_split("train", view="patches")) is None

@@ -106,7 +106,8 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     def loop(_: dict) -> None:
         import ray.train
 
-        from fsar.training.config import StoreData, TrainConfig
+        from fsar.data.sections import StoreData
+        from fsar.training.config import TrainConfig
         from fsar.training.loop import train_worker
         from pipelines.train import ddp_wrap
 
@@ -142,7 +143,8 @@ def test_one_ray_worker_streams_decoded_episodes(synth, tmp_path, ray_local):  #
 
 def test_a_manifest_run_must_leave_a_cpu_for_decoding(tmp_path):
     from fsar.config import ConfigError
-    from fsar.training.config import ManifestData, StoreData, TrainConfig
+    from fsar.data.sections import ManifestData, StoreData
+    from fsar.training.config import TrainConfig
     from pipelines.train import check_decode_room
 
     config = TrainConfig(method="dmgal_adapter", out=tmp_path, data=ManifestData(manifest=tmp_path / "m.parquet"),

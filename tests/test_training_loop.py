@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fsar.data.feature_store import StoreMeta, write_meta, write_shard
+from fsar.data.sections import StoreData
 from fsar.training.checkpoint import load_checkpoint, save_checkpoint
-from fsar.training.config import StoreData, TrainConfig
+from fsar.training.config import TrainConfig
 from fsar.training.loop import train_worker
 
 

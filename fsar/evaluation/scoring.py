@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fsar.data.episodes import Episodes, episode_labels
+from fsar.devices import episode_class_text, episode_indices, episode_label_tensors, host_to_device, to_device
 from fsar.methods.base import Encoding, concat_encodings, index_encoding, keep_fields
 
 EpisodeScorer = Callable[[Episodes], torch.Tensor]
@@ -32,53 +33,6 @@ class EncodableSplit(Protocol):
     def __len__(self) -> int: ...
 
     def encode(self, method: Any, device: torch.device) -> Encoding: ...
-
-
-def host_to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A small host array (indices, labels) as a tensor on ``device``. Bound for CUDA it goes through pinned
-    memory: a copy from pageable memory would first wait for everything queued on the device."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def to_device(features: np.ndarray | torch.Tensor, device: torch.device, *, dtype: torch.dtype | None = None
-              ) -> torch.Tensor:
-    """Host (or device) data onto ``device``, cast there (fp16 and uint8 travel as they are: fewer bytes).
-
-    A host tensor bound for CUDA is pinned first, so the copy is asynchronous (``non_blocking``) instead of
-    a synchronous copy from pageable memory. A numpy array is copied once: store arrays are read-only
-    views of Parquet buffers, which torch must not alias.
-    """
-    tensor = torch.from_numpy(np.array(features)) if isinstance(features, np.ndarray) else features
-    if tensor.device != device:
-        if tensor.device.type == "cpu" and device.type == "cuda":
-            tensor = tensor.pin_memory()
-        tensor = tensor.to(device, non_blocking=True)
-    return tensor if dtype is None else tensor.to(dtype)
-
-
-def episode_indices(episodes: Episodes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split rows of each episode's support ``(E, way·shot)`` and query ``(E, way·query)`` videos, on ``device``."""
-    e = len(episodes)
-    return host_to_device(episodes.support.reshape(e, -1), device), host_to_device(episodes.query.reshape(e, -1), device)
-
-
-def episode_label_tensors(episodes: Episodes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Episode-local support ``(E, way·shot)`` and query ``(E, way·query)`` labels, on ``device``."""
-    e, way, shot = episodes.support.shape
-    query = episodes.query.shape[2]
-    return (host_to_device(episode_labels(way, shot), device).expand(e, -1),
-            host_to_device(episode_labels(way, query), device).expand(e, -1))
-
-
-def episode_class_text(class_text: torch.Tensor | None, episodes: Episodes) -> torch.Tensor | None:
-    """Text embedding of each episode's classes in label order: table ``(n_labels, E)`` → ``(E, way, E_dim)``,
-    on the table's device."""
-    if class_text is None:
-        return None
-    return class_text[host_to_device(episodes.classes, class_text.device)]
 
 
 @dataclass

@@ -27,7 +27,12 @@ Two optional keyword inputs travel beside the episode:
     supervision     Supervision or None        training-only targets (query labels, masks); never
                                                given at evaluation, so logits must not depend on it
 
-A method may **declare** a capability the evaluator uses (``fsar.evaluation.scoring``), instead of the
+A method **declares** what training must give it beyond the episode, so a source reads the declaration and
+never a knob by name: ``uses_text`` (class-name text), ``clip_length`` (a fixed number of frames per video,
+or None for any) and ``mask_request`` (mask supervision: files from a folder, or pseudo-masks it makes
+itself from class text; None for none).
+
+A method may also **declare** a capability the evaluator uses (``fsar.evaluation.scoring``), instead of the
 evaluator guessing from the class: ``pair_table = True`` (``PairTableMethod``) says the logits come from a
 distance per (query, support) pair plus the encoding fields ``pair_table_reads``, so evaluation solves each
 pair once per split and reuses it in every episode the pair meets in. ``one_shot_pair_table = True`` says
@@ -41,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +61,14 @@ class FrameEncoding(NamedTuple):
     """The encoding of methods that compare per-frame vectors."""
 
     frames: Tensor  # (..., T, F)
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """The mask supervision a method trains with (training only; evaluation never reads masks)."""
+
+    source: Literal["files", "pseudo"]  # files: read from ``folder``; pseudo: made by the method from class text
+    folder: str = ""  # files: the mask folder (``fsar.data.masks`` format)
 
 
 @dataclass
@@ -122,6 +135,16 @@ class FewShotMethod(nn.Module):
     def uses_text(self) -> bool:
         """Whether this instance reads ``class_text`` when the store has it (``needs_text`` methods must)."""
         return self.needs_text
+
+    @property
+    def clip_length(self) -> int | None:
+        """Frames per video this instance was built for (a time MLP of fixed size), or None for any length."""
+        return None
+
+    @property
+    def mask_request(self) -> MaskRequest | None:
+        """The mask supervision this instance trains with, or None."""
+        return None
 
     def encode(self, videos: Tensor) -> Encoding:
         """Per video: ``(..., T, ...)`` → an encoding (NamedTuple) sharing the leading ``(...)`` axes."""

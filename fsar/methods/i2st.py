@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import PairTableMethod, Supervision
+from fsar.methods.base import MaskRequest, PairTableMethod, Supervision
 from fsar.methods.i2st_blocks import (
     FrameScale,
     InstancePerception,
@@ -165,6 +165,11 @@ class I2ST(PairTableMethod):
     def uses_text(self) -> bool:
         """Class-name text is read only to make pseudo-masks in training; logits never read it."""
         return self.config.mask_source == "pseudo"
+
+    @property
+    def mask_request(self) -> MaskRequest | None:
+        source = self.config.mask_source
+        return None if source == "none" else MaskRequest(source, self.config.mask_files)
 
     # ------------------------------------------------------------------ per video
     def encode(self, videos: Tensor) -> I2STEncoding:

@@ -19,49 +19,26 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fsar import storage
 from fsar.config import ConfigError
-from fsar.data.episodes import Episodes, EpisodeSampler
+from fsar.data.episodes import Episodes
 from fsar.data.feature_store import FeatureStore, FeatureStoreError, SplitFeatures, View
-from fsar.evaluation.scoring import FeatureSplit, episode_class_text, episode_indices, to_device
+from fsar.data.sections import StoreData
+from fsar.devices import episode_class_text, episode_indices, to_device
+from fsar.evaluation.scoring import FeatureSplit
 from fsar.methods import FewShotMethod, build_method, method_info
 from fsar.methods.base import Supervision
-from fsar.sources.base import StepBatch, Validation
+from fsar.sources.base import (
+    SourceSettings,
+    SplitKey,
+    StepBatch,
+    Validation,
+    build_for_training,
+    check_clip_length,
+    require_class_text,
+)
 from fsar.sources.masks import MaskTable, check_mask_inputs, load_mask_table
-from fsar.training.config import StoreData, TrainConfig
-
-
-def check_clip_length(method: FewShotMethod, frames: int, *, source: str) -> None:
-    """A method with a fixed clip length (DMGAL's time mixer: ``num_frames``) must get that many frames;
-    ``source`` says where the count comes from, for the message."""
-    wanted = getattr(method.config, "num_frames", None)
-    if wanted is not None and wanted != frames:
-        raise ConfigError(f"{method.method_name}: knobs.num_frames={wanted} but {frames} frames {source}; "
-                          f"set knobs.num_frames={frames}")
-
-
-def build_for_training(config: TrainConfig, feature_dim: int, *, text_dim: int | None = None) -> FewShotMethod:
-    """The method with the run's seeded initialisation; one without learnable parameters is refused."""
-    torch.manual_seed(config.seed)
-    method = build_method(config.method, feature_dim=feature_dim, text_dim=text_dim, **config.knobs)
-    if not any(p.requires_grad for p in method.parameters()):
-        raise ConfigError(
-            f"method {config.method} has no learnable parameters with knobs {config.knobs}; "
-            "give it some (e.g. knobs.proj_dim=256) or evaluate it untrained with `fsar eval`"
-        )
-    return method
-
-
-def validation_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[int, str]) -> EpisodeSampler:
-    """The validation episode sampler: 1 query per class, seed ``seed + 1`` (never the training stream)."""
-    return EpisodeSampler(labels, way=config.way, shot=config.shot, query=1, seed=config.seed + 1,
-                          class_names=class_names, split=config.val_split)
-
-
-def training_sampler(config: TrainConfig, labels: np.ndarray, class_names: dict[int, str]) -> EpisodeSampler:
-    """The training episode sampler of the train split (seed ``seed``)."""
-    return EpisodeSampler(labels, way=config.way, shot=config.shot, query=config.query, seed=config.seed,
-                          class_names=class_names, split="train")
-
+from fsar.sources.samplers import training_sampler, validation_sampler
 
 # How a store's split is read: (store, split, view, as_grid) → SplitFeatures. The default reads the store's
 # files; a Ray job passes one that maps the node's shared copy (pipelines.node_features).
@@ -98,8 +75,9 @@ class FeatureSource:
     """Cached features of a store (see the module docstring)."""
 
     autocast = False  # features are already the backbone's output; the heads run in fp32
+    may_skip_steps = False  # every episode of a store is complete
 
-    def __init__(self, config: TrainConfig, *, split_loader: SplitLoader | None = None) -> None:
+    def __init__(self, config: SourceSettings, *, split_loader: SplitLoader | None = None) -> None:
         if not isinstance(config.data, StoreData):
             raise ConfigError("FeatureSource needs data: {store: ...}")
         self.config, self.data = config, config.data
@@ -115,9 +93,8 @@ class FeatureSource:
         self.store.check(backbone=self.data.backbone, view=self.view)
         self.as_grid = info.input_kind == "patches"
         self.text = self.store.class_text()
-        if self.text is None and info.needs_text:
-            raise ConfigError(f"method {config.method} needs class-name text embeddings but store {self.store.root} "
-                              "has none: re-embed with a CLIP backbone that has a text tower")
+        if info.needs_text:
+            require_class_text(config.method, self.text is not None, str(self.store.root))
         self._train: SplitFeatures | None = None
         self._masks: MaskTable | None = None
         self._text_device: Tensor | None = None
@@ -186,28 +163,36 @@ class StoreEvaluation:
     """One split of a store for ``fsar eval``: untrained methods and trained runs checked against the store,
     and each method's features (by view) loaded once and shared by the methods that read them."""
 
+    episode_batch_limit = None  # cached features: the caller's batch size
+
     def __init__(self, data: StoreData, split: str) -> None:
         self.data, self.split = data, split
+        self.location = str(data.store)
         self.store = FeatureStore(data.store)
         self.labels, self.class_names = self.store.split_labels(split)
         text = self.store.class_text()
         self.class_text = None if text is None else torch.from_numpy(text)
-        self._features: dict[tuple[str, bool], SplitFeatures] = {}
+        self._features: dict[SplitKey, SplitFeatures] = {}
 
-    def build(self, name: str, knobs: dict[str, Any]) -> tuple[FewShotMethod, tuple[str, bool]]:
+    def dataset_name(self) -> str:
+        return storage.name(self.data.store)
+
+    def trained_dataset_name(self, location: str) -> str:
+        return storage.name(location)
+
+    def build(self, name: str, knobs: dict[str, Any]) -> tuple[FewShotMethod, SplitKey]:
         """An untrained method by name, built for this store, and the features it reads (its view)."""
         info = method_info(name)  # unknown names fail here
         if info.input_kind == "pixels":
             raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
         view = self.store.meta.view_for(info.input_kind, self.data.view if info.input_kind == "frames" else "auto")
         text_dim = self.store.text_dim()
-        if info.needs_text and text_dim is None:
-            raise FeatureStoreError(f"method {name} needs class-name text embeddings but store {self.store.root} has "
-                                    "none: re-embed with a CLIP backbone that has a text tower")
+        if info.needs_text:
+            require_class_text(name, text_dim is not None, str(self.store.root))
         method = build_method(name, feature_dim=self.store.meta.view_dim(view), text_dim=text_dim, **knobs)
-        return method, (view, info.input_kind == "patches")
+        return method, SplitKey(view, info.input_kind == "patches")
 
-    def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> tuple[str, bool]:
+    def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> SplitKey:
         """A trained run checked against this store; the features it reads (the view it was trained on).
 
         The store may hold another dataset (cross-dataset evaluation) but must hold the same features: the
@@ -232,18 +217,18 @@ class StoreEvaluation:
                 f"run {where} read a {meta['patch_grid']}x{meta['patch_grid']} patch grid but store "
                 f"{self.store.root} holds {here.patch_grid}x{here.patch_grid}: re-embed with --patch-grid "
                 f"{meta['patch_grid']}")
-        return view, method.input_kind == "patches"
+        return SplitKey(view, method.input_kind == "patches")
 
-    def features(self, key: tuple[str, bool]) -> SplitFeatures:
+    def features(self, key: SplitKey) -> SplitFeatures:
         if key not in self._features:
-            self._features[key] = self.store.load_split(self.split, view=key[0], as_grid=key[1])  # type: ignore[arg-type]
+            self._features[key] = self.store.load_split(self.split, view=key.view, as_grid=key.as_grid)  # type: ignore[arg-type]
         return self._features[key]
 
-    def split_for(self, key: tuple[str, bool]) -> FeatureSplit:
+    def split_for(self, key: SplitKey) -> FeatureSplit:
         """The split as the method reads it (fp16 on the host; each chunk is cast on the device as it is encoded)."""
         return FeatureSplit(self.features(key).features)
 
-    def video_ids(self, key: tuple[str, bool]) -> list[str]:
+    def video_ids(self, key: SplitKey) -> list[str]:
         return self.features(key).video_ids
 
     def describe(self) -> dict[str, str]:

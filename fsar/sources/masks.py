@@ -1,9 +1,9 @@
 """Training-time mask supervision (I2ST): up-front checks, the train split's masks, per-episode targets.
 
-A method asks for masks through its config's ``mask_source``: ``files`` — masks read here from the
-config's ``mask_files`` folder (``fsar.data.masks`` format) at the store's sampled frames and patch grid,
-then passed to the method in ``Supervision`` each step; ``pseudo`` — the method computes them from the
-store's class-name text embeddings, which must exist; ``none`` (or no such knob) — nothing. Only training
+A method declares the masks it trains with (``FewShotMethod.mask_request``): ``files`` — masks read here
+from the request's folder (``fsar.data.masks`` format) at the store's sampled frames and patch grid, then
+passed to the method in ``Supervision`` each step; ``pseudo`` — the method computes them from the store's
+class-name text embeddings, which must exist; no request — nothing. Only training
 calls this module: evaluation never reads a mask source.
 
 With Ray workers on several machines ``mask_files`` must be a path every worker can read (absolute, on
@@ -22,24 +22,21 @@ from fsar.config import ConfigError
 from fsar.data.episodes import Episodes
 from fsar.data.feature_store import FeatureStore, SplitFeatures
 from fsar.data.masks import MASK_SUFFIX, load_masks
-from fsar.evaluation.scoring import episode_indices
+from fsar.devices import episode_indices
 from fsar.methods.base import FewShotMethod, Supervision
-
-
-def mask_source(method: FewShotMethod) -> str:
-    """The method's ``mask_source`` knob, or ``none`` for a method without one."""
-    return str(getattr(method.config, "mask_source", "none"))
 
 
 def check_mask_inputs(method: FewShotMethod, store: FeatureStore) -> None:
     """Refuse, before training starts, a mask source the method cannot be given."""
-    source, name = mask_source(method), method.method_name
-    if source == "files":
-        root = Path(method.config.mask_files)
+    request, name = method.mask_request, method.method_name
+    if request is None:
+        return
+    if request.source == "files":
+        root = Path(request.folder)
         if not root.is_dir():
             raise ConfigError(f"{name}: mask_source=files but mask_files={root} is not a folder; convert PNG masks "
                               f"with `fsar masks --png DIR --out {root}`, or set knobs.mask_source=pseudo or none")
-    elif source == "pseudo" and not store.has_class_text():
+    elif not store.has_class_text():
         raise ConfigError(f"{name}: mask_source=pseudo needs class-name text embeddings but store {store.root} has "
                           "none: re-embed with a backbone that has a text tower, or set knobs.mask_source=files or none")
 
@@ -67,12 +64,13 @@ def load_mask_table(method: FewShotMethod, store: FeatureStore, split: SplitFeat
     a folder with no mask for any video is a configuration error.
     """
     check_mask_inputs(method, store)
-    if mask_source(method) != "files":
+    request = method.mask_request
+    if request is None or request.source != "files":
         return None
     if split.features.ndim != 5 or split.frame_indices is None:
         raise ConfigError(f"{method.method_name}: mask files need patch-grid features (N, T, g, g, D) with their "
                           "sampled frame numbers")
-    root = method.config.mask_files
+    root = request.folder
     masks, valid = load_masks(root, split.video_ids, split.frame_indices, split.features.shape[2])
     if not valid.any():
         raise ConfigError(f"{method.method_name}: none of the {len(valid)} videos has a usable mask under {root} "

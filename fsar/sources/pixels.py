@@ -22,13 +22,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fsar import storage
 from fsar.config import ConfigError
 from fsar.data.episodes import Episodes
+from fsar.data.sections import ManifestData
 from fsar.data.transforms import FramePreprocess
-from fsar.evaluation.scoring import to_device
+from fsar.devices import autocast, to_device
 from fsar.methods import FewShotMethod, method_info
 from fsar.methods.base import Encoding, Supervision, concat_encodings
-from fsar.sources.base import StepBatch, Validation, autocast
+from fsar.sources.base import (
+    SourceSettings,
+    SplitKey,
+    StepBatch,
+    Validation,
+    build_for_training,
+    check_clip_length,
+)
 from fsar.sources.decoding import (
     EpisodeDecoder,
     decode_records,
@@ -38,10 +47,10 @@ from fsar.sources.decoding import (
     normalise,
     read_split_videos,
 )
-from fsar.sources.features import build_for_training, check_clip_length, training_sampler, validation_sampler
-from fsar.training.config import ManifestData, TrainConfig
+from fsar.sources.samplers import training_sampler, validation_sampler
 
 VAL_EPISODE_BATCH = 50  # validation episodes per head call: per-task modules (C-MGA) run per episode
+EVAL_EPISODE_BATCH = 64  # `fsar eval`: most episodes per head call, for the same reason
 
 
 @dataclass
@@ -89,6 +98,7 @@ class PixelInputs:
     normalised there, the method under bf16 autocast on CUDA; no class text or masks."""
 
     autocast = True
+    may_skip_steps = True  # a step whose episodes all failed to decode has weight 0
 
     def method_inputs(self, inputs: Tensor, method: FewShotMethod, device: torch.device) -> Tensor:
         return normalise(to_device(inputs, device), method.preprocess)
@@ -101,7 +111,7 @@ class PixelInputs:
 class PixelSource(PixelInputs):
     """Decoded videos of a manifest (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: SourceSettings) -> None:
         if not isinstance(config.data, ManifestData):
             raise ConfigError("PixelSource needs data: {manifest: ...}")
         self.config, self.data = config, config.data
@@ -179,14 +189,22 @@ class PixelEvaluation:
     decoded are left out (reported), the same set for every method."""
 
     class_text = None  # end-to-end methods read no class text
+    episode_batch_limit = EVAL_EPISODE_BATCH
 
     def __init__(self, data: ManifestData, split: str) -> None:
         self.data, self.split = data, split
+        self.location = str(data.manifest)
         self.videos = read_split_videos(data.manifest, split)
-        self._decoded: dict[tuple[Any, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._decoded: dict[SplitKey, tuple[np.ndarray, np.ndarray]] = {}
         self._usable: np.ndarray | None = None
 
-    def build(self, name: str, knobs: dict[str, Any]) -> tuple[FewShotMethod, tuple[Any, ...]]:
+    def dataset_name(self) -> str:
+        return self.trained_dataset_name(self.location)
+
+    def trained_dataset_name(self, location: str) -> str:
+        return storage.name(storage.parent(storage.absolute(location)))
+
+    def build(self, name: str, knobs: dict[str, Any]) -> tuple[FewShotMethod, SplitKey]:
         """An untrained end-to-end method by name; what it reads (frame count and pixel pipeline)."""
         from fsar.methods import build_method
 
@@ -195,20 +213,21 @@ class PixelEvaluation:
         method = build_method(name, feature_dim=0, **knobs)
         return method, self._key(method, self.data.frames)
 
-    def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> tuple[Any, ...]:
+    def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> SplitKey:
         """A trained end-to-end run (at the frame count it trained with); what it reads."""
         if payload.get("store_meta") is not None or method.input_kind != "pixels":
             raise ConfigError(f"run {where} was trained on a feature store: evaluate it with --store, not --manifest")
         return self._key(method, int(payload.get("frames", self.data.frames)))
 
     @staticmethod
-    def _key(method: FewShotMethod, frames: int) -> tuple[Any, ...]:
+    def _key(method: FewShotMethod, frames: int) -> SplitKey:
         pre = method.preprocess
-        return frames, pre.size, pre.interpolation, tuple(pre.mean), tuple(pre.std), pre
+        return SplitKey("pixels", frames=frames, pixels=(pre.size, pre.interpolation, tuple(pre.mean), tuple(pre.std)),
+                        preprocess=pre)
 
-    def _decode(self, key: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, key: SplitKey) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._decoded:
-            frames, pre = key[0], key[-1]
+            frames, pre = key.frames, key.preprocess
             pixels, ok, errors = decode_split(self.videos, frames=frames, preprocess=pre, progress=True,
                                               threads=self.data.decode_threads, desc=f"decode {self.split}")
             if errors:
@@ -229,11 +248,11 @@ class PixelEvaluation:
     def class_names(self) -> dict[int, str]:
         return self.videos.class_names
 
-    def split_for(self, key: tuple[Any, ...]) -> PixelSplit:
+    def split_for(self, key: SplitKey) -> PixelSplit:
         pixels, ok = self._decode(key)
-        return PixelSplit(pixels[ok], key[-1], self.data.encode_chunk)
+        return PixelSplit(pixels[ok], key.preprocess, self.data.encode_chunk)
 
-    def video_ids(self, key: tuple[Any, ...]) -> list[str]:
+    def video_ids(self, key: SplitKey) -> list[str]:
         _, ok = self._decode(key)
         return self.videos.video_ids[ok].tolist()
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fsar import storage
 from fsar.config import to_dict
 from fsar.methods import FewShotMethod, build_method
+from fsar.run_folder import RunFolder
 from fsar.storage import Location
 from fsar.training.config import TrainConfig
 
@@ -59,6 +60,11 @@ def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, step: int,
     }
 
 
+def best_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint as ``best.pt`` keeps it: weights and config, without the optimiser and schedule."""
+    return {k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Location:
     """Write a checkpoint atomically to a local path or a URI."""
     with storage.open_output(path) as f:
@@ -78,7 +84,7 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     local or a URI (untrusted input: ``weights_only=True``)."""
     path = storage.as_location(path)
     if not storage.is_file(path) and storage.is_dir(path):
-        path = storage.join(path, "best.pt")
+        path = RunFolder(path).best_checkpoint
     if not storage.is_file(path):
         raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
     payload = read_checkpoint(path)

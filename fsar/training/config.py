@@ -1,5 +1,5 @@
 """``fsar train``'s configuration: what every run shares, and a ``data:`` section that is either a feature
-store (cached-feature methods) or a manifest of videos (end-to-end methods), each with its own fields.
+store (cached-feature methods) or a manifest of videos (end-to-end methods): ``fsar.data.sections``.
 
 Where a worker trains (its device) and how much of each step it runs (its share of the global batch) are
 derived here too, so the Ray job, Tune trials and the in-process loop agree.
@@ -13,35 +13,9 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from fsar.config import ConfigError
+from fsar.data.sections import ManifestData, StoreData
+from fsar.devices import resolve_device
 from fsar.storage import Location
-
-
-@dataclass
-class StoreData:
-    """``data:`` a feature store (from ``fsar embed``): cached-feature methods (input ``frames``/``patches``)."""
-
-    store: Location  # feature store folder, or its URI (s3://, gs://, ...)
-    view: Literal["auto", "pooled", "grid", "patches"] = "auto"  # features read: pooled, flattened grid, or patch grid (auto: what the method takes)
-    feature_placement: Literal["auto", "device", "host"] = "auto"  # whole splits on the device, or fp16 on the host with each step's episodes copied over; auto = device when they fit in a quarter of its free memory
-    backbone: str | None = None  # if set, refuse a store built with another backbone
-
-
-@dataclass
-class ManifestData:
-    """``data:`` a manifest of videos: end-to-end methods (input ``pixels``) decode them while they train."""
-
-    manifest: Location  # manifest.parquet (from `fsar manifest` or `fsar synth`), a local path or a URI
-    frames: int = 8  # frames decoded per video (TSN segments; random offsets in training)
-    decode: Literal["auto", "ray", "threads"] = "auto"  # who decodes: Ray Data tasks (auto with Ray workers) or a thread pool in the worker
-    decode_threads: int = 0  # thread-pool decoding and every validation decode: parallel decodes (0 = number of CPUs)
-    encode_chunk: int = 32  # videos per no-grad encoder forward at validation and evaluation
-
-    def __post_init__(self) -> None:
-        for name in ("frames", "encode_chunk"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        if self.decode_threads < 0:
-            raise ConfigError(f"data.decode_threads must be >= 0 (0 = number of CPUs), got {self.decode_threads}")
 
 
 @dataclass
@@ -96,21 +70,6 @@ class TrainConfig:
     @property
     def source(self) -> Literal["store", "manifest"]:
         return "store" if isinstance(self.data, StoreData) else "manifest"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cpu``, ``cuda``, ``cuda:N`` as named (refused when absent)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but this machine has no CUDA device; use device=cpu (or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name!r}: fsar trains on cpu or cuda")
-    return device
 
 
 def episodes_per_worker(config: TrainConfig, world_size: int) -> int:

@@ -27,12 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from fsar.data.episodes import episode_labels
+from fsar.devices import autocast, host_to_device
 from fsar.evaluation.results import accuracy_ci
-from fsar.evaluation.scoring import episode_accuracies, host_to_device
+from fsar.evaluation.scoring import episode_accuracies
 from fsar.methods import FewShotMethod
 from fsar.methods.base import Supervision
 from fsar.sources import open_source
-from fsar.sources.base import EpisodeSource, StepBatch, Validation, autocast
+from fsar.sources.base import EpisodeSource, StepBatch, Validation
 from fsar.training.checkpoint import checkpoint_payload, load_partial_state
 from fsar.training.config import TrainConfig, check_device_settings, episodes_per_worker, training_device
 
@@ -109,16 +110,32 @@ def window_metrics(window: list[tuple[Tensor, Tensor]], *, step: int, lr: float,
             "episodes_per_s": episodes / (time.perf_counter() - started)}
 
 
+def any_rank_has_episodes(weight: float, *, may_skip: bool, device: torch.device) -> bool:
+    """Whether some worker's share of this step holds a complete episode. Gradients are averaged over the
+    workers, so every worker must take the same decision: with DDP the weights are summed over them (one
+    small all-reduce, made only by sources that can yield an empty step)."""
+    if not may_skip:
+        return True
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = torch.tensor([weight], device=device)
+        torch.distributed.all_reduce(total)
+        return bool(total.item() > 0)
+    return weight > 0
+
+
 def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: FewShotMethod, source: EpisodeSource,
                   batch: StepBatch, config: TrainConfig, s_lab: Tensor, q_lab: Tensor, *, per_forward: int,
-                  device: torch.device) -> tuple[Tensor, Tensor]:
+                  device: torch.device) -> tuple[Tensor, Tensor, bool]:
     """One optimiser step on a step's episodes (the scheduler is stepped by the caller).
 
     ``per_forward`` episodes at a time go to the device as the method's input and through the loss, under
     bf16 autocast when the source asks for it on CUDA, gradients accumulated (DDP synchronises on the last
-    micro-batch only); ``batch.weight`` 0 makes the step a no-op for the weights. ``s_lab`` ``(way·shot,)``
-    and ``q_lab`` ``(way·query,)`` are on ``device``. Returns the step's loss and accuracy as detached device
-    scalars: nothing here waits for the device."""
+    micro-batch only). A step in which no worker has a complete episode (``batch.weight`` 0 everywhere)
+    still runs its backward pass, so DDP ranks stay in step, but is not applied: the optimiser does not
+    step, so weight decay, momentum and moment estimates leave every weight and optimiser state as it was.
+    ``s_lab`` ``(way·shot,)`` and ``q_lab`` ``(way·query,)`` are on ``device``. Returns the step's loss and
+    accuracy as detached device scalars (nothing here waits for the device, except a source that can yield
+    empty steps, which asks the workers whether any had episodes) and whether the step was applied."""
     n_support, k = config.way * config.shot, len(batch.inputs)
     method.train()
     opt.zero_grad(set_to_none=True)
@@ -138,10 +155,12 @@ def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: Fe
             (loss * (batch.weight * e / k)).backward()
         losses.append(loss.detach() * e)
         accuracies.append(acc.detach() * e)
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-    opt.step()
-    return torch.stack(losses).sum() / k, torch.stack(accuracies).sum() / k
+    applied = any_rank_has_episodes(batch.weight, may_skip=source.may_skip_steps, device=device)
+    if applied:
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
+        opt.step()
+    return torch.stack(losses).sum() / k, torch.stack(accuracies).sum() / k, applied
 
 
 def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
@@ -178,20 +197,23 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     q_lab = host_to_device(episode_labels(config.way, config.query), device)
     per_forward = config.episodes_per_forward or per_worker
     window: list[tuple[Tensor, Tensor]] = []
-    failed = np.zeros(2, dtype=np.int64)  # videos that failed to decode, episodes that could not be filled
+    # Videos that failed to decode, episodes that could not be filled, steps with no episode (not applied).
+    failed = np.zeros(3, dtype=np.int64)
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         batch = next(steps)
-        failed += (batch.failed_videos, batch.incomplete_episodes)
-        window.append(training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
-                                    per_forward=per_forward, device=device))
-        schedule.step()
+        loss, accuracy, applied = training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
+                                                per_forward=per_forward, device=device)
+        failed += (batch.failed_videos, batch.incomplete_episodes, not applied)
+        window.append((loss, accuracy))
+        schedule.step()  # the schedule follows the step number: a skipped step does not shift later ones
         if (step + 1) % config.val_every and step + 1 != config.steps:
             continue
         metrics = window_metrics(window, step=step + 1, lr=float(schedule.get_last_lr()[0]),
                                  episodes=len(window) * config.episodes_per_step, started=started)
         if config.source == "manifest":
-            metrics |= {"failed_videos": float(failed[0]), "incomplete_episodes": float(failed[1])}
+            metrics |= {"failed_videos": float(failed[0]), "incomplete_episodes": float(failed[1]),
+                        "skipped_steps": float(failed[2])}
         window.clear()
         payload = None
         if validation is not None:

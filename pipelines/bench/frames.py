@@ -41,8 +41,9 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
     """Train one method in this process; returns the measurements (run inside a child process)."""
     import torch
 
+    from fsar.data.sections import ManifestData
     from fsar.training.checkpoint import save_checkpoint
-    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
 
     torch.set_num_threads(threads)
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
 def accuracy_table(manifest: Path, work: Path, episodes: int, steps: int, threads: int) -> str:
     """Both trained DMGAL runs and the cached-feature baselines on the same fixed test episodes."""
     from fsar.backbones import TINY_MODEL
+    from fsar.data.sections import ManifestData, StoreData
     from fsar.embedding import EmbedConfig, embed_manifest
     from fsar.evaluation.results import format_table, write_results
-    from fsar.training.config import ManifestData, StoreData, TrainConfig
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
     from pipelines import evaluate
 

@@ -158,7 +158,8 @@ TRAINED = {"otam": {"proj_dim": 256, "temporal_centre": True}, "a2m2": {}}
 def measure_training(config: GpuCheckConfig, store: Path, work: Path) -> dict[str, float]:
     """Cached-feature training episodes/s per method, in-process on the device: the second validation
     window's rate (the first one includes warm-up)."""
-    from fsar.training.config import StoreData, TrainConfig
+    from fsar.data.sections import StoreData
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
 
     out = {}
@@ -176,11 +177,12 @@ def measure_end_to_end(config: GpuCheckConfig, device: torch.device) -> dict[str
     """DMGAL-Adapter training steps on uint8 clips (5-way 1-shot, 2 queries per class, 4 episodes per step,
     one episode per forward): episodes/s and peak device memory."""
     from fsar.data.episodes import episode_labels
-    from fsar.evaluation.scoring import host_to_device
+    from fsar.data.sections import ManifestData
+    from fsar.devices import host_to_device
     from fsar.methods import build_method
     from fsar.sources.base import StepBatch
     from fsar.sources.pixels import PixelInputs
-    from fsar.training.config import ManifestData, TrainConfig
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
 
     train_config = TrainConfig(method="dmgal_adapter", out=Path("unused"), data=ManifestData(manifest=Path("unused")),
@@ -236,7 +238,7 @@ def measure_evaluation(config: GpuCheckConfig, store: Path, device: torch.device
 
 
 def run(config: GpuCheckConfig) -> dict[str, Any]:
-    from fsar.training.config import resolve_device
+    from fsar.devices import resolve_device
 
     device = resolve_device(config.device)
     out = Path(config.out)

@@ -77,7 +77,8 @@ def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
 
 
 def bench_training(store: Path, work: Path, *, steps: int) -> dict[str, float]:
-    from fsar.training.config import StoreData, TrainConfig
+    from fsar.data.sections import StoreData
+    from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
 
     reports: list[dict[str, float]] = []

@@ -26,7 +26,7 @@ import torch
 
 
 def train_once(store: Path, out: Path, *, workers: int, steps: int, episodes_per_step: int, val_every: int) -> Any:
-    from fsar.training.config import StoreData
+    from fsar.data.sections import StoreData
     from pipelines.train import TrainConfig, run
 
     return run(TrainConfig(data=StoreData(store=store), out=out, method="otam", knobs={"proj_dim": 256, "temporal_centre": True},

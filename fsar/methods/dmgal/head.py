@@ -100,6 +100,11 @@ class DMGALHead(FewShotMethod):
         self.proj = nn.Linear(feature_dim, c.proj_dim, bias=False) if c.proj_dim else None  # linear: see cross_tokens
         self.scale = LogitScale(c.temperature, learn=c.learn_scale)
 
+    @property
+    def clip_length(self) -> int | None:
+        """The time mixer is a ``num_frames`` × ``num_frames`` MLP: every clip has that many frames."""
+        return self.config.num_frames
+
     def encode(self, videos: Tensor) -> DMGALHeadEncoding:
         """Everything of a video that does not depend on its episode, so evaluation computes it once per video:
         grid ``(..., T, g, g, D)`` →

@@ -151,6 +151,11 @@ class DMGALFT(FewShotMethod):
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
     @property
+    def clip_length(self) -> int | None:
+        """The time mixer is a ``num_frames`` × ``num_frames`` MLP: every clip has that many frames."""
+        return self.config.num_frames
+
+    @property
     def preprocess(self) -> FramePreprocess:
         """The pixel pipeline inputs must have been through (size, mean, std of the backbone)."""
         return self.backbone.preprocess
