@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from fsar import __version__, storage
 from fsar.backbones import ClipBackbone, build_backbone
+from fsar.backbones.weights import resolve_weights
 from fsar.data.feature_store import (
     CLASS_TEXT_FILE,
     ROW_SCHEMA,
@@ -82,15 +83,9 @@ class EmbedConfig:
 
 
 def resolve_pretrained(backbone: str, pretrained: str) -> str | None:
-    """``default`` → ``openai`` when the model has that tag, else random init; ``none`` → random init."""
-    if pretrained.lower() in ("none", ""):
-        return None
-    if pretrained != "default":
-        return pretrained
-    import open_clip
-
-    tags = [tag for model, tag in open_clip.list_pretrained() if model == backbone]
-    return "openai" if "openai" in tags else (tags[0] if tags else None)
+    """``default`` → ``openai`` when the model has that tag, else random init; ``none`` → random init
+    (``fsar.backbones.weights``)."""
+    return resolve_weights(backbone, pretrained)
 
 
 def decode_record(row: Mapping[str, Any], config: EmbedConfig) -> dict[str, Any]:

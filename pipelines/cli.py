@@ -1,10 +1,10 @@
-"""The ``fsar`` command: synth, manifest, embed, masks, train, eval, tune, demo, methods.
+"""The ``fsar`` command: synth, manifest, embed, masks, train, eval, tune, demo, compare, methods.
 
 Every command takes ``--config FILE.yaml`` and trailing ``key=value`` overrides (values parsed as YAML:
 ``shot=5``, ``methods=[otam]``, ``knobs.otam.gamma=0.05``). Priority, lowest first: the config class's
 defaults, the file, the flags, the overrides. Unknown keys are refused with the list of valid ones.
 
-The jobs (embed, train, eval, tune, demo) declare their own commands in ``pipelines/<job>.py``, where
+The jobs (embed, train, eval, tune, demo, compare) declare their own commands in ``pipelines/<job>.py``, where
 ``python -m pipelines.<job>`` runs them alone; the commands that only call the library live here.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from fsar.config import ConfigError, resolve
 from fsar.storage import as_location
-from pipelines import demo, embed, evaluate, train, tune
+from pipelines import compare, demo, embed, evaluate, train, tune
 from pipelines.command import Command, dispatch, flags
 
 
@@ -147,6 +147,7 @@ COMMANDS: tuple[Command, ...] = (
     evaluate.COMMAND,
     tune.COMMAND,
     demo.COMMAND,
+    compare.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
 )
 

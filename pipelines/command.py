@@ -29,6 +29,13 @@ class Command:
     help: str  # one line for `fsar --help`
     arguments: Callable[[argparse.ArgumentParser], None]  # adds its flags (not --config and overrides)
     run: Callable[[argparse.Namespace], int]  # runs it; returns the exit status
+    takes_config: bool = True  # --config FILE.yaml and key=value overrides (benchmarks take flags alone)
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        self.arguments(parser)
+        if self.takes_config:
+            common(parser)
+        parser.set_defaults(run=self.run)
 
 
 def common(parser: argparse.ArgumentParser) -> None:
@@ -51,17 +58,19 @@ def build_parser(commands: Sequence[Command], *, prog: str) -> argparse.Argument
     parser = argparse.ArgumentParser(prog=prog, description="Few-shot action recognition on Ray")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in commands:
-        p = sub.add_parser(command.name, help=command.help)
-        command.arguments(p)
-        common(p)
-        p.set_defaults(run=command.run)
+        command.add_to(sub.add_parser(command.name, help=command.help))
     return parser
 
 
 def dispatch(commands: Sequence[Command], argv: list[str] | None = None, *, prog: str = "fsar") -> int:
     """Parse ``argv`` (a subcommand and its arguments) and run it; expected errors exit 2 with the message."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     args = build_parser(commands, prog=prog).parse_args(sys.argv[1:] if argv is None else argv)
+    return run_parsed(args, f"{prog} {args.command}")
+
+
+def run_parsed(args: argparse.Namespace, label: str) -> int:
+    """Run a parsed command; an expected error (bad input the user can fix) exits 2 with ``label: error: ...``."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from fsar.backbones import BackboneUnavailableError
     from fsar.config import ConfigError
     from fsar.data.episodes import EpisodeError
@@ -72,10 +81,17 @@ def dispatch(commands: Sequence[Command], argv: list[str] | None = None, *, prog
     try:
         return int(args.run(args))
     except expected as exc:
-        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{label}: error: {exc}", file=sys.stderr)
         return 2
 
 
-def run_alone(command: Command, argv: list[str] | None = None) -> int:
-    """``python -m pipelines.<job> [args]``: the job's command without the subcommand word."""
-    return dispatch([command], [command.name, *(sys.argv[1:] if argv is None else argv)], prog="fsar")
+def run_alone(command: Command, argv: list[str] | None = None, *, module: str | None = None) -> int:
+    """``python -m pipelines.<job> [args]``: the job's command without the subcommand word. A job of the
+    ``fsar`` command speaks as ``fsar <name>``; a module that is no subcommand (a benchmark, a comparison)
+    names itself: ``module``, e.g. ``pipelines.bench.scale``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if module is None:
+        return dispatch([command], [command.name, *argv], prog="fsar")
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=command.help)
+    command.add_to(parser)
+    return run_parsed(parser.parse_args(argv), command.name)

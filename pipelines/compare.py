@@ -18,16 +18,15 @@ parameters, training wall time and episodes/s, and evaluation episodes/s.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from fsar.config import ConfigError, dump_yaml
 from fsar.data.sections import StoreData
-from fsar.evaluation.results import PER_EPISODE_FILE, ResultRecord, paired_difference, read_per_episode
+from fsar.evaluation.results import PAIRED_NOTE, PER_EPISODE_FILE, ResultRecord, paired_cell, read_per_episode
 from fsar.training.config import TrainConfig
+from pipelines.command import Command, flags, run_alone
 
 # The components each seed paper claims, as knob changes from the full method (ablation label → knobs).
 # ``{mask_files}`` is replaced by the mask folder of the store's dataset (or ``mask_files``).
@@ -120,11 +119,9 @@ def default_mask_folder(store: Path) -> str:
 
 
 def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
-    import torch
-
+    from fsar.training.checkpoint import read_checkpoint
     from pipelines.evaluate import EvalConfig
-    from pipelines.evaluate import run as evaluate
-    from pipelines.train import run as train
+    from pipelines.experiment import train_and_evaluate
 
     methods = ablation_methods(config) if config.ablation else config.methods
     reference = config.reference or next(iter(methods))
@@ -133,28 +130,21 @@ def run(config: CompareConfig, *, progress: bool = True) -> list[ResultRecord]:
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / "compare_config.yaml")
-    runs, train_seconds, params = [], {}, {}
-    for key, knobs in methods.items():
-        method = key.split("@")[0]
-        start = time.perf_counter()
-        result = train(TrainConfig(
-            data=StoreData(store=Path(config.store), view=config.view), method=method, out=out / "runs" / key, knobs=dict(knobs),
-            steps=config.steps,
-            episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
-            threads_per_worker=config.threads_per_worker, val_every=config.val_every, seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
-            experiment="fsar-compare"))
-        train_seconds[key] = time.perf_counter() - start
-        payload = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)
-        params[key] = sum(v.numel() for k, v in payload["state_dict"].items() if "running_" not in k
-                          and not k.endswith("num_batches_tracked"))
-        print(f"{key}: best validation {result.best_val_accuracy:.1f}% at step {result.best_step}, "
-              f"{train_seconds[key]:.0f} s", flush=True)
-        runs.append(result.run_dir)
-    records = evaluate(EvalConfig(data=StoreData(store=Path(config.store), view=config.view), out=out / "eval",
-                                  runs=runs, shot=list(config.shots), episodes=config.episodes, seed=config.seed,
-                                  dataset=Path(config.store).name,
-                                  mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-compare"),
-                       progress=progress)
+    tracking = f"sqlite:///{out / 'mlflow.db'}"
+    runs = {key: TrainConfig(
+        data=StoreData(store=Path(config.store), view=config.view), method=key.split("@")[0], out=out / "runs" / key,
+        knobs=dict(knobs), steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr,
+        workers=config.workers, threads_per_worker=config.threads_per_worker, val_every=config.val_every,
+        seed=config.seed, mlflow_uri=tracking, experiment="fsar-compare") for key, knobs in methods.items()}
+    evaluation = EvalConfig(data=StoreData(store=Path(config.store), view=config.view), out=out / "eval",
+                            shot=list(config.shots), episodes=config.episodes, seed=config.seed,
+                            dataset=Path(config.store).name, mlflow_uri=tracking, experiment="fsar-compare")
+    trained, records = train_and_evaluate(runs, evaluation, progress=progress,
+                                          announce=lambda line: print(line, flush=True))
+    train_seconds = {key: run.seconds for key, run in trained.items()}
+    params = {key: sum(v.numel() for k, v in read_checkpoint(run.result.best_checkpoint)["state_dict"].items()
+                       if "running_" not in k and not k.endswith("num_batches_tracked"))
+              for key, run in trained.items()}
     rates = {k: config.steps * config.episodes_per_step / s for k, s in train_seconds.items()}
     table = comparison_table(records, params, train_seconds, reference=reference,
                              per_episode=read_per_episode(out / "eval" / PER_EPISODE_FILE), train_rates=rates)
@@ -188,46 +178,41 @@ def comparison_table(records: list[ResultRecord], params: dict[str, int], train_
         if paired:
             for s in shots:
                 ref = by_key.get((reference, s))
-                if m == reference or s not in mine or ref is None:
-                    cells.append("—" if m == reference else "")
-                    continue
-                diff, ci = paired_difference(per_episode[(mine[s].method, s)], per_episode[(ref.method, s)])
-                beyond = "**" if abs(diff) > ci else ""
-                cells.append(f"{beyond}{diff:+.2f} ± {ci:.2f}{beyond}")
+                cells.append(paired_cell(per_episode.get((mine[s].method, s)) if s in mine else None,  # type: ignore[union-attr]
+                                         per_episode.get((ref.method, s)) if ref is not None else None,  # type: ignore[union-attr]
+                                         is_reference=m == reference))
         first = mine[shots[0]]
         rate = (train_rates or {}).get(m)
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {params.get(m, 0):,} | {train_seconds.get(m, 0):.0f} | "
                      f"{'' if rate is None else f'{rate:,.0f}'} | {first.episodes / first.seconds:,.0f} |")
     if paired:
-        lines.append(f"\nΔ: mean per-episode accuracy difference to {reference} on the same episodes ± paired 95% CI "
-                     "(1.96·std/√N of the differences); bold where it excludes 0.")
+        lines.append("\n" + PAIRED_NOTE.format(reference=reference))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def _arguments(p: Any) -> None:
+    p.add_argument("--store", type=Path)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--ablation", help=f"ablation table of one seed method: {', '.join(sorted(ABLATIONS))}")
+    p.add_argument("--reference", help="method the paired differences are taken against (default: the first)")
 
+
+def _run(args: Any) -> int:
     from fsar.config import resolve
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--ablation", help=f"ablation table of one seed method: {', '.join(sorted(ABLATIONS))}")
-    parser.add_argument("--reference", help="method the paired differences are taken against (default: the first)")
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    flags = {k: v for k, v in (("store", args.store), ("out", args.out), ("ablation", args.ablation),
-                               ("reference", args.reference)) if v is not None}
-    if args.ablation and "out" not in flags:
-        flags["out"] = Path(f"ablation-{args.ablation}")
-    try:
-        config = resolve(CompareConfig, file=args.config, overrides=args.overrides, flags=flags)
-        run(config)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"compare: error: {err}", file=sys.stderr)
-        return 2
+    given = flags(args, "store", "out", "ablation", "reference")
+    if args.ablation and "out" not in given:
+        given["out"] = Path(f"ablation-{args.ablation}")
+    run(resolve(CompareConfig, file=args.config, overrides=args.overrides, flags=given))
     return 0
+
+
+COMMAND = Command("compare", "train methods with one budget and score them on the same test episodes", _arguments,
+                  _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.compare")
 
 
 if __name__ == "__main__":

@@ -70,8 +70,7 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
     from fsar.embedding import EmbedConfig
     from pipelines.embed import run as embed
     from pipelines.evaluate import EvalConfig
-    from pipelines.evaluate import run as evaluate
-    from pipelines.train import run as train
+    from pipelines.experiment import train_and_evaluate
 
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -93,23 +92,22 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
         manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=config.frames,
         patch_grid=config.patch_grid, engine=config.engine, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
         experiment="fsar-demo"), progress=progress, address=address))
-    runs = []
-    for method, knobs in config.train.items():
-        knobs = {k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()}
-        result = stage(f"train {method}", lambda method=method, knobs=knobs: train(TrainConfig(
-            data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=method, out=out / "runs" / method,
-            knobs=dict(knobs), steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr,
-            workers=config.workers, seed=config.seed,
-            mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo"), address=address))
-        print(f"   best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}")
-        runs.append(result.run_dir)
+    runs = {method: TrainConfig(
+        data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=method, out=out / "runs" / method,
+        knobs={k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()}, steps=config.steps,
+        episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers, seed=config.seed,
+        mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo") for method, knobs in config.train.items()}
     evaluation = EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval",
-                            methods=list(config.baselines), runs=runs,
+                            methods=list(config.baselines),
                             knobs={k: dict(v) for k, v in config.baselines.items() if v}, shot=list(config.shots),
                             episodes=config.episodes, seed=config.seed, dataset="fsar-synth",
                             reference=DEMO_REFERENCE, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
                             experiment="fsar-demo")
-    records: list[ResultRecord] = stage("evaluate", lambda: evaluate(evaluation, progress=progress))
+    start = time.perf_counter()
+    trained, records = train_and_evaluate(runs, evaluation, address=address, progress=progress,
+                                          announce=lambda line: print(line, flush=True))
+    timings |= {f"train {name}": run.seconds for name, run in trained.items()}
+    timings["evaluate"] = time.perf_counter() - start - sum(run.seconds for run in trained.values())
     print((out / "eval" / "results.md").read_text())
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f" (total {sum(timings.values()):.0f} s)")

@@ -83,3 +83,29 @@ def test_no_module_imports_another_that_imports_it_back(package):
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert not cycles, cycles[:5]
+
+
+def package_of(module: str) -> str:
+    """``fsar.sources.features`` → ``fsar.sources``; a top-level module (``fsar.devices``) is its own package."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_package_of_fsar_imports_a_package_that_imports_it_back():
+    names = set(module_names("fsar"))
+    graph: dict[str, set[str]] = {}
+    for name in names:
+        targets = {package_of(i) for i in imports_of(name) if i in names or package_of(i) in names}
+        graph.setdefault(package_of(name), set()).update(t for t in targets if t != package_of(name))
+    cycles = []
+    for start in sorted(graph):
+        seen, stack = {start}, [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    cycles.append(" → ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert len(graph) > 10
+    assert not cycles, cycles[:5]

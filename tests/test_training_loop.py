@@ -170,3 +170,50 @@ def test_check_training_inputs_catches_impossible_validation_episodes(signal_sto
     check_training_inputs(config(signal_store, tmp_path / "r"))
     with pytest.raises(EpisodeError, match="^val: way=7 needs 7 classes"):  # 12 train classes, 6 val classes
         check_training_inputs(config(signal_store, tmp_path / "r", way=7))
+
+
+class HostFeatures:
+    """The per-step side of a source whose steps may hold no complete episode (decoded videos can all fail)."""
+
+    autocast = False
+    may_skip_steps = True
+
+    def method_inputs(self, inputs, method, device):
+        return inputs.to(device, torch.float32)
+
+    def episode_extras(self, episodes, method, device):
+        return None, None
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_a_step_without_a_complete_episode_changes_no_weight_and_no_optimiser_state(tmp_path, optimizer):
+    """AdamW's decoupled weight decay and SGD's momentum would move the weights on a zero gradient."""
+    import copy
+
+    from fsar.data.episodes import episode_labels
+    from fsar.methods import build_method
+    from fsar.sources.base import StepBatch
+    from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
+
+    torch.manual_seed(0)
+    method = build_method("otam", feature_dim=8, proj_dim=4)
+    cfg = TrainConfig(method="otam", out=tmp_path, data=StoreData(store=tmp_path), way=2, shot=1, query=1,
+                      optimizer=optimizer, lr=0.1, weight_decay=0.1, warmup_steps=1)
+    opt, _ = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad])
+    s_lab, q_lab = (torch.as_tensor(episode_labels(2, 1)),) * 2
+    inputs = torch.randn(3, 4, 5, 8)  # 3 episodes of 2 support + 2 query videos, 5 frames of 8 features
+
+    def step(weight):
+        return training_step(EpisodicLoss(method), opt, method, HostFeatures(), StepBatch(inputs, None, weight=weight),
+                             cfg, s_lab, q_lab, per_forward=3, device=torch.device("cpu"))
+
+    assert step(1.0)[2]  # optimiser state now holds moments / momentum
+    weights, state = copy.deepcopy(method.state_dict()), copy.deepcopy(opt.state_dict())
+    loss, _, applied = step(0.0)
+    assert not applied and torch.isfinite(loss)
+    assert all(torch.equal(weights[k], v) for k, v in method.state_dict().items())
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(torch.as_tensor(value), torch.as_tensor(after[i][name]))
+               for i, entry in state["state"].items() for name, value in entry.items())
+    assert step(1.0)[2]  # and a step with episodes moves them again
+    assert any(not torch.equal(weights[k], v) for k, v in method.state_dict().items())

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fsar.backbones.weights import parse_weights, pretrained_tags, resolve_weights
 from fsar.data.transforms import FramePreprocess
 
 TINY_MODEL = "fsar-tiny"
@@ -40,12 +41,6 @@ def list_backbones() -> list[str]:
 
     _register_shipped_configs()
     return list(open_clip.list_models())
-
-
-def _pretrained_tags(name: str) -> list[str]:
-    import open_clip
-
-    return [tag for model, tag in open_clip.list_pretrained() if model == name]
 
 
 class ClipBackbone(nn.Module):
@@ -134,7 +129,8 @@ class ClipBackbone(nn.Module):
 def build_backbone(
     name: str, *, pretrained: str | None = None, device: str | torch.device = "cpu", init_seed: int = 0
 ) -> ClipBackbone:
-    """Build ``name`` with weights from ``pretrained`` (an open_clip tag, a local file, or None = random).
+    """Build ``name`` with weights from ``pretrained`` (read by ``fsar.backbones.weights``: an open_clip tag, a local
+    file, ``default``, or None / ``none`` = random).
 
     A random init is seeded by ``init_seed`` (without touching the global RNG), so every worker of a
     job, and every rerun that resumes a feature store, encodes with the very same weights.
@@ -152,19 +148,14 @@ def build_backbone(
             f"unknown backbone {name!r}; try one of {close or known[:8]} (or {TINY_MODEL!r} offline); "
             "`python -c 'import open_clip; print(open_clip.list_models())'` lists all"
         )
-    if pretrained is not None and pretrained != "":
-        as_path = Path(pretrained).expanduser()
-        looks_like_path = as_path.suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained
-        if looks_like_path:
-            if not as_path.is_file():
-                raise BackboneUnavailableError(f"checkpoint {as_path} does not exist; pass an existing file")
-            pretrained = str(as_path)
-        elif pretrained not in _pretrained_tags(name):
-            raise BackboneUnavailableError(
-                f"{name} has no pretrained tag {pretrained!r}; known tags: {_pretrained_tags(name) or 'none'}"
-            )
-    else:
-        pretrained = None
+    weights = parse_weights(pretrained)
+    if weights.kind == "file" and not Path(weights.value).is_file():
+        raise BackboneUnavailableError(f"checkpoint {weights.value} does not exist; pass an existing file")
+    if weights.kind == "tag" and weights.value not in pretrained_tags(name):
+        raise BackboneUnavailableError(
+            f"{name} has no pretrained tag {weights.value!r}; known tags: {pretrained_tags(name) or 'none'}"
+        )
+    pretrained = resolve_weights(name, pretrained)
     # open_clip logs an ERROR before raising on failed downloads; we raise our own, clearer message.
     logger = logging.getLogger()
     level = logger.level

@@ -63,6 +63,25 @@ def paired_difference(accuracies: np.ndarray, reference: np.ndarray) -> tuple[fl
     return accuracy_ci(a - b)
 
 
+def format_difference(diff: float, ci: float) -> str:
+    """A paired difference as a table cell, in points: ``+1.23 ± 0.45``, bold where its CI excludes 0."""
+    mark = "**" if abs(diff) > ci else ""
+    return f"{mark}{diff:+.2f} ± {ci:.2f}{mark}"
+
+
+def paired_cell(accuracies: np.ndarray | None, reference: np.ndarray | None, *, is_reference: bool = False) -> str:
+    """The table cell of a paired difference of per-episode accuracies to the reference's on the same episodes:
+    ``—`` for the reference itself, empty when either side is missing or they were scored on other episodes."""
+    if is_reference:
+        return "—"
+    if accuracies is None or reference is None or len(accuracies) != len(reference):
+        return ""
+    return format_difference(*paired_difference(accuracies, reference))
+
+
+PAIRED_NOTE = ("Δ: mean per-episode accuracy difference to {reference} on the same episodes ± paired 95% CI "
+               "(1.96·std/√N of the differences), in points; bold where it excludes 0.")
+
 PER_EPISODE_FILE = "per_episode.parquet"
 
 
@@ -128,22 +147,15 @@ def format_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str
     for r in records:
         cell = ""
         if paired:
-            mine, ref = per_episode.get((r.method, r.shot)), per_episode.get((reference, r.shot))  # type: ignore[union-attr]
-            if r.method == reference:
-                cell = " — |"
-            elif mine is None or ref is None or len(mine) != len(ref):
-                cell = " |"
-            else:
-                diff, ci = paired_difference(mine, ref)
-                mark = "**" if abs(diff) > ci else ""
-                cell = f" {mark}{diff:+.2f} ± {ci:.2f}{mark} |"
+            cell = " " + paired_cell(per_episode.get((r.method, r.shot)), per_episode.get((reference, r.shot)),  # type: ignore[union-attr]
+                                     is_reference=r.method == reference)
+            cell = cell.rstrip() + " |"
         lines.append(
             f"| {r.method} | {r.dataset} | {r.split} | {r.way} | {r.shot} | {r.episodes} | "
             f"{r.accuracy:.2f} ± {r.ci95:.2f} |{cell} {r.seconds:.1f} |"
         )
     if paired:
-        lines.append(f"\nΔ: mean per-episode accuracy difference to {reference} on the same episodes ± paired 95% "
-                     "CI (1.96·std/√N of the differences), in points; bold where it excludes 0.")
+        lines.append("\n" + PAIRED_NOTE.format(reference=reference))
     return "\n".join(lines)
 
 
@@ -162,16 +174,8 @@ def shot_table(records: Sequence[ResultRecord], *, per_episode: dict[tuple[str, 
     for m in methods:
         cells = [f"{by_key[(m, s)].accuracy:.2f} ± {by_key[(m, s)].ci95:.2f}" if (m, s) in by_key else "" for s in shots]
         if per_episode is not None:
-            for s in shots:
-                mine, ref = per_episode.get((m, s)), per_episode.get((reference, s))  # type: ignore[arg-type]
-                if m == reference:
-                    cells.append("—")
-                elif mine is None or ref is None or len(mine) != len(ref):
-                    cells.append("")
-                else:
-                    diff, ci = paired_difference(mine, ref)
-                    mark = "**" if abs(diff) > ci else ""
-                    cells.append(f"{mark}{diff:+.2f} ± {ci:.2f}{mark}")
+            cells += [paired_cell(per_episode.get((m, s)), per_episode.get((reference, s)),  # type: ignore[arg-type]
+                                  is_reference=m == reference) for s in shots]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

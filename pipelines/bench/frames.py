@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.command import Command, run_alone
+
 STEPS_DEFAULT = 60
 
 
@@ -42,7 +44,8 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
     import torch
 
     from fsar.data.sections import ManifestData
-    from fsar.training.checkpoint import save_checkpoint
+    from fsar.run_folder import RunFolder
+    from fsar.training.checkpoint import best_payload, save_checkpoint
     from fsar.training.config import TrainConfig
     from fsar.training.loop import train_worker
 
@@ -60,7 +63,7 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
         marks.setdefault("rss_first_report_mib", _rss_mib())
         reports.append(metrics)
         if payload is not None and metrics.get("is_best"):
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")}, out / "best.pt")
+            save_checkpoint(best_payload(payload), RunFolder(out).best_checkpoint)
 
     from fsar.methods import build_method
 
@@ -82,14 +85,15 @@ def train_one(method: str, manifest: Path, out: Path, steps: int, threads: int) 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.frames", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=STEPS_DEFAULT, help="optimiser steps per method (4 episodes each)")
-    parser.add_argument("--episodes", type=int, default=1000, help="5-way 1-shot test episodes")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads and decode threads")
-    parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
-    parser.add_argument("--one", nargs=3, metavar=("METHOD", "MANIFEST", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=STEPS_DEFAULT, help="optimiser steps per method (4 episodes each)")
+    p.add_argument("--episodes", type=int, default=1000, help="5-way 1-shot test episodes")
+    p.add_argument("--threads", type=int, default=2, help="torch threads and decode threads")
+    p.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
+    p.add_argument("--one", nargs=3, metavar=("METHOD", "MANIFEST", "OUT"), help=argparse.SUPPRESS)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.one:  # the child process of one method
         method, manifest, out = args.one
         print("BENCH " + json.dumps(train_one(method, Path(manifest), Path(out), args.steps, args.threads)))
@@ -122,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+COMMAND = Command("bench_frames", "end-to-end training benchmark: DMGAL-FT against DMGAL-Adapter", _arguments, _run,
+                  takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.frames")
+
+
 def accuracy_table(manifest: Path, work: Path, episodes: int, steps: int, threads: int) -> str:
     """Both trained DMGAL runs and the cached-feature baselines on the same fixed test episodes."""
     from fsar.backbones import TINY_MODEL
@@ -129,34 +141,24 @@ def accuracy_table(manifest: Path, work: Path, episodes: int, steps: int, thread
     from fsar.embedding import EmbedConfig, embed_manifest
     from fsar.evaluation.results import format_table, write_results
     from fsar.training.config import TrainConfig
-    from fsar.training.loop import train_worker
     from pipelines import evaluate
+    from pipelines.experiment import train_and_evaluate
 
     store = work / "store"
     embed_manifest(EmbedConfig(manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=8,
                                patch_grid=4, engine="local"), progress=False)
-    baseline_run = work / "runs" / "otam"
-    baseline_run.mkdir(parents=True, exist_ok=True)
-
-    def keep_best(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
-        from fsar.training.checkpoint import save_checkpoint
-
-        if payload is not None and metrics.get("is_best"):
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scheduler")},
-                            baseline_run / "best.pt")
-
-    train_worker(TrainConfig(method="otam", data=StoreData(store=store, view="grid"), out=baseline_run,
-                             knobs={"proj_dim": 64}, way=5,
-                             shot=1, query=2, steps=steps, episodes_per_step=4, lr=1e-3, warmup_steps=5,
-                             val_every=max(1, steps // 4), val_episodes=200, threads_per_worker=threads),
-                 report=keep_best)
     out = work / "eval"
     common = {"out": out, "way": 5, "shot": 1, "episodes": episodes, "seed": 0, "threads": threads}
     # Pixels first: it writes the episode file (ids of decodable test videos); the store evaluation replays it.
     records = evaluate.run(evaluate.EvalConfig(data=ManifestData(manifest=manifest), runs=[
         work / "runs" / "dmgal_ft", work / "runs" / "dmgal_adapter"], **common), progress=False)
-    records += evaluate.run(evaluate.EvalConfig(data=StoreData(store=store, view="grid"), methods=["protonet", "otam"],
-                                                runs=[baseline_run], **common), progress=False)
+    baseline = TrainConfig(method="otam", data=StoreData(store=store, view="grid"), out=work / "runs" / "otam",
+                           knobs={"proj_dim": 64}, way=5, shot=1, query=2, steps=steps, episodes_per_step=4, lr=1e-3,
+                           warmup_steps=5, val_every=max(1, steps // 4), val_episodes=200, threads_per_worker=threads,
+                           mlflow_uri=f"sqlite:///{work / 'mlflow.db'}")
+    _, baselines = train_and_evaluate({"otam": baseline}, evaluate.EvalConfig(
+        data=StoreData(store=store, view="grid"), methods=["protonet", "otam"], **common), progress=False)
+    records += baselines
     write_results(records, out / "results.json")
     return (f"\nTest accuracy, 5-way 1-shot, {episodes} fixed episodes (same episodes for every row); training budget "
             f"{steps} steps × 4 episodes; baselines on cached fsar-tiny features (4×4 grid, untrained backbone):\n"

@@ -25,7 +25,6 @@ CPU to keep it working; its figures mean nothing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipelines.command import Command, run_alone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -284,18 +285,26 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(["| measure | value |", "|---|---:|", *[f"| {a} | {b} |" for a, b in rows]])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.gpu_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder for gpu_check.json")
-    parser.add_argument("--device", default="cuda", help="device to measure (default cuda)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (e.g. on a CPU in CI)")
-    parser.add_argument("--no-tests", dest="tests", action="store_false", help="skip the gpu-marked tests")
-    args = parser.parse_args(argv)
+def _arguments(p: Any) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder for gpu_check.json")
+    p.add_argument("--device", default="cuda", help="device to measure (default cuda)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (e.g. on a CPU in CI)")
+    p.add_argument("--no-tests", dest="tests", action="store_false", help="skip the gpu-marked tests")
+
+
+def _run(args: Any) -> int:
     config = (GpuCheckConfig.quick_settings(args.out, args.device) if args.quick
               else GpuCheckConfig(out=args.out, device=args.device))
     config.tests = args.tests
     report = run(config)
     return 0 if report.get("tests", {}).get("failed", 0) == 0 and report.get("tests", {}).get("returncode", 0) in (0, 5) else 1
+
+
+COMMAND = Command("gpu_check", "one-command GPU check: the GPU tests, then throughput and memory on one device", _arguments, _run, takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.gpu_check")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ length when it decodes the video), so the size of the files plays no part.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from pipelines.command import Command, run_alone
 
 CLASSES = 1000
 TRAIN, VAL = 640, 120  # classes of the train and val lists; the rest are test
@@ -93,12 +95,13 @@ def run_python(args: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", default="100000,1000000", help="tree sizes, comma-separated")
-    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fsar-bench-manifest",
-                        help="where the trees go (a million files: keep it out of the repository)")
-    args = parser.parse_args(argv)
+def _arguments(p: Any) -> None:
+    p.add_argument("--videos", default="100000,1000000", help="tree sizes, comma-separated")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "fsar-bench-manifest",
+                   help="where the trees go (a million files: keep it out of the repository)")
+
+
+def _run(args: Any) -> int:
     seconds, peak = run_python(["-c", "import pipelines.cli"])
     print(f"importing the fsar command alone: {seconds:.1f} s, peak {peak:.0f} MB (included below)", flush=True)
     lines = ["| videos | folder tree (s) | folder tree peak (MB) | split lists (s) | split lists peak (MB) |",
@@ -119,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"importing the fsar command alone: {seconds:.1f} s, peak {peak:.0f} MB (included above)")
     print("\n".join(lines))
     return 0
+
+
+COMMAND = Command("bench_manifest", "manifest-scale benchmark: fsar manifest on up to 10^6 files", _arguments, _run, takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.manifest")
 
 
 if __name__ == "__main__":

@@ -20,15 +20,17 @@ measured in one run; absolute numbers depend on the machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from pipelines.command import Command, run_alone
 
 FRAMES, GRID, DIM, SHARD = 8, 4, 512, 256
 
@@ -154,16 +156,17 @@ def measure(root: Path, mode: str) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", default="600,12000", help="store sizes, comma-separated")
-    parser.add_argument("--out", type=Path, default=Path("bench-scale"))
-    parser.add_argument("--jobs", action="store_true", help="also the peak PSS of real train and eval jobs")
-    parser.add_argument("--embed", default="", help="video counts (e.g. 2000,20000): the embed driver's peak PSS")
-    parser.add_argument("--skip-reads", action="store_true", help="skip the store-read table")
-    parser.add_argument("--open", type=int, default=0, help="videos of a pooled-only store: time to open it and "
-                        "load its pooled train split (e.g. 100000)")
-    args = parser.parse_args(argv)
+def _arguments(p: Any) -> None:
+    p.add_argument("--videos", default="600,12000", help="store sizes, comma-separated")
+    p.add_argument("--out", type=Path, default=Path("bench-scale"))
+    p.add_argument("--jobs", action="store_true", help="also the peak PSS of real train and eval jobs")
+    p.add_argument("--embed", default="", help="video counts (e.g. 2000,20000): the embed driver's peak PSS")
+    p.add_argument("--skip-reads", action="store_true", help="skip the store-read table")
+    p.add_argument("--open", type=int, default=0, help="videos of a pooled-only store: time to open it and "
+                   "load its pooled train split (e.g. 100000)")
+
+
+def _run(args: Any) -> int:
     if args.open:
         print("\n".join(open_table(args.open, args.out)))
     if args.embed:
@@ -180,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs:
         print("\n".join(job_table(sizes, args.out)))
     return 0
+
+
+COMMAND = Command("bench_scale", "store-scale benchmark: memory against what a job reads", _arguments, _run, takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.scale")
 
 
 OPEN = r"""

@@ -21,7 +21,6 @@ behind OTAM by more than the paired CI; on reverse pairs A2M2 far above trained 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fsar.config import dump_yaml
+from pipelines.command import Command, run_alone
 
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
     "protonet": {"proj_dim": 256},
@@ -155,6 +155,8 @@ def run(config: SeedBenchConfig) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """One Markdown table per variant: accuracy ± CI and paired Δ to OTAM ± paired CI for each column."""
+    from fsar.evaluation.results import format_difference
+
     blocks = []
     for variant, result in summary.items():
         columns = list(next(iter(result["methods"].values())))
@@ -165,29 +167,28 @@ def format_summary(summary: dict[str, Any]) -> str:
             cells = []
             for c in columns:
                 acc, ci, diff, dci = row[c]
-                mark = "**" if abs(diff) > dci and method != "otam" else ""
-                cells.append(f"{acc:.2f} ± {ci:.2f} | " + ("—" if method == "otam" else f"{mark}{diff:+.2f} ± {dci:.2f}{mark}"))
+                cells.append(f"{acc:.2f} ± {ci:.2f} | " + ("—" if method == "otam" else format_difference(diff, dci)))
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def _arguments(p: Any) -> None:
+    p.add_argument("--out", type=Path, required=True)
 
-    from fsar.config import ConfigError, resolve
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.seeds", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        run(resolve(SeedBenchConfig, file=args.config, overrides=args.overrides, flags={"out": args.out}))
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"bench_seeds: error: {err}", file=sys.stderr)
-        return 2
+def _run(args: Any) -> int:
+    from fsar.config import resolve
+
+    run(resolve(SeedBenchConfig, file=args.config, overrides=args.overrides, flags={"out": args.out}))
     return 0
+
+
+COMMAND = Command("bench_seeds", "mechanism benchmark of the seed methods", _arguments, _run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.seeds")
 
 
 if __name__ == "__main__":

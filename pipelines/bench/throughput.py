@@ -15,16 +15,18 @@
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from pipelines.command import Command, run_alone
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -115,18 +117,19 @@ def bench_evaluation(store: Path, *, episodes: int, methods: list[str], shots: t
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--classes", type=int, default=40)
-    parser.add_argument("--videos-per-class", type=int, default=5)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--episodes", type=int, default=10000)
-    parser.add_argument("--train-steps", type=int, default=50)
-    parser.add_argument("--methods", default="protonet,otam,bimhm,a2m2,trx")
-    parser.add_argument("--shots", default="1", help="comma-separated shot counts of the evaluation figures")
-    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--store", type=Path, help="only the evaluation figures, on this existing feature store")
-    args = parser.parse_args(argv)
+def _arguments(p: Any) -> None:
+    p.add_argument("--classes", type=int, default=40)
+    p.add_argument("--videos-per-class", type=int, default=5)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--episodes", type=int, default=10000)
+    p.add_argument("--train-steps", type=int, default=50)
+    p.add_argument("--methods", default="protonet,otam,bimhm,a2m2,trx")
+    p.add_argument("--shots", default="1", help="comma-separated shot counts of the evaluation figures")
+    p.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument("--store", type=Path, help="only the evaluation figures, on this existing feature store")
+
+
+def _run(args: Any) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     shots = tuple(int(s) for s in args.shots.split(","))
     from fsar.data.synthetic import SynthConfig, generate
@@ -147,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         results |= bench_evaluation(work / "store", episodes=args.episodes, methods=args.methods.split(","),
                                     shots=shots)
     return report(results)
+
+
+COMMAND = Command("bench", "throughput benchmark: embed, train and evaluation rates on this machine", _arguments, _run, takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.throughput")
 
 
 def report(results: dict[str, float]) -> int:

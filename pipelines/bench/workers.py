@@ -16,13 +16,13 @@ the demo.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipelines.command import Command, run_alone
 
 
 def train_once(store: Path, out: Path, *, workers: int, steps: int, episodes_per_step: int, val_every: int) -> Any:
@@ -34,14 +34,16 @@ def train_once(store: Path, out: Path, *, workers: int, steps: int, episodes_per
                            workers=workers, lr=3e-3, warmup_steps=5, seed=0))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.workers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, help="feature store (default: a synthetic one of the demo's shape)")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--val-every", type=int, default=20)
-    parser.add_argument("--episodes-per-step", type=int, default=16)
-    args = parser.parse_args(argv)
+def _arguments(p: Any) -> None:
+    p.add_argument("--store", type=Path, help="feature store (default: a synthetic one of the demo's shape)")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--val-every", type=int, default=20)
+    p.add_argument("--episodes-per-step", type=int, default=16)
 
+
+def _run(args: Any) -> int:
+
+    from fsar.run_folder import RunFolder
     from fsar.training.checkpoint import load_checkpoint
     from pipelines.bench.gpu_check import synthetic_store
     from pipelines.ray_runtime import init_ray
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (1, 2):
             result = train_once(store, work / f"w{workers}", workers=workers, steps=args.steps,
                                 episodes_per_step=args.episodes_per_step, val_every=args.val_every)
-            lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+            lines = RunFolder(result.run_dir).metrics()
             results[workers], curves[workers] = result, lines
             later = lines[1:] or lines
             rates[workers] = sum(m["episodes_per_s"] for m in later) / len(later)
@@ -72,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{results[1].best_step} / {results[2].best_step}), max |Δtrain loss| {loss_diff:.2e}, "
           f"max |Δval accuracy| {val_diff:.2e} points")
     return 0
+
+
+COMMAND = Command("bench_workers", "worker-count benchmark: one training config on 1 and on 2 Ray Train workers", _arguments, _run, takes_config=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_alone(COMMAND, argv, module="pipelines.bench.workers")
 
 
 if __name__ == "__main__":

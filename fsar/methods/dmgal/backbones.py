@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsar.backbones import BackboneUnavailableError
+from fsar.backbones.weights import parse_weights
 from fsar.data.transforms import FramePreprocess
 
 RESNET50 = "resnet50"
@@ -33,8 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def no_weights(pretrained: str | None) -> bool:
-    """Whether ``pretrained`` asks for a random init (None, "" or "none")."""
-    return pretrained is None or pretrained.strip().lower() in ("", "none")
+    """Whether ``pretrained`` asks for a random init (``fsar.backbones.weights``)."""
+    return parse_weights(pretrained).random
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -95,7 +96,7 @@ def _vision_tower(name: str, pretrained: str | None, init_seed: int) -> tuple[nn
 
     from fsar.backbones import build_backbone
 
-    clip = build_backbone(name, pretrained=None if no_weights(pretrained) else pretrained, init_seed=init_seed)
+    clip = build_backbone(name, pretrained=pretrained, init_seed=init_seed)
     visual = clip.model.visual
     if not isinstance(visual, VisionTransformer):
         raise BackboneUnavailableError(
@@ -194,7 +195,7 @@ def build_feature_maps(name: str, *, pretrained: str | None = None, init_seed: i
     ``pretrained``: None/"none" = seeded random init; a local file; or (ViTs only) an open_clip tag.
     """
     if name == RESNET50:
-        if not no_weights(pretrained) and not Path(pretrained).expanduser().is_file():
+        if not no_weights(pretrained) and not Path(parse_weights(pretrained).value).is_file():
             raise BackboneUnavailableError(
                 f"{RESNET50} loads weights from a local torchvision state-dict file only; {pretrained!r} is not a file"
             )
