@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 
 from fsar import __version__, storage
 from fsar.backbones import ClipBackbone, build_backbone
+from fsar.backbones.encode import encode_clips
 from fsar.backbones.weights import resolve_weights
 from fsar.data.feature_store import (
     CLASS_TEXT_FILE,
@@ -39,7 +38,7 @@ from fsar.data.feature_store import (
     write_table,
 )
 from fsar.data.manifest import manifest_classes, manifest_rows, read_manifest_rows
-from fsar.data.transforms import centre_square, pixels_from_squares
+from fsar.data.transforms import centre_square
 from fsar.data.video import VideoDecodeError, load_clip
 from fsar.storage import Location
 
@@ -109,59 +108,6 @@ def decode_record(row: Mapping[str, Any], config: EmbedConfig) -> dict[str, Any]
         return {**out, "clip": None, "frame_indices": None, "num_frames": None, "error": str(exc)}
     return {**out, "clip": centre_square(clip.frames), "frame_indices": clip.indices, "num_frames": clip.num_frames,
             "error": None}
-
-
-def clips_to_device(clips: Sequence[np.ndarray], device: torch.device) -> tuple[list[torch.Tensor], list[int]]:
-    """Move uint8 clips ``(T, s_i, s_i, 3)`` of mixed sides to ``device``, one stacked tensor per side.
-
-    Returns the tensors ``(n_side · T, s, s, 3)`` and ``order``: the clip index of each stacked clip, so
-    row ``j`` of the concatenated frames belongs to clip ``order[j // T]``. For CUDA the clips are
-    stacked straight into pinned host memory, so the copy is a true asynchronous DMA that overlaps with
-    the work already queued on the device (from pageable memory ``non_blocking`` silently waits).
-    """
-    by_side: dict[int, list[int]] = {}
-    for i, clip in enumerate(clips):
-        by_side.setdefault(int(clip.shape[1]), []).append(i)
-    pin = device.type == "cuda"
-    tensors, order = [], []
-    for side, members in by_side.items():
-        t = clips[members[0]].shape[0]
-        host = torch.empty((len(members), t, side, side, 3), dtype=torch.uint8, pin_memory=pin)
-        np.stack([clips[i] for i in members], out=host.numpy())
-        tensors.append(host.to(device, non_blocking=True).reshape(len(members) * t, side, side, 3))
-        order.extend(members)
-    return tensors, order
-
-
-@torch.no_grad()
-def encode_clips(
-    backbone: ClipBackbone, clips: Sequence[np.ndarray], *, patch_grid: int = 0
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Encode uint8 clips → frame features ``(B, T, D)`` and optional patches ``(B, T, g, g, D)``, fp16.
-
-    ``clips`` are B videos' centre squares ``(T, s_i, s_i, 3)`` (``decode_record``); sides may differ. On
-    the backbone's device, in one batched step under its autocast: resize per side, normalise, encode
-    (``pixels_from_squares``, then ``backbone.encode``). Features come back in the order of ``clips``.
-    """
-    if not clips:
-        raise ValueError("no clips to encode")
-    b, t = len(clips), clips[0].shape[0]
-    if any(c.shape[0] != t for c in clips):
-        raise ValueError(f"clips must all have {t} frames, got {sorted({c.shape[0] for c in clips})}")
-    device = next(backbone.parameters()).device
-    squares, order = clips_to_device(clips, device)
-    # bf16 autocast on CUDA only: on a CPU bf16 matmuls are slower than fp32.
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        pixels = pixels_from_squares(squares, backbone.preprocess)  # (B·T, 3, S, S), clips in `order`
-        pooled, grid = backbone.encode(pixels, patches=patch_grid > 0)
-    back = np.argsort(order)  # stacked position of each clip
-    frames = pooled.float().reshape(b, t, -1).cpu().numpy().astype(np.float16)[back]
-    if grid is None:
-        return frames, None
-    grid = grid.float().permute(0, 3, 1, 2)  # (BT, D, g0, g0)
-    grid = F.adaptive_avg_pool2d(grid, patch_grid).permute(0, 2, 3, 1)
-    patches = grid.reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)[back]
-    return frames, patches
 
 
 @dataclass(frozen=True)

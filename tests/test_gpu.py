@@ -137,7 +137,7 @@ def test_end_to_end_bf16_training_matches_cpu():
 def test_embedding_matches_cpu():
     """uint8 clips of two sizes → device preprocessing → encoder: bf16 on the GPU, fp32 on the CPU."""
     from fsar.backbones import TINY_MODEL, build_backbone
-    from fsar.embedding import encode_clips
+    from fsar.backbones.encode import encode_clips
 
     gen = np.random.default_rng(0)
     clips = [gen.integers(0, 256, size=(4, side, side, 3), dtype=np.uint8) for side in (64, 96, 96, 80)]

@@ -109,3 +109,9 @@ def test_no_package_of_fsar_imports_a_package_that_imports_it_back():
                     stack.append((nxt, [*path, nxt]))
     assert len(graph) > 10
     assert not cycles, cycles[:5]
+
+
+def test_no_source_file_is_over_400_lines():
+    long = {str(path.relative_to(REPO)): n for package in ("fsar", "pipelines") for path in (REPO / package).rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long

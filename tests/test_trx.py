@@ -12,7 +12,7 @@ from fsar.config import ConfigError
 from fsar.methods import build_method
 from fsar.methods.base import index_encoding
 from fsar.methods.parts import sinusoid_code
-from fsar.methods.trx import tuple_counts
+from fsar.methods.trx_tuples import tuple_counts
 
 
 def small(**knobs):
@@ -191,7 +191,7 @@ def trained_looking(method):
 @pytest.mark.parametrize(("feature_dim", "width"), [(16, 1152), (64, 1152), (16, 20)],
                          ids=["D16", "D64", "D16-narrow"])  # narrow: k·D + 1 >= d, no rank to save
 def test_factored_evaluation_equals_the_plain_head(temporal_set, shot, feature_dim, width):
-    from fsar.methods.trx import TRXEncoding, TRXFactorEncoding
+    from fsar.methods.trx_tuples import TRXEncoding, TRXFactorEncoding
 
     gen = torch.Generator().manual_seed(shot + feature_dim)
     method = trained_looking(small(feature_dim=feature_dim, trans_linear_out_dim=width, temporal_set=temporal_set,

@@ -97,8 +97,8 @@ def run_gpu_tests(config: GpuCheckConfig) -> dict[str, Any]:
 def measure_embedding(config: GpuCheckConfig, device: torch.device) -> dict[str, float]:
     """Frames/s of uint8 clips → device preprocessing → bf16 encoder, and of the encoder alone."""
     from fsar.backbones import build_backbone
+    from fsar.backbones.encode import encode_clips
     from fsar.data.transforms import centre_square
-    from fsar.embedding import encode_clips
 
     backbone = build_backbone(config.backbone, pretrained=None, device=device, init_seed=0).eval()
     gen = np.random.default_rng(0)

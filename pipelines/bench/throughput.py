@@ -35,8 +35,9 @@ def _rate(count: int, seconds: float) -> float:
 
 def bench_embedding(manifest: Path, work: Path) -> dict[str, float]:
     from fsar.backbones import TINY_MODEL
+    from fsar.backbones.encode import encode_clips
     from fsar.data.manifest import read_manifest
-    from fsar.embedding import EmbedConfig, decode_record, encode_clips, load_backbone
+    from fsar.embedding import EmbedConfig, decode_record, load_backbone
     from pipelines.embed import run_ray
     from pipelines.ray_runtime import init_ray
 
