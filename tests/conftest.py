@@ -1,4 +1,6 @@
-"""Shared test set-up: offline, quiet Ray, and small real mp4 files written with PyAV."""
+"""Shared test set-up: offline, quiet Ray, an S3 test server, and the fixtures several test modules use
+(small real mp4 files written with PyAV, a synthetic video dataset, one local Ray). Plain helpers are in
+``helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,91 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from pathlib import Path  # noqa: E402
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+import pytest  # noqa: E402
+from helpers import MIXED_SIZES, free_port, write_counter_video, write_pattern_video  # noqa: E402
 
 # Every S3 client of the session (pyarrow, boto3, Ray's storage, in this process and in the Ray workers it
 # starts) talks to the moto server of the `s3` fixture, through the standard AWS variables only. Set before
 # anything starts Ray, so that the workers inherit them; never real credentials.
-S3_PORT = _free_port()
+S3_PORT = free_port()
 os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "fsar-test",
                    "AWS_SECRET_ACCESS_KEY": "fsar-test", "AWS_DEFAULT_REGION": "us-east-1",
                    "AWS_EC2_METADATA_DISABLED": "true"})
-
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-
-def touch(path: Path) -> Path:
-    """An empty file at ``path`` (parents created): enough for manifest code, which never opens videos."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
-    return path
-
-
-def class_tree(root: Path, classes: int, per_class: int = 3) -> None:
-    """``root/classNN/clipV.mp4`` empty files: a class-per-folder video tree."""
-    for c in range(classes):
-        for v in range(per_class):
-            touch(root / f"class{c:02d}" / f"clip{v}.mp4")
-
-
-def frame_value(i: int) -> int:
-    """Grey level of frame ``i`` in ``counter_video``: far apart, so codec noise cannot confuse two frames."""
-    return 20 + (i * 23) % 216
-
-
-def write_counter_video(path: Path, num_frames: int, *, size: tuple[int, int] = (48, 64), fps: int = 10) -> Path:
-    """An H.264 mp4 whose frame i is uniformly grey at ``frame_value(i)``: decoded pixels reveal the index."""
-    import av
-
-    h, w = size
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "10", "bf": "0", "preset": "ultrafast"}
-        for i in range(num_frames):
-            img = np.full((h, w, 3), frame_value(i), dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_pattern_video(path: Path, num_frames: int, *, size: tuple[int, int], fps: int = 10) -> Path:
-    """An H.264 mp4 of a textured pattern (diagonal stripes per channel, shifting per frame): resizing it
-    changes pixels, unlike the uniform grey of ``write_counter_video``. ``size`` = (height, width), even."""
-    import av
-
-    h, w = size
-    y, x = np.mgrid[0:h, 0:w]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "10", "bf": "0", "preset": "ultrafast"}
-        for i in range(num_frames):
-            img = np.stack([(x * 9 + y * 5 + 17 * i + 60 * c) % 256 for c in range(3)], axis=-1).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def decoded_index(frame: np.ndarray, num_frames: int) -> int:
-    """Which counter-video frame a decoded frame is (nearest grey level)."""
-    values = np.array([frame_value(i) for i in range(num_frames)])
-    return int(np.abs(values - frame.mean()).argmin())
 
 
 @pytest.fixture
@@ -123,9 +52,6 @@ def videos(tmp_path: Path) -> tuple[Path, Path]:
     return manifest, tmp_path
 
 
-MIXED_SIZES = ((48, 64), (80, 96), (64, 80), (48, 64), (96, 80), (40, 40))  # (H, W): up, down, equal to S=64
-
-
 @pytest.fixture
 def mixed_videos(tmp_path: Path) -> tuple[Path, Path]:
     """Textured videos of several native sizes (two share 48×64; fsar-tiny's input side is 64, so some are
@@ -143,14 +69,15 @@ def mixed_videos(tmp_path: Path) -> tuple[Path, Path]:
     return write_manifest(records, tmp_path / "mixed.parquet"), tmp_path
 
 
-def embed_config(manifest: Path, out: Path, **kw: Any):
-    """A small embed config over the ``videos`` fixture: 4 frames, 2×2 patches, shards of 3 videos."""
-    from fsar.backbones import TINY_MODEL
-    from fsar.embedding import EmbedConfig
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """10 motion classes (4 train / 3 val / 3 test) × 4 videos, 16 frames, 64 px (`fsar synth`); returns the
+    manifest. Module-scoped: made once per test module that uses it."""
+    from fsar.data.synthetic import SynthConfig, generate
 
-    settings = {"backbone": TINY_MODEL, "pretrained": "none", "frames": 4, "patch_grid": 2, "batch_size": 2,
-                "shard_size": 3, "engine": "local", "mlflow": False} | kw
-    return EmbedConfig(manifest=manifest, out=out, **settings)
+    out = tmp_path_factory.mktemp("synth")
+    return generate(SynthConfig(out=out, classes=10, videos_per_class=4, frames=16, size=64, class_split=(4, 3, 3),
+                                workers=1))
 
 
 @pytest.fixture(scope="session")
@@ -195,7 +122,7 @@ def s3(s3_server, request) -> str:
 
     import boto3
 
-    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{_free_port()}"
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{free_port()}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
 

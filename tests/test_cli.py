@@ -122,7 +122,7 @@ def test_manifest_of_a_benchmark_from_the_lists_that_ship(tmp_path, capsys):
 
 
 def test_train_then_eval_the_run_beside_untrained_methods(tmp_path, capsys):
-    from test_training_loop import make_signal_store
+    from helpers import make_signal_store
 
     store = make_signal_store(tmp_path / "store")
     run_dir = tmp_path / "run"

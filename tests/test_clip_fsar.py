@@ -55,7 +55,7 @@ def test_refused_without_text():
 
 
 def test_refused_on_a_store_without_class_text(tmp_path):
-    from test_training_loop import config, make_signal_store
+    from helpers import config, make_signal_store
 
     from fsar.training.loop import train_worker
 
@@ -155,7 +155,7 @@ def test_a_text_width_other_than_the_frames_gets_a_projection():
 
 def test_short_training_run_lowers_the_loss(tmp_path):
     """On a store with class text, a few seconds of training lower the episodic loss (CE + text_ce)."""
-    from test_training_loop import config, make_signal_store
+    from helpers import config, make_signal_store
 
     from fsar.training.loop import train_worker
 

@@ -7,38 +7,24 @@ process on the machine, other people's test clusters included.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from helpers import RAY, RAY_ENV, VENV_BIN, free_port, stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-RAY = str(VENV_BIN / "ray")
-# What every Ray process of these tests sees (no hub, no auth token, no usage report).
-RAY_ENV = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 JOB_TIMEOUT_S = 420  # the machine is 2 cores shared with other test runs: generous
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -65,55 +51,18 @@ class LocalCluster:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
-def _psutil() -> Any:
-    """psutil as Ray bundles it (``import ray`` puts it on sys.path; the project does not depend on it)."""
-    import ray  # noqa: F401
-
-    return importlib.import_module("psutil")
-
-
-def _own_processes(temp_dir: Path) -> list:
-    """Processes of this cluster only: those naming its temporary folder, and their descendants (never
-    this process or its parents)."""
-    psutil = _psutil()
-    me = psutil.Process()
-    spared = {me.pid, *(p.pid for p in me.parents())}
-    found: dict[int, Any] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid not in spared and str(temp_dir) in " ".join(proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                for child in proc.children(recursive=True):
-                    found[child.pid] = child
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return [p for pid, p in found.items() if pid not in spared]
-
-
-def _stop_cluster(temp_dir: Path) -> None:
-    psutil = _psutil()
-    procs = _own_processes(temp_dir)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-
-
 @pytest.fixture(scope="module")
 def local_cluster() -> Iterator[LocalCluster]:
     # A short path: Ray puts unix sockets under it (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="fsar-ray-", dir="/tmp"))
-    gcs_port, dash_port = _free_port(), _free_port()
+    gcs_port, dash_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
     # Workers and job drivers inherit the raylet's PATH: `python` in an entrypoint is this venv's.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     cmd = [RAY, "start", "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
            # Fixed default ports would collide with another cluster on this machine.
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            "--num-cpus=2", "--disable-usage-stats"]
     try:
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -122,7 +71,7 @@ def local_cluster() -> Iterator[LocalCluster]:
         _wait_for_job_server(cluster)
         yield cluster
     finally:
-        _stop_cluster(temp_dir)
+        stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -189,8 +138,8 @@ def _train_worker_pids(dashboard: str) -> list[int]:
 # Slow: 115-225 s there (two worker-group starts, 150 steps with a checkpoint every 10).
 @pytest.mark.slow
 def test_killed_training_worker_is_replaced_and_resumes_from_checkpoint(local_cluster, tmp_path):
+    from helpers import make_signal_store
     from ray.job_submission import JobStatus, JobSubmissionClient
-    from test_training_loop import make_signal_store
 
     from fsar.training.checkpoint import load_checkpoint
 
@@ -243,7 +192,7 @@ def test_killed_training_worker_is_replaced_and_resumes_from_checkpoint(local_cl
 
 
 def test_rerunning_a_finished_training_run_is_a_no_op(tmp_path):
-    from test_training_loop import config, make_signal_store
+    from helpers import config, make_signal_store
 
     from pipelines.train import run
 
@@ -261,7 +210,7 @@ def test_rerunning_a_finished_training_run_is_a_no_op(tmp_path):
 
 
 def test_rerunning_a_finished_embed_job_is_a_no_op(videos, ray_local):
-    from conftest import embed_config
+    from helpers import embed_config
 
     from pipelines.embed import run
 
@@ -277,7 +226,7 @@ def test_rerunning_a_finished_embed_job_is_a_no_op(videos, ray_local):
 def test_a_chunk_written_twice_is_stored_once(videos):
     """A retried Ray task rewrites its chunk's part under the same name, and its report may reach the driver
     twice: the merged shard still holds each video once, and the tracker counts the chunk once."""
-    from conftest import embed_config
+    from helpers import embed_config
 
     from fsar.data.feature_store import FeatureStore
     from fsar.embedding import (
@@ -310,7 +259,7 @@ def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monke
     """The task of the chunk holding video good3 kills its worker process the first time (as a lost node
     would), after other chunks' parts are written and reported; Ray retries the task and the store still
     holds every good video exactly once."""
-    from conftest import embed_config
+    from helpers import embed_config
 
     import pipelines.embed as embed
     from fsar.data.feature_store import FeatureStore

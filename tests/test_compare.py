@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+from helpers import make_shifting_patch_store
+
 from pipelines.compare import CompareConfig, comparison_table, run
-from tests.test_training_loop import make_patch_store
 
 
 def test_comparison_trains_each_method_and_scores_all_on_the_same_episodes(tmp_path):
-    store = make_patch_store(tmp_path / "store")
+    store = make_shifting_patch_store(tmp_path / "store")
     config = CompareConfig(
         store=store, out=tmp_path / "cmp", steps=4, val_every=2, episodes=60, shots=[1, 2], workers=0,
         methods={"protonet": {"proj_dim": 8}, "a2m2@tiny": {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8}},

@@ -62,7 +62,7 @@ def test_frame_count_and_knobs_are_checked():
 
 
 def test_training_refuses_a_store_with_another_frame_count(tmp_path):
-    from test_training_loop import make_signal_store
+    from helpers import make_signal_store
 
     from fsar.data.sections import StoreData
     from fsar.training.config import TrainConfig

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import embed_config
+from helpers import embed_config
 
 from fsar.data.feature_store import FeatureStore
 from pipelines.embed import run
@@ -57,7 +57,7 @@ def test_decode_task_ships_uint8_clips_of_native_size(mixed_videos):
     video ships its reason instead."""
     import pickle
 
-    from conftest import MIXED_SIZES
+    from helpers import MIXED_SIZES
 
     from pipelines.embed import _decode_chunks
 

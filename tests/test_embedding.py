@@ -2,7 +2,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import MIXED_SIZES, embed_config
+from helpers import MIXED_SIZES, embed_config
 
 from fsar.backbones import TINY_MODEL, build_backbone
 from fsar.data.feature_store import FeatureStore

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from test_training_loop import make_signal_store
+from helpers import make_signal_store
 
 from fsar.data.feature_store import read_meta, write_meta
 from pipelines.cli import main

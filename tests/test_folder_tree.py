@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import class_tree, touch
+from helpers import class_tree, touch
 
 from fsar.data import folder_tree as ft
 from fsar.data import manifest as mf

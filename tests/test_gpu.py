@@ -1,9 +1,9 @@
 """GPU against CPU: embedding, cached training with validation, end-to-end bf16 training and evaluation.
 
 Every test here is marked ``gpu`` and skips without CUDA. This module imports only what the GPU machines
-this project is checked on have (torch, numpy, pyarrow, pytest, open_clip, and the ``fsar`` library):
-no Ray, MLflow or video decoder, so ``python -m pipelines.gpu_check`` can run it there. Clips are made
-as tensors and stores are written with ``fsar.data.feature_store``.
+this project is checked on have (torch, numpy, pyarrow, pytest, open_clip, the ``fsar`` library and the
+tests' own ``helpers``): no Ray, MLflow or video decoder, so ``python -m pipelines.gpu_check`` can run it
+there. Clips are made as tensors and stores are written with ``fsar.data.feature_store``.
 
 Tolerances, and why:
 - fp32 paths (cached training, evaluation): CUDA and CPU kernels sum in different orders; 1e-4 on logits
@@ -19,33 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_shifting_patch_store
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
-
-
-def patch_store(root: Path, *, dim: int = 16, grid: int = 2, frames: int = 4, seed: int = 0) -> Path:
-    """A small store with a patch grid: each class a pattern that shifts over time, plus noise."""
-    from fsar.data.feature_store import StoreMeta, write_meta, write_shard
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split, classes in (("train", range(0, 10)), ("val", range(10, 15)), ("test", range(15, 20))):
-        for c in classes:
-            pattern = rng.normal(size=(grid, grid, dim))
-            for v in range(6):
-                feats = np.stack([np.roll(pattern, t, axis=1) for t in range(frames)])
-                feats = feats + rng.normal(scale=0.5, size=feats.shape)
-                rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class{c}", "split": split,
-                             "num_frames": 16, "frame_indices": list(range(frames)),
-                             "frames": feats.mean(axis=(1, 2)), "patches": feats})
-    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim,
-                               patch_grid=grid, image_size=64))
-    write_shard(root, 0, rows)
-    return root
 
 
 def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, placement: str = "auto"):
@@ -64,7 +44,7 @@ def train(store: Path, out: Path, *, method: str, knobs: dict, device: str, plac
 @pytest.mark.parametrize(("method", "knobs"), [("otam", {"proj_dim": 16, "temporal_centre": True}),
                                                ("a2m2", {"reduce_dim": 8, "embed_dim": 16})])
 def test_cached_training_with_validation_matches_cpu(tmp_path, method, knobs):
-    store = patch_store(tmp_path / "store")
+    store = make_shifting_patch_store(tmp_path / "store", dim=16, noise=0.5, text=False)
     on_cpu = train(store, tmp_path / "cpu", method=method, knobs=knobs, device="cpu")
     for placement in ("device", "host"):
         on_gpu = train(store, tmp_path / placement, method=method, knobs=knobs, device="cuda", placement=placement)

@@ -10,68 +10,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import I2ST_SMALL, i2st_config, make_actor_patch_store
 
 from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler, episode_labels
-from fsar.data.feature_store import FeatureStore, StoreMeta, write_class_text, write_meta, write_shard
-from fsar.data.masks import write_mask_file
-from fsar.data.sections import StoreData
+from fsar.data.feature_store import FeatureStore
 from fsar.evaluation.scoring import FeatureSplit, episode_accuracies, episode_scorer, gather_episodes
 from fsar.methods import build_method, method_info
 from fsar.methods.base import Supervision
 from fsar.training.checkpoint import load_checkpoint, save_checkpoint
-from fsar.training.config import TrainConfig
 from fsar.training.loop import train_worker
 
-SMALL = {"dim": 16, "heads": 2, "instances": 3}
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
-
-
-def make_patch_store(root, *, masks_root=None, grid=3, dim=16, frames=4, videos=6, classes=(8, 5, 5), text=True,
-                     seed=0):
-    """A tiny store with a g×g patch grid: in each frame one "actor" cell holds the class's vector (plus
-    noise) on a class-specific path through the grid; every other cell is noise around a per-video
-    background. ``class_text`` holds the class vectors (so pseudo-masks find the actor), and with
-    ``masks_root`` each video gets a mask file marking the actor's cell at its sampled frames."""
-    rng = np.random.default_rng(seed)
-    rows, vectors = [], []
-    label = 0
-    for split, count in zip(("train", "val", "test"), classes, strict=True):
-        for _ in range(count):
-            vector = rng.normal(size=dim)
-            vector /= np.linalg.norm(vector)
-            vectors.append(vector)
-            path = rng.integers(0, grid * grid, size=frames)
-            for v in range(videos):
-                video_id = f"c{label}v{v}"
-                patches = 0.5 * rng.normal(size=(frames, grid, grid, dim)) + 0.3 * rng.normal(size=(1, 1, 1, dim))
-                rows_, cols_ = np.divmod(path, grid)
-                patches[np.arange(frames), rows_, cols_] = 3.0 * vector + 0.3 * rng.normal(size=(frames, dim))
-                frame_indices = int(rng.integers(0, 10)) + 3 * np.arange(frames)
-                rows.append({"video_id": video_id, "label": label, "class_name": f"class{label}", "split": split,
-                             "num_frames": 30, "frame_indices": frame_indices.tolist(),
-                             "frames": patches.mean(axis=(1, 2)), "patches": patches})
-                if masks_root is not None:
-                    cell = np.zeros((frames, grid, grid), dtype=np.uint8)
-                    cell[np.arange(frames), rows_, cols_] = 255
-                    pixels = cell.repeat(4, axis=1).repeat(4, axis=2)  # 4×4 pixels per patch cell
-                    write_mask_file(masks_root, video_id, pixels, frame_indices)
-            label += 1
-    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim, patch_grid=grid,
-                               image_size=4 * grid))
-    write_shard(root, 0, rows)
-    if text:
-        write_class_text(root, range(label), [f"class{c}" for c in range(label)], np.stack(vectors),
-                         template="a video of {}")
-    return root
 
 
 @pytest.fixture(scope="module")
 def patch_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2st")
-    make_patch_store(root / "store", masks_root=root / "masks")
+    make_actor_patch_store(root / "store", masks_root=root / "masks")
     return root / "store", root / "masks"
 
 
@@ -86,7 +42,7 @@ def episodes(batch=3, way=3, shot=2, n_query=2, frames=4, grid=2, dim=12, seed=0
 
 def build(**knobs):
     torch.manual_seed(0)
-    return build_method("i2st", feature_dim=12, **(SMALL | knobs))
+    return build_method("i2st", feature_dim=12, **(I2ST_SMALL | knobs))
 
 
 # ---------------------------------------------------------------- knobs and contract
@@ -281,17 +237,12 @@ def test_encode_once_evaluation_matches_the_plain_forward():
             torch.testing.assert_close(logits, method(support, s_lab, query, 3), atol=1e-5, rtol=1e-5)
 
 
-def train_config(store, out, **knobs):
-    return TrainConfig(data=StoreData(store=store), out=out, method="i2st", knobs=SMALL | knobs, way=5, shot=1, query=2, steps=30,
-                       episodes_per_step=4, lr=1e-2, warmup_steps=3, val_every=10, val_episodes=20)
-
-
 @pytest.mark.parametrize("source", ["none", "pseudo", "files"])
 def test_a_short_training_run_lowers_the_loss(patch_store, tmp_path, source):
     store, masks = patch_store
     knobs = {"mask_source": source} | ({"mask_files": str(masks)} if source == "files" else {})
     reports = []
-    train_worker(train_config(store, tmp_path / "run", **knobs), report=lambda m, p: reports.append(m))
+    train_worker(i2st_config(store, tmp_path / "run", **knobs), report=lambda m, p: reports.append(m))
     losses = [m["train_loss"] for m in reports]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert losses[-1] < 0.85 * losses[0], losses
@@ -310,7 +261,7 @@ def test_training_on_mask_files_passes_them_to_the_method(patch_store, tmp_path,
         return original(self, mask_logits, patches, support_labels, class_text=class_text, supervision=supervision)
 
     monkeypatch.setattr(I2ST, "mask_loss", spy)
-    cfg = train_config(store, tmp_path / "run", mask_source="files", mask_files=str(masks))
+    cfg = i2st_config(store, tmp_path / "run", mask_source="files", mask_files=str(masks))
     train_worker(dataclasses.replace(cfg, steps=2, val_every=2), report=lambda m, p: None)
     assert len(seen) == 2
     sup = seen[0]
@@ -326,7 +277,7 @@ def test_inference_never_touches_a_mask_source(patch_store, tmp_path, monkeypatc
     own_masks = tmp_path / "masks"
     shutil.copytree(masks, own_masks)
     payloads = []
-    cfg = train_config(store, tmp_path / "run", mask_source="files", mask_files=str(own_masks))
+    cfg = i2st_config(store, tmp_path / "run", mask_source="files", mask_files=str(own_masks))
     train_worker(dataclasses.replace(cfg, steps=10), report=lambda m, p: payloads.append(p))
     path = save_checkpoint(payloads[-1], tmp_path / "best.pt")
     test = FeatureStore(store).load_split("test", view="patches")

@@ -1,5 +1,6 @@
 """The layering: ``fsar`` (the library) never imports ``pipelines`` (the jobs) nor Ray, MLflow or the video
-decoders at import time, and no module imports another that imports it back."""
+decoders at import time, no module imports another that imports it back, and no test module imports another
+(shared test code is in ``tests/helpers.py`` and ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,32 @@ def test_no_source_file_is_over_400_lines():
     long = {str(path.relative_to(REPO)): n for package in ("fsar", "pipelines") for path in (REPO / package).rglob("*.py")
             if (n := len(path.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The imports of ``test_*`` modules anywhere in the file at ``path`` (``import test_x``, ``from test_x
+    import y``, ``import tests.test_x``, ``from tests import test_x``, ``from .test_x import y``, ...), each
+    as ``line N: <the import statement>``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+            if node.module in (None, "tests"):  # `from tests import test_x`, `from . import test_x`
+                names += [alias.name for alias in node.names]
+        else:
+            continue
+        if any(part.startswith("test_") for name in names for part in name.split(".")):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_test_module_imports_another():
+    """A test module that imports another depends on its internals and drags in its imports and fixtures
+    (as ``tests.test_x``, a second copy of it under another name): shared helpers go in ``helpers.py``,
+    shared fixtures in ``conftest.py``."""
+    files = sorted((REPO / "tests").glob("*.py"))
+    assert len(files) > 40 and REPO / "tests" / "helpers.py" in files
+    offenders = {path.name: found for path in files if (found := imported_test_modules(path))}
+    assert not offenders, offenders

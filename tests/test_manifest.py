@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import touch
+from helpers import touch
 
 from fsar.data import manifest as mf
 

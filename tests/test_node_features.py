@@ -15,22 +15,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from test_cluster import RAY, RAY_ENV, VENV_BIN, _free_port, _stop_cluster
-from test_training_loop import make_signal_store
+from helpers import RAY, RAY_ENV, VENV_BIN, free_port, make_signal_store, stop_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def start_two_nodes(temp_dir: Path, env: dict[str, str]) -> str:
     """Head and one more node on 127.0.0.1, 1 CPU each, every port chosen free; returns the GCS address."""
-    gcs = _free_port()
+    gcs = free_port()
     head = [RAY, "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
             "--include-dashboard=false", "--num-cpus=1", "--disable-usage-stats",
-            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"]
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"]
     second = [RAY, "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-              "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
-              f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-              f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+              "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+              f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+              f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     for cmd in (head, second):
         started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -68,7 +67,7 @@ def test_each_node_reads_each_split_once(tmp_path):
                                 env=env | {"RAY_ADDRESS": address}, capture_output=True, text=True, timeout=600)
         assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
     finally:
-        _stop_cluster(temp_dir)
+        stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
     nodes = json.loads((out / "nodes.json").read_text())
     loads = json.loads((out / "feature_loads.json").read_text())

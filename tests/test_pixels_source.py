@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import pixels_config
 
 from fsar.config import ConfigError, from_dict
 from fsar.data.manifest import read_manifest, write_manifest
@@ -22,16 +23,6 @@ LN3 = float(np.log(3))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    """10 motion classes (4 train / 3 val / 3 test) × 4 videos, 16 frames, 64 px (`fsar synth`)."""
-    from fsar.data.synthetic import SynthConfig, generate
-
-    out = tmp_path_factory.mktemp("synth")
-    return generate(SynthConfig(out=out, classes=10, videos_per_class=4, frames=16, size=64, class_split=(4, 3, 3),
-                                workers=1))
 
 
 def write_colour_video(path: Path, colour: np.ndarray, rng: np.random.Generator, *, frames: int = 12,
@@ -72,17 +63,10 @@ def colours(tmp_path_factory) -> Path:
     return write_manifest(records, root / "manifest.parquet")
 
 
-def small(manifest: Path, out: Path, *, decode: str = "auto", **kw) -> TrainConfig:
-    base = {"method": "dmgal_adapter", "knobs": {"temperature": 0.05}, "way": 3, "shot": 1, "query": 1, "steps": 4,
-            "episodes_per_step": 1, "lr": 1e-2, "val_every": 2, "val_episodes": 6, "warmup_steps": 2}
-    data = ManifestData(manifest=manifest, frames=4, decode_threads=2, decode=decode)
-    return TrainConfig(data=data, out=out, **(base | kw))
-
-
 def test_training_loss_decreases(colours, tmp_path):
     reports = []
-    config = small(colours, tmp_path / "run", knobs={"learn_scale": True}, steps=24, query=2,
-                   lr=2e-2, val_every=6)
+    config = pixels_config(colours, tmp_path / "run", knobs={"learn_scale": True}, steps=24, query=2,
+                           lr=2e-2, val_every=6)
     train_worker(config, report=lambda m, p: reports.append(m))
     losses = [m["train_loss"] for m in reports]
     assert [m["step"] for m in reports] == [6, 12, 18, 24]
@@ -110,7 +94,7 @@ def test_fsar_train_and_eval_on_a_manifest(synth, tmp_path, capsys):
 @pytest.mark.parametrize("method,knobs", [("dmgal_ft", {"num_frames": 4}), ("dmgal_adapter", {})])
 def test_checkpoints_round_trip(synth, tmp_path, method, knobs):
     reports = []
-    train_worker(small(synth, tmp_path / "r", method=method, knobs=knobs, steps=2),
+    train_worker(pixels_config(synth, tmp_path / "r", method=method, knobs=knobs, steps=2),
                  report=lambda m, p: reports.append(p))
     payload = reports[-1]
     from fsar.training.checkpoint import save_checkpoint
@@ -132,7 +116,7 @@ def test_a_corrupt_video_does_not_stop_training(synth, tmp_path):
     first_train["path"] = str(broken)
     manifest = write_manifest(table, tmp_path / "m.parquet")
     reports = []
-    train_worker(small(manifest, tmp_path / "r", steps=6, episodes_per_step=2, query=2),
+    train_worker(pixels_config(manifest, tmp_path / "r", steps=6, episodes_per_step=2, query=2),
                  report=lambda m, p: reports.append(m))
     assert reports[-1]["step"] == 6 and reports[-1]["failed_videos"] >= 1
 
@@ -149,7 +133,7 @@ def test_errors_say_what_to_pass(synth, tmp_path):
         from_dict(TrainConfig, {"method": "dmgal_ft", "out": str(tmp_path), "data": {"manifest": str(synth)},
                                 "frames": 4})
     with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames are decoded per video \(frames\); set knobs.num_frames=4"):
-        check_training_inputs(small(synth, tmp_path, method="dmgal_ft", knobs={}))
+        check_training_inputs(pixels_config(synth, tmp_path, method="dmgal_ft", knobs={}))
     assert main(["train", "--store", str(tmp_path), "--method", "dmgal_adapter", "--out", str(tmp_path / "r")]) == 2
 
 
@@ -157,7 +141,7 @@ def test_a_resumed_run_decodes_no_completed_step(synth, tmp_path, monkeypatch):
     from fsar.sources.decoding import EpisodeDecoder
 
     payloads = []
-    config = small(synth, tmp_path / "r", steps=4, episodes_per_step=2, query=1, val_every=2, decode="threads")
+    config = pixels_config(synth, tmp_path / "r", steps=4, episodes_per_step=2, query=1, val_every=2, decode="threads")
     train_worker(config, report=lambda m, p: payloads.append(p))
     decoded: list[int] = []
     original = EpisodeDecoder.decode_episode

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from test_i2st import SMALL, make_patch_store, train_config
+from helpers import I2ST_SMALL, i2st_config, make_actor_patch_store
 
 from fsar.config import ConfigError
 from fsar.data.episodes import EpisodeSampler
@@ -22,19 +22,19 @@ from fsar.training.loop import check_training_inputs
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("masksup")
-    make_patch_store(root / "store", masks_root=root / "masks")
-    make_patch_store(root / "plain", text=False)
+    make_actor_patch_store(root / "store", masks_root=root / "masks")
+    make_actor_patch_store(root / "plain", text=False)
     return root / "store", root / "masks", root / "plain"
 
 
 def i2st(**knobs):
-    return build_method("i2st", feature_dim=16, **(SMALL | knobs))
+    return build_method("i2st", feature_dim=16, **(I2ST_SMALL | knobs))
 
 
 def test_store_splits_carry_their_sampled_frame_numbers(stores):
     split = FeatureStore(stores[0]).load_split("train", view="patches")
     assert split.frame_indices.shape == (48, 4) and split.frame_indices.dtype == np.int64
-    assert (np.diff(split.frame_indices, axis=1) == 3).all()  # as make_patch_store wrote them
+    assert (np.diff(split.frame_indices, axis=1) == 3).all()  # as make_actor_patch_store wrote them
 
 
 def test_mask_request_of_methods_with_and_without_the_knob(stores):
@@ -55,12 +55,12 @@ def test_up_front_checks(stores, tmp_path):
     with pytest.raises(ConfigError, match="needs class-name text embeddings"):
         check_mask_inputs(i2st(mask_source="pseudo"), FeatureStore(plain))
     # The training job's own up-front check runs them before any worker starts.
-    check_training_inputs(train_config(store, tmp_path / "r", mask_source="files", mask_files=str(masks)))
+    check_training_inputs(i2st_config(store, tmp_path / "r", mask_source="files", mask_files=str(masks)))
     with pytest.raises(ConfigError, match="is not a folder"):
-        check_training_inputs(train_config(store, tmp_path / "r", mask_source="files", mask_files=str(tmp_path / "x")))
+        check_training_inputs(i2st_config(store, tmp_path / "r", mask_source="files", mask_files=str(tmp_path / "x")))
     with pytest.raises(ConfigError, match="needs class-name text"):
-        check_training_inputs(train_config(plain, tmp_path / "r", mask_source="pseudo"))
-    check_training_inputs(train_config(plain, tmp_path / "r", mask_source="none"))
+        check_training_inputs(i2st_config(plain, tmp_path / "r", mask_source="pseudo"))
+    check_training_inputs(i2st_config(plain, tmp_path / "r", mask_source="none"))
 
 
 def test_mask_table_follows_the_split_and_the_episodes(stores):

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import touch
+from helpers import touch
 
 from fsar.data import manifest as mf
 from fsar.data import split_lists as sl

@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from test_pixels_source import small, synth  # noqa: F401 — the module-scoped synthetic dataset fixture
-from test_training_loop import config, make_signal_store
+from helpers import config, make_shifting_patch_store, make_signal_store, pixels_config
 
 from fsar.config import ConfigError
 from fsar.training.checkpoint import load_checkpoint
@@ -84,11 +83,10 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     that gets no gradient would make DDP fail the step after it."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-    from test_training_loop import make_patch_store
 
     from fsar.methods import list_methods, method_info
 
-    with_text = str(make_patch_store(tmp_path / "store"))  # patch grid and class text
+    with_text = str(make_shifting_patch_store(tmp_path / "store"))  # patch grid and class text
     textless = str(make_signal_store(tmp_path / "textless"))  # pooled frames only, no class text
     small = {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8, "dim": 8, "heads": 2, "proj_dim": 8, "num_frames": 4}
     cases = []
@@ -131,9 +129,9 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
 
 
-def test_one_ray_worker_streams_decoded_episodes(synth, tmp_path, ray_local):  # noqa: F811
+def test_one_ray_worker_streams_decoded_episodes(synth, tmp_path, ray_local):
     """A manifest run through Ray Train: the worker decodes its own episodes in Ray Data tasks."""
-    result = run(small(synth, tmp_path / "run", workers=1, steps=4, val_every=2))
+    result = run(pixels_config(synth, tmp_path / "run", workers=1, steps=4, val_every=2))
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [2, 4] and lines[-1]["episodes_per_s"] > 0
     assert all(m["failed_videos"] == 0 for m in lines)

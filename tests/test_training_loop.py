@@ -5,51 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import config, make_shifting_patch_store, make_signal_store
 
-from fsar.data.feature_store import StoreMeta, write_meta, write_shard
 from fsar.data.sections import StoreData
 from fsar.training.checkpoint import load_checkpoint, save_checkpoint
 from fsar.training.config import TrainConfig
 from fsar.training.loop import train_worker
 
 
-def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0, text=False):
-    """Classes differ only inside the first ``signal`` dims; the rest is loud shared noise, so an untrained
-    cosine metric is poor and a learned projection can find the signal subspace (same for unseen classes).
-    With ``text`` the store also gets class-name embeddings: each class's mean plus a little noise."""
-    rng = np.random.default_rng(seed)
-    rows, texts = [], {}
-    for split, classes in (("train", range(0, 12)), ("val", range(12, 18)), ("test", range(18, 24))):
-        for c in classes:
-            mean = np.zeros(dim)
-            mean[:signal] = rng.normal(size=signal) * 1.0
-            texts[c] = mean + rng.normal(scale=0.1, size=dim)
-            for v in range(8):
-                feats = rng.normal(scale=0.15, size=(frames, dim)) + mean
-                feats[:, signal:] += rng.normal(scale=2.0, size=(1, dim - signal))
-                rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class{c}", "split": split,
-                             "num_frames": 16, "frame_indices": list(range(frames)), "frames": feats})
-    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim, patch_grid=0,
-                               image_size=64))
-    write_shard(root, 0, rows)
-    if text:
-        from fsar.data.feature_store import write_class_text
-
-        write_class_text(root, list(texts), [f"class{c}" for c in texts], np.stack(list(texts.values())),
-                         template="a video of {}")
-    return root
-
-
 @pytest.fixture
 def signal_store(tmp_path):
     return make_signal_store(tmp_path / "store")
-
-
-def config(store, out, **kw):
-    base = {"method": "protonet", "knobs": {"proj_dim": 16}, "steps": 60, "episodes_per_step": 4, "lr": 3e-2,
-            "val_every": 20, "val_episodes": 300, "warmup_steps": 5}
-    data = {k: kw.pop(k) for k in ("view", "backbone", "feature_placement") if k in kw}
-    return TrainConfig(data=StoreData(store=store, **data), out=out, **(base | kw))
 
 
 def test_loop_improves_validation_and_reports_checkpoints(signal_store, tmp_path):
@@ -113,38 +79,13 @@ def test_every_registered_frame_method_trains(signal_store, tmp_path):
         assert all(np.isfinite(m["train_loss"]) and 0 <= m["val_accuracy"] <= 100 for m in reports), name
 
 
-def make_patch_store(root, *, dim=8, grid=2, frames=4, seed=0):
-    """A store with a patch grid and class-name text: each class is a fixed pattern over the grid that
-    shifts over time, plus noise; the text embedding of a class is a noisy copy of its pattern."""
-    from fsar.data.feature_store import write_class_text
-
-    rng = np.random.default_rng(seed)
-    rows, texts = [], {}
-    for split, classes in (("train", range(0, 10)), ("val", range(10, 15)), ("test", range(15, 20))):
-        for c in classes:
-            pattern = rng.normal(size=(grid, grid, dim))
-            texts[c] = pattern.mean(axis=(0, 1)) + rng.normal(scale=0.1, size=dim)
-            for v in range(6):
-                feats = np.stack([np.roll(pattern, t, axis=1) for t in range(frames)])
-                feats = feats + rng.normal(scale=0.3, size=feats.shape)
-                rows.append({"video_id": f"c{c}v{v}", "label": c, "class_name": f"class{c}", "split": split,
-                             "num_frames": 16, "frame_indices": list(range(frames)), "frames": feats.mean(axis=(1, 2)),
-                             "patches": feats})
-    write_meta(root, StoreMeta(backbone="fsar-tiny", pretrained=None, frames=frames, embed_dim=dim, patch_grid=grid,
-                               image_size=64))
-    write_shard(root, 0, rows)
-    write_class_text(root, list(texts), [f"class{c}" for c in texts], np.stack(list(texts.values())),
-                     template="a video of {}")
-    return root
-
-
 def test_every_registered_patch_method_trains_and_reloads(tmp_path):
     """Patch-grid methods read (N, T, g, g, D) and, when they use it, the store's class text; the
     checkpoint records the view and rebuilds the method."""
     from fsar.data.feature_store import FeatureStore
     from fsar.methods import list_methods, method_info
 
-    store = make_patch_store(tmp_path / "store")
+    store = make_shifting_patch_store(tmp_path / "store")
     assert FeatureStore(store).class_text().shape == (20, 8)
     names = [n for n in list_methods() if method_info(n).input_kind == "patches"]
     assert "a2m2" in names

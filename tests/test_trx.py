@@ -124,7 +124,7 @@ def test_dropout_only_in_training():
 
 
 def test_training_lowers_the_loss(tmp_path):
-    from test_training_loop import config, make_signal_store
+    from helpers import config, make_signal_store
 
     from fsar.training.loop import train_worker
 

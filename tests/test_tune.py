@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_signal_store
 from ray.tune import Callback
-from test_training_loop import make_signal_store
 
 from fsar.config import ConfigError
 from fsar.search_space import Distribution, SearchSpace, load_search_space
@@ -245,7 +245,7 @@ def test_example_a2m2_sweep_is_valid():
 
 
 def test_example_clip_fsar_sweep_is_valid(tmp_path):
-    from test_training_loop import make_signal_store
+    from helpers import make_signal_store
 
     from fsar.training.loop import check_training_inputs
 

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import decoded_index
+from helpers import decoded_index
 
 from fsar.data.video import DecordDecoder, PyAVDecoder, VideoDecodeError, load_clip
 
