@@ -107,7 +107,7 @@ def test_job_submit_embeds_and_trains_on_the_cluster(local_cluster, synth_videos
         "manifest": str(synth_videos), "out": str(store), "backbone": "fsar-tiny", "pretrained": "none",
         "frames": 4, "batch_size": 6}))
     (tmp_path / "train.yaml").write_text(yaml.safe_dump({
-        "store": str(store), "out": str(run_dir), "method": "protonet", "knobs": {"proj_dim": 16},
+        "data": {"store": str(store)}, "out": str(run_dir), "method": "protonet", "knobs": {"proj_dim": 16},
         "way": 2, "shot": 1, "query": 2, "steps": 6, "val_every": 3, "val_episodes": 20, "workers": 2,
         "episodes_per_step": 2}))
     job = local_cluster.submit(f"python -m pipelines.embed --config {tmp_path / 'embed.yaml'} && "

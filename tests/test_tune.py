@@ -297,7 +297,8 @@ def test_example_otam_sweep_on_the_demo_store(tmp_path, ray_local):
                         progress=False)
     embed(EmbedConfig(manifest=manifest, out=tmp_path / "store", backbone=TINY_MODEL, pretrained="none", frames=8,
                       patch_grid=4, engine="ray"), progress=False)
-    result = run(SweepConfig(store=tmp_path / "store", space=EXAMPLES / "otam.yaml", out=tmp_path / "sweep", verbose=0))
+    result = run(SweepConfig(store=tmp_path / "store", space=EXAMPLES / "otam.yaml", out=tmp_path / "sweep",
+                             fixed={"view": "grid"}, verbose=0))
     assert result.complete and len(result.records) == 8
     assert any(r.status == "stopped" for r in result.records)
     assert result.best.best_val_accuracy > 50 and result.best.values["temporal_centre"] is True
