@@ -133,6 +133,10 @@ def _run_methods(args: Any) -> int:
     for name in list_methods():
         info = method_info(name)
         print(f"{name:<{width}} {info.input_kind:<8} {'yes' if info.needs_text else 'no':<5} {info.description}")
+        for label, conf in info.configurations.items():
+            default = " (default)" if label == info.default_configuration else ""
+            print(f"{'':<{width}}   configuration {label}{default}: "
+                  f"{', '.join(f'{k}={v}' for k, v in conf.knobs.items())}")
     return 0
 
 

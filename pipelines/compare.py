@@ -94,9 +94,12 @@ def ablation_methods(config: CompareConfig) -> dict[str, dict[str, Any]]:
         raise ConfigError(f"no ablation for {name!r}; ablations exist for {sorted(ABLATIONS)}")
     from fsar.config import from_dict, to_dict
     from fsar.methods import method_info
+    from fsar.methods.registry import resolve_configuration
 
     mask_files = config.mask_files or default_mask_folder(config.store)
-    full = to_dict(from_dict(method_info(name).config, dict(config.base), where=f"ablation {name} base"))
+    base = {k: v for k, v in config.base.items() if k != "configuration"}
+    _, configured = resolve_configuration(name, config.base.get("configuration"))
+    full = to_dict(from_dict(method_info(name).config, configured | base, where=f"ablation {name} base"))
     out = {name: dict(config.base)}
     for label, change in ABLATIONS[name].items():
         change = {k: (mask_files if v == "{mask_files}" else v) for k, v in change.items()}

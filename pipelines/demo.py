@@ -50,10 +50,10 @@ class DemoConfig:
     })  # scored untrained: method → knobs
     train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True},
-        "a2m2": {},
-        "i2st": {"temporal_centre": True, "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
-        "dmgal": {"temporal_centre": True, "pool": "flatten", "metric": "otam", "proj_dim": 16},
-    })  # trained with the same budget: method → knobs ("{masks}": the synthetic data's mask folder)
+        "a2m2": {"configuration": "fsar", "fusion": 0.0},
+        "i2st": {"configuration": "fsar", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+        "dmgal": {"configuration": "fsar"},
+    })  # trained with the same budget: method → knobs, a named configuration among them ("{masks}": the synthetic data's mask folder)
     steps: int = 300  # training steps per method
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
     episodes_per_step: int = 16  # episodes per optimiser step, over all workers together

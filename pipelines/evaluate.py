@@ -38,6 +38,7 @@ from fsar.evaluation.results import (
 )
 from fsar.evaluation.scoring import episode_accuracies
 from fsar.methods import FewShotMethod
+from fsar.methods.registry import knobs_beside_configuration
 from fsar.run_folder import RunFolder
 from fsar.sources import open_evaluation
 from fsar.sources.base import EvaluationSource, SplitKey
@@ -102,15 +103,20 @@ def _candidates(config: EvalConfig, data: EvaluationSource) -> list[Candidate]:
     """What to score; checks everything (names, knobs, runs against the data) before any episode runs."""
     out: list[Candidate] = []
     for name in config.methods:
-        knobs = config.knobs.get(name, {})
+        knobs = dict(config.knobs.get(name, {}))
         method, key = data.build(name, knobs)  # unknown names and bad knobs fail here
-        label = name + (f"[{', '.join(f'{k}={v}' for k, v in sorted(knobs.items()))}]" if knobs else "")
-        out.append(Candidate(label, None, method, key))
+        knobs.pop("configuration", None)
+        out.append(Candidate(method_label(name, method.configuration, knobs), None, method, key))
     for run_path in config.runs:
         method, payload = load_checkpoint(run_path)
         key = data.accept(method, payload, str(run_path))
         run = RunFolder.of_checkpoint(run_path)
-        label = f"{payload['method']} (trained" + ("" if run.name == payload["method"] else f": {run.name}") + ")"
+        # A configured run names the knobs it changed; others keep the run folder's name as their label.
+        changed = {} if not method.configuration else {
+            k: v for k, v in knobs_beside_configuration(payload["method"], method.configuration, payload["knobs"]).items()
+            if k not in LOCATION_KNOBS}
+        label = (method_label(payload["method"], method.configuration, changed) + " (trained"
+                 + ("" if run.name == payload["method"] else f": {run.name}") + ")")
         data_section = payload.get("train_config", {}).get("data", {})
         out.append(Candidate(label, str(run_path), method, key,
                              trained_on=data_section.get("store") or data_section.get("manifest"),
@@ -118,6 +124,16 @@ def _candidates(config: EvalConfig, data: EvaluationSource) -> list[Candidate]:
     if not out:
         raise ConfigError("nothing to evaluate: give --method NAME and/or --run RUN")
     return out
+
+
+LOCATION_KNOBS = ("mask_files",)  # knobs that name where data is, not what the method does: left out of labels
+
+
+def method_label(name: str, configuration: str, knobs: dict[str, Any]) -> str:
+    """A row's name: the method, then its configuration and the knobs set beside it, e.g.
+    ``a2m2[fsar, fusion=0.0]``, ``otam[temporal_centre=True]``, ``protonet``."""
+    parts = ([configuration] if configuration else []) + [f"{k}={v}" for k, v in sorted(knobs.items())]
+    return name + (f"[{', '.join(parts)}]" if parts else "")
 
 
 def run(config: EvalConfig, *, progress: bool = True) -> list[ResultRecord]:
@@ -177,6 +193,7 @@ def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[
             episodes=len(episodes), accuracy=mean, ci95=ci, seed=config.seed, store=data.location, run=cand.run,
             seconds=time.perf_counter() - start, view=cand.key.view, train_store=cand.trained_on,
             train_dataset=None if cand.trained_on is None else data.trained_dataset_name(cand.trained_on),
+            configuration=cand.method.configuration,
         ))
     return records, per_episode
 

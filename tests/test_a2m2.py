@@ -14,7 +14,8 @@ from fsar.methods.base import Supervision
 from fsar.ops.frame_distance import pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
 
-SMALL = {"reduce_dim": 6, "embed_dim": 16, "weight_hidden": 8}
+# The mechanism tests start from fsar's configuration; each sets what it tests.
+SMALL = {"reduce_dim": 6, "embed_dim": 16, "weight_hidden": 8, "configuration": "fsar"}
 
 
 def moving_dot_videos(labels: np.ndarray, *, frames: int = 8, grid: int = 4, dim: int = 12, seed: int = 0) -> torch.Tensor:
@@ -92,12 +93,21 @@ def test_time_encoding_tells_a_motion_from_its_reverse(split):
     for time_encoding, same in ((False, True), (True, False)):
         torch.manual_seed(0)
         method = build_method("a2m2", feature_dim=12, time_encoding=time_encoding, marginals="uniform",
-                              moment_inputs=["features"], **SMALL).eval()
+                              moment_inputs=["features"], fusion=0.0, **SMALL).eval()
         with torch.no_grad():
             enc = method.encode(torch.cat([video, reverse])[None])
             d_self = method.pair_distance(type(enc)(*(t[:, :1] for t in enc)), type(enc)(*(t[:, :1] for t in enc)))
             d_rev = method.pair_distance(type(enc)(*(t[:, 1:] for t in enc)), type(enc)(*(t[:, :1] for t in enc)))
         assert torch.isclose(d_rev, d_self, atol=1e-4).item() is same
+
+
+def test_the_paper_configuration_fuses_the_frame_metric_and_fsar_adds_named_knobs():
+    paper, fsar = (build_method("a2m2", feature_dim=12, configuration=c) for c in ("paper", "fsar"))
+    assert build_method("a2m2", feature_dim=12).configuration == "paper"  # the default follows the seed
+    assert paper.config.fusion > 0 and fsar.config.fusion == paper.config.fusion
+    assert paper.config.moment_inputs == ["features"] and not paper.config.time_encoding
+    assert fsar.config.moment_inputs == ["features", "motion", "position"] and fsar.config.time_encoding
+    assert build_method("a2m2", feature_dim=12, configuration="fsar", fusion=0.0).config.fusion == 0.0  # knobs win
 
 
 def test_fusion_one_is_the_frame_metric_alone(split):
@@ -110,7 +120,7 @@ def test_fusion_one_is_the_frame_metric_alone(split):
         frames_dist = pairwise_frame_distance(query.frames, support.frames)
         torch.testing.assert_close(method.pair_distance(support, query), otam_distance(frames_dist, 0.1))
     assert enc.frames.shape == (1, 6, 8, 4 * 4 * 32)  # its own per-patch projection (frame_dim 32), flattened
-    assert build_method("a2m2", feature_dim=12, **SMALL).encode(feats[:2]).frames.shape == (2, 8, 0)
+    assert build_method("a2m2", feature_dim=12, fusion=0.0, **SMALL).encode(feats[:2]).frames.shape == (2, 8, 0)
     shared = build_method("a2m2", feature_dim=12, fusion=1.0, frame_dim=0, **SMALL).eval()
     assert shared.frame_projection is None and shared.encode(feats[:2]).frames.shape == (2, 8, 4 * 4 * 6)
 
@@ -188,7 +198,8 @@ def test_training_decreases_the_loss():
 def reversal_and_mirror_distances(feats, **knobs):
     """Distances of a video to itself, to its time reverse and to its left-right mirror image."""
     torch.manual_seed(0)
-    method = build_method("a2m2", feature_dim=12, marginals="uniform", time_encoding=False, **SMALL | knobs).eval()
+    method = build_method("a2m2", feature_dim=12, marginals="uniform", time_encoding=False, fusion=0.0,
+                          **SMALL | knobs).eval()
     video = feats[:1]
     with torch.no_grad():
         enc = method.encode(torch.cat([video, video.flip(1), video.flip(3)])[None])

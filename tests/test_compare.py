@@ -16,8 +16,11 @@ def test_comparison_trains_each_method_and_scores_all_on_the_same_episodes(tmp_p
         methods={"protonet": {"proj_dim": 8}, "a2m2@tiny": {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8}},
     )
     records = run(config, progress=False)
-    assert [(r.method.split(" ")[0], r.shot) for r in records] == [
+    assert [(r.method.split(" ")[0].split("[")[0], r.shot) for r in records] == [
         ("protonet", 1), ("a2m2", 1), ("protonet", 2), ("a2m2", 2)]
+    # A method with named configurations says which it ran, and the knobs set beside it.
+    assert records[1].method == "a2m2[paper, embed_dim=8, reduce_dim=4, weight_hidden=8] (trained: a2m2@tiny)"
+    assert records[1].configuration == "paper" and records[0].configuration == ""
     assert (tmp_path / "cmp" / "runs" / "a2m2@tiny" / "best.pt").is_file()
     assert all(r.episodes == 60 and r.run for r in records)
     episode_files = sorted(p.name for p in (tmp_path / "cmp" / "eval").glob("episodes-*.json"))

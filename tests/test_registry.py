@@ -313,3 +313,27 @@ def test_temporal_centre_ignores_static_appearance():
         torch.testing.assert_close(method(shifted_s, labels, shifted_q, 5), method(support, labels, query, 5))
         plain = build_method(name, feature_dim=16, temporal_centre=False, **frames).eval()
         assert not torch.allclose(plain(shifted_s, labels, shifted_q, 5), plain(support, labels, query, 5)), name
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if method_info(n).configurations])
+def test_every_named_configuration_builds_and_is_remembered(name):
+    info = method_info(name)
+    assert info.default_configuration in info.configurations
+    for label in info.configurations:
+        method = build_method(name, feature_dim=FEATURE_DIM, configuration=label)
+        assert method.configuration == label
+        assert all(getattr(method.config, k) == v for k, v in info.configurations[label].knobs.items())
+
+
+def test_configuration_errors_name_the_fix():
+    from fsar.config import ConfigError
+    from fsar.methods.registry import knobs_beside_configuration
+
+    with pytest.raises(ConfigError, match="no configuration 'papper'; its configurations: fsar, paper"):
+        build_method("a2m2", feature_dim=FEATURE_DIM, configuration="papper")
+    with pytest.raises(ConfigError, match="'otam' has no named configurations"):
+        build_method("otam", feature_dim=FEATURE_DIM, configuration="paper")
+    fsar = build_method("a2m2", feature_dim=FEATURE_DIM, configuration="fsar", fusion=0.0)
+    from fsar.config import to_dict
+
+    assert knobs_beside_configuration("a2m2", "fsar", to_dict(fsar.config)) == {"fusion": 0.0}

@@ -20,7 +20,7 @@ import numpy as np
 from fsar.atomic import atomic_path, atomic_write_text
 
 RESULT_KEYS = ("method", "dataset", "split", "way", "shot", "episodes", "accuracy", "ci95", "seed", "store", "run", "seconds",
-               "view", "train_store", "train_dataset")
+               "view", "train_store", "train_dataset", "configuration")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class ResultRecord:
     view: str = ""  # features the method read: pooled, grid, patches (a store), or pixels (a manifest)
     train_store: str | None = None  # a trained run: the store (or manifest) it was trained on
     train_dataset: str | None = None  # a trained run: that data's dataset name (differs from dataset: cross-dataset)
+    configuration: str = ""  # the method's named configuration (paper, fsar, ...), "" for a method without any
 
 
 def accuracy_ci(per_episode: np.ndarray) -> tuple[float, float]:

@@ -8,6 +8,7 @@ say what exists and what each consumes. Importing this package registers the bui
 from fsar.methods import a2m2, bimhm, clip_fsar, dmgal, i2st, otam, protonet, trx  # noqa: F401
 from fsar.methods.base import FewShotMethod
 from fsar.methods.registry import (
+    Configuration,
     MethodInfo,
     UnknownMethodError,
     build_method,
@@ -17,6 +18,7 @@ from fsar.methods.registry import (
 )
 
 __all__ = [
+    "Configuration",
     "FewShotMethod",
     "MethodInfo",
     "UnknownMethodError",

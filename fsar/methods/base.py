@@ -130,6 +130,7 @@ class FewShotMethod(nn.Module):
     pair_table_support_reads: ClassVar[tuple[str, ...] | None] = None
 
     config: Any  # the method's resolved config dataclass, saved next to a run to rebuild the method
+    configuration: str = ""  # the named configuration it was built from (registry), "" for none
 
     @property
     def uses_text(self) -> bool:

@@ -63,7 +63,7 @@ from fsar.methods.parts import (
     class_prototypes,
     make_projection,
 )
-from fsar.methods.registry import register_method
+from fsar.methods.registry import Configuration, register_method
 from fsar.ops.frame_distance import cosine_distance, mean_hausdorff, pairwise_frame_distance
 from fsar.ops.instance_masks import matched_mask_loss, text_pseudo_masks
 from fsar.ops.soft_dtw import otam_distance
@@ -130,9 +130,25 @@ class I2STConfig:
                               "or use mask_source=pseudo or none")
 
 
+I2ST_CONFIGURATIONS = {
+    "paper": Configuration(
+        {"temporal_centre": False, "instance_location": False},
+        "as the paper describes it: instance queries on the patch grid, image-instance spatial and temporal "
+        "attention, global-local prototype matching; mask supervision (mask_source: files or pseudo, the "
+        "paper's text-guided masks) is set by the data, not by the configuration; sizes are [recon]"),
+    "fsar": Configuration(
+        {"temporal_centre": True, "instance_location": True},
+        "the paper's configuration plus fsar's additions",
+        {"temporal_centre": "each video's temporal mean patch grid subtracted first: match motion, not appearance",
+         "instance_location": "a learned code of each instance mask's centroid added to its embedding: where the "
+                              "instance is"}),
+}
+
+
 @register_method(
     "i2st", config=I2STConfig, input_kind="patches",
     description="I2ST: instance queries + image-instance spatial-temporal attention, global+local matching",
+    configurations=I2ST_CONFIGURATIONS, default_configuration="paper",
 )
 class I2ST(PairTableMethod):
     """Instance perception and spatial-temporal attention per video; λ·global + (1 − λ)·local matching."""

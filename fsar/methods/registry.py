@@ -3,13 +3,20 @@
 The pipeline asks the registry what a method consumes (``input_kind``, ``needs_text``) to check a feature
 store before any job starts, and builds methods by name with knobs checked against the config class,
 so a misspelt knob fails with the list of valid ones instead of silently keeping a default.
+
+A method may register named **configurations**: sets of knob values such as ``paper`` (what the seed paper,
+or its released code, describes) and ``fsar`` (the paper plus fsar's own additions, each a named knob).
+``build_method(name, configuration=...)`` starts from one (the method's ``default_configuration`` when
+none is named) and explicit knobs override it; the built method remembers which (``method.configuration``),
+so a checkpoint and every results table can say which configuration a row ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from fsar.config import ConfigError, from_dict
@@ -26,6 +33,15 @@ class UnknownMethodError(ConfigError, KeyError):
 
 
 @dataclass(frozen=True)
+class Configuration:
+    """A named set of a method's knob values (see the module docstring)."""
+
+    knobs: Mapping[str, Any]  # knob values over the config class's defaults
+    description: str  # one line: what it is and where it comes from
+    additions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # knob → what fsar adds there, and its measured effect
+
+
+@dataclass(frozen=True)
 class MethodInfo:
     """What the registry knows about one method."""
 
@@ -35,22 +51,35 @@ class MethodInfo:
     needs_text: bool  # whether the method needs class-name text embeddings
     description: str  # one line for `fsar methods`
     cls: type[FewShotMethod]  # the nn.Module class, built as cls(config, feature_dim=..., text_dim=...)
+    configurations: Mapping[str, Configuration] = field(default_factory=lambda: MappingProxyType({}))  # by name
+    default_configuration: str = ""  # the configuration built when none is named ("" for a method without any)
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, *, config: type, input_kind: str = "frames", needs_text: bool = False, description: str = ""
+    name: str, *, config: type, input_kind: str = "frames", needs_text: bool = False, description: str = "",
+    configurations: Mapping[str, Configuration] | None = None, default_configuration: str = "",
 ) -> Callable[[M], M]:
     """Class decorator registering a ``FewShotMethod`` subclass under ``name``.
 
-    The class must accept ``cls(config_instance, *, feature_dim=int, text_dim=int | None)``.
+    The class must accept ``cls(config_instance, *, feature_dim=int, text_dim=int | None)``. Every knob of a
+    configuration must be a field of ``config`` (checked here, at import).
     """
     if input_kind not in VIDEO_DIMS:
         raise ValueError(f"method {name!r}: input_kind must be one of {sorted(VIDEO_DIMS)}, got {input_kind!r}")
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"method {name!r}: config must be a dataclass class, got {config!r}")
+    configurations = MappingProxyType(dict(configurations or {}))
+    if configurations and default_configuration not in configurations:
+        raise ValueError(f"method {name!r}: default_configuration {default_configuration!r} is not one of "
+                         f"{sorted(configurations)}")
+    fields = {f.name for f in dataclasses.fields(config)}
+    for label, conf in configurations.items():
+        unknown = set(conf.knobs) - fields
+        if unknown:
+            raise ValueError(f"method {name!r}: configuration {label!r} sets unknown knobs {sorted(unknown)}")
 
     def decorate(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, FewShotMethod)):
@@ -58,7 +87,8 @@ def register_method(
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
             raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].cls.__qualname__}")
         cls.method_name, cls.input_kind, cls.needs_text = name, input_kind, needs_text
-        _REGISTRY[name] = MethodInfo(name, config, input_kind, needs_text, description, cls)
+        _REGISTRY[name] = MethodInfo(name, config, input_kind, needs_text, description, cls, configurations,
+                                     default_configuration)
         return cls
 
     return decorate
@@ -77,7 +107,32 @@ def method_info(name: str) -> MethodInfo:
         raise UnknownMethodError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
 
 
-def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, **knobs: Any) -> FewShotMethod:
+def resolve_configuration(name: str, configuration: str | None) -> tuple[str, dict[str, Any]]:
+    """The configuration of method ``name`` a build starts from (its default when ``configuration`` is None or
+    empty) and its knobs; ``("", {})`` for a method without configurations."""
+    info = method_info(name)
+    if not info.configurations:
+        if configuration:
+            raise ConfigError(f"method {name!r} has no named configurations; drop configuration={configuration!r}")
+        return "", {}
+    chosen = configuration or info.default_configuration
+    if chosen not in info.configurations:
+        raise ConfigError(f"method {name!r} has no configuration {chosen!r}; its configurations: "
+                          f"{', '.join(sorted(info.configurations))}")
+    return chosen, dict(info.configurations[chosen].knobs)
+
+
+def knobs_beside_configuration(name: str, configuration: str, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Of a method's resolved knobs, those that differ from what its ``configuration`` sets (or, without one,
+    from the config class's defaults): what a results row names beside the configuration."""
+    info = method_info(name)
+    base = dict(info.configurations[configuration].knobs) if configuration in info.configurations else {}
+    reference = dataclasses.asdict(from_dict(info.config, base, where=f"method {name!r}"))
+    return {k: v for k, v in knobs.items() if k in reference and reference[k] != v}
+
+
+def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, configuration: str | None = None,
+                 **knobs: Any) -> FewShotMethod:
     """Build method ``name`` for per-frame features of size ``feature_dim``.
 
     ``text_dim``: the size of the class-name text embeddings the data offers (the store's text tower), None
@@ -86,7 +141,13 @@ def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, **
 
     ``knobs`` are fields of the method's config class; unknown or ill-typed ones raise ConfigError
     naming the valid ones. The resolved config is kept on the module as ``method.config``.
+
+    ``configuration``: a named configuration of the method (``paper``, ``fsar``, ...; default: the method's
+    default one) that ``knobs`` override; kept as ``method.configuration``.
     """
     info = method_info(name)
-    config = from_dict(info.config, knobs, where=f"method {name!r}")
-    return info.cls(config, feature_dim=feature_dim, text_dim=text_dim)
+    chosen, base = resolve_configuration(name, configuration)
+    config = from_dict(info.config, base | knobs, where=f"method {name!r}")
+    method = info.cls(config, feature_dim=feature_dim, text_dim=text_dim)
+    method.configuration = chosen
+    return method

@@ -50,6 +50,7 @@ def checkpoint_payload(config: TrainConfig, method: FewShotMethod, *, step: int,
     return {
         "format": CHECKPOINT_FORMAT,
         "method": config.method,
+        "configuration": method.configuration,
         "knobs": to_dict(method.config),
         **data_fields,
         "state_dict": state,
@@ -90,8 +91,10 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     payload = read_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
+    # The knobs are the resolved config: they set every field, whatever the configuration adds.
     method = build_method(payload["method"], feature_dim=payload["feature_dim"], text_dim=payload.get("text_dim"),
-                          **payload["knobs"])
+                          configuration=payload.get("configuration") or None, **payload["knobs"])
+    method.configuration = payload.get("configuration", "")  # runs from before configurations existed: none
     if payload.get("frozen_rebuilt"):  # frozen weights were left out: rebuilt from pretrained/init_seed above
         load_partial_state(method, payload["state_dict"], where=str(path))
     else:

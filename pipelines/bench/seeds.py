@@ -32,14 +32,17 @@ from fsar.config import dump_yaml
 from pipelines.command import Command, run_alone
 
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
+    # The baselines read the same view as the seeds (the compare runs all on the flattened grid).
     "protonet": {"proj_dim": 256},
     "otam": {"proj_dim": 256, "temporal_centre": True},
-    "a2m2": {},
-    "i2st@none": {"temporal_centre": True, "dim": 64},
-    "i2st@files": {"temporal_centre": True, "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
-    "dmgal": {"temporal_centre": True, "pool": "flatten", "metric": "otam", "proj_dim": 16},
+    # Each seed as its paper describes it and with fsar's additions (fsar.methods registry configurations).
+    "a2m2@paper": {"configuration": "paper"},
+    "a2m2@fsar": {"configuration": "fsar"},
+    "i2st@paper": {"configuration": "paper", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+    "i2st@fsar": {"configuration": "fsar", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+    "dmgal@paper": {"configuration": "paper"},
+    "dmgal@fsar": {"configuration": "fsar"},
 }
-
 
 @dataclass
 class SeedBenchConfig:

@@ -45,12 +45,14 @@ class CandidateWeights(nn.Module):
     def __init__(self, *, embed_dim: int, motion_dim: int, hidden: int, learned: bool) -> None:
         super().__init__()
         self.learned = learned
-        self.mlp = nn.Sequential(nn.Linear(embed_dim + motion_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if learned else None
+        # No bias on the last layer: the softmax over candidates ignores a shift shared by all of them, so such a
+        # bias could never get a gradient (DDP and the gradient test refuse parameters that cannot learn).
+        self.mlp = nn.Sequential(nn.Linear(embed_dim + motion_dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1, bias=False)) if learned else None
         if self.mlp is not None:
             # Start from nearly uniform marginals (a zero last layer would also zero the first layer's gradient).
             with torch.no_grad():
                 self.mlp[-1].weight.mul_(0.01)
-            nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, candidates: Tensor, motion: Tensor) -> Tensor:
         if self.mlp is None:

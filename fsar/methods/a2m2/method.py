@@ -31,7 +31,7 @@ from fsar.methods.a2m2.alignment import CandidateWeights, motion_summary, transp
 from fsar.methods.a2m2.moments import M2Block, Scale
 from fsar.methods.base import PairTableMethod, Supervision
 from fsar.methods.parts import LogitScale, class_average, class_prototypes
-from fsar.methods.registry import register_method
+from fsar.methods.registry import Configuration, register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
 
@@ -108,9 +108,28 @@ class A2M2Config:
         need(self.frame_metric in ("otam", "bimhm"), f"frame_metric must be 'otam' or 'bimhm', got {self.frame_metric!r}")
 
 
+A2M2_CONFIGURATIONS = {
+    "paper": Configuration(
+        {"moment_inputs": ["features"], "temporal_centre": False, "time_encoding": False, "fusion": 0.5},
+        "as the paper describes it: second-order moments of the features at several temporal scales, candidate "
+        "weights guided by the video's motion, entropic OT, fused with the local frame metric (global video context "
+        "and local frame similarity); sizes, scales and the fusion weight 0.5 are [recon]"),
+    "fsar": Configuration(
+        {"moment_inputs": ["features", "motion", "position"], "temporal_centre": True, "time_encoding": True,
+         "fusion": 0.5},
+        "the paper's configuration plus fsar's additions",
+        {"moment_inputs": "moments of motion (temporal difference) and position (row, col) beside the features: "
+                          "-10 and -5 points without them on the demo store (docs/methods.md, A2M2 ablation)",
+         "temporal_centre": "each video's temporal mean subtracted per patch before the moments: motion, not appearance",
+         "time_encoding": "each window's time added to its candidate, so the transport can prefer corresponding "
+                          "windows"}),
+}
+
+
 @register_method(
     "a2m2", config=A2M2Config, input_kind="patches",
     description="A2M2-Net: multi-scale second-order moments aligned by motion-weighted optimal transport (+ text)",
+    configurations=A2M2_CONFIGURATIONS, default_configuration="paper",
 )
 class A2M2(PairTableMethod):
     """M2 block → A2 weights → batched entropic OT between candidate sets, optional frame metric and text."""

@@ -29,7 +29,7 @@ from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
 from fsar.methods.parts import LogitScale, TemporalCentre, class_average
-from fsar.methods.registry import register_method
+from fsar.methods.registry import Configuration, register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
 from fsar.ops.soft_dtw import otam_distance
 
@@ -79,9 +79,26 @@ class DMGALHeadConfig:
         need(self.proj_dim >= 0, f"proj_dim must be >= 0 (0 = no projection), got {self.proj_dim}")
 
 
+DMGAL_CONFIGURATIONS = {
+    "paper": Configuration(
+        {"temporal_centre": False, "pool": "mean", "metric": "bimhm", "proj_dim": 0},
+        "as released for DMGAL-FT: S-MGA, the time-channel mixer and C-MGA on the maps, spatial mean per frame, "
+        "Bi-MHM"),
+    "fsar": Configuration(
+        {"temporal_centre": True, "pool": "flatten", "metric": "otam", "proj_dim": 16},
+        "the released head plus fsar's additions",
+        {"temporal_centre": "each video's temporal mean grid subtracted first: motion, not appearance",
+         "pool": "flatten: the frame vector keeps the whole grid (where things are), not its spatial mean",
+         "metric": "otam: an order-aware frame metric; Bi-MHM compares sets of frames, blind to their order "
+                   "(43.5 % on order-sensitive data in the seeds issue, released head)",
+         "proj_dim": "a learned 1x1 projection of every position before pooling"}),
+}
+
+
 @register_method(
     "dmgal", config=DMGALHeadConfig, input_kind="patches",
     description="DMGAL head on cached patch grids: S-MGA + mixer per video, C-MGA per task, Bi-MHM",
+    configurations=DMGAL_CONFIGURATIONS, default_configuration="paper",
 )
 class DMGALHead(FewShotMethod):
     """S-MGA, mixer and C-MGA on the store's patch grid (the backbone stays frozen, outside); Bi-MHM."""
