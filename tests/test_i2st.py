@@ -271,6 +271,39 @@ def test_training_on_mask_files_passes_them_to_the_method(patch_store, tmp_path,
     assert torch.equal(sup.support_masks.sum(dim=(-1, -2)), torch.ones(4, 5, 4))
 
 
+def test_hungarian_matching_trains_on_instance_masks(patch_store, tmp_path, monkeypatch):
+    """mask_match=hungarian asks the pipeline for instance masks (ids apart, up to the query count) and trains
+    on them; it is refused with a mask source that has no instances."""
+    from fsar.methods.i2st import I2ST
+
+    store, masks = patch_store
+    seen = []
+    original = I2ST.mask_loss
+
+    def spy(self, mask_logits, patches, support_labels, *, class_text, supervision):
+        seen.append(supervision)
+        return original(self, mask_logits, patches, support_labels, class_text=class_text, supervision=supervision)
+
+    monkeypatch.setattr(I2ST, "mask_loss", spy)
+    from fsar.data.masks import read_mask_file, write_mask_file
+
+    ids = tmp_path / "instance-masks"  # the helper marks the actor 255; as an instance it is id 1
+    for path in sorted(masks.glob("*.npz")):
+        pixels, frames = read_mask_file(path)
+        write_mask_file(ids, path.name.removesuffix(".npz"), (pixels > 0).astype(np.uint8), frames)
+    cfg = i2st_config(store, tmp_path / "run", mask_source="files", mask_files=str(ids), mask_match="hungarian")
+    reports = []
+    train_worker(dataclasses.replace(cfg, steps=2, val_every=2), report=lambda m, p: reports.append(m))
+    instances = I2ST_SMALL["instances"]
+    assert seen[0].support_masks.shape == (4, 5, 4, instances, 3, 3)
+    # The actor is instance 1: its cell in every frame; no other instance is present.
+    assert torch.equal(seen[0].support_masks[:, :, :, 0].sum(dim=(-1, -2)), torch.ones(4, 5, 4))
+    assert float(seen[0].support_masks[:, :, :, 1:].sum()) == 0.0
+    assert np.isfinite(reports[-1]["train_loss"])
+    with pytest.raises(ConfigError, match="mask_match=hungarian matches the queries to the instances of mask files"):
+        build_method("i2st", feature_dim=16, mask_source="pseudo", mask_match="hungarian")
+
+
 def test_inference_never_touches_a_mask_source(patch_store, tmp_path, monkeypatch):
     """Train on mask files, delete them, then evaluate and round-trip the checkpoint: nothing reads masks."""
     store, masks = patch_store

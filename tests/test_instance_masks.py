@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fsar.ops.instance_masks import (
     dice_loss,
+    instance_matching_loss,
     mask_pool,
     matched_mask_loss,
     text_pseudo_masks,
@@ -137,3 +138,46 @@ def test_matched_mask_loss_checks_shapes_and_match():
         matched_mask_loss(torch.zeros(2, 3, 4, 9), torch.zeros(2, 3, 8), torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="best' or 'union"):
         matched_mask_loss(torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 4), torch.ones(1, dtype=torch.bool), match="all")
+
+
+def hungarian_reference(logits, target, valid):
+    """instance_matching_loss computed the textbook way: a cost matrix per video, SciPy's Hungarian solver on
+    the present instances, the matched costs averaged."""
+    from scipy.optimize import linear_sum_assignment
+
+    per_video = []
+    for v in range(logits.shape[0]):
+        present = [i for i in range(target.shape[2]) if target[v, :, i].max() > 0]
+        if not valid[v] or not present:
+            continue
+        cost = torch.zeros(logits.shape[2], len(present))
+        for k in range(logits.shape[2]):
+            for j, i in enumerate(present):
+                tgt = target[v, :, i]
+                bce = F.binary_cross_entropy_with_logits(logits[v, :, k], tgt, reduction="none").mean(-1)
+                cost[k, j] = (bce + dice_loss(logits[v, :, k].sigmoid(), tgt)).mean()
+        rows, cols = linear_sum_assignment(cost.numpy())
+        per_video.append(cost[rows, cols].sum() / len(present))
+    return torch.stack(per_video).mean() if per_video else torch.zeros(())
+
+
+@pytest.mark.parametrize("queries, instances", [(4, 1), (4, 3), (4, 4), (6, 2)])
+def test_instance_matching_equals_the_hungarian_assignment(queries, instances):
+    g = torch.Generator().manual_seed(queries * 10 + instances)
+    logits = torch.randn(5, 3, queries, 16, generator=g) * 2
+    target = (torch.rand(5, 3, instances, 16, generator=g) > 0.6).float()
+    target[1, :, 0] = 0  # an instance absent from a video takes no part
+    valid = torch.tensor([True, True, False, True, True])
+    torch.testing.assert_close(instance_matching_loss(logits, target, valid),
+                               hungarian_reference(logits, target, valid), rtol=1e-5, atol=1e-6)
+
+
+def test_instance_matching_supervises_every_matched_query_and_no_other():
+    logits = torch.zeros(1, 2, 4, 9, requires_grad=True)
+    target = torch.zeros(1, 2, 2, 9)
+    target[0, :, 0, :3], target[0, :, 1, 6:] = 1.0, 1.0
+    instance_matching_loss(logits, target, torch.tensor([True])).backward()
+    touched = (logits.grad.abs().sum(dim=(0, 1, 3)) > 0).tolist()
+    assert sum(touched) == 2  # two instances, two matched queries, the other two untouched
+    with pytest.raises(ValueError, match="raise the method's instances to at least 5"):
+        instance_matching_loss(torch.zeros(1, 1, 4, 9), torch.zeros(1, 1, 5, 9), torch.tensor([True]))

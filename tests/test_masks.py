@@ -97,6 +97,18 @@ def test_load_masks_picks_the_sampled_frames_and_reports_missing(tmp_path, caplo
         load_masks(tmp_path / "nope", ids, indices, grid=2)
 
 
+def test_load_masks_keeps_instances_apart_when_asked(tmp_path):
+    ids = np.zeros((2, 8, 8), dtype=np.uint8)
+    ids[:, :4, :4], ids[:, 4:, 4:], ids[0, :4, 4:] = 1, 2, 3  # instance 3 in frame 0 only
+    write_mask_file(tmp_path, "v", ids, [0, 1])
+    masks, valid = load_masks(tmp_path, ["v"], np.array([[0, 1]]), grid=2, instances=2)
+    assert masks.shape == (1, 2, 2, 2, 2) and valid.tolist() == [True]
+    np.testing.assert_array_equal(masks[0, :, 0].reshape(2, 4), [[1, 0, 0, 0]] * 2)  # id 1: top-left cell
+    np.testing.assert_array_equal(masks[0, :, 1].reshape(2, 4), [[0, 0, 0, 1]] * 2)  # id 2: bottom-right; id 3 left out
+    foreground, _ = load_masks(tmp_path, ["v"], np.array([[0, 1]]), grid=2)
+    np.testing.assert_array_equal(foreground[0].reshape(2, 4), [[1, 1, 0, 1], [1, 0, 0, 1]])  # every id > 0
+
+
 def write_png(path, array, mode):
     """Save ``array`` as a PNG of ``mode``; a palette (P) image keeps the array's values as its indices."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -96,6 +96,12 @@ def pool_to_grid(masks: np.ndarray, grid: int) -> np.ndarray:
     return F.adaptive_avg_pool2d(square.float()[:, None], grid)[:, 0].numpy()
 
 
+def pool_instances_to_grid(masks: np.ndarray, grid: int, instances: int) -> np.ndarray:
+    """Each instance's share of each patch cell: ``(F, H, W)`` uint8 ids → ``(F, I, g, g)`` float32 in [0, 1], instance
+    i from pixels of id i + 1 (ids above ``instances`` are left out), with the same crop as ``pool_to_grid``."""
+    return np.stack([pool_to_grid(masks == i + 1, grid) for i in range(instances)], axis=1)
+
+
 def nearest_frames(available: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Position in ``available`` (sorted) of the frame number nearest each ``wanted`` one (ties: earlier)."""
     if len(available) == 1:
@@ -105,8 +111,8 @@ def nearest_frames(available: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(wanted - available[left] <= available[right] - wanted, left, right)
 
 
-def load_masks(root: str | Path, video_ids: Sequence[str], frame_indices: np.ndarray, grid: int,
-               ) -> tuple[np.ndarray, np.ndarray]:
+def load_masks(root: str | Path, video_ids: Sequence[str], frame_indices: np.ndarray, grid: int, *,
+               instances: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Masks of ``video_ids`` at their sampled frames, pooled to the store's patch grid.
 
     Args:
@@ -115,9 +121,11 @@ def load_masks(root: str | Path, video_ids: Sequence[str], frame_indices: np.nda
         frame_indices: ``(N, T)`` decoded frame number of each sampled frame (the store's
             ``frame_indices``); a row holding a negative number (not recorded) gets no mask.
         grid: g, the store's patch grid side (1 for a store without a grid).
+        instances: 0 for one foreground mask per frame (every id > 0); I > 0 for instance ids 1..I apart.
 
     Returns:
-        ``masks`` ``(N, T, g, g)`` float32 in [0, 1] (zeros where invalid) and ``valid`` ``(N,)`` bool. A
+        ``masks`` ``(N, T, g, g)`` (or ``(N, T, I, g, g)``) float32 in [0, 1] (zeros where invalid) and
+        ``valid`` ``(N,)`` bool. A
         missing or unusable file is not an error: its video is invalid, and the counts are logged as a
         warning naming the first unusable file and why.
     """
@@ -127,7 +135,8 @@ def load_masks(root: str | Path, video_ids: Sequence[str], frame_indices: np.nda
     frame_indices = np.asarray(frame_indices, dtype=np.int64)
     if frame_indices.shape[:1] != (len(video_ids),) or frame_indices.ndim != 2:
         raise ValueError(f"frame_indices must be (N, T) for {len(video_ids)} videos, got {frame_indices.shape}")
-    out = np.zeros((len(video_ids), frame_indices.shape[1], grid, grid), dtype=np.float32)
+    per_frame = (instances, grid, grid) if instances else (grid, grid)
+    out = np.zeros((len(video_ids), frame_indices.shape[1], *per_frame), dtype=np.float32)
     valid = np.zeros(len(video_ids), dtype=bool)
     missing, failed = 0, []
     for row, video_id in enumerate(video_ids):
@@ -140,7 +149,8 @@ def load_masks(root: str | Path, video_ids: Sequence[str], frame_indices: np.nda
                 raise MaskFileError("the store did not record which frames were sampled")
             masks, available = read_mask_file(path)
             chosen = nearest_frames(available, frame_indices[row])
-            out[row] = pool_to_grid(masks[chosen], grid)
+            out[row] = pool_instances_to_grid(masks[chosen], grid, instances) if instances else pool_to_grid(
+                masks[chosen], grid)
         except MaskFileError as exc:
             failed.append(f"{video_id}: {exc}")
             continue

@@ -69,6 +69,7 @@ class MaskRequest:
 
     source: Literal["files", "pseudo"]  # files: read from ``folder``; pseudo: made by the method from class text
     folder: str = ""  # files: the mask folder (``fsar.data.masks`` format)
+    instances: int = 0  # files: read instance ids 1..instances apart, (…, I, g, g); 0: one foreground mask (…, g, g)
 
 
 @dataclass
@@ -79,8 +80,8 @@ class Supervision:
     """
 
     query_labels: Tensor | None = None  # (B, N_q) episode-local labels of the queries
-    support_masks: Tensor | None = None  # (B, N_s, T, g, g) in [0, 1]: per-patch foreground masks
-    query_masks: Tensor | None = None  # (B, N_q, T, g, g)
+    support_masks: Tensor | None = None  # (B, N_s, T, g, g) in [0, 1]: per-patch foreground; (B, N_s, T, I, g, g) per instance
+    query_masks: Tensor | None = None  # (B, N_q, T, g, g) or (B, N_q, T, I, g, g)
     support_mask_valid: Tensor | None = None  # (B, N_s) bool: whether that video has a mask
     query_mask_valid: Tensor | None = None  # (B, N_q) bool
 

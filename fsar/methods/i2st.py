@@ -65,7 +65,7 @@ from fsar.methods.parts import (
 )
 from fsar.methods.registry import Configuration, register_method
 from fsar.ops.frame_distance import cosine_distance, mean_hausdorff, pairwise_frame_distance
-from fsar.ops.instance_masks import matched_mask_loss, text_pseudo_masks
+from fsar.ops.instance_masks import instance_matching_loss, matched_mask_loss, text_pseudo_masks
 from fsar.ops.soft_dtw import otam_distance
 
 _ENCODE_CHUNK = 512  # videos encoded per step: bounds activation memory when evaluation encodes a whole split
@@ -103,7 +103,7 @@ class I2STConfig:
     mask_source: Literal["none", "pseudo", "files"] = "none"  # training-only mask supervision (see docstring)
     mask_files: str = ""  # mask folder (fsar.data.masks format) for mask_source=files; read by training only
     mask_loss_weight: float = 1.0  # weight of the BCE + Dice mask loss in the training loss
-    mask_match: Literal["best", "union"] = "best"  # supervise the best-matching query, or the union of all
+    mask_match: Literal["best", "union", "hungarian"] = "best"  # foreground masks: supervise the best-matching query, or the union of all; hungarian: instance masks (ids 1, 2, ...) matched one to one to the queries, every matched query supervised (mask_source=files)
     pseudo_threshold: float = 0.5  # pseudo-masks: binarise min-max-normalised similarity here (0 = keep soft)
 
     def __post_init__(self) -> None:
@@ -125,6 +125,9 @@ class I2STConfig:
             raise ConfigError(f"i2st: mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
         if not 0.0 <= self.pseudo_threshold < 1.0:
             raise ConfigError(f"i2st: pseudo_threshold must lie in [0, 1), got {self.pseudo_threshold}")
+        if self.mask_match == "hungarian" and self.mask_source != "files":
+            raise ConfigError("i2st: mask_match=hungarian matches the queries to the instances of mask files; "
+                              "set mask_source=files (pseudo-masks have one foreground, no instances)")
         if self.mask_source == "files" and not self.mask_files:
             raise ConfigError("i2st: mask_source=files needs mask_files (a folder written by `fsar masks`); "
                               "or use mask_source=pseudo or none")
@@ -185,7 +188,8 @@ class I2ST(PairTableMethod):
     @property
     def mask_request(self) -> MaskRequest | None:
         source = self.config.mask_source
-        return None if source == "none" else MaskRequest(source, self.config.mask_files)
+        instances = self.config.instances if self.config.mask_match == "hungarian" else 0
+        return None if source == "none" else MaskRequest(source, self.config.mask_files, instances)
 
     # ------------------------------------------------------------------ per video
     def encode(self, videos: Tensor) -> I2STEncoding:
@@ -301,13 +305,18 @@ class I2ST(PairTableMethod):
         total, count = mask_logits[0].new_zeros(()), mask_logits[0].new_zeros(())
         for logits, target, valid in zip(mask_logits, targets, valids, strict=True):
             batch, videos, frames, instances, grid, _ = logits.shape
-            if target.shape != (batch, videos, frames, grid, grid):
-                raise ValueError(f"i2st: masks must be (B, N, T, g, g) = {(batch, videos, frames, grid, grid)} to "
-                                 f"match the patch grid, got {tuple(target.shape)}")
+            per_instance = self.config.mask_match == "hungarian"
+            wanted = (batch, videos, frames) + (target.shape[3:4] if per_instance else ()) + (grid, grid)
+            if target.shape != wanted:
+                raise ValueError(f"i2st: masks must be {'(B, N, T, I, g, g)' if per_instance else '(B, N, T, g, g)'} "
+                                 f"to match the patch grid, got {tuple(target.shape)}")
             valid = valid.reshape(-1)
-            loss = matched_mask_loss(logits.reshape(batch * videos, frames, instances, grid * grid),
-                                     target.reshape(batch * videos, frames, grid * grid), valid,
-                                     match=self.config.mask_match)
+            flat_logits = logits.reshape(batch * videos, frames, instances, grid * grid)
+            if per_instance:
+                loss = instance_matching_loss(flat_logits, target.reshape(batch * videos, frames, -1, grid * grid), valid)
+            else:
+                loss = matched_mask_loss(flat_logits, target.reshape(batch * videos, frames, grid * grid), valid,
+                                         match=self.config.mask_match)
             n_valid = valid.sum().to(loss.dtype)
             total, count = total + loss * n_valid, count + n_valid
         return total / count.clamp_min(1.0)

@@ -45,11 +45,11 @@ def check_mask_inputs(method: FewShotMethod, store: FeatureStore) -> None:
 class MaskTable:
     """The masks of every video of a split, indexed like its features."""
 
-    masks: Tensor  # (N, T, g, g) foreground fraction of each patch cell, in [0, 1]
+    masks: Tensor  # (N, T, g, g) foreground fraction of each patch cell, in [0, 1]; (N, T, I, g, g) per instance
     valid: Tensor  # (N,) bool: the video has a mask file
 
     def supervision(self, episodes: Episodes) -> Supervision:
-        """Targets of a batch of episodes: masks ``(E, N_s|N_q, T, g, g)`` and validity ``(E, N_s|N_q)``."""
+        """Targets of a batch of episodes: masks ``(E, N_s|N_q, T, [I,] g, g)`` and validity ``(E, N_s|N_q)``."""
         s_idx, q_idx = episode_indices(episodes, self.masks.device)
         return Supervision(support_masks=self.masks[s_idx], query_masks=self.masks[q_idx],
                            support_mask_valid=self.valid[s_idx], query_mask_valid=self.valid[q_idx])
@@ -71,7 +71,8 @@ def load_mask_table(method: FewShotMethod, store: FeatureStore, split: SplitFeat
         raise ConfigError(f"{method.method_name}: mask files need patch-grid features (N, T, g, g, D) with their "
                           "sampled frame numbers")
     root = request.folder
-    masks, valid = load_masks(root, split.video_ids, split.frame_indices, split.features.shape[2])
+    masks, valid = load_masks(root, split.video_ids, split.frame_indices, split.features.shape[2],
+                              instances=request.instances)
     if not valid.any():
         raise ConfigError(f"{method.method_name}: none of the {len(valid)} videos has a usable mask under {root} "
                           f"(looked for {Path(root) / ('<video_id>' + MASK_SUFFIX)}); check mask_files")
