@@ -49,6 +49,8 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "masks: none": {"mask_source": "none"},
         "masks: pseudo": {"mask_source": "pseudo"},
         "masks: files": {"mask_source": "files", "mask_files": "{mask_files}"},
+        "masks: files, instances (hungarian)": {"mask_source": "files", "mask_files": "{mask_files}",
+                                                "mask_match": "hungarian"},
         "0 attention layers": {"layers": 0},
         "2 attention layers": {"layers": 2},
         "λ 0 (local only)": {"lambda_global": 0.0},
