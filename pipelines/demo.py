@@ -50,10 +50,13 @@ class DemoConfig:
     })  # scored untrained: method → knobs
     train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "protonet": {"proj_dim": 256}, "otam": {"proj_dim": 256, "temporal_centre": True},
-        "a2m2": {"configuration": "fsar", "fusion": 0.0},
-        "i2st": {"configuration": "fsar", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
-        "dmgal": {"configuration": "fsar"},
-    })  # trained with the same budget: method → knobs, a named configuration among them ("{masks}": the synthetic data's mask folder)
+        "a2m2@paper": {"configuration": "paper"},
+        "a2m2@fsar": {"configuration": "fsar", "fusion": 0.0},
+        "i2st@paper": {"configuration": "paper", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+        "i2st@fsar": {"configuration": "fsar", "dim": 64, "mask_source": "files", "mask_files": "{masks}"},
+        "dmgal@paper": {"configuration": "paper"},
+        "dmgal@fsar": {"configuration": "fsar"},
+    })  # trained with the same budget: method[@label] → knobs, each seed in its paper and its best configuration ("{masks}": the synthetic data's mask folder)
     steps: int = 300  # training steps per method
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
     episodes_per_step: int = 16  # episodes per optimiser step, over all workers together
@@ -92,11 +95,12 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
         manifest=manifest, out=store, backbone=TINY_MODEL, pretrained="none", frames=config.frames,
         patch_grid=config.patch_grid, engine=config.engine, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}",
         experiment="fsar-demo"), progress=progress, address=address))
-    runs = {method: TrainConfig(
-        data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=method, out=out / "runs" / method,
-        knobs={k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()}, steps=config.steps,
-        episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers, seed=config.seed,
-        mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo") for method, knobs in config.train.items()}
+    runs = {key: TrainConfig(
+        data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=key.split("@")[0],
+        out=out / "runs" / key, knobs={k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()},
+        steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
+        seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo")
+        for key, knobs in config.train.items()}
     evaluation = EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval",
                             methods=list(config.baselines),
                             knobs={k: dict(v) for k, v in config.baselines.items() if v}, shot=list(config.shots),

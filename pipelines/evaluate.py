@@ -115,8 +115,10 @@ def _candidates(config: EvalConfig, data: EvaluationSource) -> list[Candidate]:
         changed = {} if not method.configuration else {
             k: v for k, v in knobs_beside_configuration(payload["method"], method.configuration, payload["knobs"]).items()
             if k not in LOCATION_KNOBS}
+        # The run folder is named in the row unless it only repeats the method (and its configuration).
+        plain = run.name in (payload["method"], f"{payload['method']}@{method.configuration}")
         label = (method_label(payload["method"], method.configuration, changed) + " (trained"
-                 + ("" if run.name == payload["method"] else f": {run.name}") + ")")
+                 + ("" if plain else f": {run.name}") + ")")
         data_section = payload.get("train_config", {}).get("data", {})
         out.append(Candidate(label, str(run_path), method, key,
                              trained_on=data_section.get("store") or data_section.get("manifest"),
