@@ -63,7 +63,10 @@ def body(rng: np.random.Generator, size: int) -> Body:
     shade = rng.uniform(0.68, 0.82) if rng.random() < 0.5 else rng.uniform(1.2, 1.35)
     sleeves = np.clip(shirt * shade + (20.0 if shade > 1 else 0.0), 0, 255)
     u = rng.uniform(0, 1, size=16)
-    lerp = lambda k, lo, hi: float(lo + (hi - lo) * u[k])  # noqa: E731
+
+    def lerp(k: int, lo: float, hi: float) -> float:  # the k-th uniform drawn above, mapped to [lo, hi]
+        return float(lo + (hi - lo) * u[k])
+
     rest = {"a": lerp(13, 7, 16) * DEG, "b": -lerp(14, 0, 12) * DEG, "g": lerp(15, 2, 7) * DEG}
     return Body(background, shirt, sleeves, trousers, skin, torso=lerp(0, 0.30, 0.38), neck=lerp(1, 0.02, 0.05),
                 head=lerp(2, 0.065, 0.09), upper=lerp(3, 0.17, 0.22), fore=lerp(4, 0.15, 0.2),

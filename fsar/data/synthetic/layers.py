@@ -114,8 +114,7 @@ def compose(background: np.ndarray, layers: Sequence[Layer], frames: int, *, mas
             share[k - 1] = (ids == k) if shares is None else np.where(ids == k, shares, 0.0)
     for layer in layers:
         if isinstance(layer, BoxLayer):
-            h, w = layer.cover.shape[1:]
-            placed = [(slice(None), layer.cover, layer.y0, layer.x0)]
+            placed = [(slice(None), layer.cover, layer.y0, layer.x0)]  # every frame at once
         else:
             placed = [(t, *got) for t in range(frames) if (got := layer.at(t)) is not None]
         for t, cover, y0, x0 in placed:
