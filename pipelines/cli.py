@@ -24,6 +24,8 @@ from pipelines.command import Command, dispatch, flags
 # ---------------------------------------------------------------- synth
 def _synth_arguments(p: Any) -> None:
     p.add_argument("--out", type=Path)
+    p.add_argument("--family", help="generator: shapes (default: rigid shapes), figures (stick figures), camera "
+                                    "(a moving camera) or swarm (objects moving as a group)")
     p.add_argument("--classes", type=int)
     p.add_argument("--videos-per-class", dest="videos_per_class", type=int)
     p.add_argument("--frames", type=int, help="longest clip, in frames")
@@ -42,8 +44,8 @@ def _run_synth(args: Any) -> int:
     from fsar.data.synthetic import MASKS_DIR, SynthConfig, generate
 
     config = resolve(SynthConfig, file=args.config, overrides=args.overrides,
-                     flags=flags(args, "out", "classes", "videos_per_class", "frames", "size", "seed", "workers",
-                                  "masks", "clutter", "misalign"))
+                     flags=flags(args, "out", "family", "classes", "videos_per_class", "frames", "size", "seed",
+                                  "workers", "masks", "clutter", "misalign"))
     start = time.perf_counter()
     manifest = generate(config, progress=True)
     seconds = time.perf_counter() - start

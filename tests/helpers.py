@@ -105,6 +105,99 @@ def embed_config(manifest: Path, out: Path, **kw: Any) -> EmbedConfig:
     return EmbedConfig(manifest=manifest, out=out, **settings)
 
 
+# ---------------------------------------------------------------- synthetic families
+def family_class(family: str, name: str):
+    """The class called ``name`` in the library of synthetic family ``family``."""
+    from fsar.data.synthetic import family_classes
+
+    return next(c for c in family_classes(family) if c.name == name)
+
+
+def family_video(family: str, name: str, seed: int, *, index: int = 0, frames: int = 12, size: int = 48, **variants):
+    """Video ``index`` (seed ``seed``) of the class called ``name`` in ``family``: a ``Rendering``."""
+    from fsar.data.synthetic import FAMILIES, video_rng
+
+    motion_class = family_class(family, name)
+    return FAMILIES[family].render(motion_class, video_rng(seed, motion_class.id, index), frames=frames, size=size,
+                                   **variants)
+
+
+def check_family_library(family: str) -> list:
+    """Checks a family's library (at least 100 classes, ids in order, unique readable names and slugs, every
+    class ``2k`` the forward member of a pair whose reverse is ``2k + 1``) and returns it."""
+    from fsar.data.synthetic import family_classes
+
+    classes = family_classes(family)
+    assert len(classes) >= 100 and len(classes) % 2 == 0
+    assert [c.id for c in classes] == list(range(len(classes)))
+    assert len({c.name for c in classes}) == len(classes) and len({c.slug for c in classes}) == len(classes)
+    assert len({c.motion for c in classes}) == len(classes) // 2
+    for c in classes:
+        partner = classes[c.partner]
+        assert partner.partner == c.id and c.reversed == bool(c.id % 2) and partner.reversed != c.reversed
+        assert partner.motion == c.motion and partner.family == c.family
+        assert c.name == c.name.strip() and c.name[0].islower() and "  " not in c.name and c.slug
+    return classes
+
+
+def check_reverse_pairs(family: str, pairs, seed: int = 0, **variants) -> None:
+    """For the given pair numbers: the reversed class's video (and masks) is the forward one played backwards."""
+    from fsar.data.synthetic import FAMILIES, family_classes
+
+    classes = family_classes(family)
+    render = FAMILIES[family].render
+    for k in pairs:
+        fwd, bwd = (render(classes[i], np.random.default_rng([seed, k]), frames=10, size=32, **variants)
+                    for i in (2 * k, 2 * k + 1))
+        assert np.array_equal(bwd.frames, fwd.frames[::-1]), classes[2 * k].name
+        if variants.get("masks"):
+            assert fwd.masks is not None and fwd.masks.shape == fwd.frames.shape[:3]
+            assert np.array_equal(bwd.masks, fwd.masks[::-1]), classes[2 * k].name
+
+
+def idle_ends(video: np.ndarray) -> int:
+    """Frames at the start identical to the first plus frames at the end identical to the last."""
+    same = [np.array_equal(a, b) for a, b in zip(video[:-1], video[1:], strict=True)]
+    lead = next((i for i, s in enumerate(same) if not s), len(same))
+    trail = next((i for i, s in enumerate(same[::-1]) if not s), len(same))
+    return lead + trail
+
+
+def motion_energy(video: np.ndarray) -> np.ndarray:
+    """Per pixel, how much consecutive frames differ: (T − 1, H, W) float."""
+    return np.abs(np.diff(video.astype(np.float64), axis=0)).sum(axis=-1)
+
+
+def separated(a, b) -> bool:
+    """True when a threshold splits the values ``a`` from ``b`` (every one of a below every one of b, or above)."""
+    return max(a) < min(b) or max(b) < min(a)
+
+
+def check_misalignment_retimes(family: str, name: str, seeds=range(6)) -> None:
+    """``misalign`` keeps the video's scene and its start and end poses, and idles around a shorter action."""
+    idle_plain = idle_shifted = 0
+    for seed in seeds:
+        plain = family_video(family, name, seed, frames=20, size=32).frames
+        shifted = family_video(family, name, seed, frames=20, size=32, misalign=1.0).frames
+        assert shifted.shape == plain.shape
+        assert np.array_equal(shifted[0], plain[0]) and np.array_equal(shifted[-1], plain[-1]), (name, seed)
+        idle_plain += idle_ends(plain)
+        idle_shifted += idle_ends(shifted)
+    assert idle_shifted > idle_plain + len(seeds), (idle_plain, idle_shifted)
+
+
+def check_family_refused_on_other_folder(family: str, other: str, out: Path) -> None:
+    """A dataset folder made with family ``other`` refuses a rerun with ``family``, naming the setting."""
+    import pytest
+
+    from fsar.data.synthetic import SynthConfig, SynthError, generate
+
+    tiny = {"classes": 3, "class_split": (1, 1, 1), "videos_per_class": 1, "frames": 6, "size": 32, "workers": 1}
+    generate(SynthConfig(out=out, family=other, **tiny), progress=False)
+    with pytest.raises(SynthError, match=rf"differ: family \(folder: '{other}', asked: '{family}'\)"):
+        generate(SynthConfig(out=out, family=family, **tiny), progress=False)
+
+
 # ---------------------------------------------------------------- feature stores
 def make_signal_store(root, *, dim=32, signal=6, frames=4, seed=0, text=False):
     """Classes differ only inside the first ``signal`` dims; the rest is loud shared noise, so an untrained

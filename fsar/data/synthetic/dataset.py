@@ -1,7 +1,12 @@
 """The embedded default dataset: synthetic motion videos (H.264 mp4) plus a manifest.
 
 Something-Something-like: a class is a *motion* (moving left to right, falling over, pushing an object
-into another, ...), never an appearance. Every video draws its own shapes, colours, sizes, textured
+into another, ...), never an appearance. ``family`` picks the generator (:mod:`fsar.data.synthetic.families`):
+``shapes`` (the default, described below), ``figures`` (stick figures moving their joints), ``camera`` (a
+camera moving over a still scene) or ``swarm`` (3–6 objects moving as a group); each has its own library of at
+least 100 classes in time-reverse pairs and follows every rule below (ids, pairs, splits, variants, masks;
+what the masks mark is in each family's docstring). Benchmark on several: a method tuned on one generator's
+quirks shows it on the others. Every video draws its own shapes, colours, sizes, textured
 background, clip length, and the start, duration and extent of the motion from a generator seeded by
 ``(seed, class id, video index)``, so two videos of a class share nothing but the motion, and the result
 does not depend on how many workers render it.
@@ -11,7 +16,8 @@ whose video is, literally, the forward rendering played backwards (:func:`render
 and reverses the frame list). A method that ignores frame order cannot tell the partners apart, so test
 splits that hold whole pairs measure temporal modelling.
 
-Library: :func:`motion_classes` lists 128 classes (64 pairs) in 11 families; class ``2k`` is the
+Library (``shapes``): :func:`motion_classes` lists 128 classes (64 pairs) in 11 motion groups (a class's
+``family`` in classes.json: translate, rotate, ...; the other generators name their own); class ``2k`` is the
 forward member of pair ``k`` and ``2k + 1`` its reverse. Those ids (and the video ids ``c017_v003``)
 are stable across configs; the manifest's ``label`` follows the manifest convention instead (train
 classes first, then val, then test, natural order of names; see :mod:`fsar.data.manifest`).
@@ -31,18 +37,21 @@ exact laws are in :mod:`fsar.data.synthetic.variants` (misalignment, clutter) an
 its partner with every variant on (frames, masks and distractors are all reversed together).
 
 Masks (``fsar-masks/1``, :mod:`fsar.data.masks`): one file per video, every frame, at the video's
-size; pixel value = instance id: ``1, 2, ...`` = the class's objects in their scene order (the mover
-first; in two-object classes the other object is 2, since the class is defined by both), ``0`` =
-background and distractors. A pixel belongs to an instance when the class's objects make up at least
-half of its rendered colour (so a distractor in front hides the actor in the mask too). Train I2ST on
+size; pixel value = instance id: ``1, 2, ...`` = the class's objects in their scene order (shapes: the
+mover first; in two-object classes the other object is 2, since the class is defined by both; figures:
+the figure; camera: the scene's static objects; swarm: each object), ``0`` = background and
+distractors. A pixel belongs to an instance when the class's objects make up at least half of its
+rendered colour (so a distractor in front hides the actor in the mask too). Train I2ST on
 them with ``knobs.mask_source=files knobs.mask_files=<out>/masks`` (an absolute path).
 
 Output of :func:`generate` (all paths relative to ``out``)::
 
     videos/<split>/<class_slug>/<video_id>.mp4   one video, written atomically
     masks/<video_id>.npz                         with ``masks``: its instance masks (fsar-masks/1), atomically
-    classes.json                                 chosen classes: id, name, family, partner, split, label
-    synth.json                                   the settings the videos were made with (checked on rerun)
+    classes.json                                 chosen classes: id, name, family (the class's motion group
+                                                 within the generator), partner, split, label
+    synth.json                                   the settings the videos were made with (checked on rerun),
+                                                 the generator among them: ``family``, ``family_version``
     manifest.parquet                             written last: its presence means the dataset is complete
 """
 
@@ -60,15 +69,13 @@ import numpy as np
 
 from fsar.atomic import atomic_write_text
 from fsar.config import ConfigError
-from fsar.data.synthetic.library import (
-    _LIBRARY,
-    MotionClass,
-    motion_classes,
-)
-from fsar.data.synthetic.render import clip_length, render_video, video_rng, write_mp4
+from fsar.data.synthetic.families import DEFAULT_FAMILY, FAMILIES, Family
+from fsar.data.synthetic.library import MotionClass
+from fsar.data.synthetic.render import clip_length, video_rng, write_mp4
 
-# Part of synth.json: bump whenever rendering or the class library changes, so that a rerun into an
-# old folder refuses to mix videos of two versions instead of silently resuming.
+# Part of synth.json: bump whenever the shapes rendering or class library changes, or what every family
+# shares (clip lengths, variants), so that a rerun into an old folder refuses to mix videos of two versions
+# instead of silently resuming. The other families also stamp their own ``family_version``.
 RENDER_VERSION = 2
 
 DEFAULT_FRACTIONS = (0.64, 0.12, 0.24)
@@ -76,9 +83,10 @@ SPLITS = ("train", "val", "test")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 TAU = 2.0 * math.pi
 MASKS_DIR = "masks"  # under ``out``: <video_id>.npz per video when ``masks`` is on
-# The mechanism variants' settings at their neutral values. synth.json files written before the
-# variants existed lack these keys; such a folder was made with these values.
-VARIANT_DEFAULTS: dict[str, Any] = {"masks": False, "clutter": 0, "misalign": 0.0}
+# Settings added since the first synth.json, at the values a folder written before them was made with: the
+# mechanism variants at their neutral values, the shapes family.
+VARIANT_DEFAULTS: dict[str, Any] = {"masks": False, "clutter": 0, "misalign": 0.0, "family": DEFAULT_FAMILY,
+                                    "family_version": 0}
 
 
 class SynthError(ConfigError):
@@ -96,7 +104,7 @@ class SynthConfig:
     """``fsar synth``: the synthetic motion dataset and how to write it."""
 
     out: Path  # output folder: videos/, manifest.parquet, classes.json, synth.json
-    classes: int = 100  # motion classes taken from the 128-class library (whole reverse pairs where possible)
+    classes: int = 100  # motion classes taken from the family's library (whole reverse pairs where possible)
     videos_per_class: int = 20  # videos per class
     frames: int = 32  # longest clip in frames; each clip has between ceil(0.75·frames) and frames
     size: int = 112  # frame side in pixels (square, even: yuv420p halves the chroma planes)
@@ -109,6 +117,13 @@ class SynthConfig:
     masks: bool = False  # also write each video's ground-truth instance masks to <out>/masks/<video_id>.npz
     clutter: int = 0  # distractors per video, moving at random independently of the class (0: none)
     misalign: float = 0.0  # 0..1: the action fills a random 100 %..(100 − 60·misalign) % of the clip, idle around it
+    family: str = DEFAULT_FAMILY  # generator: shapes | figures | camera | swarm (fsar.data.synthetic.families)
+
+    def generator(self) -> Family:
+        """The family this config renders (SynthError naming the choices for an unknown one)."""
+        if self.family not in FAMILIES:
+            raise SynthError(f"family={self.family!r} is not a synthetic family; pick one of {', '.join(FAMILIES)}")
+        return FAMILIES[self.family]
 
     def split_counts(self) -> tuple[int, int, int]:
         """Train/val/test class counts: ``class_split`` if given, else the default fractions of ``classes``."""
@@ -125,9 +140,10 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise SynthError naming the first bad setting and the fix."""
-        library = len(motion_classes())
+        library = len(self.generator().classes)
         if not 1 <= self.classes <= library:
-            raise SynthError(f"classes={self.classes}: the motion library has {library} classes; pick 1..{library}")
+            raise SynthError(f"classes={self.classes}: the {self.family} library has {library} classes; pick "
+                             f"1..{library}")
         if self.classes < 3 and self.class_split is None:
             raise SynthError(f"classes={self.classes} cannot fill train/val/test; use at least 3 or give class_split")
         if self.videos_per_class < 1:
@@ -157,15 +173,17 @@ class SynthConfig:
         return {"render_version": RENDER_VERSION, "classes": self.classes, "videos_per_class": self.videos_per_class,
                 "frames": self.frames, "size": self.size, "fps": self.fps, "seed": self.seed,
                 "class_split": list(self.split_counts()), "crf": self.crf, "preset": self.preset,
-                "masks": self.masks, "clutter": self.clutter, "misalign": self.misalign}
+                "masks": self.masks, "clutter": self.clutter, "misalign": self.misalign,
+                "family": self.family, "family_version": self.generator().version}
 
 
 # ---------------------------------------------------------------- class choice and splits
 def select_classes(config: SynthConfig) -> dict[str, list[MotionClass]]:
     """The classes of each split (train/val/test), sorted by id; see the module docstring for the rule."""
     counts = dict(zip(SPLITS, config.split_counts(), strict=True))
+    library = config.generator().classes
     rng = np.random.default_rng([config.seed, 0x5EED])  # its own stream: no video draws from it
-    pairs = [(_LIBRARY[2 * k], _LIBRARY[2 * k + 1]) for k in rng.permutation(len(_LIBRARY) // 2)]
+    pairs = [(library[2 * k], library[2 * k + 1]) for k in rng.permutation(len(library) // 2)]
     chosen: dict[str, list[MotionClass]] = {s: [] for s in SPLITS}
     cursor = 0
     for split in SPLITS:
@@ -213,8 +231,6 @@ class _Job:
 
 def _render_job(job: _Job) -> int:
     """Worker: render and write the listed files of one class; returns how many videos it handled."""
-    from fsar.data.masks import MASK_SUFFIX, write_mask_file  # imports torch: only where masks are written
-
     mc, cfg = job.motion_class, job.config
     for task in job.tasks:
         # Another run may have finished a file meanwhile.
@@ -223,9 +239,12 @@ def _render_job(job: _Job) -> int:
         if video_path is None and masks_path is None:
             continue
         try:
-            rendering = render_video(mc, video_rng(cfg.seed, mc.id, task.index), frames=cfg.frames, size=cfg.size,
-                                     clutter=cfg.clutter, misalign=cfg.misalign, masks=masks_path is not None)
-            if masks_path is not None:
+            rendering = cfg.generator().render(mc, video_rng(cfg.seed, mc.id, task.index), frames=cfg.frames,
+                                               size=cfg.size, clutter=cfg.clutter, misalign=cfg.misalign,
+                                               masks=masks_path is not None)
+            if masks_path is not None:  # fsar.data.masks imports torch: only workers that write masks pay for it
+                from fsar.data.masks import MASK_SUFFIX, write_mask_file
+
                 assert rendering.masks is not None
                 write_mask_file(masks_path.parent, masks_path.name.removesuffix(MASK_SUFFIX), rendering.masks,
                                 np.arange(len(rendering.masks)))
@@ -326,7 +345,7 @@ def generate(config: SynthConfig, *, progress: bool = True) -> Path:
 
     class_rows = []
     for mc in sorted((c for cs in by_split.values() for c in cs), key=lambda c: labels[c.name]):
-        partner = _LIBRARY[mc.partner]
+        partner = config.generator().classes[mc.partner]
         class_rows.append({"label": labels[mc.name], "id": mc.id, "name": mc.name, "slug": mc.slug,
                            "family": mc.family, "motion": mc.motion, "reversed": mc.reversed,
                            "partner": mc.partner, "partner_name": partner.name,

@@ -172,6 +172,22 @@ def _build_library() -> tuple[MotionClass, ...]:
 _LIBRARY = _build_library()
 
 
+def pair_classes(bases: list[tuple[str, str, str, str, int]]) -> tuple[MotionClass, ...]:
+    """A class library from ``(group, motion key, forward name, reversed name, objects)`` per base motion: base
+    ``k`` becomes class ``2k`` (forward) and ``2k + 1`` (its time reverse). The other families build theirs
+    with it; names and slugs must be unique."""
+    out = []
+    for k, (group, key, forward, backward, objects) in enumerate(bases):
+        out.append(MotionClass(2 * k, forward, group, key, False, 2 * k + 1, objects))
+        out.append(MotionClass(2 * k + 1, backward, group, key, True, 2 * k, objects))
+    names = [c.name for c in out]
+    slugs = [c.slug for c in out]
+    if len(set(names)) != len(names) or len(set(slugs)) != len(slugs) or len({b[1] for b in bases}) != len(bases):
+        dup = sorted({n for n in names if names.count(n) > 1} | {s for s in slugs if slugs.count(s) > 1})
+        raise ValueError(f"class names, slugs and motion keys must be unique; repeated: {dup}")
+    return tuple(out)
+
+
 def motion_classes() -> list[MotionClass]:
     """The whole class library (128 classes, 64 time-reverse pairs), in id order."""
     return list(_LIBRARY)
