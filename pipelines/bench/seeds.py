@@ -2,9 +2,12 @@
 
     python -m pipelines.bench.seeds --out DIR [key=value ...]
 
-For each variant of the synthetic motion dataset (``variants``: plain; clutter, distractors moving at
-random; misalignment, the action filling a random part of the clip with idle frames around it), every
-one rendered with its ground-truth actor masks:
+For each synthetic family (``families``: ``shapes``, the renderer the defaults were first tuned on;
+``figures``, articulated figures; ``camera``, camera motion over a textured scene; ``swarm``, several
+interacting objects — ``fsar synth --family``), each number of training classes (``train_classes``: 10
+and 64, with 12 validation and 24 test classes) and each variant (``variants``: plain; clutter,
+distractors moving at random; misalignment, the action filling a random part of the clip with idle
+frames around it), every one rendered with its ground-truth instance masks:
 
 1. synth → embed (random-init ``fsar-tiny``, 4×4 patch grid);
 2. train every method of ``methods`` with the same budget (``pipelines.compare``) and score all on the
@@ -12,7 +15,10 @@ one rendered with its ground-truth actor masks:
 3. score the trained runs on **reverse-pair episodes**: 2-way 1-shot episodes of a test class and its
    time reverse ("moving left" vs "moving right"), which only an order-aware method can tell apart.
 
-Writes ``DIR/seeds.md`` (one table per variant), ``DIR/seeds.json`` and each variant's comparison folder.
+Writes ``DIR/seeds.md`` (one table per family, training classes and variant; the ``held_out`` family, kept
+out of all tuning, last and marked), ``DIR/seeds.json`` and each cell's comparison folder under
+``DIR/<family>/<n>-train/<variant>``. Every seed runs in its ``paper`` and its ``fsar`` configuration, and
+OTAM and ProtoNet read the same view (the flattened 4×4 grid).
 The targets (issue "seed mechanisms"): A2M2 above OTAM on misalignment, I2ST with mask files above OTAM
 on clutter, DMGAL above OTAM on clutter or misalignment, beyond the paired CI; on the plain variant none
 behind OTAM by more than the paired CI; on reverse pairs A2M2 far above trained ProtoNet and close to OTAM.
@@ -49,11 +55,15 @@ class SeedBenchConfig:
     """``python -m pipelines.bench.seeds``: the variants, the methods and the one budget they all get."""
 
     out: Path  # output folder: <variant>/data, <variant>/store, <variant>/compare, seeds.md, seeds.json
+    families: list[str] = field(default_factory=lambda: ["shapes", "figures", "camera", "swarm"])  # `fsar synth --family`
+    held_out: str = "swarm"  # the family kept out of all tuning: reported last, marked held out
+    train_classes: list[int] = field(default_factory=lambda: [10, 64])  # training classes; 12 val and 24 test classes beside them
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "plain": {}, "clutter": {"clutter": 2}, "misalign": {"misalign": 1.0},
     })  # variant name -> `fsar synth` options
     methods: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_METHODS.items()})  # method[@label] -> knobs ("{masks}": the variant's mask folder)
-    classes: int = 100  # synthetic classes (64/12/24)
+    val_classes: int = 12  # validation classes of every cell
+    test_classes: int = 24  # test classes of every cell
     videos_per_class: int = 20  # videos per class
     size: int = 64  # frame side (fsar-tiny sees 64 px)
     frames: int = 8  # frames sampled per video
@@ -123,11 +133,16 @@ def run(config: SeedBenchConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     dump_yaml(config, out / "bench_config.yaml")
     summary: dict[str, Any] = {}
-    for variant, options in config.variants.items():
+    cells = [(family, n, variant) for family in sorted(config.families, key=lambda f: f == config.held_out)
+             for n in config.train_classes for variant in config.variants]
+    for family, n_train, variant in cells:
+        options = config.variants[variant]
         start = time.perf_counter()
-        root = out / variant
-        manifest = generate(SynthConfig(out=root / "data", classes=config.classes, videos_per_class=config.videos_per_class,
-                                        size=config.size, seed=config.seed, masks=True, **options), progress=False)
+        root = out / family / f"{n_train}-train" / variant
+        split = (n_train, config.val_classes, config.test_classes)
+        manifest = generate(SynthConfig(out=root / "data", family=family, classes=sum(split), class_split=split,
+                                        videos_per_class=config.videos_per_class, size=config.size, seed=config.seed,
+                                        masks=True, **options), progress=False)
         embed(EmbedConfig(manifest=manifest, out=root / "store", backbone=TINY_MODEL, pretrained="none",
                           frames=config.frames, patch_grid=config.patch_grid, engine="local"), progress=False)
         methods = {k: {n: (str(root / "data" / "masks") if v == "{masks}" else v) for n, v in knobs.items()}
@@ -149,10 +164,11 @@ def run(config: SeedBenchConfig) -> dict[str, Any]:
                 row[f"{r.shot}-shot"] = (r.accuracy, r.ci95, *diff)
             row["reverse pairs"] = (*accuracy_ci(reverse[key]), *paired_difference(reverse[key], reverse["otam"]))
             rows[key] = row
-        summary[variant] = {"options": options, "methods": rows, "seconds": time.perf_counter() - start}
+        cell = f"{family} · {n_train} training classes · {variant}" + (" (held out)" if family == config.held_out else "")
+        summary[cell] = {"options": options, "methods": rows, "seconds": time.perf_counter() - start}
         (out / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "seeds.md").write_text(format_summary(summary) + "\n")
-        print(format_summary({variant: summary[variant]}), flush=True)
+        print(format_summary({cell: summary[cell]}), flush=True)
     return summary
 
 
