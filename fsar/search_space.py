@@ -138,7 +138,9 @@ class SearchSpace:
     def _knob_types(self) -> dict[str, Any]:
         from fsar.methods import method_info
 
-        return _init_fields(method_info(self.method).config)
+        info = method_info(self.method)
+        # A method with named configurations takes `configuration` beside its knobs (fsar.methods.registry).
+        return _init_fields(info.config) | ({"configuration": str} if info.configurations else {})
 
     @property
     def _train_types(self) -> dict[str, Any]:
@@ -183,9 +185,11 @@ class SearchSpace:
 
     def _check(self, values: Mapping[str, Any]) -> None:
         from fsar.methods import method_info
+        from fsar.methods.registry import resolve_configuration
 
         train, knobs = self.split({**self.fixed, **values})
-        from_dict(method_info(self.method).config, knobs, where=f"{self.method} knobs")
+        _, configured = resolve_configuration(self.method, knobs.pop("configuration", None))
+        from_dict(method_info(self.method).config, configured | knobs, where=f"{self.method} knobs")
         from_dict(TrainConfig, self._train_dict(train, store=".", out="."), where="training settings")
         for key, value in train.items():
             if key in _POSITIVE and not value > 0:

@@ -128,3 +128,15 @@ def test_list_valued_choices_for_a_list_knob():
     assert s.train_config({"scales": [1, 2]}, store=".", out=".").knobs == {"scales": [1, 2]}
     with pytest.raises(ConfigError, match="space.scales"):
         SearchSpace(method="a2m2", space={"scales": {"choice": [[1], 2]}})
+
+
+def test_a_seed_sweeps_over_its_named_configurations():
+    from fsar.config import ConfigError
+    from fsar.search_space import SearchSpace
+
+    space = SearchSpace(method="a2m2", space={"configuration": {"choice": ["paper", "fsar"]}})
+    assert space.target("configuration") == "knob"
+    with pytest.raises(ConfigError, match="no configuration 'best'"):
+        SearchSpace(method="a2m2", space={"configuration": {"choice": ["paper", "best"]}})
+    with pytest.raises(ConfigError, match="unknown parameter 'configuration' for method otam"):
+        SearchSpace(method="otam", space={"configuration": {"choice": ["paper"]}})
