@@ -248,19 +248,24 @@ def test_a_short_training_run_lowers_the_loss(patch_store, tmp_path, source):
     assert losses[-1] < 0.85 * losses[0], losses
 
 
-def test_training_on_mask_files_passes_them_to_the_method(patch_store, tmp_path, monkeypatch):
-    """The supervision reaching the method holds the actor's cell of each sampled frame."""
+def supervision_seen_by_the_mask_loss(monkeypatch) -> list:
+    """Record the ``Supervision`` every I2ST mask-loss call receives (the loss itself still runs)."""
     from fsar.methods.i2st import I2ST
 
-    store, masks = patch_store
-    seen = []
-    original = I2ST.mask_loss
+    seen, original = [], I2ST.mask_loss
 
     def spy(self, mask_logits, patches, support_labels, *, class_text, supervision):
         seen.append(supervision)
         return original(self, mask_logits, patches, support_labels, class_text=class_text, supervision=supervision)
 
     monkeypatch.setattr(I2ST, "mask_loss", spy)
+    return seen
+
+
+def test_training_on_mask_files_passes_them_to_the_method(patch_store, tmp_path, monkeypatch):
+    """The supervision reaching the method holds the actor's cell of each sampled frame."""
+    store, masks = patch_store
+    seen = supervision_seen_by_the_mask_loss(monkeypatch)
     cfg = i2st_config(store, tmp_path / "run", mask_source="files", mask_files=str(masks))
     train_worker(dataclasses.replace(cfg, steps=2, val_every=2), report=lambda m, p: None)
     assert len(seen) == 2
@@ -274,17 +279,8 @@ def test_training_on_mask_files_passes_them_to_the_method(patch_store, tmp_path,
 def test_hungarian_matching_trains_on_instance_masks(patch_store, tmp_path, monkeypatch):
     """mask_match=hungarian asks the pipeline for instance masks (ids apart, up to the query count) and trains
     on them; it is refused with a mask source that has no instances."""
-    from fsar.methods.i2st import I2ST
-
     store, masks = patch_store
-    seen = []
-    original = I2ST.mask_loss
-
-    def spy(self, mask_logits, patches, support_labels, *, class_text, supervision):
-        seen.append(supervision)
-        return original(self, mask_logits, patches, support_labels, class_text=class_text, supervision=supervision)
-
-    monkeypatch.setattr(I2ST, "mask_loss", spy)
+    seen = supervision_seen_by_the_mask_loss(monkeypatch)
     from fsar.data.masks import read_mask_file, write_mask_file
 
     ids = tmp_path / "instance-masks"  # the helper marks the actor 255; as an instance it is id 1
