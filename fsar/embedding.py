@@ -23,7 +23,6 @@ import torch
 from fsar import __version__, storage
 from fsar.backbones import ClipBackbone, build_backbone
 from fsar.backbones.encode import encode_clips
-from fsar.backbones.weights import resolve_weights
 from fsar.data.feature_store import (
     CLASS_TEXT_FILE,
     ROW_SCHEMA,
@@ -81,12 +80,6 @@ class EmbedConfig:
             raise ConfigError(f"embed: {', '.join(f'{k}={v}' for k, v in small.items())} must be at least 1")
 
 
-def resolve_pretrained(backbone: str, pretrained: str) -> str | None:
-    """``default`` → ``openai`` when the model has that tag, else random init; ``none`` → random init
-    (``fsar.backbones.weights``)."""
-    return resolve_weights(backbone, pretrained)
-
-
 def decode_record(row: Mapping[str, Any], config: EmbedConfig) -> dict[str, Any]:
     """Decode one manifest row's segment centres into the clip the encoder takes: uint8 centre squares.
 
@@ -128,9 +121,10 @@ def _device(name: str) -> torch.device:
 
 
 def load_backbone(config: EmbedConfig, *, device: str | None = None) -> ClipBackbone:
-    """The encoder ``config`` names, built identically on the driver and on every worker."""
+    """The encoder ``config`` names, built identically on the driver and on every worker (``pretrained`` read by
+    ``fsar.backbones.weights``: ``default`` is the model's ``openai`` tag when it has one)."""
     return build_backbone(
-        config.backbone, pretrained=resolve_pretrained(config.backbone, config.pretrained),
+        config.backbone, pretrained=config.pretrained,
         device=_device(device or config.device), init_seed=config.init_seed,
     )
 

@@ -8,7 +8,7 @@ from fsar.backbones import TINY_MODEL, build_backbone
 from fsar.data.feature_store import FeatureStore
 from fsar.data.manifest import read_manifest
 from fsar.data.video import load_clip
-from fsar.embedding import decode_record, embed_manifest, resolve_pretrained
+from fsar.embedding import decode_record, embed_manifest, load_backbone
 
 
 def test_good_rows_stored_and_failures_listed(videos):
@@ -109,11 +109,12 @@ def test_rerun_with_other_settings_is_refused(videos):
         embed_manifest(other, progress=False)
 
 
-def test_resolve_pretrained():
-    assert resolve_pretrained("ViT-B-16", "default") == "openai"
-    assert resolve_pretrained(TINY_MODEL, "default") is None
-    assert resolve_pretrained("ViT-B-16", "none") is None
-    assert resolve_pretrained("ViT-B-16", "/w.pt") == "/w.pt"
+def test_default_weights_of_a_model_without_tags_are_a_seeded_random_init(tmp_path):
+    # How `default`, `none` and paths resolve is tested on fsar.backbones.weights.resolve_weights.
+    from fsar.embedding import EmbedConfig
+
+    backbone = load_backbone(EmbedConfig(manifest=tmp_path / "m.parquet", out=tmp_path / "s", backbone=TINY_MODEL))
+    assert backbone.pretrained is None and backbone.init_seed == 0
 
 
 def test_sizes_below_one_are_refused(videos):
