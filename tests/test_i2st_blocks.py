@@ -9,6 +9,7 @@ from fsar.methods.i2st_blocks import (
     AttentionBlock,
     FrameScale,
     InstancePerception,
+    MultiHeadAttention,
     SpatialAttention,
     TemporalAttention,
     grid_code,
@@ -52,6 +53,22 @@ def test_attention_block_self_and_cross():
         cross(x)
     with pytest.raises(ValueError, match="cross=True"):
         plain(x, context)
+
+
+@pytest.mark.parametrize("lengths", [(4, 6), (5, 5)])
+def test_multi_head_attention_matches_torch_reference_with_the_same_weights(lengths):
+    torch.manual_seed(0)
+    dim, heads = 8, 2
+    ours, reference = MultiHeadAttention(dim, heads), torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+    with torch.no_grad():  # torch keeps q, k, v stacked in one in-projection
+        reference.in_proj_weight.copy_(torch.cat([ours.query.weight, ours.key_value.weight]))
+        reference.in_proj_bias.copy_(torch.cat([ours.query.bias, ours.key_value.bias]))
+        reference.out_proj.weight.copy_(ours.out.weight)
+        reference.out_proj.bias.copy_(ours.out.bias)
+    x, context = torch.randn(3, lengths[0], dim), torch.randn(3, lengths[1], dim)
+    expected = reference(x, context, context, need_weights=False)[0]
+    torch.testing.assert_close(ours(x, context), expected)
+    torch.testing.assert_close(ours(x, x), reference(x, x, x, need_weights=False)[0])
 
 
 def test_instance_perception_pools_patch_tokens_with_its_own_masks():

@@ -12,6 +12,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from fsar.methods.parts import sinusoid_code
 from fsar.ops.instance_masks import mask_pool
@@ -36,6 +37,34 @@ class FrameScale(nn.Module):
         return patches * patches.pow(2).mean(dim=(-1, -2), keepdim=True).clamp_min(1e-12).rsqrt()
 
 
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention of ``x (M, n, d)`` over ``context (M, m, d)`` → ``(M, n, d)``, batch first.
+
+    I2ST attends over short sequences (4–40 tokens) of very many frames. ``nn.MultiheadAttention`` spends
+    most of its time there transposing to and from sequence-first layout; this one projects key and value
+    in one matmul and, on CPU, computes the softmax explicitly, which beats the fused kernel at these lengths.
+    """
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        batch, n, dim = x.shape
+        head_dim = dim // self.heads
+        query = self.query(x).view(batch, n, self.heads, head_dim).transpose(1, 2)  # (M, h, n, dh)
+        key, value = self.key_value(context).view(batch, -1, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        if x.is_cuda:
+            mixed = F.scaled_dot_product_attention(query, key, value)
+        else:
+            weights = (query @ key.transpose(-1, -2) * head_dim**-0.5).softmax(dim=-1)
+            mixed = weights @ value  # (M, h, n, dh)
+        return self.out(mixed.transpose(1, 2).reshape(batch, n, dim))
+
+
 class AttentionBlock(nn.Module):
     """Pre-norm residual attention + MLP: ``x (M, n, d)`` attends to ``context (M, m, d)`` when ``cross``,
     else to itself."""
@@ -45,7 +74,7 @@ class AttentionBlock(nn.Module):
         self.norm_x = nn.LayerNorm(dim)
         # Cross-attention normalises its context on its own; self-attention has no second input to normalise.
         self.norm_context = nn.LayerNorm(dim) if cross else None
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attn = MultiHeadAttention(dim, heads)
         hidden = max(1, round(dim * mlp_ratio))
         self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -54,7 +83,7 @@ class AttentionBlock(nn.Module):
         if (context is None) != (self.norm_context is None):
             raise ValueError("AttentionBlock: pass a context exactly when the block was built with cross=True")
         source = query if self.norm_context is None else self.norm_context(context)
-        x = x + self.attn(query, source, source, need_weights=False)[0]
+        x = x + self.attn(query, source)
         return x + self.mlp(x)
 
 
