@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fsar.backbones.trunks import ClipViTTrunk, ViTMaps
 from fsar.config import ConfigError
 from fsar.methods import build_method
-from fsar.methods.dmgal.backbones import ClipViTTrunk, ViTMaps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 

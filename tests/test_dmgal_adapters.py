@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsar.backbones import TINY_MODEL, build_backbone
+from fsar.backbones.trunks import ClipViTTrunk
 from fsar.methods import build_method
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter, default_adapter_blocks
-from fsar.methods.dmgal.backbones import ClipViTTrunk
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 

@@ -38,6 +38,21 @@ def clips_to_device(clips: Sequence[np.ndarray], device: torch.device) -> tuple[
     return tensors, order
 
 
+def frame_views(backbone: ClipBackbone, pixels: torch.Tensor, *, patch_grid: int = 0,
+                autograd_from: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalised pixels ``(N, 3, S, S)`` → the views a store holds: the pooled frame embedding ``(N, D)`` and,
+    with ``patch_grid`` G > 0, the patch grid average-pooled to ``(N, G, G, D)``.
+
+    ``fsar embed`` (through ``encode_clips``) and the trainable stage (``fsar.backbones.stage``) both call this,
+    so a method sees the same input cached or end to end. ``autograd_from``: ``ClipBackbone.encode``'s.
+    """
+    pooled, grid = backbone.encode(pixels, patches=patch_grid > 0, autograd_from=autograd_from)
+    if grid is None:
+        return pooled, None
+    grid = F.adaptive_avg_pool2d(grid.float().permute(0, 3, 1, 2), patch_grid).permute(0, 2, 3, 1)  # fp32 means
+    return pooled, grid
+
+
 @torch.no_grad()
 def encode_clips(
     backbone: ClipBackbone, clips: Sequence[np.ndarray], *, patch_grid: int = 0
@@ -46,7 +61,7 @@ def encode_clips(
 
     ``clips`` are B videos' centre squares ``(T, s_i, s_i, 3)`` (``decode_record``); sides may differ. On
     the backbone's device, in one batched step under its autocast: resize per side, normalise, encode
-    (``pixels_from_squares``, then ``backbone.encode``). Features come back in the order of ``clips``.
+    (``pixels_from_squares``, then ``frame_views``). Features come back in the order of ``clips``.
     """
     if not clips:
         raise ValueError("no clips to encode")
@@ -58,12 +73,10 @@ def encode_clips(
     # bf16 autocast on CUDA only: on a CPU bf16 matmuls are slower than fp32.
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         pixels = pixels_from_squares(squares, backbone.preprocess)  # (B·T, 3, S, S), clips in `order`
-        pooled, grid = backbone.encode(pixels, patches=patch_grid > 0)
+        pooled, grid = frame_views(backbone, pixels, patch_grid=patch_grid)
     back = np.argsort(order)  # stacked position of each clip
     frames = pooled.float().reshape(b, t, -1).cpu().numpy().astype(np.float16)[back]
     if grid is None:
         return frames, None
-    grid = grid.float().permute(0, 3, 1, 2)  # (BT, D, g0, g0)
-    grid = F.adaptive_avg_pool2d(grid, patch_grid).permute(0, 2, 3, 1)
-    patches = grid.reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)[back]
+    patches = grid.float().reshape(b, t, patch_grid, patch_grid, -1).cpu().numpy().astype(np.float16)[back]
     return frames, patches

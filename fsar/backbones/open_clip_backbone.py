@@ -91,19 +91,44 @@ class ClipBackbone(nn.Module):
             "patch_grid": self.patch_grid,
         }
 
-    def encode(self, pixels: torch.Tensor, *, patches: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pooled ``(N, D)`` embeddings and, if asked, the projected patch grid ``(N, g, g, D)``."""
+    @property
+    def blocks(self) -> int:
+        """Transformer blocks of the vision tower that can run one at a time (0: a tower run only whole)."""
+        return len(self.model.visual.transformer.resblocks) if self._runs_in_pieces() else 0
+
+    def _runs_in_pieces(self) -> bool:
+        from open_clip.transformer import VisionTransformer
+
         visual = self.model.visual
-        if not patches:
-            return visual(pixels), None
-        if self.patch_grid is None or not hasattr(visual, "output_tokens"):
+        return isinstance(visual, VisionTransformer) and visual.attn_pool is None
+
+    def encode(self, pixels: torch.Tensor, *, patches: bool = False,
+               autograd_from: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled ``(N, D)`` embeddings and, if asked, the projected patch grid ``(N, g, g, D)``.
+
+        ``autograd_from``: the first transformer block that runs with autograd; the patch embedding and the
+        blocks before it run without (a frozen prefix keeps no activations for a backward pass). Only towers
+        that run in pieces (plain ViTs, ``blocks`` > 0) take a value above 0.
+        """
+        visual = self.model.visual
+        if patches and (self.patch_grid is None or not hasattr(visual, "output_tokens")):
             raise BackboneUnavailableError(f"{self.name}: this vision tower exposes no patch tokens")
-        previous = visual.output_tokens
-        visual.output_tokens = True
-        try:
-            pooled, tokens = visual(pixels)
-        finally:
-            visual.output_tokens = previous
+        if self._runs_in_pieces():
+            pooled, tokens = self._run_in_pieces(pixels, autograd_from)
+        elif autograd_from > 0:
+            raise BackboneUnavailableError(f"{self.name}: its vision tower runs only whole, so it cannot freeze "
+                                           "its first blocks; tune it fully, or freeze it")
+        elif not patches:
+            return visual(pixels), None
+        else:
+            previous = visual.output_tokens
+            visual.output_tokens = True
+            try:
+                pooled, tokens = visual(pixels)
+            finally:
+                visual.output_tokens = previous
+        if not patches:
+            return pooled, None
         proj = getattr(visual, "proj", None)
         if proj is not None:
             tokens = tokens @ proj
@@ -112,6 +137,31 @@ class ClipBackbone(nn.Module):
         if length != g * g:
             raise BackboneUnavailableError(f"{self.name}: {length} patch tokens do not form a {g}x{g} grid")
         return pooled, tokens.reshape(n, g, g, dim)
+
+    def _run_in_pieces(self, pixels: torch.Tensor, autograd_from: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """open_clip's ``VisionTransformer.forward`` (embedding, blocks, pooling, projection) one block at a time,
+        each piece with autograd only from block ``autograd_from`` on: pooled ``(N, D)``, tokens ``(N, L, W)``."""
+        from torch.utils.checkpoint import checkpoint
+
+        visual = self.model.visual
+        transformer = visual.transformer
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and autograd_from <= 0):
+            x = visual._embeds(pixels)
+        if not transformer.batch_first:  # older open_clip: sequence-first blocks
+            x = x.transpose(0, 1)
+        for i, block in enumerate(transformer.resblocks):
+            with torch.set_grad_enabled(grad and i >= autograd_from):
+                if transformer.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, tokens = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return pooled, tokens
 
     def encode_text(self, class_names: list[str], *, template: str = "a video of {}") -> torch.Tensor:
         """Text embeddings ``(C, D)`` of ``template.format(name)`` for each class name."""

@@ -4,8 +4,8 @@ Importing this package registers ``dmgal_ft`` and ``dmgal_adapter`` (end to end,
 ``dmgal`` (the head on cached patch grids, see ``head``).
 """
 
+from fsar.backbones.trunks import ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter
-from fsar.methods.dmgal.backbones import ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
 from fsar.methods.dmgal.head import DMGALHead, DMGALHeadConfig
 from fsar.methods.dmgal.method import DMGALFT, DMGALAdapter, DMGALAdapterConfig, DMGALFTConfig
 from fsar.methods.dmgal.mixer import TimeChannelMixer

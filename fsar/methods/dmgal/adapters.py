@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from fsar.methods.dmgal.backbones import ClipViTTrunk
+from fsar.backbones.trunks import ClipViTTrunk
 from fsar.methods.dmgal.motion import CrossMotionAttention, SelfMotionAttention
 
 

@@ -29,11 +29,11 @@ from typing import ClassVar, Literal, NamedTuple
 from torch import Tensor
 
 from fsar.backbones import TINY_MODEL
+from fsar.backbones.trunks import RESNET50, ClipViTTrunk, build_feature_maps
 from fsar.config import ConfigError
 from fsar.data.transforms import FramePreprocess
 from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, default_adapter_blocks
-from fsar.methods.dmgal.backbones import RESNET50, ClipViTTrunk, build_feature_maps
 from fsar.methods.dmgal.mixer import TimeChannelMixer
 from fsar.methods.dmgal.motion import CMGA, SMGA
 from fsar.methods.parts import LogitScale, class_average

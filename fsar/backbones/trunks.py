@@ -1,4 +1,4 @@
-"""Trainable frame encoders for DMGAL: per-frame feature maps and the open_clip ViT run block by block.
+"""Trainable frame encoders run in pieces: per-frame feature maps and the open_clip ViT block by block.
 
 ``ResNetMaps``: torchvision ResNet-50 up to layer4 → ``(M, 2048, H/32, W/32)`` (the released DMGAL-FT
 backbone), weights from a local state-dict file or a seeded random init.

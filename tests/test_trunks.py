@@ -1,4 +1,4 @@
-"""DMGAL's trainable frame encoders: torchvision ResNet-50 maps and the open_clip ViT run block by block."""
+"""fsar.backbones.trunks: torchvision ResNet-50 maps and the open_clip ViT run block by block."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from fsar.backbones import TINY_MODEL, BackboneUnavailableError, build_backbone
-from fsar.methods.dmgal.backbones import RESNET50, ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
+from fsar.backbones.trunks import RESNET50, ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
