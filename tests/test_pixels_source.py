@@ -13,7 +13,7 @@ from helpers import pixels_config
 
 from fsar.config import ConfigError, from_dict
 from fsar.data.manifest import read_manifest, write_manifest
-from fsar.data.sections import ManifestData, StoreData
+from fsar.data.sections import ManifestData, StageSettings, StoreData
 from fsar.training.checkpoint import load_checkpoint
 from fsar.training.config import TrainConfig
 from fsar.training.loop import check_training_inputs, train_worker
@@ -124,8 +124,9 @@ def test_a_corrupt_video_does_not_stop_training(synth, tmp_path):
 def test_errors_say_what_to_pass(synth, tmp_path):
     with pytest.raises(ConfigError, match="pass --manifest"):
         check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path, data=StoreData(store=tmp_path)))
-    with pytest.raises(ConfigError, match="pass --store"):
-        check_training_inputs(TrainConfig(method="protonet", out=tmp_path, data=ManifestData(manifest=synth)))
+    with pytest.raises(ConfigError, match="brings its own encoder .*drop data.stage"):
+        check_training_inputs(TrainConfig(method="dmgal_ft", out=tmp_path,
+                                          data=ManifestData(manifest=synth, stage=StageSettings())))
     with pytest.raises(ConfigError, match="give exactly one of .*several"):
         from_dict(TrainConfig, {"method": "dmgal_ft", "out": str(tmp_path),
                                 "data": {"store": str(tmp_path), "manifest": str(synth)}})

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import torch
+
 from fsar.config import ConfigError, from_dict
+from fsar.data.sections import StageSettings
 from fsar.methods.base import VIDEO_DIMS, FewShotMethod
 
 M = TypeVar("M", bound=type[FewShotMethod])
@@ -132,7 +135,7 @@ def knobs_beside_configuration(name: str, configuration: str, knobs: Mapping[str
 
 
 def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, configuration: str | None = None,
-                 **knobs: Any) -> FewShotMethod:
+                 stage: StageSettings | None = None, **knobs: Any) -> FewShotMethod:
     """Build method ``name`` for per-frame features of size ``feature_dim``.
 
     ``text_dim``: the size of the class-name text embeddings the data offers (the store's text tower), None
@@ -146,8 +149,33 @@ def build_method(name: str, *, feature_dim: int, text_dim: int | None = None, co
     default one) that ``knobs`` override; kept as ``method.configuration``.
     """
     info = method_info(name)
+    if stage is not None:
+        return _build_end_to_end(name, stage, configuration=configuration, knobs=knobs)
     chosen, base = resolve_configuration(name, configuration)
     config = from_dict(info.config, base | knobs, where=f"method {name!r}")
     method = info.cls(config, feature_dim=feature_dim, text_dim=text_dim)
     method.configuration = chosen
     return method
+
+
+def _build_end_to_end(name: str, stage: StageSettings, *, configuration: str | None,
+                      knobs: dict[str, Any]) -> FewShotMethod:
+    """A frames or patches method on a ``BackboneStage`` (``fsar.methods.end_to_end``), sized for the stage's view
+    and its text tower."""
+    from fsar.backbones.stage import BackboneStage, stage_view
+    from fsar.methods.end_to_end import EndToEnd
+
+    info = method_info(name)
+    if info.input_kind == "pixels":
+        raise ConfigError(f"method {name} brings its own encoder (its knobs backbone, pretrained): drop data.stage")
+    view = stage_view(info.input_kind, stage.view)
+    # The stage is built on its own seeded RNG (LoRA's random half included), leaving the global one to the
+    # method, which so starts from the same weights as a cached run of the same seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stage.init_seed)
+        encoder = BackboneStage(stage, view=view)
+    chosen, base = resolve_configuration(name, configuration)
+    config = from_dict(info.config, base | knobs, where=f"method {name!r}")
+    method = info.cls(config, feature_dim=encoder.output_dim, text_dim=encoder.text_dim)
+    method.configuration = chosen
+    return EndToEnd(encoder, method)

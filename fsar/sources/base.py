@@ -27,7 +27,7 @@ from torch import Tensor
 
 from fsar.config import ConfigError
 from fsar.data.episodes import Episodes
-from fsar.data.sections import ManifestData, StoreData
+from fsar.data.sections import ManifestData, StageSettings, StoreData
 from fsar.data.transforms import FramePreprocess
 from fsar.evaluation.scoring import EncodableSplit
 from fsar.methods import FewShotMethod, build_method
@@ -157,10 +157,12 @@ class EvaluationSource(Protocol):
         ...
 
 
-def build_for_training(settings: SourceSettings, feature_dim: int, *, text_dim: int | None = None) -> FewShotMethod:
-    """The method with the run's seeded initialisation; one without learnable parameters is refused."""
+def build_for_training(settings: SourceSettings, feature_dim: int, *, text_dim: int | None = None,
+                       stage: StageSettings | None = None) -> FewShotMethod:
+    """The method with the run's seeded initialisation (on ``stage`` when given, end to end); one without
+    learnable parameters is refused."""
     torch.manual_seed(settings.seed)
-    method = build_method(settings.method, feature_dim=feature_dim, text_dim=text_dim, **settings.knobs)
+    method = build_method(settings.method, feature_dim=feature_dim, text_dim=text_dim, stage=stage, **settings.knobs)
     if not any(p.requires_grad for p in method.parameters()):
         raise ConfigError(
             f"method {settings.method} has no learnable parameters with knobs {settings.knobs}; "

@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 
 from fsar import storage
-from fsar.config import ConfigError
+from fsar.config import ConfigError, to_dict
 from fsar.data.episodes import Episodes
-from fsar.data.sections import ManifestData
+from fsar.data.sections import ManifestData, StageSettings
 from fsar.data.transforms import FramePreprocess
-from fsar.devices import autocast, to_device
+from fsar.devices import autocast, episode_class_text, to_device
 from fsar.methods import FewShotMethod, method_info
 from fsar.methods.base import Encoding, Supervision, concat_encodings
 from fsar.sources.base import (
@@ -95,17 +95,43 @@ def ray_episode_stream(decoder: EpisodeDecoder, table: dict[str, np.ndarray], *,
 
 class PixelInputs:
     """How decoded clips reach an end-to-end method: uint8 chunks copied to the device from pinned memory and
-    normalised there, the method under bf16 autocast on CUDA; no class text or masks."""
+    normalised there, the method under bf16 autocast on CUDA. Class text, for a method that reads it, comes
+    from ``text``: the stage encoder's text tower over the manifest's class names ``(n_labels, E)``; no masks."""
 
     autocast = True
     may_skip_steps = True  # a step whose episodes all failed to decode has weight 0
+    text: Tensor | None = None
 
     def method_inputs(self, inputs: Tensor, method: FewShotMethod, device: torch.device) -> Tensor:
         return normalise(to_device(inputs, device), method.preprocess)
 
     def episode_extras(self, episodes: Episodes | None, method: FewShotMethod,
                        device: torch.device) -> tuple[Tensor | None, Supervision | None]:
-        return None, None  # end-to-end methods read neither class text nor masks
+        if not method.uses_text or self.text is None or episodes is None:
+            return None, None
+        return episode_class_text(self.text.to(device), episodes), None
+
+
+def stage_class_text(method: FewShotMethod, class_names: dict[int, str]) -> Tensor | None:
+    """Class-name text ``(n_labels, E)`` (row = global label) from an end-to-end method's stage encoder, for a
+    method that reads class text; None otherwise."""
+    stage = getattr(method, "stage", None)
+    if stage is None or not method.uses_text:
+        return None
+    names = [class_names.get(label, "") for label in range(max(class_names) + 1)]
+    return stage.class_text(names)
+
+
+def stage_settings(settings: SourceSettings | ManifestData, method: str) -> StageSettings | None:
+    """The stage a manifest run of ``method`` trains with: ``data.stage`` (defaults when unset) for frames and
+    patches methods; None for pixels methods, which bring their own encoder (refused with a stage)."""
+    data = settings.data if hasattr(settings, "data") else settings
+    assert isinstance(data, ManifestData)
+    if method_info(method).input_kind == "pixels":
+        if data.stage is not None:
+            raise ConfigError(f"method {method} brings its own encoder (its knobs backbone, pretrained): drop data.stage")
+        return None
+    return data.stage or StageSettings()
 
 
 class PixelSource(PixelInputs):
@@ -115,17 +141,13 @@ class PixelSource(PixelInputs):
         if not isinstance(config.data, ManifestData):
             raise ConfigError("PixelSource needs data: {manifest: ...}")
         self.config, self.data = config, config.data
-        info = method_info(config.method)
-        if info.input_kind != "pixels":
-            raise ConfigError(
-                f"method {config.method} reads cached features (input: {info.input_kind}): pass --store STORE (build "
-                f"one with `fsar embed --manifest ...`); --manifest alone is for end-to-end methods (dmgal_ft, dmgal_adapter)"
-            )
+        self.stage = stage_settings(config.data, config.method)
         self.train = read_split_videos(self.data.manifest, "train")
 
     def build_method(self) -> FewShotMethod:
-        method = build_for_training(self.config, 0)
+        method = build_for_training(self.config, 0, stage=self.stage)
         check_clip_length(method, self.data.frames, source="are decoded per video (frames)")
+        self.text = stage_class_text(method, self.train.class_names)
         return method
 
     def check(self) -> None:
@@ -175,12 +197,14 @@ class PixelSource(PixelInputs):
                   f"{next(iter(errors.values()))}")
         val = val.subset(ok)
         episodes = validation_sampler(self.config, val.labels, val.class_names).batch(0, self.config.val_episodes)
+        text = stage_class_text(method, val.class_names) if method.uses_text else None
         return Validation(PixelSplit(pixels[ok], method.preprocess, self.data.encode_chunk), episodes,
-                          batch_size=VAL_EPISODE_BATCH)
+                          None if text is None else text.to(device), batch_size=VAL_EPISODE_BATCH)
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {"feature_dim": 0, "text_dim": None, "view": "auto", "resolved_view": "pixels", "store_meta": None,
-                "manifest": str(self.data.manifest), "frames": self.data.frames}
+                "manifest": str(self.data.manifest), "frames": self.data.frames,
+                "stage": None if self.stage is None else to_dict(self.stage)}
 
 
 class PixelEvaluation:
@@ -188,7 +212,7 @@ class PixelEvaluation:
     frame count and pixel pipeline (segment centres, centre crop), kept as uint8; videos that cannot be
     decoded are left out (reported), the same set for every method."""
 
-    class_text = None  # end-to-end methods read no class text
+    class_text: Tensor | None = None  # (n_labels, E): the stage's text tower over the class names, when a method reads text
     episode_batch_limit = EVAL_EPISODE_BATCH
 
     def __init__(self, data: ManifestData, split: str) -> None:
@@ -208,15 +232,17 @@ class PixelEvaluation:
         """An untrained end-to-end method by name; what it reads (frame count and pixel pipeline)."""
         from fsar.methods import build_method
 
-        if method_info(name).input_kind != "pixels":
-            raise ConfigError(f"method {name} reads cached features: evaluate it with --store STORE, not --manifest")
-        method = build_method(name, feature_dim=0, **knobs)
+        method = build_method(name, feature_dim=0, stage=stage_settings(self.data, name), **knobs)
+        self.class_text = self.class_text if self.class_text is not None else stage_class_text(method, self.class_names)
         return method, self._key(method, self.data.frames)
 
     def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> SplitKey:
-        """A trained end-to-end run (at the frame count it trained with); what it reads."""
+        """A trained end-to-end run (at the frame count it trained with); what it reads. A run trained on cached
+        features is refused: its encoder is the store's, which a manifest cannot check."""
         if payload.get("store_meta") is not None or method.input_kind != "pixels":
             raise ConfigError(f"run {where} was trained on a feature store: evaluate it with --store, not --manifest")
+        if self.class_text is None:
+            self.class_text = stage_class_text(method, self.class_names)
         return self._key(method, int(payload.get("frames", self.data.frames)))
 
     @staticmethod

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from fsar import storage
-from fsar.config import to_dict
+from fsar.config import ConfigError, from_dict, to_dict
+from fsar.data.sections import StageSettings
 from fsar.methods import FewShotMethod, build_method
 from fsar.run_folder import RunFolder
 from fsar.storage import Location
@@ -92,8 +93,9 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
     # The knobs are the resolved config: they set every field, whatever the configuration adds.
+    stage = from_dict(StageSettings, payload["stage"], where=f"{path}: stage") if payload.get("stage") else None
     method = build_method(payload["method"], feature_dim=payload["feature_dim"], text_dim=payload.get("text_dim"),
-                          configuration=payload.get("configuration") or None, **payload["knobs"])
+                          configuration=payload.get("configuration") or None, stage=stage, **payload["knobs"])
     method.configuration = payload.get("configuration", "")  # runs from before configurations existed: none
     if payload.get("frozen_rebuilt"):  # frozen weights were left out: rebuilt from pretrained/init_seed above
         load_partial_state(method, payload["state_dict"], where=str(path))
@@ -101,3 +103,38 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
         method.load_state_dict(payload["state_dict"])
     method.eval()
     return method, payload
+
+
+def warm_start(method: FewShotMethod, location: str | Path) -> None:
+    """Start ``method`` from a trained run of the same method (``init_from``): its weights are loaded into the
+    method's own parts. The cheap cached stage does most of the learning; an end-to-end run on a backbone stage
+    then refines it, so a cached run (a store made by the same encoder) warm-starts the head on the stage.
+
+    Refused, naming the difference: another method, another encoder than the stage's, or widths that differ."""
+    cached, payload = load_checkpoint(location)
+    name = method.method_name
+    if payload["method"] != name:
+        raise ConfigError(f"init_from={location}: that run trained {payload['method']}, this one trains {name}")
+    stage = getattr(method, "stage", None)
+    target = method.method if stage is not None else method  # type: ignore[attr-defined]
+    store = payload.get("store_meta") or {}
+    if stage is not None and store:
+        settings = stage.settings
+        ours = {"backbone": settings.backbone, "pretrained": stage.encoder_weights, "patch_grid": settings.patch_grid}
+        theirs = {"backbone": store.get("backbone"), "pretrained": store.get("pretrained"),
+                  "patch_grid": store.get("patch_grid")}
+        if stage.view == "pooled":  # a pooled view does not depend on the grid
+            ours.pop("patch_grid"), theirs.pop("patch_grid")
+        if ours["pretrained"] is None and theirs["pretrained"] is None:  # random inits: the seed tells them apart
+            ours["init_seed"], theirs["init_seed"] = settings.init_seed, store.get("init_seed")
+        differ = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+        if differ:
+            raise ConfigError(f"init_from={location}: its store's encoder differs from this run's stage in "
+                              + ", ".join(f"{k} (store {a!r}, stage {b!r})" for k, (a, b) in differ.items())
+                              + "; set data.stage to match, or warm-start from a run on a store of this encoder")
+    source = cached.method if getattr(cached, "stage", None) is not None else cached  # type: ignore[attr-defined]
+    try:
+        target.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"init_from={location}: its {name} does not fit this run's (different knobs, or a view of "
+                          f"another width: the stage gives {getattr(stage, 'output_dim', '?')}): {str(exc)[:300]}") from exc

@@ -54,6 +54,7 @@ class TrainConfig:
     threads_per_worker: int = 1  # torch CPU threads per worker
     mlflow_uri: str | None = None  # MLflow tracking URI (default: sqlite file in the run folder)
     log_checkpoint: bool = False  # also copy best.pt into MLflow's artifact store (its path is always a run tag)
+    init_from: Location | None = None  # warm start: a trained run (folder or .pt) of the same method, e.g. a cached run before an end-to-end one
     experiment: str = "fsar"  # MLflow experiment name
     mlflow_parent_run_id: str | None = None  # set by a sweep: the run is logged as this run's child
 

@@ -34,7 +34,7 @@ from fsar.methods import FewShotMethod
 from fsar.methods.base import Supervision
 from fsar.sources import open_source
 from fsar.sources.base import EpisodeSource, StepBatch, Validation
-from fsar.training.checkpoint import checkpoint_payload, load_partial_state
+from fsar.training.checkpoint import checkpoint_payload, load_partial_state, warm_start
 from fsar.training.config import TrainConfig, check_device_settings, episodes_per_worker, training_device
 
 Report = Callable[[dict[str, float], dict[str, Any] | None], None]
@@ -66,11 +66,28 @@ def check_training_inputs(config: TrainConfig) -> None:
     """Everything a training job can get wrong, found before any worker starts and without reading feature
     bytes or decoding videos: devices and the global batch, the data against the method, impossible episodes."""
     check_device_settings(config)
-    open_source(config).check()
+    source = open_source(config)
+    source.check()
+    if config.init_from is not None:
+        warm_start(source.build_method(), config.init_from)
 
 
-def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimiser and its schedule: linear warm-up, then cosine decay to 0."""
+def parameter_groups(config: TrainConfig, method: nn.Module) -> list[dict[str, Any]]:
+    """The optimiser's groups: the method's trainable parameters at ``lr`` and, for a method on a backbone stage,
+    the encoder's at ``lr × data.stage.lr_scale`` (its own group, so the schedule scales both alike)."""
+    stage = getattr(method, "stage", None)
+    encoder = stage.encoder_parameters() if stage is not None else []
+    taken = {id(p) for p in encoder}
+    groups = [{"params": [p for p in method.parameters() if p.requires_grad and id(p) not in taken], "lr": config.lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": config.lr * stage.settings.lr_scale})
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter] | list[dict[str, Any]]
+                   ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and its schedule: linear warm-up, then cosine decay to 0. ``params``: parameters, or
+    groups with their own ``lr`` (``parameter_groups``)."""
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     else:
@@ -184,9 +201,11 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     if state is not None:
         load_partial_state(method, state["state_dict"], where="resume checkpoint")
         best = float(state.get("best_val_accuracy", state.get("val_accuracy", -1.0)))
+    elif config.init_from is not None:  # a resumed run has its own weights; only a fresh one warm-starts
+        warm_start(method, config.init_from)
     method.to(device)
     loss_module = wrap(EpisodicLoss(method))
-    opt, schedule = make_optimizer(config, [p for p in method.parameters() if p.requires_grad])
+    opt, schedule = make_optimizer(config, parameter_groups(config, method))
     if state is not None and "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])

@@ -1,0 +1,224 @@
+"""The trainable backbone stage: an image encoder trained with a few-shot method, end to end on decoded frames.
+
+    pixels (..., T, 3, S, S), normalised (``stage.preprocess``)
+      → the encoder, tuned by one knob (``tune``):
+           frozen     nothing trains; the whole encoder runs without autograd
+           full       every encoder weight trains
+           last:K     the last K blocks, the final norm and the projection train; the patch embedding and the
+                      blocks before them run without autograd (ResNet-50: its last K of 4 stages)
+           lora:R     rank-R LoRA on every block's attention projections (q, k, v and out); the encoder's own
+                      weights stay frozen, and only the patch embedding runs without autograd
+      → the view a feature store holds, made by ``fsar.backbones.encode.frame_views`` (the code ``fsar embed``
+        runs): pooled ``(..., T, D)``, the G×G grid flattened ``(..., T, G·G·D)``, or as a grid ``(..., T, G, G, D)``.
+
+Why LoRA as the parameter-efficient regime: it acts on the attention weights every open_clip ViT already has
+(through ``torch.nn.utils.parametrize``, without editing open_clip's blocks), it starts exactly at the
+pretrained encoder (B = 0), it adds about 2·R·(4·width) weights per block, and it can be folded into the weights
+after training, so a tuned encoder runs as fast as the original. DMGAL-Adapter's bottleneck adapters stay the
+method's own mechanism.
+
+The encoder's parameters form their own optimiser group (``encoder_parameters``), whose learning rate is
+``lr × lr_scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from fsar.backbones.encode import frame_views
+from fsar.backbones.open_clip_backbone import BackboneUnavailableError, ClipBackbone, build_backbone
+from fsar.backbones.trunks import RESNET50, ResNetMaps
+from fsar.config import ConfigError
+from fsar.data.sections import StageSettings, Tuning
+from fsar.data.transforms import FramePreprocess
+
+StageView = Literal["pooled", "grid", "patches"]
+
+
+def stage_view(input_kind: str, requested: str) -> StageView:
+    """The view a method of ``input_kind`` reads from the stage, by the rules of a store's ``data.view``: frames
+    methods read ``pooled`` (auto) or ``grid`` (flattened), patches methods the grid (auto) or ``pooled`` as 1×1."""
+    if input_kind == "patches":
+        if requested == "pooled":
+            return "pooled"
+        return "patches"
+    if input_kind != "frames":
+        raise ConfigError(f"the stage feeds frames and patches methods, not {input_kind!r} ones")
+    if requested == "patches":
+        raise ConfigError("data.stage.view=patches is for patch-grid methods; frame methods read pooled or grid")
+    return "grid" if requested == "grid" else "pooled"
+
+
+class LoRA(nn.Module):
+    """A weight parametrization ``W → W + (α/R)·B·A``: ``A (R, in)`` random, ``B (out, R)`` zero, so it starts at W."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, *, alpha: float | None = None) -> None:
+        super().__init__()
+        self.down = nn.Parameter(torch.empty(rank, in_features))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        self.up = nn.Parameter(torch.zeros(out_features, rank))
+        self.scale = (alpha if alpha is not None else rank) / rank
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight + self.scale * (self.up @ self.down).to(weight.dtype)
+
+
+def add_lora(visual: nn.Module, rank: int) -> None:
+    """Put ``LoRA`` on the in- and out-projection weights of every block's ``nn.MultiheadAttention``."""
+    for index, block in enumerate(visual.transformer.resblocks):
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None:
+            raise BackboneUnavailableError(f"lora: block {index} has no packed nn.MultiheadAttention to adapt; "
+                                           "tune this encoder with full or last:K")
+        out_f, in_f = attn.in_proj_weight.shape
+        parametrize.register_parametrization(attn, "in_proj_weight", LoRA(out_f, in_f, rank))
+        parametrize.register_parametrization(attn.out_proj, "weight", LoRA(in_f, in_f, rank))
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision ResNet-50 as a frame encoder with ``ClipBackbone``'s ``encode``: pooled = the mean of the layer4
+    maps ``(N, 2048)``, patches = the maps as a grid ``(N, S/32, S/32, 2048)``; its ``blocks`` are its 4 stages."""
+
+    def __init__(self, *, weights: str | None, init_seed: int) -> None:
+        super().__init__()
+        self.maps = ResNetMaps(weights=weights, init_seed=init_seed)
+        self.preprocess = self.maps.preprocess
+        self.embed_dim = ResNetMaps.channels
+        self.patch_grid = self.preprocess.size // 32
+        self.blocks = 4
+
+    def stages(self) -> list[nn.Module]:
+        body = self.maps.body
+        return [body.layer1, body.layer2, body.layer3, body.layer4]
+
+    def encode(self, pixels: Tensor, *, patches: bool = False, autograd_from: int = 0) -> tuple[Tensor, Tensor | None]:
+        grad = torch.is_grad_enabled()
+        body = self.maps.body
+        with torch.set_grad_enabled(grad and autograd_from <= 0):
+            x = body.maxpool(body.relu(body.bn1(body.conv1(pixels))))
+        for i, stage in enumerate(self.stages()):
+            with torch.set_grad_enabled(grad and i >= autograd_from):
+                x = stage(x)
+        pooled = x.mean(dim=(-2, -1))
+        return pooled, (x.permute(0, 2, 3, 1) if patches else None)
+
+
+class BackboneStage(nn.Module):
+    """An encoder under a tuning regime, giving a method the view a store would hold (module docstring).
+
+    ``forward``: pixels ``(..., T, 3, S, S)`` → ``(..., T, output_dim)`` for the pooled and grid views, or
+    ``(..., T, G, G, D)`` for the patches view.
+    """
+
+    def __init__(self, settings: StageSettings, *, view: StageView) -> None:
+        super().__init__()
+        self.settings, self.view, self.tuning = settings, view, settings.tuning
+        if settings.backbone == RESNET50:
+            self.encoder: ClipBackbone | ResNetEncoder = ResNetEncoder(weights=settings.pretrained,
+                                                                       init_seed=settings.init_seed)
+        else:
+            self.encoder = build_backbone(settings.backbone, pretrained=settings.pretrained,
+                                          init_seed=settings.init_seed)
+        self.grid = settings.patch_grid if view != "pooled" else 0
+        if self.grid and (self.encoder.patch_grid is None or self.grid > self.encoder.patch_grid):
+            raise ConfigError(f"data.stage.patch_grid={self.grid} but {settings.backbone} has a "
+                              f"{self.encoder.patch_grid}x{self.encoder.patch_grid} patch grid at its input size")
+        self.embed_dim = int(self.encoder.embed_dim)
+        self.autograd_from = self._apply_tuning(self.tuning)
+        if settings.checkpointing and isinstance(self.encoder, ClipBackbone):
+            self.encoder.model.visual.set_grad_checkpointing(True)
+
+    @property
+    def encoder_weights(self) -> str | None:
+        """The weights the encoder was built from, as a store records them (None: a seeded random init)."""
+        return self.encoder.pretrained if isinstance(self.encoder, ClipBackbone) else self.settings.pretrained
+
+    @property
+    def preprocess(self) -> FramePreprocess:
+        return self.encoder.preprocess
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the last axis of the output: D, or G·G·D for the flattened grid."""
+        return self.embed_dim * (self.grid**2 if self.view == "grid" else 1)
+
+    @property
+    def frozen(self) -> bool:
+        return self.tuning.kind == "frozen"
+
+    def _apply_tuning(self, tuning: Tuning) -> int:
+        """Set ``requires_grad`` for the regime; returns the first block that runs with autograd."""
+        encoder = self.encoder
+        depth = encoder.blocks
+        if tuning.kind in ("last", "lora") and depth == 0:
+            raise ConfigError(f"tune={self.settings.tune}: {self.settings.backbone}'s vision tower runs only whole; "
+                              "tune it full or frozen")
+        if tuning.kind == "last" and tuning.number > depth:
+            raise ConfigError(f"tune={self.settings.tune}: {self.settings.backbone} has {depth} blocks")
+        if tuning.kind == "lora" and isinstance(encoder, ResNetEncoder):
+            raise ConfigError(f"tune={self.settings.tune}: LoRA adapts attention, and {RESNET50} has none; "
+                              "use full or last:K")
+        encoder.requires_grad_(tuning.kind == "full")
+        if isinstance(encoder, ClipBackbone):
+            # The text tower never trains: it only names classes for the methods that read class text.
+            encoder.model.requires_grad_(False)
+            visual = encoder.model.visual
+            visual.requires_grad_(tuning.kind == "full")
+        if tuning.kind == "last":
+            first = depth - tuning.number
+            if isinstance(encoder, ResNetEncoder):
+                for stage in encoder.stages()[first:]:
+                    stage.requires_grad_(True)
+            else:
+                for block in visual.transformer.resblocks[first:]:
+                    block.requires_grad_(True)
+                visual.ln_post.requires_grad_(True)
+                if visual.proj is not None:
+                    visual.proj.requires_grad_(True)
+            return first
+        if tuning.kind == "lora":
+            add_lora(visual, tuning.number)
+            return 0
+        return depth if tuning.kind == "frozen" else 0
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The encoder's trainable parameters (LoRA's included): the optimiser group at ``lr × lr_scale``."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> BackboneStage:
+        super().train(mode)
+        if self.frozen:  # a frozen encoder is the store's encoder: no dropout, BatchNorm on running statistics
+            self.encoder.eval()
+        return self
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        lead = pixels.shape[:-3]
+        flat = pixels.reshape(-1, *pixels.shape[-3:])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            pooled, grid = frame_views(self.encoder, flat, patch_grid=self.grid,  # type: ignore[arg-type]
+                                       autograd_from=self.autograd_from)
+        if self.view == "pooled":
+            return pooled.reshape(*lead, -1)
+        assert grid is not None
+        if self.view == "grid":
+            return grid.reshape(*lead, -1)
+        return grid.reshape(*lead, self.grid, self.grid, -1)
+
+    @torch.no_grad()
+    def class_text(self, class_names: list[str]) -> Tensor | None:
+        """Text embeddings ``(C, E)`` of class names from the encoder's own text tower (None without one)."""
+        if not isinstance(self.encoder, ClipBackbone) or not self.encoder.has_text:
+            return None
+        return self.encoder.encode_text(class_names).float()
+
+    @property
+    def text_dim(self) -> int | None:
+        """Width of ``class_text``'s embeddings, None when the encoder has no text tower."""
+        if not isinstance(self.encoder, ClipBackbone) or not self.encoder.has_text:
+            return None
+        return self.embed_dim

@@ -1,0 +1,131 @@
+"""fsar.backbones.stage: the trainable backbone stage, its tuning regimes and its views (``fsar-tiny``: width 64,
+2 blocks, 64 px, patch 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fsar.backbones.stage import BackboneStage, LoRA, stage_view
+from fsar.config import ConfigError
+from fsar.data.sections import StageSettings, Tuning, parse_tuning
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
+
+
+def pixels(videos: int = 2, frames: int = 3, side: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(videos, frames, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def stage(tune: str = "full", view: str = "pooled", **kw) -> BackboneStage:
+    return BackboneStage(StageSettings(tune=tune, **kw), view=view)  # type: ignore[arg-type]
+
+
+def test_tune_settings_parse_and_bad_ones_say_what_is_accepted():
+    assert parse_tuning("frozen") == Tuning("frozen") and parse_tuning("full") == Tuning("full")
+    assert parse_tuning("last:2") == Tuning("last", 2) and parse_tuning("lora:8") == Tuning("lora", 8)
+    for bad in ("last:0", "lora:", "partial", "last:-1", "lora:x"):
+        with pytest.raises(ConfigError, match="frozen, full, last:K"):
+            StageSettings(tune=bad)
+    with pytest.raises(ConfigError, match="lr_scale"):
+        StageSettings(lr_scale=-1.0)
+
+
+def test_views_follow_the_store_rules():
+    assert stage_view("frames", "auto") == "pooled" and stage_view("frames", "grid") == "grid"
+    assert stage_view("patches", "auto") == "patches" and stage_view("patches", "pooled") == "pooled"
+    with pytest.raises(ConfigError, match="patch-grid methods"):
+        stage_view("frames", "patches")
+    s = stage(view="grid", patch_grid=2)
+    assert s.output_dim == 4 * 64 and s(pixels()).shape == (2, 3, 4 * 64)
+    assert stage(view="patches", patch_grid=2)(pixels()).shape == (2, 3, 2, 2, 64)
+    assert stage()(pixels()).shape == (2, 3, 64)
+    with pytest.raises(ConfigError, match="8x8 patch grid"):
+        stage(view="grid", patch_grid=9)
+
+
+def trainable(s: BackboneStage) -> set[str]:
+    return {n for n, p in s.named_parameters() if p.requires_grad}
+
+
+def test_each_regime_trains_what_it_says_and_gets_gradients_there():
+    visual = {n for n, _ in stage("frozen").named_parameters() if ".visual." in n}
+    assert trainable(stage("frozen")) == set()
+    assert trainable(stage("full")) == visual  # the text tower never trains
+    last = trainable(stage("last:1"))
+    assert last and all(".resblocks.1." in n or n.endswith(("ln_post.weight", "ln_post.bias", "visual.proj"))
+                        for n in last)
+    assert any(n.endswith("visual.proj") for n in last) and not any(".resblocks.0." in n for n in last)
+    lora = trainable(stage("lora:2"))
+    assert len(lora) == 8 and all(n.endswith((".down", ".up")) for n in lora)  # 2 blocks × (in, out) × (A, B)
+    for tune in ("full", "last:1", "lora:2"):
+        s = stage(tune, view="grid", patch_grid=2).train()
+        s(pixels()).square().mean().backward()
+        for name, param in s.named_parameters():
+            if param.requires_grad:
+                assert param.grad is not None, f"{tune}: {name}"
+                # LoRA's A gets a zero gradient while B is still 0 (B gets its first one here); DDP needs only
+                # that a gradient exists.
+                assert name.endswith(".down") or param.grad.abs().sum() > 0, f"{tune}: {name}"
+
+
+def test_frozen_parts_run_without_autograd():
+    records: dict[str, bool] = {}
+    s = stage("last:1")
+    blocks = s.encoder.model.visual.transformer.resblocks
+    for i, block in enumerate(blocks):
+        block.register_forward_hook(lambda _m, _i, out, i=i: records.__setitem__(f"block{i}", out.requires_grad))
+    assert s(pixels()).requires_grad
+    assert records == {"block0": False, "block1": True}
+    assert not stage("frozen")(pixels()).requires_grad
+
+
+def test_lora_starts_at_the_encoder_and_adds_a_low_rank_update():
+    x = pixels()
+    torch.testing.assert_close(stage("lora:2")(x), stage("frozen")(x))
+    lora = LoRA(6, 4, 2, alpha=4.0)
+    with torch.no_grad():
+        lora.up.normal_()
+    weight = torch.randn(6, 4)
+    torch.testing.assert_close(lora(weight), weight + 2.0 * lora.up @ lora.down)
+    assert torch.linalg.matrix_rank(lora(weight) - weight) == 2
+
+
+def test_regimes_the_encoder_cannot_take_are_refused():
+    with pytest.raises(ConfigError, match="has 2 blocks"):
+        stage("last:3")
+    with pytest.raises(ConfigError, match="LoRA adapts attention"):
+        stage("lora:2", backbone="resnet50")
+
+
+def test_resnet50_stage_gives_layer4_views_and_tunes_its_last_stages():
+    s = stage("last:1", view="patches", backbone="resnet50", patch_grid=2)
+    assert s.preprocess.size == 224 and s.embed_dim == 2048
+    out = s(torch.randn(1, 2, 3, 64, 64))
+    assert out.shape == (1, 2, 2, 2, 2048) and out.requires_grad
+    assert trainable(s) and all(".layer4." in n for n in trainable(s))
+
+
+def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synth):
+    """The stage and ``fsar embed`` run the same encoder code: the same decoded test clips give the store's
+    pooled and patch features, up to the store's fp16."""
+    from helpers import embed_config
+
+    from fsar.data.feature_store import FeatureStore
+    from fsar.data.sections import ManifestData
+    from fsar.sources.pixels import PixelEvaluation, normalise
+    from pipelines.embed import run as embed
+
+    embed(embed_config(synth, tmp_path / "store", frames=4, patch_grid=2, shard_size=8), progress=False)
+    features = FeatureStore(tmp_path / "store")
+    data = ManifestData(manifest=synth, frames=4, stage=StageSettings(tune="frozen", patch_grid=2, pretrained="none"))
+    for view, method in (("pooled", "otam"), ("patches", "i2st")):
+        evaluation = PixelEvaluation(data, "test")
+        built, key = evaluation.build(method, {})
+        clips = normalise(torch.from_numpy(evaluation.split_for(key).pixels), key.preprocess)
+        with torch.no_grad():
+            got = built.stage(clips).numpy()
+        want = features.load_split("test", view=view, as_grid=view == "patches")  # type: ignore[arg-type]
+        assert list(want.video_ids) == evaluation.video_ids(key)
+        np.testing.assert_allclose(got, np.asarray(want.features, dtype=np.float32), atol=2e-3, rtol=2e-3)
