@@ -15,12 +15,15 @@ def test_quick_run_on_the_cpu_writes_every_measure(tmp_path, capsys):
     assert report["device"] == "cpu" and report["config"]["quick"] is True
     assert set(report["train"]) == {"otam_episodes_per_s", "a2m2_episodes_per_s"}
     assert set(report["eval"]) == {"otam_episodes_per_s", "a2m2_episodes_per_s"}
-    for value in [*report["train"].values(), *report["eval"].values(), report["e2e"]["episodes_per_s"],
+    for value in [*report["train"].values(), *report["eval"].values(),
                   report["embed"]["pipeline_frames_per_s"], report["embed"]["encoder_frames_per_s"]]:
         assert math.isfinite(value) and value > 0
     assert report["embed"]["ratio"] == report["embed"]["pipeline_frames_per_s"] / report["embed"]["encoder_frames_per_s"]
     table = capsys.readouterr().out
     assert "| embed: pipeline ÷ encoder |" in table and "DMGAL-Adapter peak GPU memory" in table
+    assert set(report["e2e"]) == {"DMGAL-Adapter", *(f"{m} {t}" for m in ("OTAM", "A2M2") for t in ("full", "last:2", "lora:8"))}
+    assert all(math.isfinite(c["episodes_per_s"]) and c["episodes_per_s"] > 0 for c in report["e2e"].values())
+    assert report["stage"]["ratio"] > 0 and "stage ÷ encoder-only" in table
 
 
 def test_gpu_tests_import_nothing_the_gpu_machines_lack():

@@ -16,7 +16,9 @@ It writes ``DIR/gpu_check.json`` and prints a table:
   the encoder alone on ready-made 224-px tensors already on the device: the cost of preprocessing there;
 - ``train``: cached-feature training episodes/s of OTAM and A2M2 (5-way 1-shot, 16 episodes per step)
   from a synthetic store of ViT-B-16 size (4×4 grid of 512-d fp16 patches);
-- ``e2e``: DMGAL-Adapter end-to-end training episodes/s and peak GPU memory at 8 frames, 224 px, bf16;
+- ``e2e``: end-to-end training episodes/s and peak GPU memory at 8 frames, 224 px, bf16: DMGAL-Adapter, and
+  OTAM and A2M2 on the backbone stage under ``full``, ``last:2`` and ``lora:8``;
+- ``stage``: frames/s of a frozen backbone stage (the view a method reads), divided by the encoder alone;
 - ``eval``: evaluation episodes/s of OTAM and A2M2 on 10,000 5-way 1-shot test episodes.
 
 ``--quick`` shrinks everything (``fsar-tiny``, a few clips, steps and episodes) so that CI can run it on a
@@ -174,27 +176,45 @@ def measure_training(config: GpuCheckConfig, store: Path, work: Path) -> dict[st
     return out
 
 
-def measure_end_to_end(config: GpuCheckConfig, device: torch.device) -> dict[str, float]:
-    """DMGAL-Adapter training steps on uint8 clips (5-way 1-shot, 2 queries per class, 4 episodes per step,
-    one episode per forward): episodes/s and peak device memory."""
+# End-to-end cases: label → (method, knobs, the stage's tune; None: a pixels method with its own encoder).
+E2E_CASES: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "DMGAL-Adapter": ("dmgal_adapter", {}, None),
+    "OTAM full": ("otam", {"proj_dim": 256}, "full"),
+    "OTAM last:2": ("otam", {"proj_dim": 256}, "last:2"),
+    "OTAM lora:8": ("otam", {"proj_dim": 256}, "lora:8"),
+    "A2M2 full": ("a2m2", {}, "full"),
+    "A2M2 last:2": ("a2m2", {}, "last:2"),
+    "A2M2 lora:8": ("a2m2", {}, "lora:8"),
+}
+
+
+def measure_end_to_end(config: GpuCheckConfig, device: torch.device, method_name: str, knobs: dict[str, Any],
+                       tune: str | None) -> dict[str, float]:
+    """Training steps of one end-to-end case on uint8 clips (5-way 1-shot, 2 queries per class, 4 episodes per
+    step, one episode per forward): episodes/s and peak device memory. ``tune``: the backbone stage's regime
+    for a frames or patches method (encoder ``config.backbone``, random init), None for a pixels method."""
     from fsar.data.episodes import episode_labels
-    from fsar.data.sections import ManifestData
+    from fsar.data.sections import ManifestData, StageSettings
     from fsar.devices import host_to_device
     from fsar.methods import build_method
     from fsar.sources.base import StepBatch
     from fsar.sources.pixels import PixelInputs
     from fsar.training.config import TrainConfig
-    from fsar.training.loop import EpisodicLoss, make_optimizer, training_step
+    from fsar.training.loop import EpisodicLoss, make_optimizer, parameter_groups, training_step
 
-    train_config = TrainConfig(method="dmgal_adapter", out=Path("unused"), data=ManifestData(manifest=Path("unused")),
+    train_config = TrainConfig(method=method_name, out=Path("unused"), data=ManifestData(manifest=Path("unused")),
                                way=5, shot=1, query=2, episodes_per_step=4, steps=config.e2e_steps + 1, lr=1e-3,
                                warmup_steps=1)
-    method = build_method("dmgal_adapter", feature_dim=0, backbone=config.backbone).to(device)
+    if tune is None:
+        method = build_method(method_name, feature_dim=0, backbone=config.backbone, **knobs)
+    else:
+        method = build_method(method_name, feature_dim=0, stage=StageSettings(backbone=config.backbone, tune=tune), **knobs)
+    method = method.to(device)
     size = method.preprocess.size
     videos = train_config.way * (train_config.shot + train_config.query)
     pixels = torch.randint(0, 256, (train_config.episodes_per_step, videos, config.clip_frames, 3, size, size),
                            dtype=torch.uint8)
-    opt, _ = make_optimizer(train_config, [p for p in method.parameters() if p.requires_grad])
+    opt, _ = make_optimizer(train_config, parameter_groups(train_config, method))
     loss_module = EpisodicLoss(method)
     s_lab = host_to_device(episode_labels(5, 1), device)
     q_lab = host_to_device(episode_labels(5, 2), device)
@@ -210,8 +230,31 @@ def measure_end_to_end(config: GpuCheckConfig, device: torch.device) -> dict[str
         torch.cuda.reset_peak_memory_stats(device)
     seconds = _timed(device, lambda: [step() for _ in range(config.e2e_steps)])
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
     return {"episodes_per_s": config.e2e_steps * train_config.episodes_per_step / seconds, "peak_memory_gib": peak,
-            "frames": config.clip_frames, "image_size": size}
+            "frames": config.clip_frames, "image_size": size, "trainable_params": trainable}
+
+
+def measure_stage(config: GpuCheckConfig, device: torch.device, encoder_frames_per_s: float) -> dict[str, float]:
+    """Frames/s of a frozen backbone stage on normalised pixels (the view a method reads), against the encoder
+    alone (``embed``'s encoder-only bound)."""
+    from fsar.backbones.stage import BackboneStage
+    from fsar.data.sections import StageSettings
+
+    stage = BackboneStage(StageSettings(backbone=config.backbone, tune="frozen"), view="patches").to(device)
+    size = stage.preprocess.size
+    pixels = torch.randn(config.embed_batch, config.clip_frames, 3, size, size, device=device)
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = max(1, config.clips // config.embed_batch)
+
+    def forward() -> None:
+        with amp:
+            for _ in range(batches):
+                stage(pixels)
+
+    forward()  # warm-up
+    rate = batches * config.embed_batch * config.clip_frames / _timed(device, forward)
+    return {"stage_frames_per_s": rate, "ratio": rate / encoder_frames_per_s}
 
 
 def measure_evaluation(config: GpuCheckConfig, store: Path, device: torch.device) -> dict[str, float]:
@@ -254,7 +297,8 @@ def run(config: GpuCheckConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fsar-gpu-check-") as tmp:
         store = synthetic_store(Path(tmp) / "store", quick=config.quick)
         report["train"] = measure_training(config, store, Path(tmp))
-        report["e2e"] = measure_end_to_end(config, device)
+        report["e2e"] = {label: measure_end_to_end(config, device, *case) for label, case in E2E_CASES.items()}
+        report["stage"] = measure_stage(config, device, report["embed"]["encoder_frames_per_s"])
         report["eval"] = measure_evaluation(config, store, device)
     report["seconds"] = time.perf_counter() - started
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -273,11 +317,14 @@ def format_report(report: dict[str, Any]) -> str:
              ("embed: encoder-only frames/s", f"{e['encoder_frames_per_s']:,.0f}"),
              ("embed: pipeline ÷ encoder", f"{e['ratio']:.2f}")]
     rows += [(f"train: {k.split('_')[0]} episodes/s (cached, 1 worker)", f"{v:,.1f}") for k, v in report["train"].items()]
-    d = report["e2e"]
     precision = "bf16" if report["device"] != "cpu" else "fp32"
-    rows += [(f"e2e: DMGAL-Adapter episodes/s ({d['frames']} frames, {d['image_size']} px, {precision})",
-              f"{d['episodes_per_s']:,.2f}"),
-             ("e2e: DMGAL-Adapter peak GPU memory (GiB)", f"{d['peak_memory_gib']:.1f}")]
+    for label, d in report["e2e"].items():
+        rows += [(f"e2e: {label} episodes/s ({d['frames']} frames, {d['image_size']} px, {precision}; "
+                  f"{d['trainable_params']:,} trainable)", f"{d['episodes_per_s']:,.2f}"),
+                 (f"e2e: {label} peak GPU memory (GiB)", f"{d['peak_memory_gib']:.1f}")]
+    st = report["stage"]
+    rows += [("stage (frozen): frames/s", f"{st['stage_frames_per_s']:,.0f}"),
+             ("stage ÷ encoder-only", f"{st['ratio']:.2f}")]
     episodes = report["config"]["eval_episodes"]
     rows += [(f"eval: {k.split('_')[0]} episodes/s ({episodes:,} 5-way 1-shot)", f"{v:,.0f}")
              for k, v in report["eval"].items()]
