@@ -117,7 +117,9 @@ def _candidates(config: EvalConfig, data: EvaluationSource) -> list[Candidate]:
             if k not in LOCATION_KNOBS}
         # The run folder is named in the row unless it only repeats the method (and its configuration).
         plain = run.name in (payload["method"], f"{payload['method']}@{method.configuration}")
-        label = (method_label(payload["method"], method.configuration, changed) + " (trained"
+        stage = payload.get("stage")  # an end-to-end run names its encoder and how it was tuned
+        label = (method_label(payload["method"], method.configuration, changed)
+                 + (f" on {stage['backbone']} {stage['tune']}" if stage else "") + " (trained"
                  + ("" if plain else f": {run.name}") + ")")
         data_section = payload.get("train_config", {}).get("data", {})
         out.append(Candidate(label, str(run_path), method, key,

@@ -144,6 +144,7 @@ def test_end_to_end_run_warm_starts_from_a_cached_run_and_evaluates_from_the_man
     records = evaluate(EvalConfig(data=ManifestData(manifest=synth, frames=4), out=tmp_path / "eval",
                                   runs=[str(tmp_path / "e2e.pt")], episodes=20, way=3), progress=False)
     assert len(records) == 1 and 0 <= records[0].accuracy <= 100
+    assert records[0].method.startswith("otam on fsar-tiny lora:2 (trained")  # the row names its encoder and regime
 
 
 def test_warm_start_from_another_encoder_is_refused_naming_the_difference(tmp_path, synth):
