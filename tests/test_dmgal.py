@@ -57,9 +57,9 @@ def test_ft_on_resnet50_maps():
     method = build_method("dmgal_ft", feature_dim=0, backbone="resnet50", num_frames=2, gate_init=0.5).eval()
     support, labels, query, _ = episode(way=2, frames=2, size=64, batch=1)
     with torch.no_grad():
-        maps = method.encode(support).maps
+        maps = method.stage(support)
         logits = method(support, labels, query, 2)
-    assert maps.shape == (1, 2, 2, 2048, 2, 2)  # 64 px → 2×2 layer4 grid
+    assert maps.shape == (1, 2, 2, 2, 2, 2048)  # 64 px → 2×2 layer4 grid, as (B, N, T, g, g, C)
     assert logits.shape == (1, 2, 2) and torch.isfinite(logits).all()
     assert method.preprocess.size == 224
 
@@ -102,6 +102,27 @@ def test_ft_with_closed_gates_and_no_mixer_is_the_backbones_mean_patch():
         s_frames, q_frames = method.frame_embeddings(method.encode(support), method.encode(query))
         expected = maps(support.flatten(0, 2)).mean(dim=(-2, -1)).view(*support.shape[:3], -1)
     torch.testing.assert_close(s_frames, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [64, 32])  # fsar-tiny's own 8×8 grid, and a 4×4 one (positions resized)
+def test_ft_is_the_released_pipeline_on_the_same_weights(size):
+    """dmgal_ft, the head on a full stage, gives the logits of the released composition on the same weights:
+    ViT maps → S-MGA → mixer per video, C-MGA on both sides at once, spatial mean, Bi-MHM."""
+    torch.manual_seed(0)
+    method = build_method("dmgal_ft", feature_dim=0, num_frames=4, gate_init=0.5, temperature=0.25).eval()
+    maps_of = ViTMaps(ClipViTTrunk(method.stage.encoder.model.visual)).eval()
+    head = method.method
+    support, labels, query, _ = episode(way=3, size=size)
+
+    def per_video(videos: torch.Tensor) -> torch.Tensor:  # (B, N, T, 3, S, S) → (B, N, T, C, g, g)
+        maps = maps_of(videos.flatten(0, 2))
+        maps = head.mixer(head.smga(maps.view(-1, videos.shape[2], *maps.shape[1:])))
+        return maps.view(*videos.shape[:3], *maps.shape[2:])
+
+    with torch.no_grad():
+        s_maps, q_maps = head.cmga(per_video(support), per_video(query))
+        expected = bimhm_reference(s_maps.mean(dim=(-2, -1)), labels, q_maps.mean(dim=(-2, -1)), 3, 0.25)
+        torch.testing.assert_close(method(support, labels, query, 3), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["dmgal_ft", "dmgal_adapter"])

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from fsar.backbones import TINY_MODEL, BackboneUnavailableError, build_backbone
+from fsar.backbones.open_clip_backbone import vit_positions
 from fsar.backbones.trunks import RESNET50, ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
@@ -81,15 +82,15 @@ def test_vit_trunk_reproduces_open_clip_at_the_native_size():
 
 def test_vit_takes_other_input_sizes_by_resizing_positions():
     trunk = ClipViTTrunk.build(TINY_MODEL).eval()
-    native = trunk.positions((8, 8), torch.float32)
+    native = vit_positions(trunk.visual, (8, 8), torch.float32)
     assert torch.equal(native, trunk.visual.positional_embedding)
-    small = trunk.positions((2, 4), torch.float32)
+    small = vit_positions(trunk.visual, (2, 4), torch.float32)
     assert small.shape == (9, 64)
     assert torch.equal(small[0], native[0])  # the class token's position is kept
     # A constant positional grid stays constant when resized.
     with torch.no_grad():
         trunk.visual.positional_embedding[1:] = 0.25
-    torch.testing.assert_close(trunk.positions((3, 5), torch.float32)[1:], torch.full((15, 64), 0.25))
+    torch.testing.assert_close(vit_positions(trunk.visual, (3, 5), torch.float32)[1:], torch.full((15, 64), 0.25))
     maps = ViTMaps(trunk)
     with torch.no_grad():
         out = maps(torch.randn(2, 3, 16, 32))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fsar.backbones.weights import parse_weights, pretrained_tags, resolve_weights
@@ -41,6 +42,38 @@ def list_backbones() -> list[str]:
 
     _register_shipped_configs()
     return list(open_clip.list_models())
+
+
+def vit_positions(visual: nn.Module, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """An open_clip ``VisionTransformer``'s positional embedding ``(1 + g_h·g_w, width)`` for a patch ``grid``:
+    its own at its own grid, else the patch positions resized (bicubic; the class token's is kept)."""
+    pos = visual.positional_embedding
+    native = tuple(int(g) for g in visual.grid_size)
+    if tuple(grid) == native:
+        return pos.to(dtype)
+    patch_pos = pos[1:].float().reshape(1, *native, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1].float(), patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)]).to(dtype)
+
+
+def vit_tokens(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """An open_clip ``VisionTransformer``'s input tokens: pixels ``(N, 3, H, W)`` → ``(N, 1 + g_h·g_w, width)`` (class
+    token first), as its own ``_embeds`` makes them, but for any input size (``vit_positions``) and without patch
+    dropout, which would break the grid."""
+    x = visual.conv1(pixels)  # (N, width, g_h, g_w)
+    grid = (x.shape[-2], x.shape[-1])
+    x = x.flatten(2).transpose(1, 2)
+    cls_token = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls_token, x], dim=1) + vit_positions(visual, grid, x.dtype)
+    return visual.ln_pre(x)
+
+
+class _VisionTower(nn.Module):
+    """An open_clip model without its text tower (what ``ClipBackbone.drop_text`` keeps)."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
 
 
 class ClipBackbone(nn.Module):
@@ -79,6 +112,10 @@ class ClipBackbone(nn.Module):
     def has_text(self) -> bool:
         """Whether class names can be embedded (the model has a text tower)."""
         return hasattr(self.model, "encode_text")
+
+    def drop_text(self) -> None:
+        """Free the text tower (a method that reads no class text never needs it: 63M parameters for ViT-B/16)."""
+        self.model = _VisionTower(self.model.visual)
 
     def describe(self) -> dict[str, Any]:
         """What a feature store records to refuse mixing features of different encoders."""
@@ -133,10 +170,11 @@ class ClipBackbone(nn.Module):
         if proj is not None:
             tokens = tokens @ proj
         n, length, dim = tokens.shape
-        g = self.patch_grid
-        if length != g * g:
-            raise BackboneUnavailableError(f"{self.name}: {length} patch tokens do not form a {g}x{g} grid")
-        return pooled, tokens.reshape(n, g, g, dim)
+        patch = self.image_size // self.patch_grid  # type: ignore[operator]
+        gh, gw = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+        if length != gh * gw:
+            raise BackboneUnavailableError(f"{self.name}: {length} patch tokens do not form a {gh}x{gw} grid")
+        return pooled, tokens.reshape(n, gh, gw, dim)
 
     def _run_in_pieces(self, pixels: torch.Tensor, autograd_from: int) -> tuple[torch.Tensor, torch.Tensor]:
         """open_clip's ``VisionTransformer.forward`` (embedding, blocks, pooling, projection) one block at a time,
@@ -147,7 +185,7 @@ class ClipBackbone(nn.Module):
         transformer = visual.transformer
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and autograd_from <= 0):
-            x = visual._embeds(pixels)
+            x = vit_tokens(visual, pixels)
         if not transformer.batch_first:  # older open_clip: sequence-first blocks
             x = x.transpose(0, 1)
         for i, block in enumerate(transformer.resblocks):

@@ -124,7 +124,11 @@ class BackboneStage(nn.Module):
         else:
             self.encoder = build_backbone(settings.backbone, pretrained=settings.pretrained,
                                           init_seed=settings.init_seed)
+        # The G of the G×G grid handed on; 0 with keep_grid: the encoder's own grid, whatever the input size.
         self.grid = settings.patch_grid if view != "pooled" else 0
+        self.keep_grid = view != "pooled" and settings.patch_grid == 0
+        if self.keep_grid and view == "grid":
+            raise ConfigError("data.stage.view=grid flattens a fixed G×G grid: set data.stage.patch_grid >= 1")
         if self.grid and (self.encoder.patch_grid is None or self.grid > self.encoder.patch_grid):
             raise ConfigError(f"data.stage.patch_grid={self.grid} but {settings.backbone} has a "
                               f"{self.encoder.patch_grid}x{self.encoder.patch_grid} patch grid at its input size")
@@ -201,13 +205,18 @@ class BackboneStage(nn.Module):
         flat = pixels.reshape(-1, *pixels.shape[-3:])
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             pooled, grid = frame_views(self.encoder, flat, patch_grid=self.grid,  # type: ignore[arg-type]
-                                       autograd_from=self.autograd_from)
+                                       keep_grid=self.keep_grid, autograd_from=self.autograd_from)
         if self.view == "pooled":
             return pooled.reshape(*lead, -1)
         assert grid is not None
         if self.view == "grid":
             return grid.reshape(*lead, -1)
-        return grid.reshape(*lead, self.grid, self.grid, -1)
+        return grid.reshape(*lead, *grid.shape[1:])
+
+    def drop_text(self) -> None:
+        """Free the encoder's text tower, for a method that reads no class text."""
+        if isinstance(self.encoder, ClipBackbone) and self.encoder.has_text:
+            self.encoder.drop_text()
 
     @torch.no_grad()
     def class_text(self, class_names: list[str]) -> Tensor | None:

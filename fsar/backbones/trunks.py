@@ -21,10 +21,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsar.backbones import BackboneUnavailableError
+from fsar.backbones.open_clip_backbone import vit_tokens
 from fsar.backbones.weights import parse_weights
 from fsar.data.transforms import FramePreprocess
 
@@ -135,26 +135,8 @@ class ClipViTTrunk(nn.Module):
         """Patch grid ``(g_h, g_w)`` of an ``height × width`` input."""
         return height // self.patch_size[0], width // self.patch_size[1]
 
-    def positions(self, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
-        """Positional embedding ``(1 + g_h·g_w, width)`` for a ``grid``; resized when it is not the native one."""
-        pos = self.visual.positional_embedding
-        if tuple(grid) == self.native_grid:
-            return pos.to(dtype)
-        cls_pos, patch_pos = pos[:1], pos[1:]
-        gh, gw = self.native_grid
-        patch_pos = patch_pos.float().reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos, size=tuple(grid), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        return torch.cat([cls_pos.float(), patch_pos]).to(dtype)
-
     def embed(self, pixels: Tensor) -> Tensor:
-        visual = self.visual
-        x = visual.conv1(pixels)  # (M, width, g_h, g_w)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        cls_token = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls_token, x], dim=1) + self.positions(grid, x.dtype)
-        return visual.ln_pre(x)
+        return vit_tokens(self.visual, pixels)
 
     def block(self, index: int, tokens: Tensor) -> Tensor:
         transformer = self.visual.transformer

@@ -57,15 +57,15 @@ class StageSettings:
     tune: str = "full"  # frozen, full, last:K (last K blocks + final norm and projection), lora:R (rank-R LoRA on attention)
     lr_scale: float = 0.1  # the backbone's learning rate = lr × lr_scale (the method's parts get lr)
     view: Literal["auto", "pooled", "grid", "patches"] = "auto"  # as a store's data.view: what the method reads
-    patch_grid: int = 4  # G of the G×G patch grid (grid and patches views), pooled from the encoder's own grid
+    patch_grid: int = 4  # G of the G×G patch grid (grid and patches views), pooled from the encoder's own grid; 0: its own grid
     checkpointing: bool = False  # activation checkpointing in the trainable blocks: memory for recomputation
 
     def __post_init__(self) -> None:
         parse_tuning(self.tune)
         if not self.lr_scale >= 0:
             raise ConfigError(f"data.stage.lr_scale must be >= 0, got {self.lr_scale}")
-        if self.patch_grid < 1:
-            raise ConfigError(f"data.stage.patch_grid must be >= 1, got {self.patch_grid}")
+        if self.patch_grid < 0:
+            raise ConfigError(f"data.stage.patch_grid must be >= 1, or 0 for the encoder's own grid; got {self.patch_grid}")
 
     @property
     def tuning(self) -> Tuning:

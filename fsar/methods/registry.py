@@ -178,4 +178,6 @@ def _build_end_to_end(name: str, stage: StageSettings, *, configuration: str | N
     config = from_dict(info.config, base | knobs, where=f"method {name!r}")
     method = info.cls(config, feature_dim=encoder.output_dim, text_dim=encoder.text_dim)
     method.configuration = chosen
+    if not method.uses_text:
+        encoder.drop_text()
     return EndToEnd(encoder, method)

@@ -168,9 +168,9 @@ class DMGALHead(FewShotMethod):
         tokens = self.project(tokens)
         return tokens.mean(dim=-2) if self.config.pool == "mean" else tokens.flatten(-2)
 
-    def head(self, support: DMGALHeadEncoding, support_labels: Tensor, query: DMGALHeadEncoding, way: int, *,
-             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
-        """C-MGA's cross branch (queries read the supports; no query reads another), then the metric."""
+    def frame_vectors(self, support: DMGALHeadEncoding, query: DMGALHeadEncoding) -> tuple[Tensor, Tensor]:
+        """C-MGA's cross branch (queries read the supports; no query reads another): frame vectors
+        ``(B, N, T, F)`` of the supports and of the queries."""
         s_frames, q_frames = support.frames, query.frames
         if self.cmga is not None:
             cross = self.cmga.attention.cross_tokens((query.forward_tokens, query.backward_tokens),
@@ -178,6 +178,12 @@ class DMGALHead(FewShotMethod):
                                                      support.values)  # (B, N_q, T, hw, P)
             cross = cross.mean(dim=-2) if self.config.pool == "mean" else cross.flatten(-2)
             q_frames = q_frames + self.cmga.cross_gate.to(q_frames.dtype) * cross
+        return s_frames, q_frames
+
+    def head(self, support: DMGALHeadEncoding, support_labels: Tensor, query: DMGALHeadEncoding, way: int, *,
+             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
+        """C-MGA's cross branch, then the metric."""
+        s_frames, q_frames = self.frame_vectors(support, query)
         frames = pairwise_frame_distance(q_frames, s_frames)
         if self.config.metric == "otam":  # both ways, averaged per aligned frame to stay on Bi-MHM's scale
             distance = otam_distance(frames, self.config.otam_gamma) * (2.0 / (frames.shape[-2] + frames.shape[-1]))

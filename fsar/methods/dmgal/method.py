@@ -3,9 +3,11 @@
 Both take normalised pixels ``(B, N, T, 3, H, W)`` (the backbone's ``preprocess``, exposed as
 ``method.preprocess``) and run the backbone inside the model.
 
-``dmgal_ft`` (the released code; whole backbone trainable)::
+``dmgal_ft`` (the released code; whole backbone trainable) is the DMGAL head ``dmgal`` (configuration
+``paper``, ``fsar.methods.dmgal.head``) on a ``full`` backbone stage (``fsar.backbones.stage``) that hands it
+the encoder's own grid::
 
-    per video (encode):         backbone maps (T, C, g, g) → S-MGA → time/channel MLP mixer
+    per video (encode):         stage: backbone maps (T, g, g, C) → S-MGA → time/channel MLP mixer
     per task (head):            C-MGA(supports, queries) → spatial mean → frames (T, C)
                                 → Bi-MHM distance, class mean, logits = −distance / temperature
 
@@ -29,22 +31,18 @@ from typing import ClassVar, Literal, NamedTuple
 from torch import Tensor
 
 from fsar.backbones import TINY_MODEL
-from fsar.backbones.trunks import RESNET50, ClipViTTrunk, build_feature_maps
+from fsar.backbones.stage import BackboneStage
+from fsar.backbones.trunks import RESNET50, ClipViTTrunk
 from fsar.config import ConfigError
+from fsar.data.sections import StageSettings
 from fsar.data.transforms import FramePreprocess
 from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
 from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, default_adapter_blocks
-from fsar.methods.dmgal.mixer import TimeChannelMixer
-from fsar.methods.dmgal.motion import CMGA, SMGA
+from fsar.methods.dmgal.head import DMGAL_CONFIGURATIONS, DMGALHead, DMGALHeadConfig, DMGALHeadEncoding
+from fsar.methods.end_to_end import EndToEnd
 from fsar.methods.parts import LogitScale, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
-
-
-class MapsEncoding(NamedTuple):
-    """DMGAL-FT's encoding: per-video maps after S-MGA and the mixer."""
-
-    maps: Tensor  # (..., T, C, g_h, g_w)
 
 
 class TokensEncoding(NamedTuple):
@@ -134,54 +132,34 @@ def bimhm_logits(support: Tensor, query: Tensor, support_labels: Tensor, way: in
 
 @register_method(
     "dmgal_ft", config=DMGALFTConfig, input_kind="pixels",
-    description="DMGAL-FT: trainable backbone, S-MGA + mixer per video, C-MGA per task, Bi-MHM",
+    description="DMGAL-FT: the DMGAL head (as released) on a fully tuned backbone stage",
 )
-class DMGALFT(FewShotMethod):
-    """DMGAL with the whole backbone trained; see the module docstring."""
+class DMGALFT(EndToEnd):
+    """DMGAL-FT is the released DMGAL head (``dmgal``, configuration ``paper``) on a backbone stage tuned ``full``
+    that hands it the encoder's own grid of projected patch tokens (ViT) or layer4 maps (ResNet-50), unpooled.
+
+    The encoder trains at the method's learning rate (``lr_scale`` 1), as released; ``preprocess`` is the stage's.
+    """
 
     def __init__(self, config: DMGALFTConfig, *, feature_dim: int = 0, text_dim: int | None = None) -> None:
-        super().__init__()  # feature_dim is unused: the backbone fixes the feature size
+        # feature_dim is unused: the backbone fixes the feature size
+        settings = StageSettings(backbone=config.backbone, pretrained=config.pretrained, init_seed=config.init_seed,
+                                 tune="full", view="patches", patch_grid=0, lr_scale=1.0)
+        stage = BackboneStage(settings, view="patches")
+        stage.drop_text()
+        head = DMGALHead(DMGALHeadConfig(
+            num_frames=config.num_frames, smga=config.smga, mixer=config.mixer, cmga=config.cmga,
+            reduction=config.reduction, dropout=config.dropout, pe_scale=config.pe_scale, gate_init=config.gate_init,
+            temperature=config.temperature, learn_scale=config.learn_scale,
+            **DMGAL_CONFIGURATIONS["paper"].knobs), feature_dim=stage.embed_dim)
+        super().__init__(stage, head)
         self.config = config
-        self.backbone = build_feature_maps(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
-        channels = self.backbone.channels
-        knobs = {"reduction": config.reduction, "dropout": config.dropout, "gate_init": config.gate_init}
-        self.smga = SMGA(channels, pe_scale=config.pe_scale, **knobs) if config.smga else None
-        self.mixer = TimeChannelMixer(channels, config.num_frames) if config.mixer else None
-        self.cmga = CMGA(channels, **knobs) if config.cmga else None
-        self.scale = LogitScale(config.temperature, learn=config.learn_scale)
+        self.method_name = "dmgal_ft"
+        self.configuration = ""
 
-    @property
-    def clip_length(self) -> int | None:
-        """The time mixer is a ``num_frames`` × ``num_frames`` MLP: every clip has that many frames."""
-        return self.config.num_frames
-
-    @property
-    def preprocess(self) -> FramePreprocess:
-        """The pixel pipeline inputs must have been through (size, mean, std of the backbone)."""
-        return self.backbone.preprocess
-
-    def encode(self, videos: Tensor) -> MapsEncoding:
-        """Per-video maps: pixels ``(..., T, 3, H, W)`` → ``(..., T, C, g_h, g_w)``."""
-        *lead, frames = videos.shape[:-3]
-        maps = self.backbone(videos.reshape(-1, *videos.shape[-3:]))
-        maps = maps.reshape(-1, frames, *maps.shape[1:])
-        if self.smga is not None:
-            maps = self.smga(maps)
-        if self.mixer is not None:
-            maps = self.mixer(maps)
-        return MapsEncoding(maps.reshape(*lead, frames, *maps.shape[2:]))
-
-    def frame_embeddings(self, support: MapsEncoding, query: MapsEncoding) -> tuple[Tensor, Tensor]:
-        """C-MGA, then the spatial mean: maps ``(B, N, T, C, g, g)`` → frames ``(B, N, T, C)`` of each side."""
-        s_maps, q_maps = support.maps, query.maps
-        if self.cmga is not None:
-            s_maps, q_maps = self.cmga(s_maps, q_maps)
-        return s_maps.mean(dim=(-2, -1)), q_maps.mean(dim=(-2, -1))
-
-    def head(self, support: MapsEncoding, support_labels: Tensor, query: MapsEncoding, way: int, *,
-             class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
-        support_frames, query_frames = self.frame_embeddings(support, query)
-        return HeadOutput(bimhm_logits(support_frames, query_frames, support_labels, way, self.scale))
+    def frame_embeddings(self, support: DMGALHeadEncoding, query: DMGALHeadEncoding) -> tuple[Tensor, Tensor]:
+        """C-MGA's cross branch, then the spatial mean: encodings of each side → frames ``(B, N, T, C)``."""
+        return self.method.frame_vectors(support, query)  # type: ignore[attr-defined]
 
 
 @register_method(
