@@ -77,10 +77,11 @@ def test_mlflow_artifacts_stay_in_the_run_folder(signal_store, tmp_path, monkeyp
     assert list((result.run_dir / "mlartifacts").rglob("train_config.yaml"))
 
 
-def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_local):
+def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_local, synth):
     """One real 2-worker TorchTrainer runs a few DDP steps of every registered cached-feature method (and of
-    the settings in which a method builds fewer parts) through ``train_worker`` and ``ddp_wrap``. A parameter
-    that gets no gradient would make DDP fail the step after it."""
+    the settings in which a method builds fewer parts) through ``train_worker`` and ``ddp_wrap``, then of methods
+    on the backbone stage end to end (each regime that trains a part of the encoder, class text from the stage's
+    text tower included). A parameter that gets no gradient would make DDP fail the step after it."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -98,13 +99,16 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
     cases += [(with_text, "i2st", {"dim": 8, "heads": 2, "layers": 0, "match_features": "frame"}),
               (textless, "a2m2", {"reduce_dim": 4, "embed_dim": 8, "weight_hidden": 8})]
     assert {"protonet", "otam", "bimhm", "a2m2", "i2st"} <= {name for _, name, _ in cases}
+    # End to end: (method, knobs, the stage's tune) on the manifest, decoded by each worker's thread pool.
+    stage_cases = [("otam", {"proj_dim": 8}, "lora:2"), ("a2m2", {"reduce_dim": 4, "embed_dim": 8}, "last:1"),
+                   ("i2st", {"dim": 8, "heads": 2}, "full")]
     settings = {"steps": 3, "val_every": 3, "val_episodes": 10, "episodes_per_step": 4, "workers": 2,
                 "warmup_steps": 1}
 
     def loop(_: dict) -> None:
         import ray.train
 
-        from fsar.data.sections import StoreData
+        from fsar.data.sections import ManifestData, StageSettings, StoreData
         from fsar.training.config import TrainConfig
         from fsar.training.loop import train_worker
         from pipelines.train import ddp_wrap
@@ -119,12 +123,21 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
             train_worker(config, rank=rank, world_size=world, wrap=ddp_wrap(world),
                          report=lambda m, p, steps=steps: steps.append(m["step"]))
             done.append(name if steps == [3] else f"{name}: reports at {steps}")
+        for i, (name, knobs, tune) in enumerate(stage_cases):
+            data = ManifestData(manifest=synth, frames=4, decode="threads", decode_threads=1,
+                                stage=StageSettings(tune=tune, patch_grid=2))
+            config = TrainConfig(method=name, knobs=knobs, data=data, out=str(tmp_path / f"e2e{i}"),
+                                 **(settings | {"way": 3, "query": 1}))  # the synth fixture: 4 train, 3 val classes
+            steps = []
+            train_worker(config, rank=rank, world_size=world, wrap=ddp_wrap(world),
+                         report=lambda m, p, steps=steps: steps.append(m["step"]))
+            done.append(f"{name} {tune}" if steps == [3] else f"{name} {tune}: reports at {steps}")
         (tmp_path / f"rank{rank}.json").write_text(json.dumps(done))
 
     result = TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=2),
                           run_config=RunConfig(storage_path=str(tmp_path / "ray"))).fit()
     assert result.error is None
-    expected = [name for _, name, _ in cases]
+    expected = [name for _, name, _ in cases] + [f"{name} {tune}" for name, _, tune in stage_cases]
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected
 

@@ -181,11 +181,16 @@ class PixelSource(PixelInputs):
                 raise RuntimeError(f"rank {rank}: step {step} got episode {int(batch['episode'][0])}, expected {expected}")
             pixels = torch.from_numpy(np.asarray(batch["pixels"]))
             ok = np.asarray(batch["ok"], dtype=bool)
+            # The step's episodes (their classes name the class text), drawn again: episode e depends only on (seed, e).
+            episodes = sampler.batch(expected, per_worker) if method.uses_text else None
             # An episode that could not be filled is swapped for a complete one of the step (DDP needs every rank
             # to run the same number of backward passes, so the step is never skipped; weight 0 when none is good).
             if not ok.all() and ok.any():
-                pixels = pixels[np.where(ok, np.arange(len(ok)), np.flatnonzero(ok)[0])]
-            yield StepBatch(pixels, None, weight=1.0 if ok.any() else 0.0,
+                swap = np.where(ok, np.arange(len(ok)), np.flatnonzero(ok)[0])
+                pixels = pixels[swap]
+                if episodes is not None:
+                    episodes = Episodes(episodes.classes[swap], episodes.support[swap], episodes.query[swap])
+            yield StepBatch(pixels, episodes, weight=1.0 if ok.any() else 0.0,
                             failed_videos=int(np.asarray(batch["failed"]).sum()), incomplete_episodes=int((~ok).sum()))
 
     def validation(self, method: FewShotMethod, device: torch.device) -> Validation:
