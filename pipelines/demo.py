@@ -17,6 +17,7 @@ reruns, as its runs are cheap on cached features).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class DemoConfig:
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
     episodes_per_step: int = 16  # episodes per optimiser step, over all workers together
     workers: int = 2  # Ray Train workers per training run (0 = in-process): speed, not the experiment
+    threads_per_worker: int = 0  # torch threads of each training process (0: this machine's CPUs shared among them)
     shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot evaluations
     episodes: int = 10000  # test episodes per setting
     seed: int = 0  # data, training and episode seed
@@ -99,6 +101,7 @@ def run(config: DemoConfig, *, progress: bool = True, address: str | None = None
         data=StoreData(store=store, backbone=TINY_MODEL, view=config.view), method=key.split("@")[0],
         out=out / "runs" / key, knobs={k: str(out / "data" / "masks") if v == "{masks}" else v for k, v in knobs.items()},
         steps=config.steps, episodes_per_step=config.episodes_per_step, lr=config.lr, workers=config.workers,
+        threads_per_worker=config.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, config.workers)),
         seed=config.seed, mlflow_uri=f"sqlite:///{out / 'mlflow.db'}", experiment="fsar-demo")
         for key, knobs in config.train.items()}
     evaluation = EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval",
