@@ -61,7 +61,7 @@ class DemoConfig:
     steps: int = 300  # training steps per method
     lr: float = 3e-3  # learning rate (AdamW, warm-up then cosine decay)
     episodes_per_step: int = 16  # episodes per optimiser step, over all workers together
-    workers: int = 2  # Ray Train workers per training run (0 = in-process): speed, not the experiment
+    workers: int = 0  # Ray Train workers per training run (0 = in-process, on all cores): speed, not the experiment; on 2 cores each worker group's ~20 s start-up is most of a short run
     threads_per_worker: int = 0  # torch threads of each training process (0: this machine's CPUs shared among them)
     shots: list[int] = field(default_factory=lambda: [1, 5])  # K of the 5-way K-shot evaluations
     episodes: int = 10000  # test episodes per setting
