@@ -55,6 +55,36 @@ def test_cached_training_with_validation_matches_cpu(tmp_path, method, knobs):
                 torch.testing.assert_close(p_gpu["state_dict"][name], value, atol=1e-3, rtol=1e-3, msg=name)
 
 
+@pytest.mark.parametrize(("method", "tune"), [("otam", "lora:2"), ("a2m2", "last:1"), ("i2st", "full")])
+def test_stage_composition_matches_cpu_and_trains_on_the_gpu(method, tune):
+    """A method on the backbone stage (fsar-tiny): the same weights give the same logits on CUDA as on the CPU
+    (fp32), and a bf16 training step on CUDA gives every trainable parameter a gradient there."""
+    from fsar.data.sections import StageSettings
+    from fsar.methods import build_method
+
+    torch.manual_seed(0)
+    knobs = {"proj_dim": 8} if method == "otam" else {}
+    model = build_method(method, feature_dim=0, stage=StageSettings(tune=tune, patch_grid=2), **knobs).eval()
+    gen = torch.Generator().manual_seed(0)
+    support, query = torch.randn(2, 3, 4, 3, 64, 64, generator=gen), torch.randn(2, 3, 4, 3, 64, 64, generator=gen)
+    labels = torch.arange(3).expand(2, -1)
+    text = torch.randn(2, 3, model.stage.text_dim) if model.uses_text else None
+    with torch.no_grad():
+        on_cpu = model(support, labels, query, 3, class_text=text)
+        model.to(CUDA)
+        on_gpu = model(support.to(CUDA), labels.to(CUDA), query.to(CUDA), 3,
+                       class_text=None if text is None else text.to(CUDA))
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(support.to(CUDA), labels.to(CUDA), query.to(CUDA), 3,
+                       class_text=None if text is None else text.to(CUDA))
+    logits.float().logsumexp(-1).mean().backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.device.type == "cuda", name
+
+
 @pytest.mark.parametrize("method", ["protonet", "otam", "bimhm", "a2m2", "i2st"])
 def test_evaluation_matches_cpu(method):
     from fsar.data.episodes import EpisodeSampler
