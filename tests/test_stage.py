@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fsar.backbones import BackboneUnavailableError
 from fsar.backbones.stage import BackboneStage, LoRA, stage_view
 from fsar.config import ConfigError
 from fsar.data.sections import StageSettings, Tuning, parse_tuning
@@ -105,6 +106,8 @@ def test_resnet50_stage_gives_layer4_views_and_tunes_its_last_stages():
     out = s(torch.randn(1, 2, 3, 64, 64))
     assert out.shape == (1, 2, 2, 2, 2048) and out.requires_grad
     assert trainable(s) and all(".layer4." in n for n in trainable(s))
+    with pytest.raises(BackboneUnavailableError, match="local torchvision state-dict file only"):
+        stage("full", backbone="resnet50", pretrained="imagenet")
 
 
 def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synth):

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from fsar.backbones.encode import frame_views
 from fsar.backbones.open_clip_backbone import BackboneUnavailableError, ClipBackbone, build_backbone
-from fsar.backbones.trunks import RESNET50, ResNetMaps
+from fsar.backbones.trunks import RESNET50, ResNetMaps, build_feature_maps
 from fsar.config import ConfigError
 from fsar.data.sections import StageSettings, Tuning
 from fsar.data.transforms import FramePreprocess
@@ -86,7 +86,7 @@ class ResNetEncoder(nn.Module):
 
     def __init__(self, *, weights: str | None, init_seed: int) -> None:
         super().__init__()
-        self.maps = ResNetMaps(weights=weights, init_seed=init_seed)
+        self.maps = build_feature_maps(RESNET50, pretrained=weights, init_seed=init_seed)  # checks the weights file
         self.preprocess = self.maps.preprocess
         self.embed_dim = ResNetMaps.channels
         self.patch_grid = self.preprocess.size // 32
