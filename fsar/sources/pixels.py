@@ -122,15 +122,12 @@ def stage_class_text(method: FewShotMethod, class_names: dict[int, str]) -> Tens
     return stage.class_text(names)
 
 
-def stage_settings(settings: SourceSettings | ManifestData, method: str) -> StageSettings | None:
+def stage_settings(data: ManifestData, method: str) -> StageSettings | None:
     """The stage a manifest run of ``method`` trains with: ``data.stage`` (defaults when unset) for frames and
-    patches methods; None for pixels methods, which bring their own encoder (refused with a stage)."""
-    data = settings.data if hasattr(settings, "data") else settings
-    assert isinstance(data, ManifestData)
+    patches methods; for pixels methods, which bring their own encoder, ``data.stage`` as given (None, or a stage
+    that ``build_method`` refuses)."""
     if method_info(method).input_kind == "pixels":
-        if data.stage is not None:
-            raise ConfigError(f"method {method} brings its own encoder (its knobs backbone, pretrained): drop data.stage")
-        return None
+        return data.stage
     return data.stage or StageSettings()
 
 
