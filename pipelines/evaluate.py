@@ -189,7 +189,7 @@ def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[
     for cand in candidates:
         start = time.perf_counter()
         acc = episode_accuracies(cand.method.to(device), data.split_for(cand.key), episodes, device=device,
-                                 class_text=data.class_text, batch_size=batch_size, progress=progress, desc=cand.label)
+                                 class_text=data.text_for(cand.method), batch_size=batch_size, progress=progress, desc=cand.label)
         mean, ci = accuracy_ci(acc)
         per_episode[(cand.label, config.shot)] = acc
         records.append(ResultRecord(

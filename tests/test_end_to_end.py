@@ -172,3 +172,23 @@ def test_warm_start_from_another_encoder_is_refused_naming_the_difference(tmp_pa
         data = ManifestData(manifest=synth, frames=4, stage=StageSettings(view="grid", patch_grid=2))
         other = open_source(TrainConfig(data=data, out=tmp_path / "y", **(common | {"method": "protonet"}))).build_method()
         warm_start(other, tmp_path / "cached.pt")
+
+
+def test_manifest_evaluation_gives_each_run_the_text_of_its_own_encoder(synth):
+    """Two runs on stages of different encoders (here: two random inits of fsar-tiny) read different class text,
+    each its own encoder's; a method that reads no text gets none."""
+    from fsar.data.sections import ManifestData
+    from fsar.sources.pixels import PixelEvaluation
+
+    evaluation = PixelEvaluation(ManifestData(manifest=synth, frames=4), "test")
+    names = [evaluation.class_names.get(label, "") for label in range(max(evaluation.class_names) + 1)]
+    texts = []
+    for seed in (0, 1):
+        method = build_method("a2m2", feature_dim=0, stage=StageSettings(init_seed=seed, patch_grid=2))
+        assert method.uses_text
+        text = evaluation.text_for(method)
+        torch.testing.assert_close(text, method.stage.class_text(names))
+        assert evaluation.text_for(method) is text  # made once per encoder
+        texts.append(text)
+    assert not torch.allclose(texts[0], texts[1])
+    assert evaluation.text_for(build_method("otam", feature_dim=0, stage=StageSettings())) is None

@@ -124,7 +124,6 @@ class EvaluationSource(Protocol):
 
     location: str  # the store or manifest it reads, as given
     episode_batch_limit: int | None  # most episodes per head call (per-episode modules of end-to-end methods)
-    class_text: Tensor | None  # (n_labels, E) class-name text of the split's labels, None without
     labels: np.ndarray  # (N,) global label of each usable video of the split
     class_names: dict[int, str]  # label → class name
 
@@ -142,6 +141,11 @@ class EvaluationSource(Protocol):
 
     def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> SplitKey:
         """A trained run (its checkpoint ``payload``) checked against this data; what it reads."""
+        ...
+
+    def text_for(self, method: FewShotMethod) -> Tensor | None:
+        """Class-name text ``(n_labels, E)`` of the split's labels as ``method`` reads it (the store's text tower,
+        or an end-to-end method's own encoder's), None without."""
         ...
 
     def split_for(self, key: SplitKey) -> EncodableSplit:

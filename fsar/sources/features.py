@@ -174,6 +174,9 @@ class StoreEvaluation:
         self.class_text = None if text is None else torch.from_numpy(text)
         self._features: dict[SplitKey, SplitFeatures] = {}
 
+    def text_for(self, method: FewShotMethod) -> Tensor | None:
+        return self.class_text  # every method on a store reads the store's text
+
     def dataset_name(self) -> str:
         return storage.name(self.data.store)
 

@@ -214,7 +214,6 @@ class PixelEvaluation:
     frame count and pixel pipeline (segment centres, centre crop), kept as uint8; videos that cannot be
     decoded are left out (reported), the same set for every method."""
 
-    class_text: Tensor | None = None  # (n_labels, E): the stage's text tower over the class names, when a method reads text
     episode_batch_limit = EVAL_EPISODE_BATCH
 
     def __init__(self, data: ManifestData, split: str) -> None:
@@ -223,6 +222,7 @@ class PixelEvaluation:
         self.videos = read_split_videos(data.manifest, split)
         self._decoded: dict[SplitKey, tuple[np.ndarray, np.ndarray]] = {}
         self._usable: np.ndarray | None = None
+        self._text: dict[tuple[str, str | None, int], Tensor | None] = {}  # encoder → class-name text
 
     def dataset_name(self) -> str:
         return self.trained_dataset_name(self.location)
@@ -235,7 +235,6 @@ class PixelEvaluation:
         from fsar.methods import build_method
 
         method = build_method(name, feature_dim=0, stage=stage_settings(self.data, name), **knobs)
-        self.class_text = self.class_text if self.class_text is not None else stage_class_text(method, self.class_names)
         return method, self._key(method, self.data.frames)
 
     def accept(self, method: FewShotMethod, payload: dict[str, Any], where: str) -> SplitKey:
@@ -243,8 +242,6 @@ class PixelEvaluation:
         features is refused: its encoder is the store's, which a manifest cannot check."""
         if payload.get("store_meta") is not None or method.input_kind != "pixels":
             raise ConfigError(f"run {where} was trained on a feature store: evaluate it with --store, not --manifest")
-        if self.class_text is None:
-            self.class_text = stage_class_text(method, self.class_names)
         return self._key(method, int(payload.get("frames", self.data.frames)))
 
     @staticmethod
@@ -275,6 +272,17 @@ class PixelEvaluation:
     @property
     def class_names(self) -> dict[int, str]:
         return self.videos.class_names
+
+    def text_for(self, method: FewShotMethod) -> Tensor | None:
+        """The class-name text of ``method``'s own stage encoder (runs on different encoders read different text),
+        made once per encoder weights: the text tower never trains."""
+        stage = getattr(method, "stage", None)
+        if stage is None or not method.uses_text:
+            return None
+        key = (stage.settings.backbone, stage.encoder_weights, stage.settings.init_seed)
+        if key not in self._text:
+            self._text[key] = stage_class_text(method, self.class_names)
+        return self._text[key]
 
     def split_for(self, key: SplitKey) -> PixelSplit:
         pixels, ok = self._decode(key)
