@@ -13,8 +13,10 @@ distribution per swept knob::
       temperature: {uniform: [0.1, 1.0]}
 
 A name is either a field of the method's config class (its knobs, as in ``fsar train knobs.X=``), a
-field of ``TrainConfig`` (``lr``, ``weight_decay``, ``episodes_per_step``, ...) or a field of the store
-section ``data`` (``view``, ``feature_placement``, ``backbone``). Every name, type and
+field of ``TrainConfig`` (``lr``, ``weight_decay``, ``episodes_per_step``, ...) or a field of the data
+section: the store's (``view``, ``feature_placement``, ``backbone``), or, for a sweep over end-to-end runs
+(``data: manifest``, set by ``fsar tune --manifest``), the manifest's (``frames``, ``stage``) and the backbone
+stage's as ``stage.NAME`` (``stage.tune``, ``stage.lr_scale``). Every name, type and
 range is checked here, against the registry and the config classes, so a typo or an impossible range
 is refused before a cluster job starts rather than in its tenth trial. Ray-free: ``pipelines/tune.py``
 turns the distributions into Ray Tune domains.
@@ -31,14 +33,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fsar.config import ConfigError, from_dict, load_yaml
-from fsar.data.sections import StoreData
+from fsar.data.sections import ManifestData, StageSettings, StoreData
 from fsar.training.config import TrainConfig
 
 Kind = Literal["uniform", "loguniform", "choice"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
 
-# TrainConfig fields a sweep sets itself: where a trial reads (a feature store: sweeps train cached-feature
-# methods) and writes, how it runs, where it logs.
+# TrainConfig fields a sweep sets itself: where a trial reads (a feature store, or a manifest for end-to-end
+# runs) and writes, how it runs, where it logs.
 RESERVED = frozenset({"store", "manifest", "data", "method", "out", "knobs", "workers", "use_gpu", "mlflow_uri",
                       "experiment", "mlflow_parent_run_id"})
 # TrainConfig numbers that only make sense above a bound (the dataclass itself does not check them).
@@ -116,6 +118,7 @@ class SearchSpace:
     trials: int = 8  # trials sampled from the space
     fixed: dict[str, Any] = field(default_factory=dict)  # settings every trial shares: TrainConfig fields or knobs
     search_seed: int = 0  # seed of the random search: which values each trial draws
+    data: Literal["store", "manifest"] = "store"  # what trials read: cached features, or videos end to end (set by fsar tune)
 
     def __post_init__(self) -> None:
         from fsar.methods import method_info
@@ -143,8 +146,14 @@ class SearchSpace:
         return _init_fields(info.config) | ({"configuration": str} if info.configurations else {})
 
     @property
+    def _section(self) -> type:
+        return ManifestData if self.data == "manifest" else StoreData
+
+    @property
     def _train_types(self) -> dict[str, Any]:
-        fields = _init_fields(TrainConfig) | _init_fields(StoreData)
+        fields = _init_fields(TrainConfig) | _init_fields(self._section)
+        if self.data == "manifest":
+            fields |= {f"stage.{k}": v for k, v in _init_fields(StageSettings).items()}
         return {k: v for k, v in fields.items() if k not in RESERVED}
 
     def target(self, name: str) -> Literal["knob", "train"]:
@@ -160,7 +169,7 @@ class SearchSpace:
         if is_train:
             return "train"
         if name in RESERVED:
-            raise ConfigError(f"{name!r} is set by the sweep itself (the tune command's store/out/MLflow "
+            raise ConfigError(f"{name!r} is set by the sweep itself (the tune command's store/manifest/out/MLflow "
                               "settings and per-trial resources), not by the search space")
         raise ConfigError(f"unknown parameter {name!r} for method {self.method}; its knobs: "
                           f"{sorted(knobs)}; training settings: {sorted(train)}")
@@ -190,7 +199,7 @@ class SearchSpace:
         train, knobs = self.split({**self.fixed, **values})
         _, configured = resolve_configuration(self.method, knobs.pop("configuration", None))
         from_dict(method_info(self.method).config, configured | knobs, where=f"{self.method} knobs")
-        from_dict(TrainConfig, self._train_dict(train, store=".", out="."), where="training settings")
+        from_dict(TrainConfig, self._train_dict(train, source=".", out="."), where="training settings")
         for key, value in train.items():
             if key in _POSITIVE and not value > 0:
                 raise ConfigError(f"{key} must be > 0, got {value!r}")
@@ -205,19 +214,25 @@ class SearchSpace:
             (knobs if self.target(name) == "knob" else train)[name] = plain(value)
         return train, knobs
 
-    def train_config(self, values: Mapping[str, Any], *, store: str | Path, out: str | Path,
+    def train_config(self, values: Mapping[str, Any], *, source: str | Path, out: str | Path,
                      **settings: Any) -> TrainConfig:
         """The TrainConfig of one trial: the fixed settings, then the trial's drawn ``values``, then the
-        sweep's own ``settings`` (reserved fields such as ``use_gpu`` or the MLflow parent)."""
+        sweep's own ``settings`` (reserved fields such as ``use_gpu`` or the MLflow parent). ``source``: the
+        feature store, or the manifest of a ``data: manifest`` space."""
         train, knobs = self.split({**self.fixed, **values})
-        data = self._train_dict({**train, **settings}, store=store, out=out) | {"knobs": knobs}
+        data = self._train_dict({**train, **settings}, source=source, out=out) | {"knobs": knobs}
         return from_dict(TrainConfig, data, where="trial config")
 
-    def _train_dict(self, train: Mapping[str, Any], *, store: str | Path, out: str | Path) -> dict[str, Any]:
-        """Training settings as a TrainConfig mapping: the store section's names go under ``data``."""
-        section = set(_init_fields(StoreData))
-        data = {"store": store, **{k: v for k, v in train.items() if k in section}}
-        return {"method": self.method, "out": out, "data": data, **{k: v for k, v in train.items() if k not in section}}
+    def _train_dict(self, train: Mapping[str, Any], *, source: str | Path, out: str | Path) -> dict[str, Any]:
+        """Training settings as a TrainConfig mapping: the data section's names go under ``data``, and
+        ``stage.NAME`` under ``data.stage``."""
+        section = set(_init_fields(self._section))
+        data: dict[str, Any] = {self.data: source, **{k: v for k, v in train.items() if k in section}}
+        stage = {k.removeprefix("stage."): v for k, v in train.items() if k.startswith("stage.")}
+        if stage:
+            data["stage"] = {**(data.get("stage") or {}), **stage}
+        rest = {k: v for k, v in train.items() if k not in section and not k.startswith("stage.")}
+        return {"method": self.method, "out": out, "data": data, **rest}
 
     def probe_values(self) -> list[dict[str, Any]]:
         """One ``{name: value}`` per probe of every swept name (others left at their fixed/default
@@ -227,7 +242,8 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """The space as a YAML-safe mapping, the same shape as the file."""
         return {"method": self.method, "metric": self.metric, "trials": self.trials, "search_seed": self.search_seed,
-                "fixed": plain(dict(self.fixed)), "space": {k: plain(d.to_dict()) for k, d in self.space.items()}}
+                "fixed": plain(dict(self.fixed)), "space": {k: plain(d.to_dict()) for k, d in self.space.items()},
+                "data": self.data}
 
 
 def _init_fields(cls: type) -> dict[str, Any]:
@@ -246,11 +262,19 @@ def plain(value: Any) -> Any:
     return value
 
 
-def load_search_space(path: str | Path, *, trials: int | None = None,
-                      fixed: Mapping[str, Any] | None = None) -> SearchSpace:
-    """Read and check a space file; ``trials`` overrides the file's count and ``fixed`` adds to (or
-    replaces entries of) its fixed settings. Errors name the file."""
-    data = load_yaml(path)
+def load_search_space(path: str | Path, *, trials: int | None = None, fixed: Mapping[str, Any] | None = None,
+                      data: str | None = None) -> SearchSpace:
+    """Read and check a space file; ``trials`` overrides the file's count, ``fixed`` adds to (or replaces
+    entries of) its fixed settings, and ``data`` (store or manifest) says what the trials read. Errors name
+    the file."""
+    space_file = load_yaml(path)
+    if data is not None:
+        space_file["data"] = data
+    return _space_from(space_file, path, trials=trials, fixed=fixed)
+
+
+def _space_from(data: dict[str, Any], path: str | Path, *, trials: int | None,
+                fixed: Mapping[str, Any] | None) -> SearchSpace:
     if trials is not None:
         data["trials"] = trials
     if fixed:

@@ -416,3 +416,19 @@ def stop_cluster(temp_dir: Path) -> None:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+
+
+def vit_maps_reference(visual: Any, pixels: Any) -> Any:
+    """An open_clip ViT's final patch tokens, normed and projected, as maps ``(M, D, g_h, g_w)``: written out here,
+    block by block with no hooks, as an independent reference for the stage's patches view."""
+    import torch
+
+    from fsar.backbones.open_clip_backbone import vit_tokens
+
+    x = vit_tokens(visual, pixels)
+    for block in visual.transformer.resblocks:
+        x = block(x) if visual.transformer.batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+    patches = visual.ln_post(x[:, 1:]) @ visual.proj
+    patch = visual.conv1.kernel_size
+    gh, gw = pixels.shape[-2] // patch[0], pixels.shape[-1] // patch[1]
+    return torch.movedim(patches, -1, 1).reshape(patches.shape[0], -1, gh, gw)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import vit_maps_reference
 
-from fsar.backbones.trunks import ClipViTTrunk, ViTMaps
+from fsar.backbones import build_backbone
 from fsar.config import ConfigError
 from fsar.methods import build_method
 
@@ -96,11 +97,11 @@ def test_logits_are_bimhm_of_the_frame_embeddings(name):
 def test_ft_with_closed_gates_and_no_mixer_is_the_backbones_mean_patch():
     torch.manual_seed(0)
     method = build_method("dmgal_ft", feature_dim=0, num_frames=4, mixer=False).eval()
-    maps = ViTMaps(ClipViTTrunk.build("fsar-tiny", init_seed=0)).eval()
+    visual = build_backbone("fsar-tiny", init_seed=0).model.visual.eval()
     support, _, query, _ = episode()
     with torch.no_grad():
         s_frames, q_frames = method.frame_embeddings(method.encode(support), method.encode(query))
-        expected = maps(support.flatten(0, 2)).mean(dim=(-2, -1)).view(*support.shape[:3], -1)
+        expected = vit_maps_reference(visual, support.flatten(0, 2)).mean(dim=(-2, -1)).view(*support.shape[:3], -1)
     torch.testing.assert_close(s_frames, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -110,12 +111,12 @@ def test_ft_is_the_released_pipeline_on_the_same_weights(size):
     ViT maps → S-MGA → mixer per video, C-MGA on both sides at once, spatial mean, Bi-MHM."""
     torch.manual_seed(0)
     method = build_method("dmgal_ft", feature_dim=0, num_frames=4, gate_init=0.5, temperature=0.25).eval()
-    maps_of = ViTMaps(ClipViTTrunk(method.stage.encoder.model.visual)).eval()
+    visual = method.stage.encoder.model.visual
     head = method.method
     support, labels, query, _ = episode(way=3, size=size)
 
     def per_video(videos: torch.Tensor) -> torch.Tensor:  # (B, N, T, 3, S, S) → (B, N, T, C, g, g)
-        maps = maps_of(videos.flatten(0, 2))
+        maps = vit_maps_reference(visual, videos.flatten(0, 2))
         maps = head.mixer(head.smga(maps.view(-1, videos.shape[2], *maps.shape[1:])))
         return maps.view(*videos.shape[:3], *maps.shape[2:])
 

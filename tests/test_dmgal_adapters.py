@@ -1,4 +1,4 @@
-"""DMGAL-Adapter's adapters on the frozen tiny open_clip ViT (``fsar-tiny``: width 64, 2 blocks, 64 px, patch 8)."""
+"""DMGAL-Adapter's adapters, block adapters of a frozen stage on the tiny open_clip ViT (``fsar-tiny``: width 64, 2 blocks, 64 px, patch 8)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsar.backbones import TINY_MODEL, build_backbone
-from fsar.backbones.trunks import ClipViTTrunk
+from fsar.backbones.open_clip_backbone import vit_tokens
+from fsar.config import ConfigError
 from fsar.methods import build_method
-from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter, default_adapter_blocks
+from fsar.methods.dmgal import DMGALAdapter
+from fsar.methods.dmgal.adapters import SMGAAdapter, default_adapter_blocks
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
@@ -32,34 +34,35 @@ def cmga_adapter_params(width: int, bottleneck: int, reduction: int) -> int:
     return linear + motion_params(bottleneck, c) + 2 * c + 9 * bottleneck + 2  # + LayerNorm, values, 2 gates
 
 
-def tiny_trunk() -> ClipViTTrunk:
-    return ClipViTTrunk.build(TINY_MODEL, init_seed=0)
+def adapter_method(**knobs) -> DMGALAdapter:
+    return build_method("dmgal_adapter", feature_dim=0, **knobs)  # type: ignore[return-value]
 
 
-def run_adapted(vit: AdaptedViT, videos: torch.Tensor) -> torch.Tensor:
-    cls_tokens, patches = vit.encode(videos)
-    return vit.finish(cls_tokens, patches)
+def run_adapted(method: DMGALAdapter, videos: torch.Tensor) -> torch.Tensor:
+    """Videos through the adapted stage without the per-task step: final tokens ``(..., T, 1 + L, D)``."""
+    return method.stage.finish(method.encode(videos))
 
 
 def test_zero_gate_adapters_leave_the_backbone_output_unchanged():
     torch.manual_seed(0)
     videos = torch.randn(2, 3, 3, 64, 64)  # (videos, T, 3, H, W) at the model's own size
     clip = build_backbone(TINY_MODEL, init_seed=0)
-    vit = AdaptedViT(tiny_trunk(), blocks=[0, 1], bottleneck=16).eval()
-    cross = CMGAAdapter(64, 16).eval()
+    method = adapter_method(adapter_blocks=[0, 1], bottleneck=16).eval()
+    cross = method.cross_adapter
+    assert cross is not None
     with torch.no_grad():
-        tokens = run_adapted(vit, videos)
+        tokens = run_adapted(method, videos)
         pooled, grid = clip.encode(videos.flatten(0, 1), patches=True)
         torch.testing.assert_close(tokens[..., 0, :].flatten(0, 1), pooled, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(tokens[..., 1:, :].flatten(0, 1), grid.flatten(1, 2), atol=1e-5, rtol=1e-5)
-        cls_tokens, patches = vit.encode(videos)
+        patches = method.encode(videos).patches
         s, q = patches[None, :1], patches[None, 1:]
         new_s, new_q = cross(s, q)
         assert torch.equal(new_s, s) and torch.equal(new_q, q)
         # The same adapters with open gates do change the output: the comparison above can fail.
-        for adapter in vit.adapters.values():
+        for adapter in method.stage.adapters.values():
             adapter.gate.fill_(0.5)
-        assert not torch.allclose(run_adapted(vit, videos), tokens, atol=1e-3)
+        assert not torch.allclose(run_adapted(method, videos), tokens, atol=1e-3)
         cross.cross_gate.fill_(0.5)
         assert not torch.allclose(cross(s, q)[1], q, atol=1e-3)
 
@@ -77,15 +80,15 @@ def test_smga_adapter_updates_patches_through_its_bottleneck():
 
 def test_adapters_leave_the_class_token_and_other_videos_alone():
     torch.manual_seed(0)
-    trunk = tiny_trunk().eval()
-    vit = AdaptedViT(trunk, blocks=[1], bottleneck=16, gate_init=0.5).eval()  # before the last block only
+    method = adapter_method(adapter_blocks=[1], bottleneck=16, gate_init=0.5).eval()  # before the last block only
     videos = torch.randn(3, 2, 3, 32, 32)
     changed = videos.clone()
     changed[1] = torch.randn(2, 3, 32, 32)
+    visual = method.stage.encoder.model.visual
     with torch.no_grad():
-        cls_a, patches_a = vit.encode(videos)
-        _, patches_b = vit.encode(changed)
-        plain = trunk.block(0, trunk.embed(videos.flatten(0, 1)))
+        cls_a, patches_a = method.encode(videos)
+        _, patches_b = method.encode(changed)
+        plain = visual.transformer.resblocks[0](vit_tokens(visual, videos.flatten(0, 1)))
     torch.testing.assert_close(patches_a[[0, 2]], patches_b[[0, 2]])
     assert not torch.allclose(patches_a[1], patches_b[1])
     # The adapter before block 1 acts on patches only: its class token is block 0's.
@@ -95,8 +98,8 @@ def test_adapters_leave_the_class_token_and_other_videos_alone():
 def test_adapter_blocks_default_to_the_first_half_and_are_checked():
     assert default_adapter_blocks(12) == [0, 1, 2, 3, 4, 5]
     assert default_adapter_blocks(2) == [0] and default_adapter_blocks(1) == [0]
-    with pytest.raises(ValueError, match="out of range"):
-        AdaptedViT(tiny_trunk(), blocks=[2], bottleneck=8)
+    with pytest.raises(ConfigError, match="out of range"):
+        adapter_method(adapter_blocks=[2], bottleneck=8)
 
 
 @pytest.mark.parametrize("train_layernorm", [False, True])
@@ -106,21 +109,21 @@ def test_only_the_adapters_train(train_layernorm):
                           train_layernorm=train_layernorm)
     trainable = {n: p for n, p in method.named_parameters() if p.requires_grad}
     expected = 2 * smga_adapter_params(64, 16, 8) + cmga_adapter_params(64, 16, 8)
-    norms = [m for m in method.vit.trunk.modules() if isinstance(m, nn.LayerNorm)]
+    norms = [m for m in method.stage.encoder.modules() if isinstance(m, nn.LayerNorm)]
     assert len(norms) == 2 * 2 + 2  # ln_1, ln_2 per block; ln_pre, ln_post
     if train_layernorm:
         expected += sum(p.numel() for m in norms for p in m.parameters())
     assert sum(p.numel() for p in trainable.values()) == expected
-    allowed = ("vit.adapters.", "cross_adapter.") + (("vit.trunk.",) if train_layernorm else ())
+    allowed = ("stage.adapters.", "cross_adapter.") + (("stage.encoder.",) if train_layernorm else ())
     assert all(n.startswith(allowed) for n in trainable), sorted(trainable)
-    frozen = sum(p.numel() for p in method.vit.trunk.parameters() if not p.requires_grad)
-    assert frozen > 0.9 * sum(p.numel() for p in method.vit.trunk.parameters())
+    frozen = sum(p.numel() for p in method.stage.encoder.parameters() if not p.requires_grad)
+    assert frozen > 0.9 * sum(p.numel() for p in method.stage.encoder.parameters())
 
 
 def test_a_training_step_changes_adapters_and_not_the_backbone():
     torch.manual_seed(0)
     method = build_method("dmgal_adapter", feature_dim=0).train()
-    backbone = {k: v.clone() for k, v in method.vit.trunk.state_dict().items()}
+    backbone = {k: v.clone() for k, v in method.stage.encoder.state_dict().items()}
     adapters = {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
     # A naive optimiser over every parameter, with weight decay: frozen weights have no gradient and stay put.
     optimiser = torch.optim.AdamW(method.parameters(), lr=1e-2, weight_decay=0.1)
@@ -131,7 +134,7 @@ def test_a_training_step_changes_adapters_and_not_the_backbone():
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    for key, value in method.vit.trunk.state_dict().items():
+    for key, value in method.stage.encoder.state_dict().items():
         assert torch.equal(value, backbone[key]), key
     changed = [n for n, p in method.named_parameters() if p.requires_grad and not torch.equal(p, adapters[n])]
     assert set(changed) == set(adapters)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fsar.backbones import TINY_MODEL, BackboneUnavailableError, build_backbone, list_backbones
+from fsar.backbones.open_clip_backbone import vit_positions
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +81,37 @@ def test_clear_errors():
 def test_offline_pretrained_tag_names_the_offline_choices():
     with pytest.raises(BackboneUnavailableError, match=f"--backbone {TINY_MODEL}"):
         build_backbone("ViT-B-16", pretrained="openai")
+
+
+def test_running_block_by_block_reproduces_open_clip_at_the_native_size(tiny):
+    x = torch.randn(3, 3, 64, 64)
+    visual = tiny.model.visual
+    with torch.no_grad():
+        visual.output_tokens = True
+        try:
+            reference_pooled, reference_tokens = visual(x)  # open_clip's own forward, whole
+        finally:
+            visual.output_tokens = False
+        pooled, grid = tiny.encode(x, patches=True)
+        final = tiny.finish_tokens(tiny.tokens_until(x, 1), 1)  # (3, 1 + 64, D)
+    torch.testing.assert_close(pooled, reference_pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grid.flatten(1, 2), reference_tokens @ visual.proj, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final[:, 0], reference_pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final[:, 1:], reference_tokens @ visual.proj, atol=1e-5, rtol=1e-5)
+
+
+def test_other_input_sizes_resize_the_patch_positions(tiny):
+    visual = tiny.model.visual
+    native = vit_positions(visual, (8, 8), torch.float32)
+    assert torch.equal(native, visual.positional_embedding)
+    small = vit_positions(visual, (2, 4), torch.float32)
+    assert small.shape == (9, 64)
+    assert torch.equal(small[0], native[0])  # the class token's position is kept
+    constant = build_backbone(TINY_MODEL, init_seed=3)
+    with torch.no_grad():  # a constant positional grid stays constant when resized
+        constant.model.visual.positional_embedding[1:] = 0.25
+    resized = vit_positions(constant.model.visual, (3, 5), torch.float32)[1:]
+    torch.testing.assert_close(resized, torch.full((15, 64), 0.25))
+    with torch.no_grad():
+        _, grid = tiny.encode(torch.randn(2, 3, 16, 32), patches=True)
+    assert grid.shape == (2, 2, 4, 64)

@@ -24,7 +24,7 @@ def test_names_go_to_knobs_or_training_settings():
                      "temporal_centre": {"choice": [True, False]}, "weight_decay": {"uniform": [0.0, 0.1]}})
     assert s.target("gamma") == "knob" and s.target("lr") == "train" and s.target("proj_dim") == "knob"
     config = s.train_config({"lr": np.float64(3e-3), "gamma": 0.1, "temporal_centre": True, "weight_decay": 0.05},
-                            store="/s", out="/o", use_gpu=False)
+                            source="/s", out="/o", use_gpu=False)
     assert config.lr == 3e-3 and type(config.lr) is float and config.steps == 40 and config.method == "otam"
     assert config.knobs == {"proj_dim": 16, "gamma": 0.1, "temporal_centre": True}
     assert str(config.data.store) == "/s" and config.use_gpu is False
@@ -125,7 +125,7 @@ def test_list_valued_choices_for_a_list_knob():
     if "a2m2" not in list_methods():
         pytest.skip("a2m2 is not registered")
     s = SearchSpace(method="a2m2", space={"scales": {"choice": [[1], [1, 2], [1, 2, 4]]}})
-    assert s.train_config({"scales": [1, 2]}, store=".", out=".").knobs == {"scales": [1, 2]}
+    assert s.train_config({"scales": [1, 2]}, source=".", out=".").knobs == {"scales": [1, 2]}
     with pytest.raises(ConfigError, match="space.scales"):
         SearchSpace(method="a2m2", space={"scales": {"choice": [[1], 2]}})
 

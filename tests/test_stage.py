@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fsar.backbones import BackboneUnavailableError
-from fsar.backbones.stage import BackboneStage, LoRA, stage_view
+from fsar.backbones.stage import BackboneStage, LoRA, StageTokens, stage_view
 from fsar.config import ConfigError
 from fsar.data.sections import StageSettings, Tuning, parse_tuning
 
@@ -98,6 +98,65 @@ def test_regimes_the_encoder_cannot_take_are_refused():
         stage("last:3")
     with pytest.raises(ConfigError, match="LoRA adapts attention"):
         stage("lora:2", backbone="resnet50")
+
+
+class Shift(torch.nn.Module):
+    """A block adapter adding ``scale ×`` a learned per-channel vector to every patch token (a shape check too)."""
+
+    def __init__(self, width: int, frames: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.linspace(-1.0, 1.0, width))  # not constant: LayerNorm removes that
+        self.frames, self.scale = frames, scale
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(patches.shape))
+        return patches + self.scale * self.bias
+
+
+def test_tokens_view_then_finish_is_the_encoder_and_adapters_act_where_put():
+    x = pixels(videos=2, frames=3)
+    plain = stage("frozen", view="patches", patch_grid=0)
+    tokens_stage = stage("frozen", view="tokens")
+    with torch.no_grad():
+        tokens = tokens_stage(x)
+        assert isinstance(tokens, StageTokens)
+        assert tokens.cls.shape == (2, 3, 64) and tokens.patches.shape == (2, 3, 8, 8, 64)
+        final = tokens_stage.finish(tokens)  # (videos, T, 1 + 64, D)
+        pooled = stage("frozen")(x)
+        torch.testing.assert_close(final[..., 0, :], pooled, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(final[..., 1:, :].reshape(2, 3, 8, 8, -1), plain(x), atol=1e-5, rtol=1e-5)
+    adapted = stage("frozen", view="pooled")
+    shift = Shift(64, frames=3, scale=0.0)
+    adapted.put_adapters({1: shift})
+    assert trainable(adapted) == {"adapters.1.bias"} and not adapted.frozen
+    out = adapted(x)
+    assert shift.seen == [(2, 3, 8, 8, 64)]  # per video: (videos, T, g, g, W)
+    torch.testing.assert_close(out, pooled)  # a zero update leaves the encoder as it was
+    shift.scale = 1.0
+    out = adapted(x)
+    assert not torch.allclose(out, pooled, atol=1e-3)  # the comparison above can fail
+    out.square().sum().backward()
+    assert shift.bias.grad is not None and shift.bias.grad.abs().sum() > 0
+
+
+def test_adapters_start_autograd_at_their_block_and_norms_at_the_embedding():
+    records: dict[str, bool] = {}
+    s = stage("frozen")
+    for i, block in enumerate(s.encoder.model.visual.transformer.resblocks):
+        block.register_forward_hook(lambda _m, _i, out, i=i: records.__setitem__(f"block{i}", out.requires_grad))
+    assert s.autograd_from == 2  # nothing trains: all of it without autograd
+    s.put_adapters({1: Shift(64, frames=3)})
+    assert s.autograd_from == 1
+    assert s(pixels()).requires_grad and records == {"block0": False, "block1": True}
+    s.train_norms()
+    assert s.autograd_from == 0 and any("ln_pre" in n for n in trainable(s))
+    with pytest.raises(ConfigError, match="out of range"):
+        s.put_adapters({2: Shift(64, frames=3)})
+    with pytest.raises(ConfigError, match="need an open_clip ViT"):
+        stage("frozen", backbone="resnet50").put_adapters({0: Shift(2048, frames=3)})
+    with pytest.raises(ConfigError, match="tokens view needs an open_clip ViT"):
+        stage("frozen", view="tokens", backbone="resnet50")
 
 
 def test_resnet50_stage_gives_layer4_views_and_tunes_its_last_stages():

@@ -1,4 +1,4 @@
-"""fsar.backbones.trunks: torchvision ResNet-50 maps and the open_clip ViT run block by block."""
+"""fsar.backbones.trunks: torchvision ResNet-50 maps and their weights files."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from fsar.backbones import TINY_MODEL, BackboneUnavailableError, build_backbone
-from fsar.backbones.open_clip_backbone import vit_positions
-from fsar.backbones.trunks import RESNET50, ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
+from fsar.backbones import BackboneUnavailableError
+from fsar.backbones.trunks import RESNET50, ResNetMaps, build_feature_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
@@ -63,38 +62,6 @@ def test_resnet_weight_errors_name_the_file(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
     with pytest.raises(BackboneUnavailableError, match="not a torchvision ResNet-50"):
         build_feature_maps(RESNET50, pretrained=str(wrong))
-
-
-def test_vit_trunk_reproduces_open_clip_at_the_native_size():
-    torch.manual_seed(0)
-    clip = build_backbone(TINY_MODEL, init_seed=5)
-    trunk = ClipViTTrunk.build(TINY_MODEL, init_seed=5).eval()
-    pixels = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
-        tokens = trunk(pixels)
-        pooled, grid = clip.encode(pixels, patches=True)
-    assert trunk.width == 64 and trunk.depth == 2 and trunk.native_grid == (8, 8)
-    assert tokens.shape == (3, 65, clip.embed_dim)
-    torch.testing.assert_close(tokens[:, 0], pooled, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(tokens[:, 1:].reshape(3, 8, 8, -1), grid, atol=1e-5, rtol=1e-5)
-    assert trunk.preprocess.size == 64
-
-
-def test_vit_takes_other_input_sizes_by_resizing_positions():
-    trunk = ClipViTTrunk.build(TINY_MODEL).eval()
-    native = vit_positions(trunk.visual, (8, 8), torch.float32)
-    assert torch.equal(native, trunk.visual.positional_embedding)
-    small = vit_positions(trunk.visual, (2, 4), torch.float32)
-    assert small.shape == (9, 64)
-    assert torch.equal(small[0], native[0])  # the class token's position is kept
-    # A constant positional grid stays constant when resized.
-    with torch.no_grad():
-        trunk.visual.positional_embedding[1:] = 0.25
-    torch.testing.assert_close(vit_positions(trunk.visual, (3, 5), torch.float32)[1:], torch.full((15, 64), 0.25))
-    maps = ViTMaps(trunk)
-    with torch.no_grad():
-        out = maps(torch.randn(2, 3, 16, 32))
-    assert maps.channels == 64 and out.shape == (2, 64, 2, 4)
 
 
 def test_unknown_or_unsuitable_backbones_are_refused():

@@ -231,7 +231,7 @@ def test_example_otam_sweep_is_valid(store):
     from fsar.training.loop import check_training_inputs
 
     for values in space.probe_values():  # every probe trains on a frame store
-        check_training_inputs(space.train_config(values, store=store, out="unused"))
+        check_training_inputs(space.train_config(values, source=store, out="unused"))
 
 
 def test_example_a2m2_sweep_is_valid():
@@ -253,7 +253,7 @@ def test_example_clip_fsar_sweep_is_valid(tmp_path):
     assert space.method == "clip_fsar" and 3.0 in space.space["text_loss_weight"].values
     store = make_signal_store(tmp_path / "store", text=True)
     for values in space.probe_values():  # every probe builds on a store with class text
-        check_training_inputs(space.train_config(values, store=store, out="unused"))
+        check_training_inputs(space.train_config(values, source=store, out="unused"))
 
 
 def test_results_tables(tmp_path):
@@ -302,3 +302,45 @@ def test_example_otam_sweep_on_the_demo_store(tmp_path, ray_local):
     assert result.complete and len(result.records) == 8
     assert any(r.status == "stopped" for r in result.records)
     assert result.best.best_val_accuracy > 50 and result.best.values["temporal_centre"] is True
+
+
+def test_an_end_to_end_sweep_whose_trial_is_a_two_worker_ray_train_run(synth, tmp_path, ray_local, mlflow_uri):
+    """``--manifest`` with ``--workers-per-trial 2``: the trial drives a 2-worker Ray Train run on the backbone
+    stage, its validations reach Tune (and the tracker) through TuneReportCallback, and the workers leave the
+    logging to the tracker: one metrics line per validation, one MLflow run per trial."""
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": "protonet", "trials": 1,
+        "fixed": {"steps": 4, "val_every": 2, "val_episodes": 10, "episodes_per_step": 2, "warmup_steps": 1,
+                  "way": 3, "query": 1, "frames": 4, "stage": {"tune": "last:1"}},
+        "space": {"stage.lr_scale": {"choice": [0.5]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]}}}))
+    out = tmp_path / "sweep"
+    assert cli(["tune", "--manifest", str(synth), "--space", str(space), "--out", str(out), "--workers-per-trial", "2",
+                "--cpus-per-trial", "0.5", "--mlflow-uri", mlflow_uri, "verbose=0"]) == 0
+    (trial,) = (out / "trials").iterdir()
+    config = yaml.safe_load((trial / "train_config.yaml").read_text())
+    assert config["workers"] == 2 and config["data"]["manifest"] == str(synth.resolve())
+    assert config["data"]["stage"] == config["data"]["stage"] | {"tune": "last:1", "lr_scale": 0.5}
+    assert config["data"]["decode"] == "threads"  # Ray Data decode tasks would find no CPU beside the workers
+    metrics = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4]
+    assert json.loads((trial / "status.json").read_text())["status"] == "finished"
+    assert (trial / "best.pt").is_file()
+    _, runs = mlflow_runs(mlflow_uri)
+    assert sorted(r.data.tags.get("fsar.kind") for r in runs) == ["sweep", "trial"]
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["workers"] == 2 and best["data"]["stage"]["lr_scale"] == 0.5
+
+
+def test_a_sweep_takes_one_source_and_whole_gpus_per_worker(store, synth, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipelines.ray_runtime.init_ray", lambda **kw: pytest.fail("Ray started"))
+    path = write_space(tmp_path / "space.yaml")
+    for bad, message in ((dict(store=store, manifest=synth), "exactly one of --store"),
+                         (dict(), "exactly one of --store"),
+                         (dict(store=store, workers_per_trial=2, gpus_per_trial=0.5), "takes a whole GPU"),
+                         (dict(store=store, workers_per_trial=-1), "workers_per_trial must be >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            run(SweepConfig(space=path, out=tmp_path / "sweep", **bad))
+    stage_knob = write_space(tmp_path / "stage.yaml", space={"stage.lr_scale": {"choice": [0.1, 1.0]}})
+    with pytest.raises(ConfigError, match="unknown parameter 'stage.lr_scale'"):  # a store sweep has no stage
+        run(SweepConfig(store=store, space=stage_knob, out=tmp_path / "sweep"))

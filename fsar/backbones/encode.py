@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fsar.backbones.open_clip_backbone import ClipBackbone
+from fsar.backbones.open_clip_backbone import BlockHook, ClipBackbone
 from fsar.data.transforms import pixels_from_squares
 
 
@@ -39,15 +39,17 @@ def clips_to_device(clips: Sequence[np.ndarray], device: torch.device) -> tuple[
 
 
 def frame_views(backbone: ClipBackbone, pixels: torch.Tensor, *, patch_grid: int = 0, keep_grid: bool = False,
-                autograd_from: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+                autograd_from: int = 0, before_block: BlockHook | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalised pixels ``(N, 3, S, S)`` → the views a store holds: the pooled frame embedding ``(N, D)`` and,
     with ``patch_grid`` G > 0, the patch grid average-pooled to ``(N, G, G, D)`` (with ``keep_grid``, the encoder's
     own grid ``(N, g_h, g_w, D)``, unpooled).
 
     ``fsar embed`` (through ``encode_clips``) and the trainable stage (``fsar.backbones.stage``) both call this,
-    so a method sees the same input cached or end to end. ``autograd_from``: ``ClipBackbone.encode``'s.
+    so a method sees the same input cached or end to end. ``autograd_from``, ``before_block``: ``ClipBackbone.encode``'s.
     """
-    pooled, grid = backbone.encode(pixels, patches=patch_grid > 0 or keep_grid, autograd_from=autograd_from)
+    pooled, grid = backbone.encode(pixels, patches=patch_grid > 0 or keep_grid, autograd_from=autograd_from,
+                                   before_block=before_block)
     if grid is None or keep_grid:
         return pooled, grid
     grid = F.adaptive_avg_pool2d(grid.float().permute(0, 3, 1, 2), patch_grid).permute(0, 2, 3, 1)  # fp32 means

@@ -8,6 +8,7 @@ inside this package so tests and the offline demo run without any download.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from fsar.data.transforms import FramePreprocess
 
 TINY_MODEL = "fsar-tiny"
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+# before_block(i, tokens (N, 1 + L, W)) → tokens of the same shape, at the input of transformer block i.
+BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 _registered = False
 
 
@@ -139,22 +143,23 @@ class ClipBackbone(nn.Module):
         visual = self.model.visual
         return isinstance(visual, VisionTransformer) and visual.attn_pool is None
 
-    def encode(self, pixels: torch.Tensor, *, patches: bool = False,
-               autograd_from: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(self, pixels: torch.Tensor, *, patches: bool = False, autograd_from: int = 0,
+               before_block: BlockHook | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pooled ``(N, D)`` embeddings and, if asked, the projected patch grid ``(N, g, g, D)``.
 
         ``autograd_from``: the first transformer block that runs with autograd; the patch embedding and the
         blocks before it run without (a frozen prefix keeps no activations for a backward pass). Only towers
-        that run in pieces (plain ViTs, ``blocks`` > 0) take a value above 0.
+        that run in pieces (plain ViTs, ``blocks`` > 0) take a value above 0, or a ``before_block`` hook
+        (``tokens_until``'s).
         """
         visual = self.model.visual
         if patches and (self.patch_grid is None or not hasattr(visual, "output_tokens")):
             raise BackboneUnavailableError(f"{self.name}: this vision tower exposes no patch tokens")
         if self._runs_in_pieces():
-            pooled, tokens = self._run_in_pieces(pixels, autograd_from)
-        elif autograd_from > 0:
+            pooled, tokens = self._run_in_pieces(pixels, autograd_from, before_block)
+        elif autograd_from > 0 or before_block is not None:
             raise BackboneUnavailableError(f"{self.name}: its vision tower runs only whole, so it cannot freeze "
-                                           "its first blocks; tune it fully, or freeze it")
+                                           "its first blocks or take adapters; tune it fully, or freeze it")
         elif not patches:
             return visual(pixels), None
         else:
@@ -170,15 +175,21 @@ class ClipBackbone(nn.Module):
         if proj is not None:
             tokens = tokens @ proj
         n, length, dim = tokens.shape
-        patch = self.image_size // self.patch_grid  # type: ignore[operator]
-        gh, gw = pixels.shape[-2] // patch, pixels.shape[-1] // patch
+        gh, gw = self.grid_of(pixels)
         if length != gh * gw:
             raise BackboneUnavailableError(f"{self.name}: {length} patch tokens do not form a {gh}x{gw} grid")
         return pooled, tokens.reshape(n, gh, gw, dim)
 
-    def _run_in_pieces(self, pixels: torch.Tensor, autograd_from: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """open_clip's ``VisionTransformer.forward`` (embedding, blocks, pooling, projection) one block at a time,
-        each piece with autograd only from block ``autograd_from`` on: pooled ``(N, D)``, tokens ``(N, L, W)``."""
+    def grid_of(self, pixels: torch.Tensor) -> tuple[int, int]:
+        """The patch grid ``(g_h, g_w)`` of pixels ``(..., H, W)``."""
+        patch = self.image_size // self.patch_grid  # type: ignore[operator]
+        return pixels.shape[-2] // patch, pixels.shape[-1] // patch
+
+    def tokens_until(self, pixels: torch.Tensor, stop: int, *, autograd_from: int = 0,
+                     before_block: BlockHook | None = None) -> torch.Tensor:
+        """Pixels ``(N, 3, H, W)`` → the tokens ``(N, 1 + g_h·g_w, W)`` (class token first, batch-first) at the input
+        of block ``stop`` (``blocks``: after the last), each piece with autograd only from block ``autograd_from``
+        on. ``before_block(i, tokens)``, if given, rewrites the tokens at the input of every block ``i <= stop``."""
         from torch.utils.checkpoint import checkpoint
 
         visual = self.model.visual
@@ -186,16 +197,38 @@ class ClipBackbone(nn.Module):
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and autograd_from <= 0):
             x = vit_tokens(visual, pixels)
-        if not transformer.batch_first:  # older open_clip: sequence-first blocks
-            x = x.transpose(0, 1)
-        for i, block in enumerate(transformer.resblocks):
+        for i, block in enumerate(transformer.resblocks[:stop]):
             with torch.set_grad_enabled(grad and i >= autograd_from):
+                if before_block is not None:
+                    x = before_block(i, x)
+                x = x if transformer.batch_first else x.transpose(0, 1)  # older open_clip: sequence-first blocks
                 if transformer.grad_checkpointing and torch.is_grad_enabled():
                     x = checkpoint(block, x, use_reentrant=False)
                 else:
                     x = block(x)
-        if not transformer.batch_first:
-            x = x.transpose(0, 1)
+                x = x if transformer.batch_first else x.transpose(0, 1)
+        if before_block is not None and stop < len(transformer.resblocks):
+            with torch.set_grad_enabled(grad and stop >= autograd_from):
+                x = before_block(stop, x)
+        return x
+
+    def finish_tokens(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Tokens ``(N, 1 + L, W)`` at the input of block ``start`` → every token after the remaining blocks, the final
+        norm and the projection: ``(N, 1 + L, D)`` (token 0 is the pooled embedding of a class-token ViT)."""
+        visual = self.model.visual
+        transformer = visual.transformer
+        x = tokens if transformer.batch_first else tokens.transpose(0, 1)
+        for block in transformer.resblocks[start:]:
+            x = block(x)
+        x = visual.ln_post(x if transformer.batch_first else x.transpose(0, 1))
+        return x @ visual.proj if visual.proj is not None else x
+
+    def _run_in_pieces(self, pixels: torch.Tensor, autograd_from: int,
+                       before_block: BlockHook | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """open_clip's ``VisionTransformer.forward`` (embedding, blocks, pooling, projection) one block at a time
+        (``tokens_until``): pooled ``(N, D)``, tokens ``(N, L, W)``."""
+        visual = self.model.visual
+        x = self.tokens_until(pixels, self.blocks, autograd_from=autograd_from, before_block=before_block)
         pooled, tokens = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj

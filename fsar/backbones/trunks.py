@@ -1,18 +1,9 @@
-"""Trainable frame encoders run in pieces: per-frame feature maps and the open_clip ViT block by block.
+"""torchvision ResNet-50 as per-frame feature maps, and loading local state-dict files.
 
 ``ResNetMaps``: torchvision ResNet-50 up to layer4 → ``(M, 2048, H/32, W/32)`` (the released DMGAL-FT
-backbone), weights from a local state-dict file or a seeded random init.
-
-``ClipViTTrunk``: an open_clip ``VisionTransformer`` taken apart — patch embedding, its blocks one at a
-time, final norm and projection — so adapters can act between blocks without editing open_clip. The
-positional embedding is resized to the input's patch grid, so any input size works (bicubic, as usual
-for ViTs; at the model's own size it is used unchanged).
-
-``ViTMaps``: the trunk's final patch tokens, normed and projected like the pooled embedding, as
-``(M, D, g, g)`` maps (the same space as the feature store's patch grids).
-
-Every encoder carries ``preprocess`` (a ``FramePreprocess``): the resize and normalisation its pixels
-must have been through.
+backbone), weights from a local state-dict file or a seeded random init; it carries ``preprocess`` (a
+``FramePreprocess``): the resize and normalisation its pixels must have been through. (open_clip ViTs run
+block by block in ``ClipBackbone.tokens_until`` and ``finish_tokens``.)
 """
 
 from __future__ import annotations
@@ -24,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from fsar.backbones import BackboneUnavailableError
-from fsar.backbones.open_clip_backbone import vit_tokens
 from fsar.backbones.weights import parse_weights
 from fsar.data.transforms import FramePreprocess
 
@@ -90,96 +80,16 @@ class ResNetMaps(nn.Module):
         return self.body(pixels)
 
 
-def _vision_tower(name: str, pretrained: str | None, init_seed: int) -> tuple[nn.Module, FramePreprocess]:
-    """open_clip's vision tower of ``name`` (text tower discarded) and its preprocessing."""
-    from open_clip.transformer import VisionTransformer
+def build_feature_maps(name: str, *, pretrained: str | None = None, init_seed: int = 0) -> ResNetMaps:
+    """``RESNET50`` as per-frame feature maps (open_clip models are built by ``build_backbone``).
 
-    from fsar.backbones import build_backbone
-
-    clip = build_backbone(name, pretrained=pretrained, init_seed=init_seed)
-    visual = clip.model.visual
-    if not isinstance(visual, VisionTransformer):
+    ``pretrained``: None/"none" = seeded random init, or a local torchvision state-dict file.
+    """
+    if name != RESNET50:
+        raise BackboneUnavailableError(f"unknown backbone {name!r} for feature maps: only {RESNET50!r} builds here; "
+                                       "open_clip models build with fsar.backbones.build_backbone")
+    if not no_weights(pretrained) and not Path(parse_weights(pretrained).value).is_file():
         raise BackboneUnavailableError(
-            f"{name}: DMGAL needs an open_clip ViT (its vision tower is a {type(visual).__name__}); "
-            f"choose a ViT model or {RESNET50!r}"
+            f"{RESNET50} loads weights from a local torchvision state-dict file only; {pretrained!r} is not a file"
         )
-    if visual.attn_pool is not None:
-        raise BackboneUnavailableError(f"{name}: vision towers with attentional pooling are not supported")
-    return visual, clip.preprocess
-
-
-class ClipViTTrunk(nn.Module):
-    """An open_clip ``VisionTransformer`` run in pieces.
-
-    ``embed``: pixels ``(M, 3, H, W)`` → tokens ``(M, 1 + g_h·g_w, width)`` (class token first);
-    ``block(i, tokens)``: the i-th transformer block; ``head``: final norm → ``(M, 1 + L, out_dim)``
-    tokens projected like the pooled embedding. Patch dropout is not applied (it would break the grid).
-    """
-
-    def __init__(self, visual: nn.Module, *, preprocess: FramePreprocess | None = None) -> None:
-        super().__init__()
-        self.visual = visual
-        self.preprocess = preprocess
-        self.width = int(visual.conv1.out_channels)
-        self.depth = len(visual.transformer.resblocks)
-        self.patch_size = tuple(int(p) for p in visual.patch_size)
-        self.native_grid = tuple(int(g) for g in visual.grid_size)
-        self.out_dim = int(visual.proj.shape[1]) if visual.proj is not None else self.width
-
-    @classmethod
-    def build(cls, name: str, *, pretrained: str | None = None, init_seed: int = 0) -> ClipViTTrunk:
-        visual, preprocess = _vision_tower(name, pretrained, init_seed)
-        return cls(visual, preprocess=preprocess)
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        """Patch grid ``(g_h, g_w)`` of an ``height × width`` input."""
-        return height // self.patch_size[0], width // self.patch_size[1]
-
-    def embed(self, pixels: Tensor) -> Tensor:
-        return vit_tokens(self.visual, pixels)
-
-    def block(self, index: int, tokens: Tensor) -> Tensor:
-        transformer = self.visual.transformer
-        if not transformer.batch_first:  # older open_clip: sequence-first blocks
-            return transformer.resblocks[index](tokens.transpose(0, 1)).transpose(0, 1)
-        return transformer.resblocks[index](tokens)
-
-    def head(self, tokens: Tensor) -> Tensor:
-        x = self.visual.ln_post(tokens)
-        return x @ self.visual.proj if self.visual.proj is not None else x
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        """All blocks: pixels ``(M, 3, H, W)`` → projected tokens ``(M, 1 + g_h·g_w, out_dim)``."""
-        x = self.embed(pixels)
-        for i in range(self.depth):
-            x = self.block(i, x)
-        return self.head(x)
-
-
-class ViTMaps(nn.Module):
-    """Projected final patch tokens of an open_clip ViT as maps: ``(M, 3, H, W)`` → ``(M, out_dim, g_h, g_w)``."""
-
-    def __init__(self, trunk: ClipViTTrunk) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.channels = trunk.out_dim
-        self.preprocess = trunk.preprocess
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        gh, gw = self.trunk.grid(*pixels.shape[-2:])
-        patches = self.trunk(pixels)[:, 1:]
-        return patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw)
-
-
-def build_feature_maps(name: str, *, pretrained: str | None = None, init_seed: int = 0) -> nn.Module:
-    """A per-frame feature-map encoder with ``channels`` and ``preprocess``: ``RESNET50`` or an open_clip ViT.
-
-    ``pretrained``: None/"none" = seeded random init; a local file; or (ViTs only) an open_clip tag.
-    """
-    if name == RESNET50:
-        if not no_weights(pretrained) and not Path(parse_weights(pretrained).value).is_file():
-            raise BackboneUnavailableError(
-                f"{RESNET50} loads weights from a local torchvision state-dict file only; {pretrained!r} is not a file"
-            )
-        return ResNetMaps(weights=pretrained, init_seed=init_seed)
-    return ViTMaps(ClipViTTrunk.build(name, pretrained=pretrained, init_seed=init_seed))
+    return ResNetMaps(weights=pretrained, init_seed=init_seed)

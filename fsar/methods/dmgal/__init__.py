@@ -4,8 +4,8 @@ Importing this package registers ``dmgal_ft`` and ``dmgal_adapter`` (end to end,
 ``dmgal`` (the head on cached patch grids, see ``head``).
 """
 
-from fsar.backbones.trunks import ClipViTTrunk, ResNetMaps, ViTMaps, build_feature_maps
-from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, SMGAAdapter
+from fsar.backbones.trunks import ResNetMaps, build_feature_maps
+from fsar.methods.dmgal.adapters import CMGAAdapter, SMGAAdapter
 from fsar.methods.dmgal.head import DMGALHead, DMGALHeadConfig
 from fsar.methods.dmgal.method import DMGALFT, DMGALAdapter, DMGALAdapterConfig, DMGALFTConfig
 from fsar.methods.dmgal.mixer import TimeChannelMixer
@@ -15,9 +15,7 @@ __all__ = [
     "CMGA",
     "DMGALFT",
     "SMGA",
-    "AdaptedViT",
     "CMGAAdapter",
-    "ClipViTTrunk",
     "CrossMotionAttention",
     "DMGALAdapter",
     "DMGALAdapterConfig",
@@ -29,6 +27,5 @@ __all__ = [
     "SMGAAdapter",
     "SelfMotionAttention",
     "TimeChannelMixer",
-    "ViTMaps",
     "build_feature_maps",
 ]

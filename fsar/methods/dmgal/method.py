@@ -11,11 +11,12 @@ the encoder's own grid::
     per task (head):            C-MGA(supports, queries) → spatial mean → frames (T, C)
                                 → Bi-MHM distance, class mean, logits = −distance / temperature
 
-``dmgal_adapter`` ([recon]; frozen open_clip ViT, see ``adapters``)::
+``dmgal_adapter`` ([recon]; a ``frozen`` open_clip ViT stage whose block adapters are S-MGA, see ``adapters``)::
 
-    per video:  ViT blocks with S-MGA adapters before the chosen early blocks, up to the last block's input
-    per task:   C-MGA adapter on the patch tokens → last block → final norm, projection, class token
-                (or patch mean) per frame → Bi-MHM as above
+    per video:  stage (tokens view): ViT blocks with S-MGA adapters before the chosen early blocks, up to the
+                last block's input
+    per task:   C-MGA adapter on the patch tokens → the stage's last block, final norm, projection
+                (``stage.finish``) → class token (or patch mean) per frame → Bi-MHM as above
 
 Neither side of the per-task step lets a query influence another query or any support, so logits are
 transduction-free. (In training mode BatchNorm uses batch statistics, as in the released code, which
@@ -26,30 +27,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
 from fsar.backbones import TINY_MODEL
-from fsar.backbones.stage import BackboneStage
-from fsar.backbones.trunks import RESNET50, ClipViTTrunk
+from fsar.backbones.stage import BackboneStage, StageTokens
+from fsar.backbones.trunks import RESNET50
 from fsar.config import ConfigError
 from fsar.data.sections import StageSettings
 from fsar.data.transforms import FramePreprocess
 from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
-from fsar.methods.dmgal.adapters import AdaptedViT, CMGAAdapter, default_adapter_blocks
+from fsar.methods.dmgal.adapters import CMGAAdapter, SMGAAdapter, default_adapter_blocks
 from fsar.methods.dmgal.head import DMGAL_CONFIGURATIONS, DMGALHead, DMGALHeadConfig, DMGALHeadEncoding
 from fsar.methods.end_to_end import EndToEnd
 from fsar.methods.parts import LogitScale, class_average
 from fsar.methods.registry import register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
-
-
-class TokensEncoding(NamedTuple):
-    """DMGAL-Adapter's encoding: the ViT's tokens at the last block's input."""
-
-    cls: Tensor  # (..., T, W) class tokens
-    patches: Tensor  # (..., T, g_h, g_w, W)
 
 
 @dataclass
@@ -164,48 +158,57 @@ class DMGALFT(EndToEnd):
 
 @register_method(
     "dmgal_adapter", config=DMGALAdapterConfig, input_kind="pixels",
-    description="DMGAL-Adapter: frozen CLIP ViT, S-MGA adapters early, C-MGA adapter last, Bi-MHM",
+    description="DMGAL-Adapter: frozen CLIP ViT stage with S-MGA adapters early, C-MGA adapter last, Bi-MHM",
 )
 class DMGALAdapter(FewShotMethod):
-    """DMGAL on a frozen open_clip ViT; only the adapters (and optionally LayerNorms) train."""
+    """DMGAL on a frozen open_clip ViT stage whose block adapters are the S-MGA adapters (``BackboneStage.put_adapters``,
+    tokens view); the C-MGA adapter acts per task before the stage's last block. Only the adapters train (and the
+    LayerNorms with ``train_layernorm``), at the method's learning rate (``lr_scale`` 1)."""
 
     def __init__(self, config: DMGALAdapterConfig, *, feature_dim: int = 0, text_dim: int | None = None) -> None:
         super().__init__()  # feature_dim is unused: the backbone fixes the feature size
         self.config = config
-        trunk = ClipViTTrunk.build(config.backbone, pretrained=config.pretrained, init_seed=config.init_seed)
-        blocks = default_adapter_blocks(trunk.depth) if config.adapter_blocks is None else config.adapter_blocks
-        if any(b >= trunk.depth for b in blocks):
+        settings = StageSettings(backbone=config.backbone, pretrained=config.pretrained, init_seed=config.init_seed,
+                                 tune="frozen", view="patches", patch_grid=0, lr_scale=1.0)
+        stage = BackboneStage(settings, view="tokens")
+        stage.drop_text()
+        depth, width = stage.encoder.blocks, stage.width
+        blocks = default_adapter_blocks(depth) if config.adapter_blocks is None else config.adapter_blocks
+        if any(b >= depth for b in blocks):
             raise ConfigError(
-                f"dmgal_adapter: adapter_blocks {blocks} out of range: {config.backbone} has blocks 0..{trunk.depth - 1}"
+                f"dmgal_adapter: adapter_blocks {blocks} out of range: {config.backbone} has blocks 0..{depth - 1}"
             )
-        bottleneck = config.bottleneck or max(1, trunk.width // 4)
+        bottleneck = config.bottleneck or max(1, width // 4)
         knobs = {"reduction": config.reduction, "dropout": config.dropout, "gate_init": config.gate_init}
-        self.vit = AdaptedViT(trunk, blocks=blocks, bottleneck=bottleneck, pe_scale=config.pe_scale,
-                              train_layernorm=config.train_layernorm, **knobs)
-        self.cross_adapter = CMGAAdapter(trunk.width, bottleneck, **knobs) if config.cmga_adapter else None
+        stage.put_adapters({b: SMGAAdapter(width, bottleneck, pe_scale=config.pe_scale, **knobs)
+                            for b in sorted(set(blocks))})
+        if config.train_layernorm:
+            stage.train_norms()
+        self.stage = stage
+        self.cross_adapter = CMGAAdapter(width, bottleneck, **knobs) if config.cmga_adapter else None
         self.scale = LogitScale(config.temperature, learn=config.learn_scale)
 
     @property
     def preprocess(self) -> FramePreprocess:
         """The pixel pipeline inputs must have been through (open_clip's size, mean and std)."""
-        return self.vit.trunk.preprocess
+        return self.stage.preprocess
 
-    def encode(self, videos: Tensor) -> TokensEncoding:
+    def encode(self, videos: Tensor) -> StageTokens:
         """Per video, up to the last block: pixels ``(..., T, 3, H, W)`` → class tokens ``(..., T, W)``, patches ``(..., T, g_h, g_w, W)``."""
-        return TokensEncoding(*self.vit.encode(videos))
+        return self.stage(videos)  # type: ignore[return-value]
 
-    def frame_embeddings(self, support: TokensEncoding, query: TokensEncoding) -> tuple[Tensor, Tensor]:
+    def frame_embeddings(self, support: StageTokens, query: StageTokens) -> tuple[Tensor, Tensor]:
         """C-MGA adapter, last block, pooling: encoded videos of each side → frames ``(B, N, T, D)``."""
-        (support_cls, support_patches), (query_cls, query_patches) = support, query
         if self.cross_adapter is not None:
-            support_patches, query_patches = self.cross_adapter(support_patches, query_patches)
-        return self._pool(self.vit.finish(support_cls, support_patches)), self._pool(self.vit.finish(query_cls, query_patches))
+            support_patches, query_patches = self.cross_adapter(support.patches, query.patches)
+            support, query = StageTokens(support.cls, support_patches), StageTokens(query.cls, query_patches)
+        return self._pool(self.stage.finish(support)), self._pool(self.stage.finish(query))
 
     def _pool(self, tokens: Tensor) -> Tensor:
         """Final tokens ``(..., T, 1 + L, D)`` → frame embeddings ``(..., T, D)``."""
         return tokens[..., 0, :] if self.config.pool == "cls" else tokens[..., 1:, :].mean(dim=-2)
 
-    def head(self, support: TokensEncoding, support_labels: Tensor, query: TokensEncoding, way: int, *,
+    def head(self, support: StageTokens, support_labels: Tensor, query: StageTokens, way: int, *,
              class_text: Tensor | None = None, supervision: Supervision | None = None) -> HeadOutput:
         support_frames, query_frames = self.frame_embeddings(support, query)
         return HeadOutput(bimhm_logits(support_frames, query_frames, support_labels, way, self.scale))
