@@ -19,7 +19,7 @@ import dataclasses
 import json
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ __all__ = ["TrainConfig", "TrainResult", "run", "main"]
 
 # Beside the config in the workers' loop config: the job whose per-node feature actors the workers read from.
 SHARED_FEATURES_KEY = "_shared_features_job"
+# ... and whether the run is a sweep's trial, which the sweep's driver-side tracker logs (pipelines.tune_trials).
+SWEEP_TRIAL_KEY = "_sweep_trial"
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,14 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
 
     config_dict = dict(config_dict)
     shared_job = config_dict.pop(SHARED_FEATURES_KEY, None)
+    sweep_trial = bool(config_dict.pop(SWEEP_TRIAL_KEY, False))
     config = from_dict(TrainConfig, config_dict)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     run = RunFolder.at(config.out)
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     state, start_step = resume_state(ray.train.get_checkpoint())
-    logger = _mlflow_run(config, run) if rank == 0 else None
+    logger = _mlflow_run(config, run) if rank == 0 and not sweep_trial else None
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if start_step:  # a restarted worker group (lost worker or resubmitted job): say where it resumed
@@ -168,11 +171,33 @@ def _follow_metrics(run: RunFolder, config: TrainConfig, stop: threading.Event) 
                 return
 
 
-def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
-    """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``)."""
+def ray_trainer(config: TrainConfig, run_folder: RunFolder, loop_config: dict[str, Any], *,
+                callbacks: Sequence[Any] = (), cpus_per_worker: float | None = None) -> Any:
+    """The ``TorchTrainer`` of a run: ``config.workers`` workers of ``cpus_per_worker`` CPUs (default
+    ``threads_per_worker``; a GPU each with ``use_gpu``) running ``_worker_entry`` on ``loop_config``, its state in
+    the run folder (so the same run resumes from its latest checkpoint); ``callbacks``: Ray Train callbacks (a
+    sweep's ``TuneReportCallback``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    return TorchTrainer(
+        _worker_entry,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker if cpus_per_worker is not None
+                                                           else config.threads_per_worker}),
+        run_config=RunConfig(
+            name=run_folder.ray_train_name, storage_path=str(run_folder.root),
+            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=3),
+            callbacks=list(callbacks) or None,
+        ),
+    )
+
+
+def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
+    """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``)."""
     from pipelines.ray_runtime import init_ray
 
     check_training_inputs(config)
@@ -197,18 +222,7 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     shared = config.workers > 0 and isinstance(config.data, StoreData)
     if shared:  # one copy of each split per node, shared by its workers (pipelines.node_features)
         loop_config[SHARED_FEATURES_KEY] = uuid.uuid4().hex[:12]
-    trainer = TorchTrainer(
-        _worker_entry,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu,
-                                     resources_per_worker={"CPU": config.threads_per_worker}),
-        run_config=RunConfig(
-            name=run_folder.ray_train_name, storage_path=str(out),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_accuracy",
-                                               checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=3),
-        ),
-    )
+    trainer = ray_trainer(config, run_folder, loop_config)
     stop = threading.Event()
     follower = threading.Thread(target=_follow_metrics, args=(run_folder, config, stop), daemon=True)
     follower.start()

@@ -1,10 +1,17 @@
 """Hyperparameter sweeps with Ray Tune over the episodic training function.
 
-``python -m pipelines.tune --store STORE --space FILE.yaml --out DIR [key=value ...]`` or ``fsar tune``.
-Each trial is one training run (``fsar.training.loop.train_worker``, in the trial's process; ``pipelines.tune_trials``) drawn from the
-search space (``fsar.search_space``), validated on the **val** split; ASHA stops trials whose validation
-accuracy falls behind at its rungs; as many trials run at once as the cluster's CPUs/GPUs hold at
-``cpus_per_trial``/``gpus_per_trial`` each (``max_concurrent`` caps it further).
+``python -m pipelines.tune --store STORE --space FILE.yaml --out DIR [key=value ...]`` or ``fsar tune``;
+``--manifest MANIFEST`` instead of ``--store`` sweeps end-to-end runs (the backbone stage trained with the
+method on decoded videos; the space may name ``stage.tune``, ``stage.lr_scale``, ...).
+Each trial is one training run drawn from the search space (``fsar.search_space``), validated on the **val**
+split; ASHA stops trials whose validation accuracy falls behind at its rungs. With ``workers_per_trial`` 0
+(the default) a trial trains in its own process (``fsar.training.loop.train_worker``; ``pipelines.tune_trials``)
+and as many trials run at once as the cluster's CPUs/GPUs hold at ``cpus_per_trial``/``gpus_per_trial`` each.
+With ``workers_per_trial`` N, a trial is the driver of an N-worker Ray Train run (Ray's current pattern: the
+trial starts a ``TorchTrainer`` whose reports reach Tune through ``TuneReportCallback``), each worker taking
+``cpus_per_trial``/``gpus_per_trial``; the trial itself reserves only a sliver of a CPU, since Train places its
+workers itself, so the sweep caps the trials at once to what the cluster holds of N workers each.
+``max_concurrent`` caps it further.
 
 Outputs in ``out``: ``trials/<trial_id>/`` (resolved ``train_config.yaml``, ``metrics.jsonl``,
 ``status.json``), ``trials.csv``, ``results.md``, ``results.png``, ``best_config.yaml`` (the best trial's
@@ -39,15 +46,17 @@ __all__ = ["SweepConfig", "SweepResult", "run", "main"]
 
 @dataclass
 class SweepConfig:
-    """``fsar tune``: a search space swept over a feature store with Ray Tune."""
+    """``fsar tune``: a search space swept with Ray Tune, over a feature store or end to end over a manifest."""
 
-    store: Location  # feature store folder or URI (from `fsar embed`)
     space: Path  # search space file: method, metric, trials, fixed settings, distributions (fsar.search_space)
     out: Location  # sweep folder or URI (Tune's storage_path too): trials/, trials.csv, results.md/.png, best_config.yaml, tune/, mlflow.db
+    store: Location | None = None  # feature store folder or URI (from `fsar embed`): cached-feature trials
+    manifest: Location | None = None  # or a manifest: end-to-end trials on the backbone stage (data.stage)
     trials: int | None = None  # trials to sample (default: the space file's `trials`)
     fixed: dict[str, Any] = field(default_factory=dict)  # added to / replacing the space file's fixed settings (e.g. steps for a smoke test)
     cpus_per_trial: float = 1.0  # CPUs reserved per trial; with the cluster's CPUs this bounds concurrency
     gpus_per_trial: float = 0.0  # GPUs reserved per trial (fractions share one); > 0 trains on the GPU
+    workers_per_trial: int = 0  # 0: a trial trains in its own process; N: each trial is an N-worker Ray Train run (cpus/gpus_per_trial per worker)
     max_concurrent: int = 0  # at most this many trials at once (0: as many as the cluster's resources hold)
     grace_period: int | None = None  # ASHA: steps before a trial can be stopped (default: its first validation)
     reduction_factor: float = 2.0  # ASHA: at each rung, trials below the top 1/reduction_factor stop
@@ -69,15 +78,31 @@ class SweepResult:
     mlflow_run_id: str  # the sweep's parent MLflow run
 
 
+def _source(config: SweepConfig) -> tuple[str, Location]:
+    """What the trials read: ("store", the store) or ("manifest", the manifest); exactly one must be given."""
+    if (config.store is None) == (config.manifest is None):
+        raise ConfigError("give a sweep exactly one of --store (cached-feature trials) and --manifest "
+                          "(end-to-end trials on the backbone stage)")
+    if config.workers_per_trial < 0:
+        raise ConfigError(f"workers_per_trial must be >= 0 (0: in the trial's process), got {config.workers_per_trial}")
+    if config.workers_per_trial and config.gpus_per_trial not in (0, 1):
+        raise ConfigError(f"gpus_per_trial={config.gpus_per_trial:g} with workers_per_trial: each Ray Train worker "
+                          "takes a whole GPU (1) or none (0)")
+    return ("store", config.store) if config.store is not None else ("manifest", config.manifest)  # type: ignore[return-value]
+
+
 def _trial_settings(config: SweepConfig, space: SearchSpace) -> dict[str, Any]:
     """The TrainConfig fields a sweep sets for every trial (not drawn, not in the space file)."""
-    settings: dict[str, Any] = {"workers": 0, "use_gpu": config.gpus_per_trial > 0}
+    settings: dict[str, Any] = {"workers": config.workers_per_trial, "use_gpu": config.gpus_per_trial > 0}
     if "threads_per_worker" not in space.fixed and "threads_per_worker" not in space.space:
         settings["threads_per_worker"] = max(1, int(config.cpus_per_trial))  # torch uses the CPUs reserved
+    if space.data == "manifest" and config.workers_per_trial and "decode" not in {*space.fixed, *space.space}:
+        # Ray Data decode tasks would need CPUs beyond the trials' reservations: workers decode their own episodes.
+        settings["decode"] = "threads"
     return settings
 
 
-def _check_up_front(config: SweepConfig, space: SearchSpace, store: Location, out: Location,
+def _check_up_front(config: SweepConfig, space: SearchSpace, source: Location, out: Location,
                     settings: dict[str, Any]) -> tuple[int, int]:
     """Everything a sweep can get wrong without a cluster: sweep settings, and every probe of the space
     trained against the store (store, method and knobs, view, possible episodes). Returns (max_t, grace)."""
@@ -91,7 +116,7 @@ def _check_up_front(config: SweepConfig, space: SearchSpace, store: Location, ou
         raise ConfigError(f"reduction_factor must be > 1 (ASHA keeps the top 1/reduction_factor), got {config.reduction_factor}")
     if config.max_concurrent < 0 or config.max_failures < 0:
         raise ConfigError("max_concurrent and max_failures must be >= 0")
-    configs = [trial_config(space, values, store=store, out=out, trial_id="check", settings=settings)
+    configs = [trial_config(space, values, source=source, out=out, trial_id="check", settings=settings)
                for values in [{}, *space.probe_values()]]
     for trial in configs:
         check_training_inputs(trial)
@@ -115,18 +140,31 @@ def _check_same_sweep(out: Location, described: dict[str, Any]) -> None:
         storage.write_text(saved, yaml.safe_dump(described, sort_keys=False))
 
 
-def _check_resources(config: SweepConfig, address: str | None) -> None:
+# What the driver of an N-worker trial reserves: it only waits on its Ray Train run, whose workers Train places.
+DRIVER_CPU = 0.1
+
+
+def _check_resources(config: SweepConfig, address: str | None) -> int:
+    """Refuse (locally) or warn (on a cluster) when one trial cannot fit; returns how many N-worker trials the
+    cluster holds at once, Tune's concurrency cap for them (0 for in-process trials: Tune counts those itself)."""
     import ray
 
     total = ray.cluster_resources()
-    for kind, need in (("CPU", config.cpus_per_trial), ("GPU", config.gpus_per_trial)):
+    workers = config.workers_per_trial
+    held: list[int] = []
+    for kind, per in (("CPU", config.cpus_per_trial), ("GPU", config.gpus_per_trial)):
         have = float(total.get(kind, 0.0))
+        need = max(1, workers) * per + (DRIVER_CPU if kind == "CPU" and workers else 0.0)
         if need > have:
-            message = (f"a trial needs {need:g} {kind} ({kind.lower()}s_per_trial) but the Ray cluster has "
-                       f"{have:g}; lower {kind.lower()}s_per_trial")
+            what = f"{workers} workers x {per:g} {kind}" if workers else f"{need:g} {kind}"
+            message = (f"a trial needs {what} ({kind.lower()}s_per_trial) but the Ray cluster has {have:g}; "
+                       f"lower {kind.lower()}s_per_trial")
             if address is None and not os.environ.get("RAY_ADDRESS"):
                 raise ConfigError(message)
             print(f"warning: {message} (or let the autoscaler add nodes)", file=sys.stderr)
+        if need > 0:
+            held.append(int(have // need))
+    return max(1, min(held)) if workers and held else 0
 
 
 def _parent_run(config: SweepConfig, space: SearchSpace, out: Location, uri: str) -> RunLogger:
@@ -151,20 +189,29 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from pipelines.ray_runtime import init_ray
-    from pipelines.tune_trials import ResumableASHA, SweepTracker, make_trainable, trial_dirname, tune_domains
+    from pipelines.tune_trials import (
+        ResumableASHA,
+        SweepTracker,
+        make_distributed_trainable,
+        make_trainable,
+        trial_dirname,
+        tune_domains,
+    )
 
-    space = load_search_space(config.space, trials=config.trials, fixed=config.fixed)
+    kind, where = _source(config)
+    space = load_search_space(config.space, trials=config.trials, fixed=config.fixed, data=kind)
     out = storage.absolute(config.out)
-    store = storage.absolute(config.store)
+    source = storage.absolute(where)
     settings = _trial_settings(config, space)
-    max_t, grace = _check_up_front(config, space, store, out, settings)
+    max_t, grace = _check_up_front(config, space, source, out, settings)
     uri = tracking_uri(out, config.mlflow_uri)  # a sweep folder on object storage needs one: say so now
     storage.make_dirs(out)
-    _check_same_sweep(out, {"store": str(store), "space": space.to_dict()})
+    _check_same_sweep(out, {kind: str(source), "space": space.to_dict()})
     dump_yaml(config, storage.join(out, "sweep_config.yaml"))
 
     init_ray(address=address)
-    _check_resources(config, address)
+    held = _check_resources(config, address)
+    max_concurrent = min(c for c in (config.max_concurrent, held) if c) if config.max_concurrent or held else 0
     # Every trial checkpoint forces a state snapshot (num_to_keep=1): what makes a resume exact. Tune
     # warns when that happens often, which short validation intervals always do.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -172,12 +219,19 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     # What each trial's train_config.yaml records: how it ran and where it is logged.
     trial_settings = settings | {"mlflow_uri": uri, "experiment": config.experiment,
                                  "mlflow_parent_run_id": parent.run_id}
-    tracker = SweepTracker(space=space, store=store, out=out, settings=trial_settings, uri=uri,
+    tracker = SweepTracker(space=space, source=source, out=out, settings=trial_settings, uri=uri,
                            experiment=config.experiment, parent_run_id=parent.run_id)
     shared_job = uuid.uuid4().hex[:12]  # this sweep's per-node feature actors (pipelines.node_features)
-    trainable = tune.with_resources(make_trainable(space, store=store, out=out, settings=trial_settings,
-                                                   shared_job=shared_job),
-                                    {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    if config.workers_per_trial:
+        trainable = tune.with_resources(
+            make_distributed_trainable(space, source=source, out=out, settings=trial_settings,
+                                       cpus_per_worker=config.cpus_per_trial,
+                                       shared_job=shared_job if kind == "store" else None),
+            {"cpu": DRIVER_CPU})
+    else:
+        trainable = tune.with_resources(make_trainable(space, source=source, out=out, settings=trial_settings,
+                                                       shared_job=shared_job),
+                                        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     experiment = storage.join(out, "tune")
     status = "FAILED"
     try:
@@ -194,7 +248,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                     scheduler=ResumableASHA(state_file=storage.join(out, "asha.json"), time_attr="step", max_t=max_t,
                                             grace_period=grace, reduction_factor=config.reduction_factor),
                     search_alg=BasicVariantGenerator(random_state=space.search_seed,
-                                                     max_concurrent=config.max_concurrent),
+                                                     max_concurrent=max_concurrent),
                     trial_dirname_creator=trial_dirname,
                     reuse_actors=True,  # a trial's process outlives it: the next skips torch/Ray start-up
                 ),
@@ -213,7 +267,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
         trials = sorted((storage.name(r.path), dict(r.config or {})) for r in grid)
         records = [tracker.record(trial_id, values) for trial_id, values in trials]
         complete = len(records) >= space.trials and all(r.status != "incomplete" for r in records)
-        best_config = _write_results(records, space, out, store=store, settings=settings, complete=complete,
+        best_config = _write_results(records, space, out, source=source, settings=settings, complete=complete,
                                      parent=parent)
         status = "FINISHED" if complete else "KILLED"
     finally:
@@ -221,7 +275,7 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     return SweepResult(out, ranked(records), best_trial(records), best_config, complete, parent.run_id)
 
 
-def _write_results(records: list[TrialRecord], space: SearchSpace, out: Location, *, store: Location,
+def _write_results(records: list[TrialRecord], space: SearchSpace, out: Location, *, source: Location,
                    settings: dict[str, Any], complete: bool, parent: RunLogger) -> Location | None:
     """trials.csv, results.md, results.png; once every trial is done, best_config.yaml (the best trial's
     TrainConfig, on the trials' hardware, logged to its own default store); all logged to the parent run."""
@@ -229,12 +283,12 @@ def _write_results(records: list[TrialRecord], space: SearchSpace, out: Location
 
     files = [write_trials_csv(records, space, storage.join(out, "trials.csv")),
              write_results_md(records, space, storage.join(out, "results.md"))]
-    way = space.train_config({}, store=store, out=out).way
+    way = space.train_config({}, source=source, out=out).way
     files.append(plot_sweep(records, space, storage.join(out, "results.png"), chance=100.0 / way))
     best = best_trial(records)
     best_config = None
     if complete and best is not None:
-        config = space.train_config(best.values, store=store, out=storage.join(out, "best"), **settings)
+        config = space.train_config(best.values, source=source, out=storage.join(out, "best"), **settings)
         best_config = storage.join(out, "best_config.yaml")
         dump_yaml(config, best_config)
         files.append(best_config)
@@ -247,7 +301,10 @@ def _write_results(records: list[TrialRecord], space: SearchSpace, out: Location
 
 
 def _arguments(p: Any) -> None:
-    p.add_argument("--store", type=as_location)
+    p.add_argument("--store", type=as_location, help="feature store: cached-feature trials")
+    p.add_argument("--manifest", type=as_location, help="or a manifest: end-to-end trials on the backbone stage")
+    p.add_argument("--workers-per-trial", dest="workers_per_trial", type=int,
+                   help="0: each trial in its own process; N: each trial an N-worker Ray Train run")
     p.add_argument("--space", type=Path, help="search space YAML: method, metric, trials, fixed, space")
     p.add_argument("--out", type=as_location, help="sweep folder; rerunning on it resumes an interrupted sweep")
     p.add_argument("--trials", type=int, help="trials to sample (default: the space file's)")
@@ -259,8 +316,8 @@ def _arguments(p: Any) -> None:
 
 def _run(args: Any) -> int:
     config = resolve(SweepConfig, file=args.config, overrides=args.overrides,
-                     flags=flags(args, "store", "space", "out", "trials", "cpus_per_trial", "gpus_per_trial",
-                                 "mlflow_uri"))
+                     flags=flags(args, "store", "manifest", "space", "out", "trials", "cpus_per_trial",
+                                 "gpus_per_trial", "workers_per_trial", "mlflow_uri"))
     result = run(config, address=args.address)
     print(storage.read_text(storage.join(result.out, "results.md")))
     if not result.complete:

@@ -1,5 +1,6 @@
-"""The Ray Tune side of a sweep: the trainable (one in-process training run per trial), ASHA with rungs that
-survive a resume, and the driver-side tracker of every trial's folder and MLflow child run.
+"""The Ray Tune side of a sweep: the trainables (one in-process training run per trial, or a trial that drives an
+N-worker Ray Train run), ASHA with rungs that survive a resume, and the driver-side tracker of every trial's
+folder and MLflow child run.
 
 Imported by ``pipelines.tune.run`` when a sweep starts (it imports Ray Tune; the sweep's configuration and
 command line do not).
@@ -32,12 +33,12 @@ def trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def trial_config(space: SearchSpace, values: dict[str, Any], *, store: Location, out: Location, trial_id: str,
-                  settings: dict[str, Any]) -> Any:
-    return space.train_config(values, store=store, out=storage.join(out, "trials", trial_id), **settings)
+def trial_config(space: SearchSpace, values: dict[str, Any], *, source: Location, out: Location, trial_id: str,
+                 settings: dict[str, Any]) -> Any:
+    return space.train_config(values, source=source, out=storage.join(out, "trials", trial_id), **settings)
 
 
-def make_trainable(space: SearchSpace, *, store: Location, out: Location, settings: dict[str, Any],
+def make_trainable(space: SearchSpace, *, source: Location, out: Location, settings: dict[str, Any],
                    shared_job: str | None = None) -> Callable[[dict], None]:
     """The Tune function trainable: one in-process training run per trial, every validation reported to
     Tune with a checkpoint (latest weights and optimiser state) so a stopped sweep resumes mid-trial.
@@ -52,7 +53,7 @@ def make_trainable(space: SearchSpace, *, store: Location, out: Location, settin
         from pipelines.ray_checkpoints import report_with_checkpoint, resume_state
 
         trial_id = tune.get_context().get_trial_id()
-        config = trial_config(space, values, store=store, out=out, trial_id=trial_id, settings=settings)
+        config = trial_config(space, values, source=source, out=out, trial_id=trial_id, settings=settings)
         state, start_step = resume_state(tune.get_checkpoint())
         if state is not None and start_step >= config.steps:
             # Finished after the sweep state was last saved (a hard kill): report, do not retrain.
@@ -74,6 +75,30 @@ def make_trainable(space: SearchSpace, *, store: Location, out: Location, settin
                      split_loader=node_split_loader(shared_job))
 
     return fsar_trial
+
+
+def make_distributed_trainable(space: SearchSpace, *, source: Location, out: Location, settings: dict[str, Any],
+                               cpus_per_worker: float, shared_job: str | None = None) -> Callable[[dict], None]:
+    """The Tune function trainable of N-worker trials: the trial drives a ``TorchTrainer`` (``settings['workers']``
+    workers, placed by Ray Train) whose rank-0 reports reach Tune through ``TuneReportCallback``, so ASHA stops it
+    like any trial. Its Ray Train state lives in the trial folder: a retried or resumed trial continues from
+    its latest checkpoint. The workers leave the trial's metrics and MLflow run to the ``SweepTracker``."""
+
+    def fsar_distributed_trial(values: dict[str, Any]) -> None:
+        from ray import tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from pipelines.train import SHARED_FEATURES_KEY, SWEEP_TRIAL_KEY, ray_trainer
+
+        trial_id = tune.get_context().get_trial_id()
+        config = trial_config(space, values, source=source, out=out, trial_id=trial_id, settings=settings)
+        loop_config = to_dict(config) | {SWEEP_TRIAL_KEY: True}
+        if shared_job is not None:
+            loop_config[SHARED_FEATURES_KEY] = shared_job
+        ray_trainer(config, RunFolder(config.out), loop_config, callbacks=[TuneReportCallback()],
+                    cpus_per_worker=cpus_per_worker).fit()
+
+    return fsar_distributed_trial
 
 
 def tune_domains(space: SearchSpace) -> dict[str, Any]:
@@ -139,9 +164,9 @@ class SweepTracker(Callback):
     resume, so this keeps plain data only (clients are reopened on demand).
     """
 
-    def __init__(self, *, space: SearchSpace, store: Location, out: Location, settings: dict[str, Any], uri: str,
+    def __init__(self, *, space: SearchSpace, source: Location, out: Location, settings: dict[str, Any], uri: str,
                  experiment: str, parent_run_id: str) -> None:
-        self.space, self.store, self.out, self.settings = space, store, out, settings
+        self.space, self.source, self.out, self.settings = space, source, out, settings
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self._loggers: dict[str, RunLogger] = {}
         self._last_step: dict[str, int] = {}
@@ -153,8 +178,8 @@ class SweepTracker(Callback):
         return RunFolder(storage.join(self.out, "trials", trial_id))
 
     def config(self, trial_id: str, values: dict[str, Any]) -> Any:
-        return trial_config(self.space, values, store=self.store, out=self.out, trial_id=trial_id,
-                             settings=self.settings)
+        return trial_config(self.space, values, source=self.source, out=self.out, trial_id=trial_id,
+                            settings=self.settings)
 
     def logger(self, trial_id: str, values: dict[str, Any]) -> RunLogger:
         """The trial's child run: created at its first start, reattached when it resumes."""

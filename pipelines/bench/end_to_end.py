@@ -34,7 +34,8 @@ from pipelines.command import Command, run_alone
 
 OTAM = {"proj_dim": 256, "temporal_centre": True}
 A2M2 = {"configuration": "fsar", "fusion": 0.0}
-# row → (method, knobs, tune: "cached" on the store, else the stage's tune; None for a pixels method, extra).
+# row → (method, knobs, tune: "cached" on the store, else the stage's tune; None for a pixels method, extra:
+# init_from (a row), untrained, against (the row its Δ is to; default REFERENCES)).
 DEFAULT_ROWS: dict[str, dict[str, Any]] = {
     "otam cached": {"method": "otam", "knobs": OTAM, "tune": "cached"},
     "otam full": {"method": "otam", "knobs": OTAM, "tune": "full"},
@@ -50,12 +51,17 @@ DEFAULT_ROWS: dict[str, dict[str, Any]] = {
     "dmgal_ft": {"method": "dmgal_ft", "knobs": {}, "tune": None},
     "dmgal_adapter untrained": {"method": "dmgal_adapter", "knobs": {}, "tune": None, "untrained": True},
     "dmgal_adapter": {"method": "dmgal_adapter", "knobs": {}, "tune": None},
+    # A random-init ViT's class token hardly depends on the input: the same head on the mean of the patch tokens.
+    "dmgal_adapter pool=mean untrained": {"method": "dmgal_adapter", "knobs": {"pool": "mean"}, "tune": None,
+                                          "untrained": True},
+    "dmgal_adapter pool=mean": {"method": "dmgal_adapter", "knobs": {"pool": "mean"}, "tune": None},
 }
 # The paired comparisons the table prints: row → the row it is compared with.
 REFERENCES = {
     "otam full": "otam cached", "otam last:1": "otam cached", "otam lora:4": "otam cached",
     "a2m2 full": "a2m2 cached", "a2m2 last:1": "a2m2 cached", "a2m2 lora:4": "a2m2 cached",
     "a2m2 last:1 warm": "a2m2 last:1", "dmgal_ft": "dmgal_ft untrained", "dmgal_adapter": "dmgal_adapter untrained",
+    "dmgal_adapter pool=mean": "dmgal_adapter pool=mean untrained",
 }
 
 
@@ -84,13 +90,18 @@ class EndToEndBenchConfig:
     seed: int = 0  # data, training and episode seed
 
 
+def row_folder(name: str) -> str:
+    """A row's folder name: no spaces, colons or equals signs."""
+    return name.replace(" ", "-").replace(":", "").replace("=", "-")
+
+
 def train_config(config: EndToEndBenchConfig, name: str, manifest: Path, store: Path) -> Any:
     """The ``TrainConfig`` of one row."""
     from fsar.data.sections import ManifestData, StageSettings, StoreData
     from fsar.training.config import TrainConfig
 
     row = config.rows[name]
-    out = Path(config.out) / "runs" / name.replace(" ", "-").replace(":", "")
+    out = Path(config.out) / "runs" / row_folder(name)
     knobs = dict(row["knobs"])
     if row["method"] == "dmgal_ft":
         knobs.setdefault("num_frames", config.frames)
@@ -152,7 +163,7 @@ def run(config: EndToEndBenchConfig, *, progress: bool = True) -> dict[str, Any]
     rows: dict[str, dict[str, Any]] = {}
     for name in config.rows:  # in order: a warm start follows the cached run it starts from
         train = train_config(config, name, manifest, store)
-        config_file = out / "configs" / f"{name.replace(' ', '-').replace(':', '')}.yaml"
+        config_file = out / "configs" / f"{row_folder(name)}.yaml"
         config_file.parent.mkdir(exist_ok=True)
         dump_yaml(train, config_file)
         print(f"== train {name}", flush=True)
@@ -203,7 +214,8 @@ def format_table(summary: dict[str, Any], config: EndToEndBenchConfig) -> str:
     lines = [head, "|---|" + "---:|---:|" * len(shots) + "---|---:|---:|"]
     for name, row in summary["rows"].items():
         cells = []
-        reference = REFERENCES.get(name) if REFERENCES.get(name) in summary["rows"] else None
+        wanted = config.rows.get(name, {}).get("against", REFERENCES.get(name))
+        reference = wanted if wanted in summary["rows"] else None
         for shot in shots:
             acc = np.asarray(summary["accuracies"][name][shot])
             mean, ci = accuracy_ci(acc)
