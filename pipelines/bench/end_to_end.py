@@ -184,11 +184,13 @@ def run(config: EndToEndBenchConfig, *, progress: bool = True) -> dict[str, Any]
     (out / "eval" / "store").mkdir(parents=True, exist_ok=True)
     for episode_file in (out / "eval" / "manifest").glob("episodes-*"):
         shutil.copy(episode_file, out / "eval" / "store" / episode_file.name)
-    records += evaluate(EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval" / "store",
-                                   runs=[r["run"] for r in rows.values() if r["cached"]], **common), progress=progress)
+    cached = [r["run"] for r in rows.values() if r["cached"]]
+    if cached:
+        records += evaluate(EvalConfig(data=StoreData(store=store, view=config.view), out=out / "eval" / "store",
+                                       runs=cached, **common), progress=progress)
     run_of = {r.method: Path(str(r.run)).name for r in records}  # results label → run folder name
     per_episode = {}
-    for folder in ("manifest", "store"):
+    for folder in ("manifest", "store") if cached else ("manifest",):
         for (label, shot), accuracies in read_per_episode(out / "eval" / folder / PER_EPISODE_FILE).items():
             per_episode[(run_of[label], shot)] = accuracies
     summary = {"rows": rows, "accuracies": {}}
