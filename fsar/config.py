@@ -67,7 +67,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = args if len(args) == 2 else (Any, Any)
+        if value_type is Any and key_type is not int:
+            return dict(value)
+        return {_coerce(k, key_type, f"{where} key") if key_type is int else k: _coerce(v, value_type, f"{where}.{k}")
+                for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -196,9 +200,11 @@ def resolve(
     file: str | Path | None = None,
     flags: dict[str, Any] | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> T:
-    """Build ``cls`` from (lowest to highest priority) defaults, a YAML file, CLI flags, overrides."""
-    data: dict[str, Any] = {}
+    """Build ``cls`` from (lowest to highest priority) defaults, ``base`` (a recipe), a YAML file, CLI flags,
+    overrides."""
+    data: dict[str, Any] = dict(base or {})
     if file is not None:
         data = merge(data, load_yaml(file))
     if flags:

@@ -142,6 +142,33 @@ def _run_methods(args: Any) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- recipes
+def _recipes_arguments(p: Any) -> None:
+    p.add_argument("names", nargs="?", default="", help="only recipes whose name contains this (e.g. trx/ or ucf_arn)")
+    p.add_argument("--show", action="store_true", help="print each matching recipe's facts and TrainConfig mapping")
+
+
+def _run_recipes(args: Any) -> int:
+    import yaml
+
+    from fsar.recipes import all_recipes, recipes_table
+
+    chosen = [r for r in all_recipes() if args.names in r.name]
+    if not chosen:
+        raise ConfigError(f"no recipe name contains {args.names!r}; `fsar recipes` lists them all")
+    if not args.show:
+        print(recipes_table(chosen))
+        return 0
+    for recipe in chosen:
+        family = recipe.family
+        print(f"# {recipe.label}: {family.title}\n# source: {family.source}")
+        print(f"# target ({recipe.shot}-shot): {recipe.target.accuracy} ({recipe.target.source})")
+        facts = {k: v for k, v in vars(family.facts).items() if k != "sizing"} | {"sizing": vars(family.facts.sizing)}
+        print(yaml.safe_dump({"facts": facts, "reconstructed": family.reconstructed, "differs": family.differs,
+                              "embed": recipe.embed_mapping(), "train": recipe.train_mapping()}, sort_keys=False))
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("synth", "write the synthetic motion dataset (mp4 + manifest)", _synth_arguments, _run_synth),
     Command("manifest", "build a manifest (Parquet) from a folder tree or standard split lists", _manifest_arguments,
@@ -155,6 +182,8 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     compare.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
+    Command("recipes", "list the shipped training recipes (fsar train --recipe NAME)", _recipes_arguments, _run_recipes,
+            takes_config=False),
 )
 
 

@@ -145,7 +145,8 @@ def _mlflow_run(config: TrainConfig, run: RunFolder) -> RunLogger:
     if run_id is not None:  # a restarted worker group continues the same MLflow run
         return RunLogger(uri=uri, experiment=config.experiment, run_id=run_id)
     logger = RunLogger(uri=uri, experiment=config.experiment, run_name=f"{config.method}-{run.name}",
-                       params=to_dict(config), tags={"fsar.method": config.method, "fsar.kind": "train"},
+                       params=to_dict(config), tags={"fsar.method": config.method, "fsar.kind": "train"}
+                       | ({"fsar.recipe": config.recipe} if config.recipe else {}),
                        parent_run_id=config.mlflow_parent_run_id)
     run.write_mlflow_run_id(logger.run_id)
     return logger
@@ -256,6 +257,7 @@ def _result(run: RunFolder, config: TrainConfig) -> TrainResult:
 def _arguments(p: Any) -> None:
     p.add_argument("--store", type=as_location, help="feature store: cached-feature methods (data.store)")
     p.add_argument("--manifest", type=as_location, help="end-to-end (pixels) methods: train on these videos (data.manifest)")
+    p.add_argument("--recipe", help="start from a shipped recipe, FAMILY[-fast]/BENCHMARK/Kshot (`fsar recipes`)")
     p.add_argument("--method")
     p.add_argument("--out", type=as_location)
     p.add_argument("--way", type=int)
@@ -268,7 +270,12 @@ def _arguments(p: Any) -> None:
 
 
 def _run(args: Any) -> int:
-    config = resolve(TrainConfig, file=args.config, overrides=args.overrides,
+    base = None
+    if args.recipe:
+        from fsar.recipes import get_recipe
+
+        base = get_recipe(args.recipe).train_mapping()
+    config = resolve(TrainConfig, file=args.config, overrides=args.overrides, base=base,
                      flags=flags(args, "method", "out", "way", "shot", "steps", "workers", "lr", "mlflow_uri")
                      | data_flags(args, "store", "manifest"))
     result = run(config, address=args.address)

@@ -57,6 +57,7 @@ class TrainConfig:
     init_from: Location | None = None  # warm start: a trained run (folder or .pt) of the same method, e.g. a cached run before an end-to-end one
     experiment: str = "fsar"  # MLflow experiment name
     mlflow_parent_run_id: str | None = None  # set by a sweep: the run is logged as this run's child
+    recipe: str | None = None  # the recipe it started from, NAME@VERSION (set by --recipe; fsar.recipes)
 
     def __post_init__(self) -> None:
         if self.val_split == "test":
