@@ -17,7 +17,7 @@ from typing import Any
 
 from fsar.config import ConfigError, resolve
 from fsar.storage import as_location
-from pipelines import compare, demo, embed, evaluate, train, tune
+from pipelines import compare, demo, embed, evaluate, reproduce, train, tune
 from pipelines.command import Command, dispatch, flags
 
 
@@ -181,6 +181,7 @@ COMMANDS: tuple[Command, ...] = (
     tune.COMMAND,
     demo.COMMAND,
     compare.COMMAND,
+    reproduce.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
     Command("recipes", "list the shipped training recipes (fsar train --recipe NAME)", _recipes_arguments, _run_recipes,
             takes_config=False),
