@@ -6,27 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from fsar.config import ConfigError
+from fsar.data.split_lists import write_split_lists
 from pipelines.cli import main as cli
 from pipelines.reproduce import ReproduceConfig, run
 
 
-def benchmark_lists(manifest: Path, root: Path) -> Path:
-    """Split lists in the shipped ucf_ARN layout naming the synthetic videos, as `class/video` lines."""
-    folder = root / "ucf_ARN"
-    folder.mkdir(parents=True)
-    rows = pq.read_table(manifest).to_pylist()
-    for split in ("train", "val", "test"):
-        lines = [f"{Path(r['path']).parent.name}/{Path(r['path']).stem}" for r in rows if r["split"] == split]
-        (folder / f"{split}list03.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_reproduce_a_table_then_resume_with_nothing_recomputed(synth, tmp_path, capsys):
-    splits = benchmark_lists(synth, tmp_path / "splits")
+    splits = write_split_lists(synth, tmp_path / "splits", "ucf_arn")
     out = tmp_path / "repro"
     args = ["reproduce", "--recipe-set", "ucf_arn", "--data", str(synth.parent / "videos"), "--out", str(out),
             "--splits", str(splits), "smoke=true", "families=[otam, a2m2-fsar]", "shots=[1]", "episodes=40",

@@ -192,3 +192,17 @@ def test_split_lists_columns_match_rows_by_hand(tmp_path: Path):
         table, report = sl.from_split_lists(SPLITS_DIR, "ucf_arn", tmp_path, progress=progress)
         assert table.equals(mf.manifest_table(rows))
         assert report.found == len(rows)
+
+
+def test_written_lists_name_a_manifests_videos_and_read_back_to_the_same_manifest(tmp_path: Path, synth):
+    import pyarrow.parquet as pq
+
+    from fsar.data.split_lists import from_split_lists, write_split_lists
+
+    root = write_split_lists(synth, tmp_path / "lists", "hmdb_arn")
+    assert (root / "hmdb_ARN" / "testlist03.txt").is_file()
+    table, report = from_split_lists(root, "hmdb_arn", synth.parent / "videos")
+    original = pq.read_table(synth)
+    assert report.summary() and table.num_rows == original.num_rows
+    by_path = {Path(p).name: s for p, s in zip(original["path"].to_pylist(), original["split"].to_pylist(), strict=True)}
+    assert {Path(p).name: s for p, s in zip(table["path"].to_pylist(), table["split"].to_pylist(), strict=True)} == by_path

@@ -362,3 +362,18 @@ def _candidate_dirs(e: ListEntry, by_leaf: Mapping[str, list[str]]) -> list[str]
     dirs = [*names, "", *(f"{e.split}/{n}" for n in names)]
     dirs += [rel for n in names for rel in by_leaf.get(n, ()) if rel not in dirs]
     return dirs
+
+
+def write_split_lists(manifest: str | Path, root: str | Path, benchmark: str) -> Path:
+    """Split lists naming a manifest's videos (``class_folder/video`` lines, from each row's path), written in
+    ``benchmark``'s layout under ``root``: a tree laid out like that benchmark for ``--splits root`` (what
+    ``fsar reproduce`` is tried on with synthetic videos). Returns ``root``."""
+    import pyarrow.parquet as pq
+
+    spec = get_benchmark(benchmark)
+    rows = pq.read_table(manifest, columns=["path", "split"]).to_pylist()
+    (Path(root) / spec.folder).mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lines = [f"{Path(r['path']).parent.name}/{Path(r['path']).stem}" for r in rows if r["split"] == split]
+        spec.list_path(Path(root), split).write_text("\n".join(lines) + "\n")
+    return Path(root)
