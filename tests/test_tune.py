@@ -344,3 +344,12 @@ def test_a_sweep_takes_one_source_and_whole_gpus_per_worker(store, synth, tmp_pa
     stage_knob = write_space(tmp_path / "stage.yaml", space={"stage.lr_scale": {"choice": [0.1, 1.0]}})
     with pytest.raises(ConfigError, match="unknown parameter 'stage.lr_scale'"):  # a store sweep has no stage
         run(SweepConfig(store=store, space=stage_knob, out=tmp_path / "sweep"))
+
+
+def test_example_end_to_end_sweep_is_valid():
+    space = load_search_space(EXAMPLES / "dmgal_adapter_e2e.yaml", data="manifest")
+    assert space.method == "dmgal_adapter" and space.data == "manifest" and set(space.space) == {"lr", "temperature"}
+    config = space.train_config({"lr": 1e-3, "temperature": 0.5}, source="/data/m.parquet", out="/sweeps/t")
+    assert config.data.decode == "threads" and config.knobs == {"pool": "mean", "temperature": 0.5}
+    with pytest.raises(ConfigError, match="unknown parameter 'frames'"):  # a manifest setting, on a store sweep
+        load_search_space(EXAMPLES / "dmgal_adapter_e2e.yaml")
