@@ -122,7 +122,17 @@ def _device(name: str) -> torch.device:
 
 def load_backbone(config: EmbedConfig, *, device: str | None = None) -> ClipBackbone:
     """The encoder ``config`` names, built identically on the driver and on every worker (``pretrained`` read by
-    ``fsar.backbones.weights``: ``default`` is the model's ``openai`` tag when it has one)."""
+    ``fsar.backbones.weights``: ``default`` is the model's ``openai`` tag when it has one). ``resnet50`` is
+    torchvision's, from a local state-dict file or a seeded random init (``none``)."""
+    from fsar.backbones.trunks import RESNET50, ResNetEncoder
+    from fsar.config import ConfigError
+
+    if config.backbone == RESNET50:
+        if config.pretrained == "default":
+            raise ConfigError(f"{RESNET50} has no default weights to download: set pretrained to a local torchvision "
+                              "state-dict file, or none for a seeded random init")
+        encoder = ResNetEncoder(weights=config.pretrained, init_seed=config.init_seed)
+        return encoder.to(_device(device or config.device)).eval()  # type: ignore[return-value]
     return build_backbone(
         config.backbone, pretrained=config.pretrained,
         device=_device(device or config.device), init_seed=config.init_seed,

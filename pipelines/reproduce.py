@@ -50,6 +50,7 @@ class ReproduceConfig:
     smoke: bool = False  # every recipe at a tiny size (fsar-tiny, a few steps): a check of the tree and the cluster
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings for every run, e.g. {workers: 0, use_gpu: false}
     embed: dict[str, Any] = field(default_factory=dict)  # EmbedConfig settings for every store, e.g. {engine: local}
+    weights: dict[str, str] = field(default_factory=dict)  # encoder → weights where a recipe names none, e.g. {resnet50: /w/r50.pt}
     threads: int = 0  # torch CPU threads of the evaluations (0: torch's default)
 
     def __post_init__(self) -> None:
@@ -114,7 +115,7 @@ def _store(config: ReproduceConfig, recipe: Any, manifest: Path, stages: Stages)
     from pipelines.embed import run as embed
 
     settings = recipe.embed_mapping()
-    settings = shrink(settings) if config.smoke else settings
+    settings = shrink(settings) if config.smoke else _with_weights(settings, config.weights)
     name = "-".join(str(settings[k]).replace("/", "_") for k in ("backbone", "pretrained", "frames", "patch_grid"))
     out = config.out / "stores" / name
     key = f"embed {name}"
@@ -136,7 +137,11 @@ def _train(config: ReproduceConfig, recipe: Any, source: tuple[str, Path], init_
     from pipelines.train import run as train
 
     mapping = recipe.train_mapping()
-    mapping = shrink(mapping) if config.smoke else mapping
+    if config.smoke:
+        mapping = shrink(mapping)  # the offline encoder's random init, on purpose
+    else:
+        mapping = _with_weights(mapping, config.weights)
+        recipe.check_weights(mapping)
     out = config.out / "runs" / recipe.name.split("/")[0] / f"{recipe.shot}shot"
     data = dict(mapping.get("data") or {}) | {source[0]: str(source[1])}
     mapping = merge(mapping | {"data": data, "out": str(out), "init_from": str(init_from) if init_from else None,
@@ -149,6 +154,23 @@ def _train(config: ReproduceConfig, recipe: Any, source: tuple[str, Path], init_
     if not done:
         train(train_config)
     stages.timed(f"train {recipe.name}", not done, time.perf_counter() - start)
+    return out
+
+
+def _with_weights(mapping: dict[str, Any], weights: dict[str, str]) -> dict[str, Any]:
+    """``mapping`` (an EmbedConfig or TrainConfig mapping) with ``weights[backbone]`` as the encoder's weights
+    wherever it names that backbone and no weights."""
+    def fill(section: dict[str, Any]) -> dict[str, Any]:
+        if section.get("backbone") in weights and section.get("pretrained") in (None, "default"):
+            return section | {"pretrained": weights[section["backbone"]]}
+        return section
+
+    out = fill(dict(mapping))
+    data = dict(out.get("data") or {})
+    if isinstance(data.get("stage"), dict):
+        out["data"] = data | {"stage": fill(dict(data["stage"]))}
+    if isinstance(out.get("knobs"), dict):
+        out["knobs"] = fill(dict(out["knobs"]))
     return out
 
 

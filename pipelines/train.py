@@ -270,14 +270,17 @@ def _arguments(p: Any) -> None:
 
 
 def _run(args: Any) -> int:
-    base = None
+    recipe = base = None
     if args.recipe:
         from fsar.recipes import get_recipe
 
-        base = get_recipe(args.recipe).train_mapping()
+        recipe = get_recipe(args.recipe)
+        base = recipe.train_mapping()
     config = resolve(TrainConfig, file=args.config, overrides=args.overrides, base=base,
                      flags=flags(args, "method", "out", "way", "shot", "steps", "workers", "lr", "mlflow_uri")
                      | data_flags(args, "store", "manifest"))
+    if recipe is not None:
+        recipe.check_weights(to_dict(config))
     result = run(config, address=args.address)
     print(f"run {result.run_dir}: best validation accuracy {result.best_val_accuracy:.2f}% at step "
           f"{result.best_step}/{result.steps}; checkpoint {result.best_checkpoint}; MLflow run {result.mlflow_run_id}")

@@ -107,3 +107,9 @@ def test_train_recipe_flag_records_the_recipe_and_overrides_apply(synth, tmp_pat
     assert config.recipe == "trx/hmdb_arn/1shot@1" and config.lr == 0.01 and config.optimizer == "sgd"
     assert config.data.stage.pretrained == "/weights/r50.pt" and config.data.stage.backbone == "resnet50"
     assert cli(["train", "--recipe", "trx/nowhere/1shot", "--manifest", str(synth), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_a_recipe_that_expects_weights_refuses_to_start_without_them(synth, tmp_path, capsys):
+    assert cli(["train", "--recipe", "trx/ucf_arn/1shot", "--manifest", str(synth), "--out", str(tmp_path / "r")]) == 2
+    assert "set data.stage.pretrained=FILE" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

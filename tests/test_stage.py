@@ -169,9 +169,10 @@ def test_resnet50_stage_gives_layer4_views_and_tunes_its_last_stages():
         stage("full", backbone="resnet50", pretrained="imagenet")
 
 
-def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synth):
+@pytest.mark.parametrize("backbone", ["fsar-tiny", "resnet50"])
+def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synth, backbone):
     """The stage and ``fsar embed`` run the same encoder code: the same decoded test clips give the store's
-    pooled and patch features, up to the store's fp16."""
+    pooled and patch features, up to the store's fp16 (ResNet-50: torchvision's, random init, at 224 px)."""
     from helpers import embed_config
 
     from fsar.data.feature_store import FeatureStore
@@ -179,9 +180,12 @@ def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synt
     from fsar.sources.pixels import PixelEvaluation, normalise
     from pipelines.embed import run as embed
 
-    embed(embed_config(synth, tmp_path / "store", frames=4, patch_grid=2, shard_size=8), progress=False)
+    embed(embed_config(synth, tmp_path / "store", frames=4, patch_grid=2, shard_size=8, backbone=backbone),
+          progress=False)
     features = FeatureStore(tmp_path / "store")
-    data = ManifestData(manifest=synth, frames=4, stage=StageSettings(tune="frozen", patch_grid=2, pretrained="none"))
+    assert features.meta.backbone == backbone and features.meta.embed_dim == (2048 if backbone == "resnet50" else 64)
+    data = ManifestData(manifest=synth, frames=4, stage=StageSettings(backbone=backbone, tune="frozen", patch_grid=2,
+                                                                      pretrained="none"))
     for view, method in (("pooled", "otam"), ("patches", "i2st")):
         evaluation = PixelEvaluation(data, "test")
         built, key = evaluation.build(method, {})
@@ -190,4 +194,7 @@ def test_frozen_stage_gives_the_store_features_for_the_same_clips(tmp_path, synt
             got = built.stage(clips).numpy()
         want = features.load_split("test", view=view, as_grid=view == "patches")  # type: ignore[arg-type]
         assert list(want.video_ids) == evaluation.video_ids(key)
-        np.testing.assert_allclose(got, np.asarray(want.features, dtype=np.float32), atol=2e-3, rtol=2e-3)
+        # ResNet-50 sees the 64 px clips upsampled to 224, which the pixel path caches as uint8 after resizing
+        # (embed resizes in float): a rounding of 1/510 at most, grown through 50 random-init layers.
+        tolerance = 1e-2 if backbone == "resnet50" else 2e-3
+        np.testing.assert_allclose(got, np.asarray(want.features, dtype=np.float32), atol=5 * tolerance, rtol=tolerance)

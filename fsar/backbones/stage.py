@@ -44,7 +44,7 @@ from fsar.backbones.open_clip_backbone import (
     ClipBackbone,
     build_backbone,
 )
-from fsar.backbones.trunks import RESNET50, ResNetMaps, build_feature_maps
+from fsar.backbones.trunks import RESNET50, ResNetEncoder
 from fsar.config import ConfigError
 from fsar.data.sections import StageSettings, Tuning
 from fsar.data.transforms import FramePreprocess
@@ -99,37 +99,6 @@ def add_lora(visual: nn.Module, rank: int) -> None:
         parametrize.register_parametrization(attn.out_proj, "weight", LoRA(in_f, in_f, rank))
 
 
-class ResNetEncoder(nn.Module):
-    """torchvision ResNet-50 as a frame encoder with ``ClipBackbone``'s ``encode``: pooled = the mean of the layer4
-    maps ``(N, 2048)``, patches = the maps as a grid ``(N, S/32, S/32, 2048)``; its ``blocks`` are its 4 stages."""
-
-    def __init__(self, *, weights: str | None, init_seed: int) -> None:
-        super().__init__()
-        self.maps = build_feature_maps(RESNET50, pretrained=weights, init_seed=init_seed)  # checks the weights file
-        self.preprocess = self.maps.preprocess
-        self.embed_dim = ResNetMaps.channels
-        self.patch_grid = self.preprocess.size // 32
-        self.blocks = 4
-
-    def stages(self) -> list[nn.Module]:
-        body = self.maps.body
-        return [body.layer1, body.layer2, body.layer3, body.layer4]
-
-    def encode(self, pixels: Tensor, *, patches: bool = False, autograd_from: int = 0,
-               before_block: object = None) -> tuple[Tensor, Tensor | None]:
-        if before_block is not None:
-            raise ConfigError(f"{RESNET50} takes no block adapters: they act on a ViT's patch tokens")
-        grad = torch.is_grad_enabled()
-        body = self.maps.body
-        with torch.set_grad_enabled(grad and autograd_from <= 0):
-            x = body.maxpool(body.relu(body.bn1(body.conv1(pixels))))
-        for i, stage in enumerate(self.stages()):
-            with torch.set_grad_enabled(grad and i >= autograd_from):
-                x = stage(x)
-        pooled = x.mean(dim=(-2, -1))
-        return pooled, (x.permute(0, 2, 3, 1) if patches else None)
-
-
 class BackboneStage(nn.Module):
     """An encoder under a tuning regime, giving a method the view a store would hold (module docstring).
 
@@ -161,11 +130,12 @@ class BackboneStage(nn.Module):
         self._apply_tuning(self.tuning)
         if settings.checkpointing and isinstance(self.encoder, ClipBackbone):
             self.encoder.model.visual.set_grad_checkpointing(True)
+        self.train()  # a frozen encoder runs as the store's from the start (BatchNorm on running statistics)
 
     @property
     def encoder_weights(self) -> str | None:
         """The weights the encoder was built from, as a store records them (None: a seeded random init)."""
-        return self.encoder.pretrained if isinstance(self.encoder, ClipBackbone) else self.settings.pretrained
+        return self.encoder.pretrained
 
     @property
     def preprocess(self) -> FramePreprocess:

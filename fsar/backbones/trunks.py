@@ -1,5 +1,8 @@
 """torchvision ResNet-50 as per-frame feature maps, and loading local state-dict files.
 
+``ResNetEncoder``: those maps as a frame encoder with ``ClipBackbone``'s ``encode`` and ``describe`` (the stage's
+and ``fsar embed``'s ResNet-50).
+
 ``ResNetMaps``: torchvision ResNet-50 up to layer4 → ``(M, 2048, H/32, W/32)`` (the released DMGAL-FT
 backbone), weights from a local state-dict file or a seeded random init; it carries ``preprocess`` (a
 ``FramePreprocess``): the resize and normalisation its pixels must have been through. (open_clip ViTs run
@@ -93,3 +96,45 @@ def build_feature_maps(name: str, *, pretrained: str | None = None, init_seed: i
             f"{RESNET50} loads weights from a local torchvision state-dict file only; {pretrained!r} is not a file"
         )
     return ResNetMaps(weights=pretrained, init_seed=init_seed)
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision ResNet-50 as a frame encoder with ``ClipBackbone``'s ``encode``: pooled = the mean of the layer4
+    maps ``(N, 2048)``, patches = the maps as a grid ``(N, S/32, S/32, 2048)``; its ``blocks`` are its 4 stages."""
+
+    name = RESNET50
+    has_text = False
+
+    def __init__(self, *, weights: str | None, init_seed: int) -> None:
+        super().__init__()
+        self.maps = build_feature_maps(RESNET50, pretrained=weights, init_seed=init_seed)  # checks the weights file
+        self.preprocess = self.maps.preprocess
+        self.embed_dim = ResNetMaps.channels
+        self.image_size = self.preprocess.size
+        self.patch_grid = self.preprocess.size // 32
+        self.blocks = 4
+        self.pretrained = None if no_weights(weights) else weights
+        self.init_seed = init_seed if self.pretrained is None else None
+
+    def describe(self) -> dict[str, object]:
+        """What a feature store records (``ClipBackbone.describe``'s keys)."""
+        return {"backbone": RESNET50, "pretrained": self.pretrained, "init_seed": self.init_seed,
+                "embed_dim": self.embed_dim, "image_size": self.image_size, "patch_grid": self.patch_grid}
+
+    def stages(self) -> list[nn.Module]:
+        body = self.maps.body
+        return [body.layer1, body.layer2, body.layer3, body.layer4]
+
+    def encode(self, pixels: Tensor, *, patches: bool = False, autograd_from: int = 0,
+               before_block: object = None) -> tuple[Tensor, Tensor | None]:
+        if before_block is not None:
+            raise BackboneUnavailableError(f"{RESNET50} takes no block adapters: they act on a ViT's patch tokens")
+        grad = torch.is_grad_enabled()
+        body = self.maps.body
+        with torch.set_grad_enabled(grad and autograd_from <= 0):
+            x = body.maxpool(body.relu(body.bn1(body.conv1(pixels))))
+        for i, stage in enumerate(self.stages()):
+            with torch.set_grad_enabled(grad and i >= autograd_from):
+                x = stage(x)
+        pooled = x.mean(dim=(-2, -1))
+        return pooled, (x.permute(0, 2, 3, 1) if patches else None)

@@ -95,6 +95,7 @@ class RecipeFile:
     benchmarks: dict[str, BenchmarkSection]
     fast: FastSection | None = None  # None: no frozen-feature counterpart (said why in `differs`)
     shots: dict[int, dict[str, Any]] = field(default_factory=dict)  # TrainConfig overrides by shot (both kinds)
+    weights_key: str = ""  # the TrainConfig key that must name the weights (no default download), e.g. data.stage.pretrained
     reconstructed: list[str] = field(default_factory=list)  # settings that are ours, not the source's
     differs: list[str] = field(default_factory=list)  # where fsar does not do what the source does, and why
 
@@ -132,6 +133,19 @@ class Recipe:
             base = merge(self.family.train, section.train)
         base = merge(base, self.family.shots.get(self.shot, {}))
         return merge(base, {"method": self.family.method, "shot": self.shot, "recipe": self.label})
+
+    def check_weights(self, mapping: dict[str, Any]) -> None:
+        """Refuse an end-to-end run of this recipe whose encoder weights are left unset: a recipe that expects
+        pretrained weights (``facts.weights``) would otherwise train from a random init without a word."""
+        if self.kind != "end_to_end" or not self.family.weights_key:
+            return
+        node: Any = mapping
+        for part in self.family.weights_key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigError(f"recipe {self.name} expects {self.family.facts.weights}: set "
+                              f"{self.family.weights_key}=FILE (or {self.family.weights_key}=none to train from a "
+                              "random init on purpose)")
 
     def embed_mapping(self) -> dict[str, Any] | None:
         """The ``fsar embed`` settings of the store a fast recipe reads (None for an end-to-end recipe)."""
