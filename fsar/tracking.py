@@ -24,9 +24,13 @@ def tracking_uri(run_dir: str | Path, uri: str | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if storage.is_uri(run_dir):
+        try:  # a scheme no client can open is the real problem: say that, not MLflow's
+            storage.filesystem(run_dir)
+        except storage.StorageError as exc:
+            raise ConfigError(f"{run_dir}: {exc}") from None
         raise ConfigError(f"{run_dir} is on object storage, where MLflow's default SQLite file cannot live: set "
-                          "MLFLOW_TRACKING_URI (or mlflow_uri) to a tracking server or a local sqlite:/// file, or "
-                          "turn tracking off (mlflow=false)")
+                          "MLFLOW_TRACKING_URI (or mlflow_uri=) to a tracking server or a local sqlite:/// file "
+                          "(fsar embed and fsar eval can also run with mlflow=false)")
     return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
 
 

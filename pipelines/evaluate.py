@@ -63,6 +63,7 @@ class EvalConfig:
     way: int = 5  # classes per episode
     shot: int | list[int] = 1  # support videos per class; a list ([1, 3, 5], `--shot 1,3,5`) scores each in turn
     query: int = 1  # query videos per class
+    drop_small_classes: bool = False  # leave out classes with fewer than shot + query videos (default: refuse them, named)
     episodes: int = 10000  # number of test episodes
     seed: int = 0  # episode seed
     batch_size: int = 500  # episodes per forward
@@ -178,7 +179,8 @@ def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[
         episodes, _ = read_episode_file(episode_path, video_ids, data.labels)
     else:
         sampler = EpisodeSampler(data.labels, way=config.way, shot=config.shot, query=config.query,
-                                 seed=config.seed, class_names=data.class_names, split=config.split)
+                                 seed=config.seed, class_names=data.class_names, split=config.split,
+                                 drop_small_classes=config.drop_small_classes)
         episodes = sampler.batch(0, config.episodes)
         write_episode_file(episode_path, episodes, video_ids,
                            meta={"seed": config.seed, "split": config.split, **data.describe()})

@@ -48,6 +48,7 @@ class SourceSettings(Protocol):
     val_episodes: int
     seed: int
     workers: int
+    drop_small_classes: bool
 
 
 @dataclass

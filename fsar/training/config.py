@@ -47,6 +47,7 @@ class TrainConfig:
     val_every: int = 50  # validate every this many steps (and at the last step)
     val_episodes: int = 500  # fixed validation episodes (seed `seed + 1`), 1 query per class
     val_split: str = "val"  # split validated on; never the test split
+    drop_small_classes: bool = False  # leave out classes with fewer than shot + query videos (default: refuse them, named)
     seed: int = 0  # training episodes and initialisation seed
     workers: int = 0  # Ray Train workers (0 = run the loop in this process)
     use_gpu: bool = False  # one GPU per Ray Train worker
