@@ -38,6 +38,31 @@ def shared_path(job: str, index: int, nbytes: int) -> str:
     return os.path.join(folder, f"fsar-features-{job}-{os.getpid()}-{index}.npy")
 
 
+def remove_orphans(folders: tuple[str, ...] | None = None) -> list[str]:
+    """Delete the split copies whose actor process is gone (a hard-killed job leaves its memory maps in
+    ``/dev/shm``, which would fill up over days); returns the paths removed. A copy is named by its actor's
+    pid (``shared_path``), so one whose pid no longer runs has no reader left: its workers died with the job."""
+    import tempfile
+
+    removed = []
+    for folder in folders if folders is not None else ("/dev/shm", tempfile.gettempdir()):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            parts = name.split("-")
+            if not (name.startswith("fsar-features-") and name.endswith(".npy") and len(parts) == 5
+                    and parts[3].isdigit()):
+                continue
+            if not os.path.exists(f"/proc/{parts[3]}"):
+                path = os.path.join(folder, name)
+                try:
+                    os.unlink(path)
+                    removed.append(path)
+                except OSError:
+                    pass  # taken by another node's sweep, or not ours to remove
+    return removed
+
+
 def actor_name(node_id: str, job: str) -> str:
     return f"fsar-features-{job}-{node_id}"
 
@@ -51,6 +76,7 @@ def _actor_class() -> Any:
         list, so that returning it hands out the ref, not the data)."""
 
         def __init__(self, job: str) -> None:
+            remove_orphans()  # what hard-killed jobs left on this node
             self.job = job
             self.refs: dict[tuple[str, str, str, bool], list[Any]] = {}
             self.loads: dict[str, int] = {}

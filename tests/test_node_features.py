@@ -76,3 +76,20 @@ def test_each_node_reads_each_split_once(tmp_path):
         (("train/pooled", 1),), (("train/pooled", 1), ("val/pooled", 1))]  # rank 0's node also validates
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [10, 20] and nodes["best"] == max(m["val_accuracy"] for m in metrics)
+
+
+def test_split_copies_of_dead_actors_are_removed_and_live_ones_kept(tmp_path):
+    from pipelines.node_features import remove_orphans, shared_path
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)  # that process has exited: its pid runs nothing (or something not ours)
+    live = tmp_path / Path(shared_path("abc123", 0, 0)).name  # this process's copy
+    dead = tmp_path / f"fsar-features-abc123-{dead_pid}-1.npy"
+    other = tmp_path / "fsar-features-notes.txt"
+    for path in (live, dead, other):
+        path.write_bytes(b"x")
+    if os.path.exists(f"/proc/{dead_pid}"):  # the pid was taken again at once: nothing to learn here
+        return
+    assert remove_orphans((str(tmp_path),)) == [str(dead)]
+    assert live.exists() and other.exists() and not dead.exists()

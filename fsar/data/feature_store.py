@@ -81,15 +81,20 @@ class StoreMeta:
 
     def view_for(self, input_kind: str, requested: str = "auto") -> View:
         """The view a method of ``input_kind`` reads: frames get ``requested`` (auto = default_view);
-        patch methods get the patch grid, or the pooled embedding as a 1×1 grid when none is stored. ``grid``
-        means the patch grid for both: flattened per frame for frame methods, as a grid for patch methods, so
-        one ``data.view=grid`` serves a job (the demo, a comparison) that trains both kinds."""
+        patch methods get the patch grid, or, when asked for (``pooled``), the pooled embedding as a 1×1 grid. A
+        store without a patch grid is refused for a patch method that did not ask for that: its spatial modelling
+        would run on one position without a word. ``grid`` means the patch grid for both: flattened per frame for
+        frame methods, as a grid for patch methods, so one ``data.view=grid`` serves a job (the demo, a
+        comparison) that trains both kinds."""
         if input_kind == "patches":
             if requested not in ("auto", "patches", "pooled", "grid"):
                 raise FeatureStoreError(f"a patches method reads view 'patches' or 'pooled', not {requested!r}")
-            if requested in ("auto", "grid"):
-                return "patches" if self.patch_grid > 0 or requested == "grid" else "pooled"
-            return requested  # type: ignore[return-value]
+            if requested != "pooled" and self.patch_grid == 0:
+                raise FeatureStoreError(
+                    "this store holds no patch grid (it was embedded without --patch-grid), and this method models "
+                    "space on one: embed again with --patch-grid 4 (or another G), or set data.view=pooled to read "
+                    "the pooled embedding as a 1x1 grid on purpose")
+            return "patches" if requested in ("auto", "grid") else requested  # type: ignore[return-value]
         if input_kind != "frames":
             raise FeatureStoreError(f"a feature store holds frame and patch features, not {input_kind!r} inputs; "
                                     "train this method end to end from a manifest")

@@ -188,7 +188,8 @@ class StoreEvaluation:
         info = method_info(name)  # unknown names fail here
         if info.input_kind == "pixels":
             raise ConfigError(f"method {name} is end-to-end (input: pixels): evaluate it with --manifest, not --store")
-        view = self.store.meta.view_for(info.input_kind, self.data.view if info.input_kind == "frames" else "auto")
+        asked = self.data.view if info.input_kind == "frames" or self.data.view == "pooled" else "auto"
+        view = self.store.meta.view_for(info.input_kind, asked)
         text_dim = self.store.text_dim()
         if info.needs_text:
             require_class_text(name, text_dim is not None, str(self.store.root))
@@ -209,6 +210,11 @@ class StoreEvaluation:
                 f"run {where} was trained on {meta['backbone']}/{meta['pretrained']} features but store "
                 f"{self.store.root} holds {here.backbone}/{here.pretrained}: evaluate it on a store embedded with "
                 f"the same backbone (fsar embed --backbone {meta['backbone']})")
+        if meta["pretrained"] is None and "init_seed" in meta and meta["init_seed"] != here.init_seed:
+            raise FeatureStoreError(
+                f"run {where} was trained on {meta['backbone']} features of random weights seeded {meta['init_seed']}, "
+                f"but store {self.store.root} holds those of seed {here.init_seed}: other weights, other features; "
+                f"evaluate it on a store embedded with init_seed={meta['init_seed']}")
         if meta["frames"] != here.frames:
             raise FeatureStoreError(
                 f"run {where} was trained on {meta['frames']} frames per video but store {self.store.root} holds "
