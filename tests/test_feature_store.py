@@ -105,3 +105,14 @@ def test_a_job_reads_only_its_split_and_its_view(tmp_path):
         fs.load_split("train", view="grid")
     with pytest.raises(FeatureStoreError, match=r"no videos in split 'val' \(has \['test', 'train'\]\)"):
         fs.load_split("val")
+
+
+def test_a_patch_method_on_a_store_without_a_grid_is_refused_unless_it_asks_for_the_pooled_view():
+    from fsar.data.feature_store import FeatureStoreError, StoreMeta
+
+    pooled_only = StoreMeta(backbone="fsar-tiny", pretrained=None, frames=4, embed_dim=6, patch_grid=0, image_size=64)
+    for asked in ("auto", "grid", "patches"):
+        with pytest.raises(FeatureStoreError, match="embed again with --patch-grid 4.*data.view=pooled"):
+            pooled_only.view_for("patches", asked)
+    assert pooled_only.view_for("patches", "pooled") == "pooled"  # the 1x1 grid, on purpose
+    assert pooled_only.view_for("frames") == "pooled"
