@@ -90,8 +90,8 @@ def test_a_training_step_stays_on_the_device(name):
     s_lab, q_lab = (lab[0] for lab in episode_label_tensors(episodes, META))
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad] or [torch.zeros(1, device=META)], lr=0.1)
     source = MetaSource(masks=method_info(name).input_kind == "patches")
-    loss, acc, _ = training_step(EpisodicLoss(method), opt, method, source, batch, config, s_lab, q_lab, per_forward=2,
-                              device=META)
+    loss, acc, *_ = training_step(EpisodicLoss(method), opt, method, source, batch, config, s_lab, q_lab,
+                                  per_forward=2, device=META)
     assert loss.device == META and acc.device == META
 
 

@@ -127,8 +127,9 @@ class HostFeatures:
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_a_step_without_a_complete_episode_changes_no_weight_and_no_optimiser_state(tmp_path, optimizer):
-    """AdamW's decoupled weight decay and SGD's momentum would move the weights on a zero gradient."""
+def test_a_step_without_a_complete_episode_or_with_a_nan_changes_no_weight_and_no_optimiser_state(tmp_path, optimizer):
+    """AdamW's decoupled weight decay and SGD's momentum would move the weights on a zero gradient; a NaN
+    gradient would poison them."""
     import copy
 
     from fsar.data.episodes import episode_labels
@@ -144,17 +145,24 @@ def test_a_step_without_a_complete_episode_changes_no_weight_and_no_optimiser_st
     s_lab, q_lab = (torch.as_tensor(episode_labels(2, 1)),) * 2
     inputs = torch.randn(3, 4, 5, 8)  # 3 episodes of 2 support + 2 query videos, 5 frames of 8 features
 
-    def step(weight):
-        return training_step(EpisodicLoss(method), opt, method, HostFeatures(), StepBatch(inputs, None, weight=weight),
-                             cfg, s_lab, q_lab, per_forward=3, device=torch.device("cpu"))
+    def step(weight, batch_inputs=inputs):
+        return training_step(EpisodicLoss(method), opt, method, HostFeatures(),
+                             StepBatch(batch_inputs, None, weight=weight), cfg, s_lab, q_lab, per_forward=3,
+                             device=torch.device("cpu"))
 
     assert step(1.0)[2]  # optimiser state now holds moments / momentum
     weights, state = copy.deepcopy(method.state_dict()), copy.deepcopy(opt.state_dict())
-    loss, _, applied = step(0.0)
-    assert not applied and torch.isfinite(loss)
+    loss, _, applied, finite = step(0.0)
+    assert not applied and finite and torch.isfinite(loss)
     assert all(torch.equal(weights[k], v) for k, v in method.state_dict().items())
     after = opt.state_dict()["state"]
     assert all(torch.equal(torch.as_tensor(value), torch.as_tensor(after[i][name]))
                for i, entry in state["state"].items() for name, value in entry.items())
+    poisoned = inputs.clone()
+    poisoned[1, 0, 2, 3] = float("nan")  # one feature of one video: a NaN loss, NaN gradients
+    loss, _, applied, finite = step(1.0, poisoned)
+    assert not torch.isfinite(loss) and not finite and not applied  # skipped, never applied
+    assert all(torch.equal(weights[k], v) for k, v in method.state_dict().items())
+    assert all(torch.isfinite(p).all() for p in method.parameters())
     assert step(1.0)[2]  # and a step with episodes moves them again
     assert any(not torch.equal(weights[k], v) for k, v in method.state_dict().items())

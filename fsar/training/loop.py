@@ -142,7 +142,7 @@ def any_rank_has_episodes(weight: float, *, may_skip: bool, device: torch.device
 
 def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: FewShotMethod, source: EpisodeSource,
                   batch: StepBatch, config: TrainConfig, s_lab: Tensor, q_lab: Tensor, *, per_forward: int,
-                  device: torch.device) -> tuple[Tensor, Tensor, bool]:
+                  device: torch.device) -> tuple[Tensor, Tensor, bool, bool]:
     """One optimiser step on a step's episodes (the scheduler is stepped by the caller).
 
     ``per_forward`` episodes at a time go to the device as the method's input and through the loss, under
@@ -151,8 +151,9 @@ def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: Fe
     still runs its backward pass, so DDP ranks stay in step, but is not applied: the optimiser does not
     step, so weight decay, momentum and moment estimates leave every weight and optimiser state as it was.
     ``s_lab`` ``(way·shot,)`` and ``q_lab`` ``(way·query,)`` are on ``device``. Returns the step's loss and
-    accuracy as detached device scalars (nothing here waits for the device, except a source that can yield
-    empty steps, which asks the workers whether any had episodes) and whether the step was applied."""
+    accuracy as detached device scalars, whether the step was applied, and whether its gradients were finite
+    (a step with a NaN or Inf gradient is not applied either). Nothing here waits for the device but the
+    gradient norm's check, and a source that can yield empty steps asking the workers whether any had episodes."""
     n_support, k = config.way * config.shot, len(batch.inputs)
     method.train()
     opt.zero_grad(set_to_none=True)
@@ -173,11 +174,17 @@ def training_step(loss_module: nn.Module, opt: torch.optim.Optimizer, method: Fe
         losses.append(loss.detach() * e)
         accuracies.append(acc.detach() * e)
     applied = any_rank_has_episodes(batch.weight, may_skip=source.may_skip_steps, device=device)
+    finite = True
     if applied:
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-        opt.step()
-    return torch.stack(losses).sum() / k, torch.stack(accuracies).sum() / k, applied
+        # The gradient norm (all-reduced by DDP: every rank decides alike) tells a NaN or Inf loss or gradient,
+        # which would poison every weight it reached: such a step is skipped and counted, never applied.
+        # Reading it back waits for the step, as AMP's inf check does.
+        norm = torch.nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip if config.grad_clip > 0
+                                              else float("inf"))
+        finite = norm.device.type == "meta" or bool(torch.isfinite(norm).item())  # meta tensors hold no values
+        if finite:
+            opt.step()
+    return torch.stack(losses).sum() / k, torch.stack(accuracies).sum() / k, applied and finite, finite
 
 
 def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, report: Report,
@@ -216,14 +223,15 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     q_lab = host_to_device(episode_labels(config.way, config.query), device)
     per_forward = config.episodes_per_forward or per_worker
     window: list[tuple[Tensor, Tensor]] = []
-    # Videos that failed to decode, episodes that could not be filled, steps with no episode (not applied).
-    failed = np.zeros(3, dtype=np.int64)
+    # Videos that failed to decode, episodes that could not be filled, steps with no episode (not applied),
+    # steps whose loss or gradients were not finite (not applied).
+    failed = np.zeros(4, dtype=np.int64)
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         batch = next(steps)
-        loss, accuracy, applied = training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
-                                                per_forward=per_forward, device=device)
-        failed += (batch.failed_videos, batch.incomplete_episodes, not applied)
+        loss, accuracy, applied, finite = training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
+                                                        per_forward=per_forward, device=device)
+        failed += (batch.failed_videos, batch.incomplete_episodes, not applied and finite, not finite)
         window.append((loss, accuracy))
         schedule.step()  # the schedule follows the step number: a skipped step does not shift later ones
         if (step + 1) % config.val_every and step + 1 != config.steps:
@@ -233,6 +241,7 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
         if config.source == "manifest":
             metrics |= {"failed_videos": float(failed[0]), "incomplete_episodes": float(failed[1]),
                         "skipped_steps": float(failed[2])}
+        metrics["nonfinite_steps"] = float(failed[3])
         window.clear()
         payload = None
         if validation is not None:
