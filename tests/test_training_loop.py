@@ -166,3 +166,25 @@ def test_a_step_without_a_complete_episode_or_with_a_nan_changes_no_weight_and_n
     assert all(torch.isfinite(p).all() for p in method.parameters())
     assert step(1.0)[2]  # and a step with episodes moves them again
     assert any(not torch.equal(weights[k], v) for k, v in method.state_dict().items())
+
+
+def test_steps_that_stay_non_finite_stop_the_run_and_leave_the_best_checkpoint(signal_store, tmp_path, monkeypatch):
+    from fsar.training.loop import EpisodicLoss, TrainingDiverged
+
+    calls = {"n": 0}
+    original = EpisodicLoss.forward
+
+    def poisoned(self, *args, **kwargs):  # from the 5th step on, every loss is NaN
+        calls["n"] += 1
+        loss, acc, extra = original(self, *args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 4 else loss), acc, extra
+
+    monkeypatch.setattr(EpisodicLoss, "forward", poisoned)
+    reports = []
+    cfg = config(signal_store, tmp_path / "run", steps=40, val_every=2, episodes_per_step=1, max_nonfinite_steps=3)
+    with pytest.raises(TrainingDiverged, match="training stopped at step 7: 3 steps in a row.*max_nonfinite_steps=3"):
+        train_worker(cfg, report=lambda m, p: reports.append((m, p)))
+    assert [m["step"] for m, _ in reports] == [2, 4, 6]
+    assert [m["nonfinite_steps"] for m, _ in reports] == [0.0, 0.0, 2.0]
+    best = [p for m, p in reports if m["is_best"]][-1]
+    assert all(torch.isfinite(v).all() for v in best["state_dict"].values() if v.is_floating_point())

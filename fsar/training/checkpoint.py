@@ -9,6 +9,8 @@ checks that nothing else is missing.
 from __future__ import annotations
 
 import io
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +77,21 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Location:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The payload of a checkpoint file (local or a URI), as plain data (untrusted input: ``weights_only``)."""
-    if storage.is_uri(path):
-        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The payload of a checkpoint file (local or a URI), as plain data (untrusted input: ``weights_only``);
+    a file that does not read (truncated, damaged, not a checkpoint) is refused with its path."""
+    try:
+        if storage.is_uri(path):
+            payload = torch.load(io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True)
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file") from None
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"checkpoint {path} does not read ({type(exc).__name__}: {str(exc)[:120]}): it is truncated "
+                          "or damaged; point at another checkpoint, or rerun the training that wrote it") from None
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path} holds a {type(payload).__name__}, not an fsar checkpoint")
+    return payload
 
 
 def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
@@ -88,10 +101,10 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     if not storage.is_file(path) and storage.is_dir(path):
         path = RunFolder(path).best_checkpoint
     if not storage.is_file(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
+        raise ConfigError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
     payload = read_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
+        raise ConfigError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")
     # The knobs are the resolved config: they set every field, whatever the configuration adds.
     stage = from_dict(StageSettings, payload["stage"], where=f"{path}: stage") if payload.get("stage") else None
     method = build_method(payload["method"], feature_dim=payload["feature_dim"], text_dim=payload.get("text_dim"),

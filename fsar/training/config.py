@@ -48,6 +48,7 @@ class TrainConfig:
     val_episodes: int = 500  # fixed validation episodes (seed `seed + 1`), 1 query per class
     val_split: str = "val"  # split validated on; never the test split
     drop_small_classes: bool = False  # leave out classes with fewer than shot + query videos (default: refuse them, named)
+    max_nonfinite_steps: int = 20  # stop after this many steps in a row with a NaN/Inf loss or gradient (0: never)
     seed: int = 0  # training episodes and initialisation seed
     workers: int = 0  # Ray Train workers (0 = run the loop in this process)
     use_gpu: bool = False  # one GPU per Ray Train worker
@@ -66,6 +67,8 @@ class TrainConfig:
         for name in ("steps", "episodes_per_step", "val_every", "val_episodes", "way", "shot", "query"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_nonfinite_steps < 0:
+            raise ConfigError(f"max_nonfinite_steps must be >= 0 (0 = never stop), got {self.max_nonfinite_steps}")
         if self.episodes_per_forward < 0:
             raise ConfigError(f"episodes_per_forward must be >= 0 (0 = a worker's whole share), got "
                               f"{self.episodes_per_forward}")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fsar.config import ConfigError
 from fsar.data.episodes import episode_labels
 from fsar.devices import autocast, host_to_device
 from fsar.evaluation.results import accuracy_ci
@@ -127,6 +128,10 @@ def window_metrics(window: list[tuple[Tensor, Tensor]], *, step: int, lr: float,
             "episodes_per_s": episodes / (time.perf_counter() - started)}
 
 
+class TrainingDiverged(ConfigError):
+    """Too many steps in a row had a non-finite loss or gradient (``max_nonfinite_steps``)."""
+
+
 def any_rank_has_episodes(weight: float, *, may_skip: bool, device: torch.device) -> bool:
     """Whether some worker's share of this step holds a complete episode. Gradients are averaged over the
     workers, so every worker must take the same decision: with DDP the weights are summed over them (one
@@ -226,12 +231,19 @@ def train_worker(config: TrainConfig, *, rank: int = 0, world_size: int = 1, rep
     # Videos that failed to decode, episodes that could not be filled, steps with no episode (not applied),
     # steps whose loss or gradients were not finite (not applied).
     failed = np.zeros(4, dtype=np.int64)
+    in_a_row = 0
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         batch = next(steps)
         loss, accuracy, applied, finite = training_step(loss_module, opt, method, source, batch, config, s_lab, q_lab,
                                                         per_forward=per_forward, device=device)
         failed += (batch.failed_videos, batch.incomplete_episodes, not applied and finite, not finite)
+        in_a_row = 0 if finite else in_a_row + 1
+        if config.max_nonfinite_steps and in_a_row >= config.max_nonfinite_steps:
+            raise TrainingDiverged(
+                f"training stopped at step {step + 1}: {in_a_row} steps in a row had a NaN or Inf loss or gradient "
+                f"(none was applied; the best checkpoint so far is kept). Lower lr, set grad_clip, or check the "
+                f"inputs; max_nonfinite_steps={config.max_nonfinite_steps} sets how many in a row stop a run")
         window.append((loss, accuracy))
         schedule.step()  # the schedule follows the step number: a skipped step does not shift later ones
         if (step + 1) % config.val_every and step + 1 != config.steps:
