@@ -144,7 +144,9 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
         )
     missing = sorted(_required(cls) - set(data))
     if missing:
-        raise ConfigError(f"{where}: missing required key(s) {missing} for {cls.__name__}")
+        hints_for = getattr(cls, "MISSING_HINTS", {})
+        how = "; ".join(f"{k}: {hints_for[k]}" for k in missing if k in hints_for)
+        raise ConfigError(f"{where}: missing required key(s) {missing} for {cls.__name__}" + (f" ({how})" if how else ""))
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -162,7 +164,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key = key.strip().replace("-", "_")
         if not key:
             raise ConfigError(f"override {pair!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override {pair!r}: {raw!r} is not a YAML value (lists are [a, b], mappings "
+                              "{k: v}; quote text with brackets)") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -188,7 +194,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``safe_load``; a missing file or non-mapping content is a ConfigError."""
     if not storage.is_file(path):
         raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(storage.read_text(path)) or {}
+    try:
+        data = yaml.safe_load(storage.read_text(path)) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}; "
+                          "fix that line") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of key: value, not {type(data).__name__}")
     return data

@@ -26,6 +26,7 @@ from fsar.backbones.encode import encode_clips
 from fsar.data.feature_store import (
     CLASS_TEXT_FILE,
     ROW_SCHEMA,
+    FeatureStoreError,
     StoreMeta,
     finished_shards,
     read_meta,
@@ -155,7 +156,7 @@ def check_resume(root: Location, meta: StoreMeta) -> None:
     old = read_meta(root)
     for key in ("backbone", "pretrained", "init_seed", "frames", "embed_dim", "patch_grid", "shard_size"):
         if getattr(old, key) != getattr(meta, key):
-            raise ValueError(
+            raise FeatureStoreError(
                 f"{root} already holds features with {key}={getattr(old, key)!r}, this run has "
                 f"{getattr(meta, key)!r}: choose another --out, or delete {root} to rebuild it"
             )

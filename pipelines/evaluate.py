@@ -51,6 +51,11 @@ from pipelines.command import Command, data_flags, flags, run_alone
 class EvalConfig:
     """``fsar eval``: which methods, on which data, on which episodes."""
 
+    # How a user gives each required key on the command line (named when one is missing).
+    MISSING_HINTS: ClassVar[dict[str, str]] = {
+        "data": "give --store STORE (cached features) or --manifest MANIFEST (videos, end to end)",
+        "method": "give --method NAME (fsar methods lists them)", "out": "give --out DIR",
+    }
     MOVED_KEYS: ClassVar[dict[str, str]] = {"store": "data.store", "manifest": "data.manifest", "view": "data.view",
                                             "frames": "data.frames"}
 

@@ -85,3 +85,26 @@ def test_yaml_round_trip_and_bad_files(tmp_path):
     (tmp_path / "evil.yaml").write_text("out: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(Exception, match="could not determine a constructor"):
         load_yaml(tmp_path / "evil.yaml")
+
+
+def test_a_yaml_syntax_error_names_the_file_and_the_line(tmp_path):
+    from fsar.config import load_yaml
+
+    bad = tmp_path / "train.yaml"
+    bad.write_text("steps: 10\nknobs: [1\n")
+    with pytest.raises(ConfigError, match=f"config file {bad} is not valid YAML at line 3"):
+        load_yaml(bad)
+
+
+def test_an_override_that_is_not_yaml_says_how_to_write_it():
+    from fsar.config import parse_overrides
+
+    with pytest.raises(ConfigError, match="override 'knobs.x=\\[8': '\\[8' is not a YAML value.*lists are \\[a, b\\]"):
+        parse_overrides(["knobs.x=[8"])
+
+
+def test_a_missing_data_section_names_the_flags(tmp_path):
+    from fsar.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="missing required key\\(s\\) \\['data'\\].*--store STORE.*--manifest"):
+        from_dict(TrainConfig, {"method": "otam", "out": str(tmp_path)})

@@ -5,7 +5,7 @@ import torch
 from helpers import MIXED_SIZES, embed_config
 
 from fsar.backbones import TINY_MODEL, build_backbone
-from fsar.data.feature_store import FeatureStore
+from fsar.data.feature_store import FeatureStore, FeatureStoreError
 from fsar.data.manifest import read_manifest
 from fsar.data.video import load_clip
 from fsar.embedding import decode_record, embed_manifest, load_backbone
@@ -105,7 +105,7 @@ def test_rerun_with_other_settings_is_refused(videos):
     manifest, tmp = videos
     embed_manifest(embed_config(manifest, tmp / "store"), progress=False, max_shards=1)
     other = embed_config(manifest, tmp / "store", frames=8)
-    with pytest.raises(ValueError, match="frames=4.*delete"):
+    with pytest.raises(FeatureStoreError, match="frames=4.*delete"):  # one line from the CLI, no traceback
         embed_manifest(other, progress=False)
 
 
@@ -141,3 +141,14 @@ def test_parts_of_unfinished_shards_outlive_a_partial_run(videos):
     assert storage.is_file(part_path(cfg.out, last.shard, (last.start, last.stop)))
     summary = embed_manifest(cfg, progress=False)
     assert summary.videos == 6 and not storage.list_files(tmp / "store" / "parts", recursive=True)
+
+
+def test_the_advice_for_damaged_store_metadata_works(videos):
+    """Delete the damaged store.json and rerun the same embed: it is written again, no shard is re-embedded."""
+    manifest, tmp = videos
+    cfg = embed_config(manifest, tmp / "store")
+    first = embed_manifest(cfg, progress=False)
+    (tmp / "store" / "store.json").unlink()
+    again = embed_manifest(cfg, progress=False)
+    assert again.shards_written == 0 and again.videos == first.videos
+    assert FeatureStore(tmp / "store").meta.frames == cfg.frames

@@ -116,3 +116,13 @@ def test_a_patch_method_on_a_store_without_a_grid_is_refused_unless_it_asks_for_
             pooled_only.view_for("patches", asked)
     assert pooled_only.view_for("patches", "pooled") == "pooled"  # the 1x1 grid, on purpose
     assert pooled_only.view_for("frames") == "pooled"
+
+
+def test_damaged_store_metadata_is_named_with_a_fix_that_works(store):
+    from fsar.data.feature_store import FeatureStoreError
+
+    root, _ = store
+    meta = root / "store.json"
+    meta.write_text(meta.read_text()[:20])
+    with pytest.raises(FeatureStoreError, match=f"{meta} does not read.*delete it and rerun the `fsar embed`"):
+        read_meta(root)

@@ -175,3 +175,12 @@ def test_validate_counts_and_orders_like_the_rows(tmp_path: Path, monkeypatch: p
         assert mf.unreadable_paths(mf.manifest_table(rows), progress=progress) == (len(rows), gone)
     with pytest.raises(mf.ManifestError, match=rf"{len(gone)} of {len(rows)} video path\(s\) do not exist"):
         mf.validate_manifest(mf.manifest_table(rows), progress=True)
+
+
+def test_a_file_that_is_not_parquet_is_refused_as_a_manifest_with_its_path(tmp_path):
+    from fsar.data.manifest import ManifestError, read_manifest
+
+    bad = tmp_path / "manifest.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(ManifestError, match=f"manifest {bad} is not a Parquet file that reads.*rebuild it"):
+        read_manifest(bad)

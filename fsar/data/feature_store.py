@@ -153,8 +153,14 @@ def read_meta(root: str | Path) -> StoreMeta:
     path = storage.join(root, "store.json")
     if not storage.is_file(path):
         raise FeatureStoreError(f"{root} is not a feature store (no store.json); build one with `fsar embed`")
-    data = json.loads(storage.read_text(path))
-    if data.get("version") != STORE_VERSION:
+    try:
+        data = json.loads(storage.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FeatureStoreError(f"{path} does not read ({exc}): the store's metadata is damaged; delete it and "
+                                "rerun the `fsar embed` that built the store with the same settings (finished shards "
+                                "are kept), or embed into a new folder") from None
+    if not isinstance(data, dict) or data.get("version") != STORE_VERSION:
+        data = data if isinstance(data, dict) else {}
         raise FeatureStoreError(f"{root}: store version {data.get('version')} but this fsar reads {STORE_VERSION}; re-embed")
     known = {f.name for f in dataclasses.fields(StoreMeta)}
     return StoreMeta(**{k: v for k, v in data.items() if k in known})

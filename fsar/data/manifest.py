@@ -128,7 +128,11 @@ def _manifest_file(path: str | Path) -> pq.ParquetFile:
     if not storage.is_file(path):
         raise ManifestError(f"manifest {path} does not exist; build one with `fsar manifest` or `fsar synth`")
     fs, inner = storage.filesystem(path)
-    parquet = pq.ParquetFile(fs.open_input_file(inner))
+    try:
+        parquet = pq.ParquetFile(fs.open_input_file(inner))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"manifest {path} is not a Parquet file that reads ({str(exc)[:100]}): it is truncated "
+                            "or not a manifest; rebuild it with `fsar manifest` or `fsar synth`") from None
     missing = [c for c in MANIFEST_SCHEMA.names if c not in parquet.schema_arrow.names and c != "num_frames"]
     if missing:
         raise ManifestError(f"manifest {path} lacks column(s) {missing}; rebuild it with `fsar manifest`")

@@ -23,6 +23,11 @@ class TrainConfig:
     """``fsar train``: one method trained episodically on the train split of its ``data``."""
 
     # Keys that moved into the data section: refused with their new name.
+    # How a user gives each required key on the command line (named when one is missing).
+    MISSING_HINTS: ClassVar[dict[str, str]] = {
+        "data": "give --store STORE (cached features) or --manifest MANIFEST (videos, end to end)",
+        "method": "give --method NAME (fsar methods lists them)", "out": "give --out DIR",
+    }
     MOVED_KEYS: ClassVar[dict[str, str]] = {
         "store": "data.store", "manifest": "data.manifest", "view": "data.view",
         "feature_placement": "data.feature_placement", "backbone": "data.backbone", "frames": "data.frames",
