@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import io
+import os
 import posixpath
 import tempfile
 from collections.abc import Iterator
@@ -71,8 +72,28 @@ def parent(location: str | Path) -> Location:
     return posixpath.dirname(base) if isinstance(base, str) else base.parent
 
 
+# S3-compatible servers that predate the AWS SDKs' default upload checksums (on since 2025) store the
+# aws-chunked bodies those send as they are: every object lands corrupt. Where an endpoint other than AWS is set
+# and the user chose nothing, checksums are sent only when an operation requires them.
+CHECKSUM_SETTINGS = ("AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION")
+
+
+def s3_compatible_defaults() -> dict[str, str]:
+    """Set ``CHECKSUM_SETTINGS`` to ``when_required`` when ``AWS_ENDPOINT_URL`` (or ``_S3``) names a server other
+    than AWS and the user set neither; returns what was set. Called before any S3 client is made, in every
+    process (the SDK reads them when it starts)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    if not endpoint or "amazonaws.com" in endpoint or any(k in os.environ for k in CHECKSUM_SETTINGS):
+        return {}
+    chosen = dict.fromkeys(CHECKSUM_SETTINGS, "when_required")
+    os.environ.update(chosen)
+    return chosen
+
+
 @functools.lru_cache(maxsize=32)
 def _filesystem_for(scheme_and_host: str) -> pafs.FileSystem:
+    if scheme_and_host.startswith("s3://"):
+        s3_compatible_defaults()
     try:
         return pafs.FileSystem.from_uri(scheme_and_host)[0]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
@@ -190,6 +211,13 @@ def open_output(location: str | Path) -> Iterator[IO[bytes] | Any]:
     fs, path = filesystem(loc)
     with fs.open_output_stream(path) as f:
         f.write(buffer.getbuffer())
+    stored = size(loc)
+    if stored != buffer.getbuffer().nbytes:  # what was written must be what is stored before it counts as done
+        raise StorageError(
+            f"{loc}: {buffer.getbuffer().nbytes} bytes were written but the store holds {stored}: the server rewrote "
+            "the upload (an S3-compatible server that predates the SDK's upload checksums stores their "
+            "aws-chunked framing); set AWS_REQUEST_CHECKSUM_CALCULATION=when_required and "
+            "AWS_RESPONSE_CHECKSUM_VALIDATION=when_required, then rerun: finished work is kept")
 
 
 def write_bytes(location: str | Path, data: bytes) -> None:

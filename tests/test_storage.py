@@ -54,3 +54,25 @@ def test_a_failed_write_leaves_nothing(base):
 def test_an_unknown_scheme_says_what_to_install():
     with pytest.raises(storage.StorageError, match="nosuchscheme"):
         storage.read_bytes("nosuchscheme://bucket/key")
+
+
+def test_checksums_only_when_required_on_a_server_other_than_aws_unless_the_user_chose(monkeypatch):
+    for key in storage.CHECKSUM_SETTINGS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://s3.eu-west-1.amazonaws.com")
+    assert storage.s3_compatible_defaults() == {}  # AWS itself: the SDK's defaults
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert storage.s3_compatible_defaults() == dict.fromkeys(storage.CHECKSUM_SETTINGS, "when_required")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_supported")
+    monkeypatch.delenv("AWS_RESPONSE_CHECKSUM_VALIDATION")
+    assert storage.s3_compatible_defaults() == {}  # the user's choice stands
+
+
+def test_an_upload_the_server_rewrote_is_caught_before_it_counts(s3, monkeypatch):
+    target = f"{s3}/part.parquet"
+    storage.write_bytes(target, b"0123456789")  # a faithful server: the size read back matches
+    real_size = storage.size
+    monkeypatch.setattr(storage, "size", lambda loc: real_size(loc) + 8)  # a server that stored chunk framing
+    with pytest.raises(storage.StorageError, match="10 bytes were written but the store holds 18.*"
+                                                   "AWS_REQUEST_CHECKSUM_CALCULATION=when_required"):
+        storage.write_bytes(target, b"0123456789")
