@@ -20,7 +20,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> Any:
     from fsar.config import ConfigError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Token authentication stays as Ray sets it: on for a local instance (Ray makes the token), and on a
+    # cluster whatever RAY_AUTH_MODE / RAY_AUTH_TOKEN say (cluster/README.md hands them over).
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS")

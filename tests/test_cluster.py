@@ -7,6 +7,7 @@ process on the machine, other people's test clusters included.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -51,12 +52,13 @@ class LocalCluster:
         return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def local_cluster() -> Iterator[LocalCluster]:
+@contextlib.contextmanager
+def started_cluster(extra_env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+    """``ray start --head`` on 127.0.0.1 with free ports and its own temporary folder, stopped by process id."""
     # A short path: Ray puts unix sockets under it (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="fsar-ray-", dir="/tmp"))
     gcs_port, dash_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV | (extra_env or {})
     # Workers and job drivers inherit the raylet's PATH: `python` in an entrypoint is this venv's.
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     cmd = [RAY, "start", "--head", f"--port={gcs_port}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}",
@@ -75,14 +77,21 @@ def local_cluster() -> Iterator[LocalCluster]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _wait_for_job_server(cluster: LocalCluster, timeout: float = 120) -> None:
-    from ray.job_submission import JobSubmissionClient
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
+    with started_cluster() as cluster:
+        yield cluster
 
+
+def _wait_for_job_server(cluster: LocalCluster, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            JobSubmissionClient(cluster.dashboard).list_jobs()
-            return
+        try:  # in a subprocess with the cluster's environment: its token, if it has one
+            probe = subprocess.run([RAY, "job", "list", "--address", cluster.dashboard], env=cluster.env,
+                                   capture_output=True, text=True, timeout=60)
+            if probe.returncode == 0:
+                return
+            raise RuntimeError(probe.stderr[-500:])
         except Exception:
             if time.monotonic() > deadline:
                 raise
@@ -283,3 +292,21 @@ def test_embed_job_survives_a_worker_that_dies_mid_task(videos, ray_local, monke
     ids = FeatureStore(tmp / "store").table["video_id"].to_pylist()
     assert (summary.videos, summary.failures) == (6, 3)
     assert sorted(ids) == [f"good{i}" for i in range(6)]
+
+
+def test_a_cluster_with_token_authentication_refuses_a_stranger_and_runs_the_token_holders_job(tmp_path):
+    """What every recipe in cluster/ turns on: RAY_AUTH_MODE=token. A submission without the token is refused;
+    the same submission with it (RAY_AUTH_TOKEN in the environment, as the recipes hand it over) runs."""
+    import secrets
+
+    token = secrets.token_hex(16)
+    with started_cluster({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}) as cluster:
+        job = ["job", "submit", "--address", cluster.dashboard, "--", "python", "-c", "print('fsar ok')"]
+        stranger = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_TOKEN"} | {"RAY_AUTH_MODE": "disabled"}
+        refused = subprocess.run([RAY, *job], env=stranger, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "fsar ok" not in refused.stdout
+        wrong = cluster.env | {"RAY_AUTH_TOKEN": secrets.token_hex(16)}
+        assert subprocess.run([RAY, *job], env=wrong, capture_output=True, text=True, timeout=120).returncode != 0
+        ran = subprocess.run([RAY, *job], env=cluster.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        assert ran.returncode == 0 and "fsar ok" in ran.stdout, ran.stdout[-2000:] + ran.stderr[-2000:]
+        assert token not in ran.stdout + ran.stderr  # the secret is not echoed into logs

@@ -137,3 +137,27 @@ def test_readme_names_real_entry_points_files_and_commands(monkeypatch):
     commands = build_parser(COMMANDS, prog="fsar")._subparsers._group_actions[0].choices
     for name in ("embed", "train", "tune", "demo"):  # every command that starts Ray can be pointed at a cluster
         assert "--address" in commands[name].format_help(), name
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_every_recipe_turns_token_authentication_on_and_keeps_the_token_out_of_the_files():
+    (cluster,) = _kuberay("RayCluster")
+    spec = cluster["spec"]
+    pods = [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+    for job in ("embed", "train", "tune"):
+        (rayjob,) = [d["spec"] for d in _docs(CLUSTER / "kuberay" / f"rayjob-{job}.yaml") if d["kind"] == "RayJob"]
+        pods.append(rayjob["submitterPodTemplate"]["spec"])
+    for pod in pods:
+        env = _env(pod["containers"][0])
+        assert env["RAY_AUTH_MODE"] == "token"
+        assert env["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": "fsar-ray-token", "key": "auth_token"}}
+    (launcher,) = _docs(CLUSTER / "launcher" / "aws.yaml")
+    options = " ".join(launcher["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options and "RAY_AUTH_TOKEN_PATH=" in options
+    assert "~/.ray/auth_token" in launcher["file_mounts"].values()
+    assert all("--dashboard-host=127.0.0.1" in c for c in launcher["head_start_ray_commands"] if "--head" in c)
+    readme = (CLUSTER / "README.md").read_text()
+    assert "export RAY_AUTH_MODE=disabled" not in readme and "export RAY_AUTH_MODE=token" in readme
