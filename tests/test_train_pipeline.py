@@ -77,6 +77,24 @@ def test_mlflow_artifacts_stay_in_the_run_folder(signal_store, tmp_path, monkeyp
     assert list((result.run_dir / "mlartifacts").rglob("train_config.yaml"))
 
 
+def test_no_secret_of_the_environment_reaches_mlflow_configs_or_files(signal_store, tmp_path, monkeypatch):
+    """Credentials and tokens live in the environment; none may land in params, tags, artifacts or run files."""
+    from mlflow.tracking import MlflowClient
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-aws-value-4711", "RAY_AUTH_TOKEN": "s3cr3t-ray-token-4712",
+               "AWS_SESSION_TOKEN": "s3cr3t-session-4713"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    result = run(config(signal_store, tmp_path / "run", workers=0, steps=20))
+    run_logged = MlflowClient(tracking_uri=f"sqlite:///{result.run_dir / 'mlflow.db'}").get_run(result.mlflow_run_id)
+    logged = json.dumps({"params": run_logged.data.params, "tags": run_logged.data.tags})
+    files = [p for p in result.run_dir.rglob("*") if p.is_file()]
+    assert files and any(p.name == "train_config.yaml" for p in files)
+    for value in secrets.values():
+        assert value not in logged
+        assert not [p for p in files if value.encode() in p.read_bytes()]  # the sqlite file and artifacts too
+
+
 def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_local, synth):
     """One real 2-worker TorchTrainer runs a few DDP steps of every registered cached-feature method (and of
     the settings in which a method builds fewer parts) through ``train_worker`` and ``ddp_wrap``, then of methods
