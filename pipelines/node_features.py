@@ -115,24 +115,57 @@ def _actor_class() -> Any:
     return NodeFeatures
 
 
+def _registry_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class NodeFeatureRegistry:
+        """The job's one place that makes node actors (it runs the calls one at a time: no race), owned by the
+        driver so every actor it makes ends with the job, on nodes alive at the start or joined later."""
+
+        def __init__(self, job: str) -> None:
+            self.job, self.actors = job, {}
+
+        def actor_for(self, node_id: str) -> list[Any]:
+            """``[handle]`` of ``node_id``'s actor, made on first ask (a list: the handle, not a call on it)."""
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            if node_id not in self.actors:
+                self.actors[node_id] = _actor_class().options(
+                    name=actor_name(node_id, self.job), namespace=NAMESPACE,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(self.job)
+            return [self.actors[node_id]]
+
+        def all(self) -> dict[str, Any]:
+            return dict(self.actors)
+
+    return NodeFeatureRegistry
+
+
+def registry_name(job: str) -> str:
+    return f"fsar-features-{job}-registry"
+
+
 class NodeFeatureActors:
-    """The driver's side: one actor per alive node for the length of a job (a context manager)."""
+    """The driver's side, for the length of a job (a context manager): the job's registry, and through it an
+    actor on each node alive now; a worker on a node that joins later has the registry make that node's
+    (``node_split_loader``). On leaving, every actor the registry made is closed."""
 
     def __init__(self, job: str) -> None:
-        self.job, self.actors = job, {}
+        self.job, self.registry = job, None
 
     def __enter__(self) -> NodeFeatureActors:
         import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        cls = _actor_class()
-        for node in ray.nodes():
-            if node["Alive"]:
-                node_id = node["NodeID"]
-                self.actors[node_id] = cls.options(
-                    name=actor_name(node_id, self.job), namespace=NAMESPACE,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(self.job)
+        self.registry = _registry_class().options(name=registry_name(self.job), namespace=NAMESPACE).remote(self.job)
+        ray.get([self.registry.actor_for.remote(n["NodeID"]) for n in ray.nodes() if n["Alive"]])
         return self
+
+    @property
+    def actors(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.registry.all.remote())
 
     def stats(self) -> dict[str, dict[str, int]]:
         import ray
@@ -147,11 +180,13 @@ class NodeFeatureActors:
     def __exit__(self, *exc: Any) -> None:
         import ray
 
+        actors = self.actors
         try:
-            ray.get([actor.close.remote() for actor in self.actors.values()])  # the shared files go first
+            ray.get([actor.close.remote() for actor in actors.values()])  # the shared files go first
         finally:
-            for actor in self.actors.values():
+            for actor in actors.values():
                 ray.kill(actor)
+            ray.kill(self.registry)
 
 
 def node_split_loader(job: str | None) -> Any:
@@ -161,7 +196,8 @@ def node_split_loader(job: str | None) -> Any:
         return None
     import ray
 
-    actor = ray.get_actor(actor_name(ray.get_runtime_context().get_node_id(), job), namespace=NAMESPACE)
+    registry = ray.get_actor(registry_name(job), namespace=NAMESPACE)
+    (actor,) = ray.get(registry.actor_for.remote(ray.get_runtime_context().get_node_id()))
 
     def load(store: Any, split: str, view: str, as_grid: bool) -> Any:
         import dataclasses
