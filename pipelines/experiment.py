@@ -29,14 +29,15 @@ class TrainedRun:
 
 def train_all(runs: dict[str, TrainConfig], *, address: str | None = None,
               announce: Callable[[str], None] = print) -> dict[str, TrainedRun]:
-    """Train each config in turn (by name), saying after each how it did on validation."""
+    """Train each config in turn (by name), saying after each how it did on validation. The demo, comparisons
+    and benchmarks own their run folders: a changed setting replaces a finished run there."""
     from pipelines.train import run as train
 
     trained = {}
     for name, config in runs.items():
         announce(f"== train {name}")
         start = time.perf_counter()
-        result = train(config, address=address)
+        result = train(config, address=address, overwrite=True)
         trained[name] = TrainedRun(result, time.perf_counter() - start)
         announce(f"   {name}: best validation accuracy {result.best_val_accuracy:.1f}% at step {result.best_step}, "
                  f"{trained[name].seconds:.0f} s")

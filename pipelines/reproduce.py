@@ -52,6 +52,7 @@ class ReproduceConfig:
     embed: dict[str, Any] = field(default_factory=dict)  # EmbedConfig settings for every store, e.g. {engine: local}
     weights: dict[str, str] = field(default_factory=dict)  # encoder → weights where a recipe names none, e.g. {resnet50: /w/r50.pt}
     threads: int = 0  # torch CPU threads of the evaluations (0: torch's default)
+    overwrite: bool = False  # replace finished runs whose recipe settings changed (default: refuse, naming the run)
 
     def __post_init__(self) -> None:
         from fsar.data.split_lists import BENCHMARKS
@@ -152,7 +153,7 @@ def _train(config: ReproduceConfig, recipe: Any, source: tuple[str, Path], init_
     done = folder.holds_config(train_config) and folder.is_finished()
     start = time.perf_counter()
     if not done:
-        train(train_config)
+        train(train_config, overwrite=config.overwrite)
     stages.timed(f"train {recipe.name}", not done, time.perf_counter() - start)
     return out
 

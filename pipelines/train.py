@@ -10,7 +10,8 @@ End-to-end runs decode their episodes in Ray Data tasks each worker starts for i
 Failures: when a worker process (or its node) dies, Ray Train replaces the worker group (up to 3 times)
 and every worker resumes from the latest reported checkpoint; metrics logged after that carry
 ``resumed_from_step``. Rerunning the same config on the same ``out`` resumes an interrupted run and is a
-no-op for a finished one; a different config starts the folder afresh.
+no-op for a finished one; a different config starts the folder afresh (a finished run is replaced only with
+``--overwrite``).
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def ray_trainer(config: TrainConfig, run_folder: RunFolder, loop_config: dict[st
     )
 
 
-def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
-    """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``)."""
+def run(config: TrainConfig, *, address: str | None = None, overwrite: bool = False) -> TrainResult:
+    """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``). A folder holding a
+    finished run of another config is replaced only with ``overwrite``."""
     from pipelines.ray_runtime import init_ray
 
     check_training_inputs(config)
@@ -214,6 +216,9 @@ def run(config: TrainConfig, *, address: str | None = None) -> TrainResult:
     if same_run and run_folder.is_finished():
         return _result(run_folder, config)  # this exact run already finished: a rerun is a no-op
     if not same_run:
+        if run_folder.is_finished() and not overwrite:
+            raise ConfigError(f"{out} holds a finished run of another config: give another --out, or --overwrite to "
+                              "replace it (a rerun of the same config is a no-op)")
         run_folder.start_afresh()  # a new run in this folder; the same config, unfinished, resumes
     run_folder.write_config(config)
     if config.workers > 0:
@@ -267,6 +272,7 @@ def _arguments(p: Any) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--mlflow-uri", dest="mlflow_uri")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run of another config in --out")
 
 
 def _run(args: Any) -> int:
@@ -281,7 +287,7 @@ def _run(args: Any) -> int:
                      | data_flags(args, "store", "manifest"))
     if recipe is not None:
         recipe.check_weights(to_dict(config))
-    result = run(config, address=args.address)
+    result = run(config, address=args.address, overwrite=args.overwrite)
     print(f"run {result.run_dir}: best validation accuracy {result.best_val_accuracy:.2f}% at step "
           f"{result.best_step}/{result.steps}; checkpoint {result.best_checkpoint}; MLflow run {result.mlflow_run_id}")
     return 0

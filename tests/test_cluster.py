@@ -24,6 +24,8 @@ import pytest
 import yaml
 from helpers import RAY, RAY_ENV, VENV_BIN, free_port, stop_cluster
 
+from fsar.config import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 420  # the machine is 2 cores shared with other test runs: generous
 
@@ -213,7 +215,9 @@ def test_rerunning_a_finished_training_run_is_a_no_op(tmp_path):
     again = run(cfg)
     assert time.perf_counter() - start < 5
     assert again == first and (first.run_dir / "metrics.jsonl").read_text() == before
-    changed = run(dataclasses.replace(cfg, steps=30))  # another config: the folder starts afresh
+    with pytest.raises(ConfigError, match="holds a finished run of another config.*--overwrite"):
+        run(dataclasses.replace(cfg, steps=30))  # a finished run is never replaced without asking
+    changed = run(dataclasses.replace(cfg, steps=30), overwrite=True)  # then the folder starts afresh
     steps = [json.loads(line)["step"] for line in (first.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert changed.steps == 30 and steps == [10, 20, 30]
 
