@@ -36,6 +36,7 @@ from fsar.embedding import (
     plan_embedding,
     write_chunk,
 )
+from fsar.lease import Lease
 from fsar.storage import as_location
 from pipelines.command import Command, flags, run_alone
 
@@ -162,10 +163,11 @@ def run(config: EmbedConfig, *, address: str | None = None, progress: bool = Tru
         from fsar.tracking import tracking_uri
 
         tracking_uri(config.out, config.mlflow_uri)  # a store on object storage needs a tracking URI: say so now
-    if config.engine == "local":
-        summary = embed_manifest(config, progress=progress, max_shards=max_shards)
-    else:
-        summary = run_ray(config, address=address, progress=progress, max_shards=max_shards)
+    with Lease(config.out, job="fsar embed"):  # one writer at a time: a second embed into this store is refused
+        if config.engine == "local":
+            summary = embed_manifest(config, progress=progress, max_shards=max_shards)
+        else:
+            summary = run_ray(config, address=address, progress=progress, max_shards=max_shards)
     if config.mlflow:
         log_store(config, summary, seconds=time.perf_counter() - start)
     return summary

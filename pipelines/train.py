@@ -28,6 +28,7 @@ from typing import Any
 from fsar import storage
 from fsar.config import ConfigError, from_dict, resolve, to_dict
 from fsar.data.sections import ManifestData, StoreData
+from fsar.lease import Lease
 from fsar.run_folder import RunFolder
 from fsar.storage import Location, as_location
 from fsar.tracking import RunLogger, tracking_uri
@@ -201,7 +202,6 @@ def ray_trainer(config: TrainConfig, run_folder: RunFolder, loop_config: dict[st
 def run(config: TrainConfig, *, address: str | None = None, overwrite: bool = False) -> TrainResult:
     """Check inputs up front, then train with Ray Train (or in-process when ``workers == 0``). A folder holding a
     finished run of another config is replaced only with ``overwrite``."""
-    from pipelines.ray_runtime import init_ray
 
     check_training_inputs(config)
 
@@ -210,7 +210,15 @@ def run(config: TrainConfig, *, address: str | None = None, overwrite: bool = Fa
     data = (dataclasses.replace(config.data, store=storage.absolute(config.data.store)) if isinstance(config.data, StoreData)
             else dataclasses.replace(config.data, manifest=storage.absolute(config.data.manifest)))
     config = dataclasses.replace(config, out=out, data=data)
-    storage.make_dirs(out)
+    with Lease(out, job=f"fsar train {config.method}"):  # one writer at a time: a second job is refused
+        return _train_held(config, address=address, overwrite=overwrite)
+
+
+def _train_held(config: TrainConfig, *, address: str | None, overwrite: bool) -> TrainResult:
+    """``run``'s work once it holds the run folder's lease."""
+    from pipelines.ray_runtime import init_ray
+
+    out = config.out
     run_folder = RunFolder(out)
     same_run = run_folder.holds_config(config)
     if same_run and run_folder.is_finished():
