@@ -31,13 +31,13 @@ from fsar.data.feature_store import (
     finished_shards,
     read_meta,
     read_table,
-    shard_path,
     shard_table,
     write_class_text,
     write_meta,
     write_table,
 )
 from fsar.data.manifest import manifest_classes, manifest_rows, read_manifest_rows
+from fsar.data.store_check import damaged_shards, forget_shards, write_shard
 from fsar.data.transforms import centre_square
 from fsar.data.video import VideoDecodeError, load_clip
 from fsar.storage import Location
@@ -63,6 +63,7 @@ class EmbedConfig:
     shard_size: int = 256  # manifest rows per shard (the unit of resumption)
     decode_backend: Literal["auto", "decord", "pyav"] = "auto"  # decord with PyAV fallback, or one of them
     short_video: Literal["repeat", "error"] = "repeat"  # videos shorter than `frames`: repeat frames or fail them
+    repair: bool = False  # re-embed exactly the shards `fsar store check` finds damaged
     init_seed: int = 0  # seed of a random-init backbone (pretrained none / fsar-tiny)
     device: str = "auto"  # cpu, cuda, or auto (cuda when available)
     engine: Literal["ray", "local"] = "ray"  # Ray Data (laptop or cluster) or this process alone
@@ -228,6 +229,8 @@ def plan_embedding(config: EmbedConfig, backbone: ClipBackbone, *, max_shards: i
     total = manifest_rows(manifest)
     meta = store_meta_for(config, backbone)
     check_resume(root, meta)
+    if config.repair:  # damaged shards are forgotten, so this run embeds exactly their rows again
+        forget_shards(root, damaged_shards(root))
     storage.make_dirs(root)
     write_meta(root, meta)
     write_store_class_text(root, manifest_classes(manifest), backbone, template=config.text_template)
@@ -286,7 +289,7 @@ def merge_shard(root: str | Path, shard: int, parts: Sequence[tuple[int, int]]) 
     write_table(storage.join(root, "failures", f"shard-{shard:05d}.parquet"),
                 pa.concat_tables(failures) if failures else FAILURE_SCHEMA.empty_table())
     table = pa.concat_tables(features) if features else ROW_SCHEMA.empty_table()
-    write_table(shard_path(root, shard), table)
+    write_shard(root, shard, table)  # its record (rows, digest) first, then the shard file
     storage.delete(storage.join(root, PARTS_DIR, f"shard-{shard:05d}"))
     return table.num_rows
 

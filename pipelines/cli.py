@@ -142,6 +142,20 @@ def _run_methods(args: Any) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- store
+def _store_arguments(p: Any) -> None:
+    p.add_argument("action", choices=["check"], help="check: verify every shard, count and checksum")
+    p.add_argument("store", type=as_location, help="feature store folder or URI")
+
+
+def _run_store(args: Any) -> int:
+    from fsar.data.store_check import check_store, format_problems
+
+    problems, shards = check_store(args.store)
+    print(format_problems(args.store, problems, shards))
+    return 1 if problems else 0
+
+
 # ---------------------------------------------------------------- recipes
 def _recipes_arguments(p: Any) -> None:
     p.add_argument("names", nargs="?", default="", help="only recipes whose name contains this (e.g. trx/ or ucf_arn)")
@@ -183,6 +197,8 @@ COMMANDS: tuple[Command, ...] = (
     compare.COMMAND,
     reproduce.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
+    Command("store", "check a feature store: every shard reads and holds what its merge recorded", _store_arguments,
+            _run_store, takes_config=False),
     Command("recipes", "list the shipped training recipes (fsar train --recipe NAME)", _recipes_arguments, _run_recipes,
             takes_config=False),
 )

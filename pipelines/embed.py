@@ -202,12 +202,15 @@ def _arguments(p: Any) -> None:
     p.add_argument("--frames", type=int)
     p.add_argument("--patch-grid", dest="patch_grid", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--repair", action="store_true", default=None,
+                   help="re-embed exactly the shards `fsar store check` finds damaged")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
 
 
 def _run(args: Any) -> int:
     config = resolve(EmbedConfig, file=args.config, overrides=args.overrides,
-                     flags=flags(args, "manifest", "out", "backbone", "pretrained", "frames", "patch_grid", "batch_size"))
+                     flags=flags(args, "manifest", "out", "backbone", "pretrained", "frames", "patch_grid", "batch_size",
+                                 "repair"))
     start = time.perf_counter()
     summary = run(config, address=args.address)
     seconds = time.perf_counter() - start

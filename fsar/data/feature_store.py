@@ -13,10 +13,11 @@ embedding (``label, class_name, template, embedding`` fp32 bytes, E = D), for me
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +150,13 @@ def write_meta(root: str | Path, meta: StoreMeta) -> None:
     storage.write_text(storage.join(root, "store.json"), json.dumps(dataclasses.asdict(meta), indent=2))
 
 
+def damaged(root: str | Path, exc: Exception) -> FeatureStoreError:
+    """The error for a shard that does not read: what pyarrow said (it names the file) and the fix."""
+    return FeatureStoreError(f"a shard of {root} does not read ({str(exc)[:160]}): `fsar store check {root}` names "
+                             "the damaged shards, and rerunning the `fsar embed` that built the store with --repair "
+                             "re-embeds exactly those")
+
+
 def read_meta(root: str | Path) -> StoreMeta:
     path = storage.join(root, "store.json")
     if not storage.is_file(path):
@@ -215,9 +223,15 @@ class FeatureStore:
     def _fs(self) -> Any:
         return storage.filesystem(self.root)[0]
 
-    def _open(self, path: str) -> pq.ParquetFile:
-        """One shard (a path on ``self._fs``) for reading; close it after use."""
-        return pq.ParquetFile(self._fs.open_input_file(path))
+    @contextlib.contextmanager
+    def _open(self, path: str) -> Iterator[pq.ParquetFile]:
+        """One shard (a path on ``self._fs``), read inside the block and closed after it; a shard that does not read
+        (truncated, damaged) is named, with the fix."""
+        try:
+            with pq.ParquetFile(self._fs.open_input_file(path)) as parquet:
+                yield parquet
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise damaged(self.root, RuntimeError(f"{path}: {exc}")) from None
 
     def _dataset(self) -> Any:
         import pyarrow.dataset as pads
@@ -225,7 +239,10 @@ class FeatureStore:
         return pads.dataset(self._shards(), format="parquet", filesystem=self._fs)
 
     def _read(self, columns: list[str] | None = None) -> pa.Table:
-        return self._dataset().to_table(columns=columns)
+        try:
+            return self._dataset().to_table(columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise damaged(self.root, exc) from None
 
     @property
     def table(self) -> pa.Table:
