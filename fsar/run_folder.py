@@ -25,6 +25,7 @@ from fsar.storage import Location
 
 CONFIG_FILE = "train_config.yaml"
 BEST_CHECKPOINT = "best.pt"
+LATEST_CHECKPOINT = "latest.pt"  # the last validation's full state: what a rerun resumes from when Ray has none
 METRICS_FILE = "metrics.jsonl"
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 FINISHED_FILE = "finished.json"
@@ -33,7 +34,7 @@ FEATURE_LOADS_FILE = "feature_loads.json"
 RAY_TRAIN_DIR = "ray_train"
 
 # What a new run in a used folder clears (the same config, unfinished, keeps them all and resumes).
-RUN_STATE = (METRICS_FILE, BEST_CHECKPOINT, MLFLOW_RUN_ID_FILE, FINISHED_FILE, RAY_TRAIN_DIR)
+RUN_STATE = (METRICS_FILE, BEST_CHECKPOINT, LATEST_CHECKPOINT, MLFLOW_RUN_ID_FILE, FINISHED_FILE, RAY_TRAIN_DIR)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ class RunFolder:
     @property
     def best_checkpoint(self) -> Location:
         return self.file(BEST_CHECKPOINT)
+
+    @property
+    def latest_checkpoint(self) -> Location:
+        return self.file(LATEST_CHECKPOINT)
 
     @property
     def metrics_file(self) -> Location:

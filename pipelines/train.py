@@ -111,19 +111,27 @@ def _worker_entry(config_dict: dict[str, Any]) -> None:
     run = RunFolder.at(config.out)
     device = ray.train.torch.get_device()  # this worker's GPU with use_gpu, else the CPU
     state, start_step = resume_state(ray.train.get_checkpoint())
+    if state is None and storage.is_file(run.latest_checkpoint):
+        # Ray keeps no checkpoint across a killed driver (nor in-process): the run folder's latest state does.
+        from fsar.training.checkpoint import read_checkpoint
+
+        state = read_checkpoint(run.latest_checkpoint)
+        start_step = int(state["step"])
     logger = _mlflow_run(config, run) if rank == 0 and not sweep_trial else None
 
     def report(metrics: dict[str, float], payload: dict[str, Any] | None) -> None:
         if start_step:  # a restarted worker group (lost worker or resubmitted job): say where it resumed
             metrics = {**metrics, "resumed_from_step": start_step}
+        if payload is not None:  # the state first: a kill after the metrics line can resume from that step
+            save_checkpoint(payload, run.latest_checkpoint)
+            if metrics.get("is_best"):
+                save_checkpoint(best_payload(payload), run.best_checkpoint)
         if logger is not None:
             logger.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=int(metrics["step"]))
             run.append_metrics(metrics)
         if payload is None:
             ray.train.report(metrics)
             return
-        if metrics.get("is_best"):
-            save_checkpoint(best_payload(payload), run.best_checkpoint)
         report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, payload)
 
     status = "FAILED"
