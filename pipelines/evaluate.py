@@ -81,6 +81,8 @@ class EvalConfig:
     experiment: str = "fsar-eval"  # MLflow experiment name
 
     def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
         shots = self.shots()
         if not shots or any(s < 1 for s in shots) or len(set(shots)) != len(shots):
             raise ConfigError(f"shot must be a positive number or a list of distinct ones (e.g. 1,3,5), got {self.shot}")
@@ -177,7 +179,6 @@ def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[
                    folder: Path, progress: bool) -> tuple[list[ResultRecord], dict[tuple[str, int], Any]]:
     """One shot: its fixed episodes (made once, then read back), every candidate scored on them. ``folder``:
     where the output folder's files are written now (its local stand-in when it is on object storage)."""
-    dump_yaml(config, folder / f"eval_config-{config.shot}shot.yaml")
     video_ids = data.video_ids(candidates[0].key)  # (decodes a manifest's split: its usable videos)
     episode_path = folder / episode_file_name(config)
     if episode_path.is_file():
@@ -185,10 +186,11 @@ def _evaluate_shot(config: EvalConfig, data: EvaluationSource, candidates: list[
     else:
         sampler = EpisodeSampler(data.labels, way=config.way, shot=config.shot, query=config.query,
                                  seed=config.seed, class_names=data.class_names, split=config.split,
-                                 drop_small_classes=config.drop_small_classes)
+                                 drop_small_classes=config.drop_small_classes)  # an impossible episode: refused here
         episodes = sampler.batch(0, config.episodes)
         write_episode_file(episode_path, episodes, video_ids,
                            meta={"seed": config.seed, "split": config.split, **data.describe()})
+    dump_yaml(config, folder / f"eval_config-{config.shot}shot.yaml")  # written once the episodes are possible
     limit = data.episode_batch_limit
     batch_size = config.batch_size if limit is None else min(config.batch_size, limit)
     dataset = config.dataset or data.dataset_name()

@@ -92,6 +92,19 @@ def test_a_store_with_other_features_is_refused(trained, tmp_path, capsys, chang
     assert message in err and ("--backbone" in err or "--frames" in err)
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--episodes", "0"], "episodes must be >= 1, got 0"),
+    (["way=40"], "way=40 needs 40 classes"),
+])
+def test_an_impossible_evaluation_is_refused_before_it_writes_a_file(trained, tmp_path, capsys, args, message):
+    store, _, _ = trained
+    out = tmp_path / "e"
+    assert main(["eval", "--store", str(store), "--out", str(out), "--method", "protonet", "mlflow=false",
+                 *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))  # no config, no episode file
+
+
 def test_an_evaluation_is_an_mlflow_run_linked_to_the_runs_it_scored(trained, tmp_path):
     store, _, run = trained
     out = tmp_path / "eval"
