@@ -71,6 +71,7 @@ class Stages:
 
     path: Path
     record: dict[str, Any] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # stages met in this run (a store serves several recipes)
 
     @classmethod
     def load(cls, path: Path) -> Stages:
@@ -120,6 +121,9 @@ def _store(config: ReproduceConfig, recipe: Any, manifest: Path, stages: Stages)
     name = "-".join(str(settings[k]).replace("/", "_") for k in ("backbone", "pretrained", "frames", "patch_grid"))
     out = config.out / "stores" / name
     key = f"embed {name}"
+    if key in stages.seen:  # made (or found) already in this run, for another recipe or shot
+        return out
+    stages.seen.add(key)
     if key in stages.record.get("stages", {}):  # made, and finished, by an earlier run of this folder
         stages.timed(key, False, 0.0)
         return out
