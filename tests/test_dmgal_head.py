@@ -69,11 +69,11 @@ def test_training_refuses_a_store_with_another_frame_count(tmp_path):
     from fsar.training.loop import check_training_inputs
 
     store = make_signal_store(tmp_path / "store")  # 4 frames per video
-    config = TrainConfig(method="dmgal", out=tmp_path / "run", data=StoreData(store=store))
+    pooled = StoreData(store=store, view="pooled")  # no patch grid: the 1x1 grid, asked for
+    config = TrainConfig(method="dmgal", out=tmp_path / "run", data=pooled)
     with pytest.raises(ConfigError, match=r"num_frames=8 but 4 frames per video are in store .*; set knobs.num_frames=4"):
         check_training_inputs(config)
-    check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", data=StoreData(store=store),
-                                      knobs={"num_frames": 4}))
+    check_training_inputs(TrainConfig(method="dmgal", out=tmp_path / "run", data=pooled, knobs={"num_frames": 4}))
 
 
 def test_otam_metric_is_order_aware_and_on_bimhm_scale():

@@ -96,7 +96,7 @@ def test_train_recipe_flag_records_the_recipe_and_overrides_apply(synth, tmp_pat
 
     seen = {}
 
-    def resolved_only(config, address=None):  # what `fsar train` resolved, without training
+    def resolved_only(config, address=None, overwrite=False):  # what `fsar train` resolved, without training
         seen["config"] = config
         return TrainResult(tmp_path, tmp_path / "best.pt", 0.0, 0, config.steps, None)
 

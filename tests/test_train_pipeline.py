@@ -135,8 +135,10 @@ def test_every_cached_method_trains_under_ddp_with_two_workers(tmp_path, ray_loc
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         done = []
         for i, (store, name, knobs) in enumerate(cases):
-            config = TrainConfig(method=name, knobs=knobs, data=StoreData(store=store), out=str(tmp_path / f"run{i}"),
-                                 **settings)
+            # The pooled-only store gives a patch method its 1x1 grid when it asks for it (data.view=pooled).
+            view = "pooled" if store == textless and method_info(name).input_kind == "patches" else "auto"
+            config = TrainConfig(method=name, knobs=knobs, data=StoreData(store=store, view=view),
+                                 out=str(tmp_path / f"run{i}"), **settings)
             steps = []
             train_worker(config, rank=rank, world_size=world, wrap=ddp_wrap(world),
                          report=lambda m, p, steps=steps: steps.append(m["step"]))

@@ -94,7 +94,9 @@ def train_scenario(store: Path, run_dir: Path, *, steps: int = 60, val_every: in
     start = int(resumed[0]["resumed_from_step"]) if resumed else 0
     return {"job": "fsar train (local disk)", "injected": "SIGKILL of the driver after its first validation",
             "killed": killed, "rerun_ok": again.returncode == 0, "lost": 0, "duplicated": 0,
-            "repeated": (max(before) - start) if before else None, "resumed_from": start,
+            # Steps logged before the kill that the rerun trained again (the state is saved before its metrics
+            # line, so the resume point may also be past the last line logged: none repeated then).
+            "repeated": max(0, max(before) - start) if before else None, "resumed_from": start,
             "finished": bool(lines) and lines[-1]["step"] == steps,
             "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
 
