@@ -126,10 +126,48 @@ def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     return fs, pafs.FileSystem.from_uri(loc)[1] if scheme in ("hdfs", "viewfs") else rest
 
 
+# One policy for fsar's own object-store calls: transient errors (a reset connection, a 503 "slow down", a server
+# away for a few seconds) are retried with exponential backoff; after that the job fails naming the URI.
+RETRY_ATTEMPTS = int(os.environ.get("FSAR_STORAGE_RETRIES", "6"))  # 0.5 + 1 + 2 + 4 + 8 s between them: ~15 s
+RETRY_FIRST_WAIT_S = 0.5
+
+
+def _permanent(exc: OSError) -> bool:
+    """Errors a retry cannot fix: a missing object or folder, a refused permission."""
+    text = str(exc).lower()
+    return isinstance(exc, (FileNotFoundError, NotADirectoryError, PermissionError)) or any(
+        s in text for s in ("not found", "does not exist", "no such", "access denied", "forbidden"))
+
+
+def retrying(location: str | Path, call: Any, what: str) -> Any:
+    """``call()``, retried on transient errors when ``location`` is a URI (local disks do not heal by waiting)."""
+    import time
+
+    if not is_uri(location):
+        return call()
+    wait, started = RETRY_FIRST_WAIT_S, time.monotonic()
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return call()
+        except OSError as exc:
+            if _permanent(exc) or isinstance(exc, StorageError):
+                raise
+            if attempt == RETRY_ATTEMPTS:
+                raise StorageError(
+                    f"cannot {what} {location}: still failing after {attempt} attempts over "
+                    f"{time.monotonic() - started:.0f} s ({str(exc)[:160]}); the object store is unreachable or "
+                    "refusing: rerun the same command once it is back (finished work is kept)") from exc
+            time.sleep(wait)
+            wait *= 2
+    raise AssertionError("unreachable")
+
+
 def _info(location: str | Path) -> pafs.FileInfo:
     fs, path = filesystem(location)
     try:
-        return fs.get_file_info(path)
+        return retrying(location, lambda: fs.get_file_info(path), "reach")
+    except StorageError:
+        raise
     except OSError as exc:
         raise StorageError(f"cannot reach {location}: {exc}") from exc
 
@@ -164,8 +202,9 @@ def list_files(location: str | Path, pattern: str = "*", *, recursive: bool = Fa
     """Files directly in the folder ``location`` (or below it, ``recursive``) whose names match the glob
     ``pattern``, sorted; an absent folder has none."""
     fs, path = filesystem(location)
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
     try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+        infos = retrying(location, lambda: fs.get_file_info(selector), "list")
     except OSError as exc:
         raise StorageError(f"cannot list {location}: {exc}") from exc
     base = as_location(location)
@@ -181,9 +220,15 @@ def list_files(location: str | Path, pattern: str = "*", *, recursive: bool = Fa
 
 def read_bytes(location: str | Path) -> bytes:
     fs, path = filesystem(location)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
+
+    try:
+        return retrying(location, read, "read")
+    except StorageError:
+        raise
     except FileNotFoundError as exc:
         raise StorageError(f"{location} does not exist") from exc
     except OSError as exc:
@@ -209,8 +254,12 @@ def open_output(location: str | Path) -> Iterator[IO[bytes] | Any]:
     buffer = io.BytesIO()
     yield buffer
     fs, path = filesystem(loc)
-    with fs.open_output_stream(path) as f:
-        f.write(buffer.getbuffer())
+
+    def upload() -> None:  # the whole object again on a retry: an upload that failed left nothing behind
+        with fs.open_output_stream(path) as f:
+            f.write(buffer.getbuffer())
+
+    retrying(loc, upload, "write")
     stored = size(loc)
     if stored != buffer.getbuffer().nbytes:  # what was written must be what is stored before it counts as done
         raise StorageError(
@@ -244,7 +293,7 @@ def append_text(location: str | Path, text: str) -> None:
 def delete(location: str | Path, *, missing_ok: bool = True) -> None:
     """Remove a file, or a folder and everything in it."""
     fs, path = filesystem(location)
-    info = fs.get_file_info(path)
+    info = _info(location)
     if info.type == pafs.FileType.NotFound:
         if not missing_ok:
             raise StorageError(f"{location} does not exist")

@@ -432,3 +432,9 @@ def vit_maps_reference(visual: Any, pixels: Any) -> Any:
     patch = visual.conv1.kernel_size
     gh, gw = pixels.shape[-2] // patch[0], pixels.shape[-1] // patch[1]
     return torch.movedim(patches, -1, 1).reshape(patches.shape[0], -1, gh, gw)
+
+
+def moto_server_process() -> Any:
+    """The psutil handle of the session's moto S3 server (to pause it: SIGSTOP / SIGCONT)."""
+    psutil = _psutil()
+    return next(p for p in psutil.process_iter(["cmdline"]) if "moto_server" in " ".join(p.info["cmdline"] or []))

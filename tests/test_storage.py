@@ -76,3 +76,66 @@ def test_an_upload_the_server_rewrote_is_caught_before_it_counts(s3, monkeypatch
     with pytest.raises(storage.StorageError, match="10 bytes were written but the store holds 18.*"
                                                    "AWS_REQUEST_CHECKSUM_CALCULATION=when_required"):
         storage.write_bytes(target, b"0123456789")
+
+
+class FlakyFiles:
+    """A file system that fails its first ``failures`` calls the way an S3 client does when the server is away."""
+
+    def __init__(self, fs, failures: int) -> None:
+        self.fs, self.failures, self.calls = fs, failures, 0
+
+    def get_file_info(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: 7, Couldn't connect")
+        return self.fs.get_file_info(*args, **kwargs)
+
+
+def test_transient_errors_are_retried_and_a_store_that_stays_away_is_named(s3, monkeypatch):
+    target = f"{s3}/x.json"
+    storage.write_text(target, "{}")
+    real = storage.filesystem
+    monkeypatch.setattr(storage, "RETRY_FIRST_WAIT_S", 0.01)
+    flaky = {}
+
+    def filesystem(location):
+        fs, path = real(location)
+        flaky.setdefault("fs", FlakyFiles(fs, failures=3))
+        return flaky["fs"], path
+
+    monkeypatch.setattr(storage, "filesystem", filesystem)
+    assert storage.is_file(target) and flaky["fs"].calls == 4  # three failures, then through
+    flaky["fs"] = FlakyFiles(real(target)[0], failures=100)
+    with pytest.raises(storage.StorageError, match=f"cannot reach {target}: still failing after 6 attempts.*"
+                                                   "rerun the same command once it is back"):
+        storage.is_file(target)
+    with pytest.raises(storage.StorageError, match="cannot reach /nowhere"):  # a local path is not retried
+        monkeypatch.setattr(storage, "filesystem", lambda loc: (FlakyFiles(real(loc)[0], 100), str(loc)))
+        storage.is_file("/nowhere/x")
+
+
+def test_a_server_that_pauses_mid_job_is_ridden_through(s3, s3_server):
+    """The moto server stopped (SIGSTOP) for 2 s while objects are written and read back."""
+    import signal
+    import threading
+    import time
+
+    from helpers import moto_server_process
+
+    server = moto_server_process()
+    results = []
+
+    def work():
+        for i in range(6):
+            storage.write_bytes(f"{s3}/part-{i}", bytes([i]) * 1000)
+            results.append(storage.read_bytes(f"{s3}/part-{i}") == bytes([i]) * 1000)
+            time.sleep(0.3)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    time.sleep(0.5)
+    server.send_signal(signal.SIGSTOP)
+    time.sleep(2)
+    server.send_signal(signal.SIGCONT)
+    worker.join(timeout=120)
+    assert not worker.is_alive() and results == [True] * 6
