@@ -438,3 +438,17 @@ def moto_server_process() -> Any:
     """The psutil handle of the session's moto S3 server (to pause it: SIGSTOP / SIGCONT)."""
     psutil = _psutil()
     return next(p for p in psutil.process_iter(["cmdline"]) if "moto_server" in " ".join(p.info["cmdline"] or []))
+
+
+def pause_s3_server(seconds: float, *, after: float) -> None:
+    """Wait ``after`` seconds, then stop the session's moto S3 server (SIGSTOP) for ``seconds``: a server away."""
+    import signal
+    import time
+
+    server = moto_server_process()
+    time.sleep(after)
+    server.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        server.send_signal(signal.SIGCONT)

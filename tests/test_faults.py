@@ -23,25 +23,19 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(synth, tmp_path)
 def test_an_embed_rides_through_an_object_store_that_pauses(synth, s3, s3_server, tmp_path):
     """The S3 server stopped (SIGSTOP) for 2 s in the middle of an embed into a bucket: the job finishes, and the
     store holds every video exactly once."""
-    import signal
     import threading
-    import time
 
-    from helpers import embed_config, moto_server_process
+    from helpers import embed_config, pause_s3_server
 
     from fsar.data.feature_store import FeatureStore
     from fsar.data.store_check import check_store
     from pipelines.embed import run as embed
 
-    server = moto_server_process()
     cfg = embed_config(synth, f"{s3}/store", shard_size=8, batch_size=4)
     outcome = {}
     job = threading.Thread(target=lambda: outcome.setdefault("summary", embed(cfg, progress=False)))
     job.start()
-    time.sleep(1.0)
-    server.send_signal(signal.SIGSTOP)
-    time.sleep(2)
-    server.send_signal(signal.SIGCONT)
+    pause_s3_server(2, after=1.0)
     job.join(timeout=300)
     assert not job.is_alive() and outcome["summary"].videos == 40
     ids = FeatureStore(f"{s3}/store").table["video_id"].to_pylist()

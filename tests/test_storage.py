@@ -116,13 +116,11 @@ def test_transient_errors_are_retried_and_a_store_that_stays_away_is_named(s3, m
 
 def test_a_server_that_pauses_mid_job_is_ridden_through(s3, s3_server):
     """The moto server stopped (SIGSTOP) for 2 s while objects are written and read back."""
-    import signal
     import threading
     import time
 
-    from helpers import moto_server_process
+    from helpers import pause_s3_server
 
-    server = moto_server_process()
     results = []
 
     def work():
@@ -133,9 +131,6 @@ def test_a_server_that_pauses_mid_job_is_ridden_through(s3, s3_server):
 
     worker = threading.Thread(target=work)
     worker.start()
-    time.sleep(0.5)
-    server.send_signal(signal.SIGSTOP)
-    time.sleep(2)
-    server.send_signal(signal.SIGCONT)
+    pause_s3_server(2, after=0.5)
     worker.join(timeout=120)
     assert not worker.is_alive() and results == [True] * 6
