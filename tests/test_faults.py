@@ -3,6 +3,8 @@ nothing, duplicates nothing, and training resumes from its last checkpoint."""
 
 from __future__ import annotations
 
+import json
+
 from pipelines.bench.faults import embed_scenario, table, train_scenario
 
 
@@ -40,3 +42,27 @@ def test_an_embed_rides_through_an_object_store_that_pauses(synth, s3, s3_server
     assert not job.is_alive() and outcome["summary"].videos == 40
     ids = FeatureStore(f"{s3}/store").table["video_id"].to_pylist()
     assert len(ids) == len(set(ids)) == 40 and check_store(f"{s3}/store")[0] == []
+
+
+def test_a_training_run_on_object_storage_rides_through_a_pause(synth, s3, s3_server, tmp_path):
+    """Store and run folder in a bucket, the S3 server stopped for 2 s mid-training (in-process): the run
+    finishes with every validation logged once, and its checkpoints in the bucket."""
+    import threading
+
+    import pyarrow.fs as pafs
+    from helpers import config, make_signal_store, pause_s3_server
+
+    from fsar import storage
+    from pipelines.train import run
+
+    pafs.copy_files(str(make_signal_store(tmp_path / "store")), f"{s3}/store")
+    out = f"{s3}/runs/protonet"
+    cfg = config(f"{s3}/store", out, workers=0, steps=80, val_every=10, mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.setdefault("result", run(cfg)))
+    job.start()
+    pause_s3_server(2, after=2.0)
+    job.join(timeout=300)
+    assert not job.is_alive() and outcome["result"].steps == 80
+    steps = [json.loads(line)["step"] for line in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
+    assert steps == list(range(10, 81, 10)) and storage.is_file(f"{out}/latest.pt")
