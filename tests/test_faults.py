@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pipelines.bench.faults import embed_scenario, table, train_scenario
 
 
@@ -66,3 +68,16 @@ def test_a_training_run_on_object_storage_rides_through_a_pause(synth, s3, s3_se
     assert not job.is_alive() and outcome["result"].steps == 80
     steps = [json.loads(line)["step"] for line in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
     assert steps == list(range(10, 81, 10)) and storage.is_file(f"{out}/latest.pt")
+
+
+# Slow, and not yet reliable: 1 of 4 runs here ended with a trial not finished after the rerun (under study;
+# the diagnostics below print every trial's status when it happens).
+@pytest.mark.slow
+def test_a_killed_sweep_keeps_its_finished_trials_and_completes(synth, tmp_path):
+    from pipelines.bench.faults import sweep_scenario
+
+    embed_scenario(synth, tmp_path / "store")
+    row = sweep_scenario(tmp_path / "store", tmp_path / "sweep", tmp_path / "space.yaml")
+    assert row["killed"] and row["rerun_ok"] and row["kept"], row
+    assert row["all_done"], (row, [(f.parent.name, f.read_text()) for f in (tmp_path / "sweep").glob("trials/*/status.json")])
+    assert row["repeated"] == 0  # no trial logs a step twice

@@ -9,7 +9,9 @@ reruns the same command to the end:
   must be in the store exactly once (or in its failures), and ``fsar store check`` clean;
 - ``train``: ``fsar train`` (in-process) killed after its first validation; the rerun must resume from the last
   checkpoint (its first metrics line says ``resumed_from_step``), repeat no more steps than one validation
-  interval, and finish.
+  interval, and finish;
+- ``sweep``: ``fsar tune`` killed once a trial has finished; the rerun must keep that trial as it was and finish
+  the others (Tune's own experiment state, restored).
 
 ``tests/test_faults.py`` runs both at a tiny size; this prints one row per scenario.
 """
@@ -101,6 +103,37 @@ def train_scenario(store: Path, run_dir: Path, *, steps: int = 60, val_every: in
             "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
 
 
+def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
+    """Kill ``fsar tune`` once its first trial has finished, rerun it: finished trials must be kept as they were."""
+    import yaml
+
+    space.write_text(yaml.safe_dump({
+        "method": "protonet", "trials": 3, "search_seed": 0,
+        "fixed": {"steps": 30, "val_every": 10, "val_episodes": 40, "episodes_per_step": 2, "warmup_steps": 1,
+                  "proj_dim": 8, "way": 3, "query": 2},
+        "space": {"lr": {"loguniform": [1.0e-3, 3.0e-2]}}}))
+    cmd = _fsar(["tune", "--store", str(store), "--space", str(space), "--out", str(sweep), "--cpus-per-trial", "1",
+                 "max_concurrent=1", "verbose=0"])
+
+    def one_finished() -> bool:
+        return any(f.is_file() for f in sweep.glob("trials/*/status.json"))
+
+    killed = kill_when(cmd, one_finished)
+    finished = {f.parent.name: (f.parent / "metrics.jsonl").read_text() for f in sweep.glob("trials/*/status.json")}
+    again = rerun(cmd)
+    kept = all((sweep / "trials" / t / "metrics.jsonl").read_text() == text for t, text in finished.items())
+    statuses = [json.loads(f.read_text())["status"] for f in sweep.glob("trials/*/status.json")]
+    repeated = 0
+    for metrics in sweep.glob("trials/*/metrics.jsonl"):
+        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+        repeated += len(steps) - len(set(steps))
+    return {"job": "fsar tune (local disk)", "injected": "SIGKILL of the driver after its first finished trial",
+            "killed": killed, "rerun_ok": again.returncode == 0, "lost": 0, "duplicated": 0,
+            "repeated": repeated, "kept": kept and bool(finished), "trials": len(statuses),
+            "all_done": len(statuses) == 3 and all(s in ("finished", "stopped") for s in statuses),
+            "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| job | injected | rerun | videos lost | videos duplicated | steps repeated after resume | told |",
              "|---|---|---|---:|---:|---:|---|"]
@@ -123,6 +156,7 @@ def _run(args: Any) -> int:
                                     videos_per_class=args.videos_per_class, frames=16, size=64), progress=False)
     rows = [embed_scenario(manifest, out / "store")]
     rows.append(train_scenario(out / "store", out / "run"))
+    rows.append(sweep_scenario(out / "store", out / "sweep", out / "space.yaml"))
     print(table(rows))
     (out / "faults.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
