@@ -33,11 +33,14 @@ class LeaseHeld(ConfigError):
     """The folder is being written by a live job."""
 
 
+def process_runs(pid: object) -> bool | None:
+    """Whether process ``pid`` of this host runs (None where the host keeps no ``/proc`` to tell)."""
+    return os.path.exists(f"/proc/{pid}") if Path("/proc").is_dir() else None
+
+
 def _alive_here(record: dict[str, Any]) -> bool | None:
     """Whether the holder's process runs, when it was taken on this host (None: another host, unknowable here)."""
-    if record.get("host") != socket.gethostname():
-        return None
-    return os.path.exists(f"/proc/{record.get('pid')}") if Path("/proc").is_dir() else None
+    return process_runs(record.get("pid")) if record.get("host") == socket.gethostname() else None
 
 
 class Lease:

@@ -270,16 +270,11 @@ def load_search_space(path: str | Path, *, trials: int | None = None, fixed: Map
     space_file = load_yaml(path)
     if data is not None:
         space_file["data"] = data
-    return _space_from(space_file, path, trials=trials, fixed=fixed)
-
-
-def _space_from(data: dict[str, Any], path: str | Path, *, trials: int | None,
-                fixed: Mapping[str, Any] | None) -> SearchSpace:
     if trials is not None:
-        data["trials"] = trials
+        space_file["trials"] = trials
     if fixed:
-        data["fixed"] = {**(data.get("fixed") or {}), **fixed}
+        space_file["fixed"] = {**(space_file.get("fixed") or {}), **fixed}
     try:
-        return from_dict(SearchSpace, data, where="search space")
+        return from_dict(SearchSpace, space_file, where="search space")
     except ConfigError as exc:
         raise ConfigError(f"search space {path}: {exc}") from None

@@ -44,6 +44,8 @@ def remove_orphans(folders: tuple[str, ...] | None = None) -> list[str]:
     pid (``shared_path``), so one whose pid no longer runs has no reader left: its workers died with the job."""
     import tempfile
 
+    from fsar.lease import process_runs
+
     removed = []
     for folder in folders if folders is not None else ("/dev/shm", tempfile.gettempdir()):
         if not os.path.isdir(folder):
@@ -53,7 +55,7 @@ def remove_orphans(folders: tuple[str, ...] | None = None) -> list[str]:
             if not (name.startswith("fsar-features-") and name.endswith(".npy") and len(parts) == 5
                     and parts[3].isdigit()):
                 continue
-            if not os.path.exists(f"/proc/{parts[3]}"):
+            if process_runs(parts[3]) is False:
                 path = os.path.join(folder, name)
                 try:
                     os.unlink(path)

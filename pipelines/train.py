@@ -182,15 +182,20 @@ def _follow_metrics(run: RunFolder, config: TrainConfig, stop: threading.Event) 
                 return
 
 
-def ray_trainer(config: TrainConfig, run_folder: RunFolder, loop_config: dict[str, Any], *,
-                callbacks: Sequence[Any] = (), cpus_per_worker: float | None = None) -> Any:
+def ray_trainer(config: TrainConfig, run_folder: RunFolder, *, shared_job: str | None = None,
+                sweep_trial: bool = False, callbacks: Sequence[Any] = (),
+                cpus_per_worker: float | None = None) -> Any:
     """The ``TorchTrainer`` of a run: ``config.workers`` workers of ``cpus_per_worker`` CPUs (default
-    ``threads_per_worker``; a GPU each with ``use_gpu``) running ``_worker_entry`` on ``loop_config``, its state in
-    the run folder (so the same run resumes from its latest checkpoint); ``callbacks``: Ray Train callbacks (a
-    sweep's ``TuneReportCallback``)."""
+    ``threads_per_worker``; a GPU each with ``use_gpu``) running ``_worker_entry`` on ``config``, its state in the
+    run folder (so the same run resumes from its latest checkpoint). ``shared_job``: the job whose per-node
+    feature actors the workers read from; ``sweep_trial``: the run is a sweep's trial (its tracker logs it);
+    ``callbacks``: Ray Train callbacks (a sweep's ``TuneReportCallback``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    loop_config = to_dict(config) | {SWEEP_TRIAL_KEY: sweep_trial}
+    if shared_job is not None:
+        loop_config[SHARED_FEATURES_KEY] = shared_job
     return TorchTrainer(
         _worker_entry,
         train_loop_config=loop_config,
@@ -240,19 +245,17 @@ def _train_held(config: TrainConfig, *, address: str | None, overwrite: bool) ->
     if config.workers > 0:
         ray = init_ray(address=address)
         check_decode_room(config, ray.cluster_resources())
-    loop_config = to_dict(config)
-    shared = config.workers > 0 and isinstance(config.data, StoreData)
-    if shared:  # one copy of each split per node, shared by its workers (pipelines.node_features)
-        loop_config[SHARED_FEATURES_KEY] = uuid.uuid4().hex[:12]
-    trainer = ray_trainer(config, run_folder, loop_config)
+    # One copy of each split per node, shared by its workers (pipelines.node_features).
+    shared_job = uuid.uuid4().hex[:12] if config.workers > 0 and isinstance(config.data, StoreData) else None
+    trainer = ray_trainer(config, run_folder, shared_job=shared_job)
     stop = threading.Event()
     follower = threading.Thread(target=_follow_metrics, args=(run_folder, config, stop), daemon=True)
     follower.start()
     try:
-        if shared:
+        if shared_job is not None:
             from pipelines.node_features import NodeFeatureActors
 
-            with NodeFeatureActors(loop_config[SHARED_FEATURES_KEY]) as actors:
+            with NodeFeatureActors(shared_job) as actors:
                 trainer.fit()
                 actors.write_stats(run_folder.feature_loads_file)
         else:

@@ -88,15 +88,12 @@ def make_distributed_trainable(space: SearchSpace, *, source: Location, out: Loc
         from ray import tune
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from pipelines.train import SHARED_FEATURES_KEY, SWEEP_TRIAL_KEY, ray_trainer
+        from pipelines.train import ray_trainer
 
         trial_id = tune.get_context().get_trial_id()
         config = trial_config(space, values, source=source, out=out, trial_id=trial_id, settings=settings)
-        loop_config = to_dict(config) | {SWEEP_TRIAL_KEY: True}
-        if shared_job is not None:
-            loop_config[SHARED_FEATURES_KEY] = shared_job
-        ray_trainer(config, RunFolder(config.out), loop_config, callbacks=[TuneReportCallback()],
-                    cpus_per_worker=cpus_per_worker).fit()
+        ray_trainer(config, RunFolder(config.out), shared_job=shared_job, sweep_trial=True,
+                    callbacks=[TuneReportCallback()], cpus_per_worker=cpus_per_worker).fit()
 
     return fsar_distributed_trial
 

@@ -242,10 +242,8 @@ class BackboneStage(nn.Module):
             self.encoder.eval()
         return self
 
-    def _before_block(self, frames: int, grid: tuple[int, int]) -> BlockHook | None:
+    def _before_block(self, frames: int, grid: tuple[int, int]) -> BlockHook:
         """The hook that runs the adapters on tokens ``(M·T, 1 + L, W)`` of videos of ``frames`` frames."""
-        if not len(self.adapters):
-            return None
 
         def before_block(index: int, tokens: Tensor) -> Tensor:
             if str(index) not in self.adapters:

@@ -76,6 +76,10 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Location:
     return storage.as_location(path)
 
 
+def no_checkpoint(path: str | Path) -> ConfigError:
+    return ConfigError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The payload of a checkpoint file (local or a URI), as plain data (untrusted input: ``weights_only``);
     a file that does not read (truncated, damaged, not a checkpoint) is refused with its path."""
@@ -85,7 +89,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         else:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ConfigError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file") from None
+        raise no_checkpoint(path) from None
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
         raise ConfigError(f"checkpoint {path} does not read ({type(exc).__name__}: {str(exc)[:120]}): it is truncated "
                           "or damaged; point at another checkpoint, or rerun the training that wrote it") from None
@@ -101,7 +105,7 @@ def load_checkpoint(path: str | Path) -> tuple[FewShotMethod, dict[str, Any]]:
     if not storage.is_file(path) and storage.is_dir(path):
         path = RunFolder(path).best_checkpoint
     if not storage.is_file(path):
-        raise ConfigError(f"no checkpoint at {path}; pass a run folder holding best.pt, or the .pt file")
+        raise no_checkpoint(path)
     payload = read_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not an fsar checkpoint (format {payload.get('format')!r})")

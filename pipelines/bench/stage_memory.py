@@ -32,17 +32,22 @@ HEADROOM = 0.75  # of a card's memory the estimate may plan for
 EPISODES_PER_STEP = 16  # the released DMGAL run's episodes per optimiser step
 
 
-def saved_bytes(backbone: str, tune: str, *, checkpointing: bool, frames: int) -> float:
-    """Bytes autograd keeps for the backward pass of one forward of ``frames`` frames through a stage of
-    ``backbone`` tuned ``tune`` (at the encoder's own size, bf16 autocast, each storage counted once)."""
-    import torch
-
+def build_stage(backbone: str, tune: str, *, checkpointing: bool = False) -> Any:
+    """A training-mode ``BackboneStage`` of ``backbone`` tuned ``tune``, pooled view, without its text tower."""
     from fsar.backbones.stage import BackboneStage
     from fsar.data.sections import StageSettings
 
     stage = BackboneStage(StageSettings(backbone=backbone, tune=tune, checkpointing=checkpointing, view="pooled"),
                           view="pooled").train()
     stage.drop_text()
+    return stage
+
+
+def measure_saved(stage: Any, frames: int) -> float:
+    """Bytes autograd keeps for the backward pass of one forward of ``frames`` frames through ``stage`` (at the
+    encoder's own size, bf16 autocast, each storage counted once)."""
+    import torch
+
     size = stage.preprocess.size
     pixels = torch.randn(1, frames, 3, size, size)
     seen: dict[tuple[int, int], int] = {}
@@ -58,22 +63,24 @@ def saved_bytes(backbone: str, tune: str, *, checkpointing: bool, frames: int) -
     return float(sum(seen.values()))
 
 
+def saved_bytes(backbone: str, tune: str, *, checkpointing: bool, frames: int) -> float:
+    """``measure_saved`` of a fresh stage of ``backbone`` tuned ``tune``."""
+    return measure_saved(build_stage(backbone, tune, checkpointing=checkpointing), frames)
+
+
 def saved_bytes_per_frame(backbone: str, tune: str, *, checkpointing: bool) -> tuple[float, float]:
-    """(bytes per frame, bytes per forward): the slope and intercept of ``saved_bytes`` over 2 and 4 frames. The
-    intercept is what a forward keeps whatever its size, such as autocast's bf16 copies of the trainable weights."""
-    two = saved_bytes(backbone, tune, checkpointing=checkpointing, frames=2)
-    four = saved_bytes(backbone, tune, checkpointing=checkpointing, frames=4)
+    """(bytes per frame, bytes per forward): the slope and intercept of the saved bytes over 2 and 4 frames (one
+    stage measured twice). The intercept is what a forward keeps whatever its size, such as autocast's bf16
+    copies of the trainable weights."""
+    stage = build_stage(backbone, tune, checkpointing=checkpointing)
+    two, four = measure_saved(stage, 2), measure_saved(stage, 4)
     return (four - two) / 2, 2 * two - four
 
 
 def weight_bytes(backbone: str, tune: str) -> tuple[float, int, int, int]:
     """Resident bytes of the stage's weights and optimiser state (16 B a trainable weight: fp32 copy, gradient,
     two AdamW moments; 4 B a frozen one), the trainable and total weight counts, and the encoder's blocks."""
-    from fsar.backbones.stage import BackboneStage
-    from fsar.data.sections import StageSettings
-
-    stage = BackboneStage(StageSettings(backbone=backbone, tune=tune, view="pooled"), view="pooled")
-    stage.drop_text()
+    stage = build_stage(backbone, tune)
     trainable = sum(p.numel() for p in stage.parameters() if p.requires_grad)
     total = sum(p.numel() for p in stage.parameters())
     return 16.0 * trainable + 4.0 * (total - trainable), trainable, total, max(1, stage.encoder.blocks)
