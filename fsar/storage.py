@@ -90,12 +90,20 @@ def s3_compatible_defaults() -> dict[str, str]:
     return chosen
 
 
+# One policy for object-store calls: transient errors (a reset connection, a 503 "slow down", a server away for a
+# few seconds) are retried with exponential backoff, by the clients (the same number of attempts) and around
+# fsar's own calls; after that the job fails naming the URI.
+RETRY_ATTEMPTS = int(os.environ.get("FSAR_STORAGE_RETRIES", "6"))  # 0.5 + 1 + 2 + 4 + 8 s between them: ~15 s
+RETRY_FIRST_WAIT_S = 0.5
+RETRY_TIME_LIMIT_S = RETRY_FIRST_WAIT_S * (2 ** (RETRY_ATTEMPTS - 1) - 1)
+
+
 @functools.lru_cache(maxsize=32)
 def _filesystem_for(scheme_and_host: str) -> pafs.FileSystem:
     if scheme_and_host.startswith("s3://"):
         s3_compatible_defaults()
     try:
-        return pafs.FileSystem.from_uri(scheme_and_host)[0]
+        return _with_client_retries(pafs.FileSystem.from_uri(scheme_and_host)[0])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as arrow_error:
         try:
             import fsspec
@@ -104,11 +112,44 @@ def _filesystem_for(scheme_and_host: str) -> pafs.FileSystem:
                                "fsspec is not installed") from exc
         protocol = scheme_and_host.split("://", 1)[0]
         try:
-            fs = fsspec.filesystem(protocol)
+            fs = fsspec.filesystem(protocol, **_fsspec_retry_options(protocol))
         except (ImportError, ValueError) as exc:
             raise StorageError(f"cannot open {scheme_and_host}: {exc}; install the client for {protocol}:// "
                                "(for example `pip install gcsfs` or `adlfs`)") from exc
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _with_client_retries(fs: pafs.FileSystem) -> pafs.FileSystem:
+    """The same file system with its client's own retries set to fsar's policy: the S3 client retries each
+    request (Arrow's reads and writes inside Ray Data included) before fsar's own retries see an error."""
+    if isinstance(fs, pafs.S3FileSystem):
+        # Everything the URI and environment resolved (region, endpoint, scheme, credentials) is kept: Arrow's
+        # pickled form carries all the constructor's settings but the retry strategy.
+        settings = fs.__reduce__()[1][0]
+        return pafs.S3FileSystem(**settings,
+                                 retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=RETRY_ATTEMPTS))
+    if isinstance(fs, getattr(pafs, "GcsFileSystem", ())):
+        import datetime
+
+        return pafs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=RETRY_TIME_LIMIT_S))
+    return fs
+
+
+def _fsspec_retry_options(protocol: str) -> dict[str, Any]:
+    """``retries=`` for an fsspec file system whose constructor takes it (gcsfs, adlfs and others), unless the
+    user's fsspec configuration already sets it."""
+    import inspect
+
+    import fsspec
+
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError):
+        return {}
+    configured = fsspec.config.conf.get(protocol, {})
+    if "retries" in inspect.signature(cls.__init__).parameters and "retries" not in configured:
+        return {"retries": RETRY_ATTEMPTS}
+    return {}
 
 
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -126,10 +167,6 @@ def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     return fs, pafs.FileSystem.from_uri(loc)[1] if scheme in ("hdfs", "viewfs") else rest
 
 
-# One policy for fsar's own object-store calls: transient errors (a reset connection, a 503 "slow down", a server
-# away for a few seconds) are retried with exponential backoff; after that the job fails naming the URI.
-RETRY_ATTEMPTS = int(os.environ.get("FSAR_STORAGE_RETRIES", "6"))  # 0.5 + 1 + 2 + 4 + 8 s between them: ~15 s
-RETRY_FIRST_WAIT_S = 0.5
 
 
 def _permanent(exc: OSError) -> bool:
@@ -311,8 +348,14 @@ def staged_folder(location: str | Path) -> Iterator[Path]:
     written by one process (an evaluation's results), not for stores or run folders that workers write."""
     loc = as_location(location)
     if isinstance(loc, Path):
+        created = not loc.exists()
         loc.mkdir(parents=True, exist_ok=True)
-        yield loc
+        try:
+            yield loc
+        except BaseException:
+            if created and not any(loc.iterdir()):  # a refused job leaves nothing behind, not even its folder
+                loc.rmdir()
+            raise
         return
     fs, path = filesystem(loc)
     with tempfile.TemporaryDirectory(prefix="fsar-stage-") as local:

@@ -15,13 +15,13 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from helpers import MIXED_SIZES, free_port, write_counter_video, write_pattern_video  # noqa: E402
 
+from pipelines.bench.local_s3 import client_settings  # noqa: E402
+
 # Every S3 client of the session (pyarrow, boto3, Ray's storage, in this process and in the Ray workers it
 # starts) talks to the moto server of the `s3` fixture, through the standard AWS variables only. Set before
 # anything starts Ray, so that the workers inherit them; never real credentials.
 S3_PORT = free_port()
-os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "fsar-test",
-                   "AWS_SECRET_ACCESS_KEY": "fsar-test", "AWS_DEFAULT_REGION": "us-east-1",
-                   "AWS_EC2_METADATA_DISABLED": "true"})
+os.environ.update(client_settings(S3_PORT))
 
 
 @pytest.fixture
@@ -93,26 +93,10 @@ def ray_local():
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1 (the port of ``AWS_ENDPOINT_URL``), stopped by its process id."""
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from pipelines.bench.local_s3 import moto_server
 
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(S3_PORT)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(os.environ["AWS_ENDPOINT_URL"], timeout=1)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("the moto S3 server did not start") from None
-            time.sleep(0.2)
-    yield os.environ["AWS_ENDPOINT_URL"]
-    os.kill(server.pid, 15)
-    server.wait(timeout=30)
+    with moto_server(S3_PORT):
+        yield os.environ["AWS_ENDPOINT_URL"]
 
 
 @pytest.fixture
@@ -120,11 +104,10 @@ def s3(s3_server, request) -> str:
     """A fresh bucket on the test server, as ``s3://<bucket>``."""
     import re
 
-    import boto3
+    from pipelines.bench.local_s3 import make_bucket
 
     bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{free_port()}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return f"s3://{bucket}"
+    return make_bucket(bucket)
 
 
 @pytest.fixture

@@ -24,6 +24,19 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(synth, tmp_path)
     assert "| fsar train (local disk) |" in table([row])
 
 
+def test_killed_drivers_on_object_storage_lose_and_repeat_nothing(synth, s3, tmp_path):
+    """The same hard kills with the store and run folder in a bucket: the reruns find what the killed jobs left
+    there (finished shards, the last checkpoint) through the S3 server."""
+    embed = embed_scenario(synth, f"{s3}/store")
+    assert embed["killed"] and embed["rerun_ok"], embed
+    assert embed["lost"] == 0 and embed["duplicated"] == 0 and embed["check_clean"]
+    train = train_scenario(f"{s3}/store", f"{s3}/run", steps=40, val_every=10,
+                           mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert train["killed"] and train["rerun_ok"] and train["finished"], train["told"]
+    assert train["resumed_from"] >= 10 and 0 <= train["repeated"] <= 10
+    assert "| fsar train (S3 server) |" in table([train])
+
+
 def test_an_embed_rides_through_an_object_store_that_pauses(synth, s3, s3_server, tmp_path):
     """The S3 server stopped (SIGSTOP) for 2 s in the middle of an embed into a bucket: the job finishes, and the
     store holds every video exactly once."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from fsar import storage
@@ -134,3 +135,28 @@ def test_a_server_that_pauses_mid_job_is_ridden_through(s3, s3_server):
     pause_s3_server(2, after=0.5)
     worker.join(timeout=120)
     assert not worker.is_alive() and results == [True] * 6
+
+
+def test_clients_retry_by_the_same_policy(s3, monkeypatch):
+    """S3 goes through Arrow's client (rebuilt with fsar's attempts, and still reaching the server); an fsspec
+    file system whose constructor takes ``retries`` gets fsar's count unless the user's fsspec config sets it."""
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    storage.write_text(f"{s3}/retry.txt", "ok")
+    assert storage.read_text(f"{s3}/retry.txt") == "ok"
+    assert isinstance(storage.filesystem(s3)[0], pafs.S3FileSystem)
+
+    class RetryingMemory(MemoryFileSystem):
+        protocol = "fsarretry"
+        made_with: dict = {}
+
+        def __init__(self, *args, retries: int = 1, **kwargs):
+            RetryingMemory.made_with = {"retries": retries}
+            super().__init__(*args, **kwargs)
+
+    fsspec.register_implementation("fsarretry", RetryingMemory, clobber=True)
+    assert storage._fsspec_retry_options("fsarretry") == {"retries": storage.RETRY_ATTEMPTS}
+    assert storage._fsspec_retry_options("memory") == {}  # takes no such argument
+    monkeypatch.setitem(fsspec.config.conf, "fsarretry", {"retries": 2})
+    assert storage._fsspec_retry_options("fsarretry") == {}  # the user's choice stands

@@ -13,6 +13,9 @@ reruns the same command to the end:
 - ``sweep``: ``fsar tune`` killed once a trial has finished; the rerun must keep that trial as it was and finish
   the others (Tune's own experiment state, restored).
 
+The embed and training rows run again with the store and run folder on a local S3 server (moto, on 127.0.0.1,
+stopped by its process id) unless ``--s3-port -1``.
+
 ``tests/test_faults.py`` runs both at a tiny size; this prints one row per scenario.
 """
 
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fsar import storage
+from fsar.storage import Location
 from pipelines.command import Command, run_alone
 
 ENV = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -58,8 +63,17 @@ def rerun(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=os.environ | ENV, capture_output=True, text=True, timeout=600)
 
 
-def embed_scenario(manifest: Path, store: Path) -> dict[str, Any]:
-    """Kill ``fsar embed`` after its first shard, rerun it, and count what the store holds."""
+def _where(location: Location) -> str:
+    return "S3 server" if storage.is_uri(location) else "local disk"
+
+
+def _told(process: subprocess.CompletedProcess[str]) -> str:
+    return process.stdout.strip().splitlines()[-1] if process.stdout.strip() else process.stderr[-300:]
+
+
+def embed_scenario(manifest: Path, store: Location) -> dict[str, Any]:
+    """Kill ``fsar embed`` after its first shard, rerun it, and count what the store holds. ``store``: a folder
+    or a URI."""
     import pyarrow.parquet as pq
 
     from fsar.data.feature_store import FeatureStore
@@ -68,39 +82,43 @@ def embed_scenario(manifest: Path, store: Path) -> dict[str, Any]:
     cmd = _fsar(["embed", "--manifest", str(manifest), "--out", str(store), "--backbone", "fsar-tiny",
                  "--pretrained", "none", "--frames", "4", "engine=local", "shard_size=8", "chunk_size=4",
                  "mlflow=false"])
-    killed = kill_when(cmd, lambda: any(store.glob("shard-*.parquet")))
+    killed = kill_when(cmd, lambda: bool(storage.list_files(store, "shard-*.parquet", limit=1)))
     again = rerun(cmd)
     ids = FeatureStore(store).table["video_id"].to_pylist()
-    failed = pq.read_table(store / "failures.parquet").num_rows if (store / "failures.parquet").is_file() else 0
+    failures = storage.join(store, "failures.parquet")
+    fs, path = storage.filesystem(failures)
+    failed = pq.read_table(path, filesystem=fs).num_rows if storage.is_file(failures) else 0
     wanted = pq.read_table(manifest).num_rows
-    return {"job": "fsar embed (local disk)", "injected": "SIGKILL of the driver after its first shard",
+    return {"job": f"fsar embed ({_where(store)})", "injected": "SIGKILL of the driver after its first shard",
             "killed": killed, "rerun_ok": again.returncode == 0, "lost": wanted - len(set(ids)) - failed,
             "duplicated": len(ids) - len(set(ids)), "repeated": "—", "check_clean": not check_store(store)[0],
-            "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
+            "told": _told(again)}
 
 
-def train_scenario(store: Path, run_dir: Path, *, steps: int = 60, val_every: int = 10) -> dict[str, Any]:
-    """Kill ``fsar train`` after its first validation, rerun it, and read where it resumed."""
+def train_scenario(store: Location, run_dir: Location, *, steps: int = 60, val_every: int = 10,
+                   mlflow_uri: str = "") -> dict[str, Any]:
+    """Kill ``fsar train`` after its first validation, rerun it, and read where it resumed. Store and run folder:
+    folders or URIs (a run folder on object storage needs a tracking URI, ``mlflow_uri``)."""
     cmd = _fsar(["train", "--store", str(store), "--method", "protonet", "--out", str(run_dir), "--steps", str(steps),
-                 f"val_every={val_every}", "val_episodes=40", "episodes_per_step=2", "knobs.proj_dim=8", "way=3", "query=2"])
-    metrics = run_dir / "metrics.jsonl"
+                 f"val_every={val_every}", "val_episodes=40", "episodes_per_step=2", "knobs.proj_dim=8", "way=3",
+                 "query=2", *([f"mlflow_uri={mlflow_uri}"] if mlflow_uri else [])])
+    metrics = storage.join(run_dir, "metrics.jsonl")
 
-    def validated() -> bool:
-        return metrics.is_file() and bool(metrics.read_text().strip())
+    def logged() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in storage.read_text(metrics).splitlines()] if storage.is_file(metrics) else []
 
-    killed = kill_when(cmd, validated)
-    before = [json.loads(line)["step"] for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    killed = kill_when(cmd, lambda: bool(logged()))
+    before = [m["step"] for m in logged()]
     again = rerun(cmd)
-    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    lines = logged()
     resumed = [m for m in lines if "resumed_from_step" in m]
     start = int(resumed[0]["resumed_from_step"]) if resumed else 0
-    return {"job": "fsar train (local disk)", "injected": "SIGKILL of the driver after its first validation",
+    return {"job": f"fsar train ({_where(run_dir)})", "injected": "SIGKILL of the driver after its first validation",
             "killed": killed, "rerun_ok": again.returncode == 0, "lost": 0, "duplicated": 0,
             # Steps logged before the kill that the rerun trained again (the state is saved before its metrics
             # line, so the resume point may also be past the last line logged: none repeated then).
             "repeated": max(0, max(before) - start) if before else None, "resumed_from": start,
-            "finished": bool(lines) and lines[-1]["step"] == steps,
-            "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
+            "finished": bool(lines) and lines[-1]["step"] == steps, "told": _told(again)}
 
 
 def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
@@ -131,7 +149,7 @@ def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
             "killed": killed, "rerun_ok": again.returncode == 0, "lost": 0, "duplicated": 0,
             "repeated": repeated, "kept": kept and bool(finished), "trials": len(statuses),
             "all_done": len(statuses) == 3 and all(s in ("finished", "stopped") for s in statuses),
-            "told": again.stdout.strip().splitlines()[-1] if again.stdout.strip() else again.stderr[-300:]}
+            "told": _told(again)}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -146,6 +164,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--videos-per-class", dest="videos_per_class", type=int, default=4)
+    p.add_argument("--s3-port", dest="s3_port", type=int, default=0,
+                   help="also run the embed and training rows on a local moto S3 server on this port (0: a free one; "
+                        "-1: disk rows only)")
 
 
 def _run(args: Any) -> int:
@@ -157,9 +178,37 @@ def _run(args: Any) -> int:
     rows = [embed_scenario(manifest, out / "store")]
     rows.append(train_scenario(out / "store", out / "run"))
     rows.append(sweep_scenario(out / "store", out / "sweep", out / "space.yaml"))
+    if args.s3_port >= 0:
+        rows += _s3_rows(manifest, port=args.s3_port or _free_port())
     print(table(rows))
     (out / "faults.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _s3_rows(manifest: Path, *, port: int) -> list[dict[str, Any]]:
+    """The embed and training rows again with the store and run folder in a bucket of a local S3 server (the
+    commands find it through ``AWS_ENDPOINT_URL``, which their processes inherit)."""
+    from pipelines.bench.local_s3 import client_settings, make_bucket, moto_server
+
+    saved = {k: os.environ.get(k) for k in client_settings(port)}
+    os.environ.update(client_settings(port))
+    try:
+        with moto_server(port):
+            bucket = make_bucket("fsar-faults")
+            return [embed_scenario(manifest, f"{bucket}/store"),
+                    train_scenario(f"{bucket}/store", f"{bucket}/run",
+                                   mlflow_uri=f"sqlite:///{manifest.parent.parent / 'mlflow-s3.db'}")]
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 COMMAND = Command("bench_faults", "hard kills of a job's driver, then the same command again", _arguments, _run,
