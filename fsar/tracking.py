@@ -92,17 +92,17 @@ class RunLogger:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    def log_artifact(self, path: str | Path) -> None:
-        """Log a local file, or a copy of one on object storage."""
+    def log_artifact(self, path: str | Path, *, folder: str | None = None) -> None:
+        """Log a local file, or a copy of one on object storage (under ``folder`` of the run's artifacts)."""
         if not storage.is_uri(path):
-            self.client.log_artifact(self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
             return
         import tempfile
 
-        with tempfile.TemporaryDirectory() as folder:
-            local = Path(folder) / storage.name(path)
+        with tempfile.TemporaryDirectory() as staging:
+            local = Path(staging) / storage.name(path)
             local.write_bytes(storage.read_bytes(path))
-            self.client.log_artifact(self.run_id, str(local))
+            self.client.log_artifact(self.run_id, str(local), artifact_path=folder)
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)

@@ -17,7 +17,7 @@ from typing import Any
 
 from fsar.config import ConfigError, resolve
 from fsar.storage import as_location
-from pipelines import compare, demo, embed, evaluate, reproduce, train, tune
+from pipelines import compare, demo, embed, evaluate, predict, reproduce, train, tune
 from pipelines.command import Command, dispatch, flags
 
 
@@ -196,6 +196,7 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     compare.COMMAND,
     reproduce.COMMAND,
+    predict.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
     Command("store", "check a feature store: every shard reads and holds what its merge recorded", _store_arguments,
             _run_store, takes_config=False),

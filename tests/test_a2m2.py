@@ -227,3 +227,16 @@ def test_order_prior_tells_a_motion_from_its_reverse(split):
         build_method("a2m2", feature_dim=12, order_prior=-1.0)
     with pytest.raises(ConfigError, match="moment_inputs"):
         build_method("a2m2", feature_dim=12, moment_inputs=["features", "colour"])
+
+
+def test_a2m2_explains_a_match_by_its_transport_plan_between_candidates():
+    torch.manual_seed(0)
+    method = build_method("a2m2", feature_dim=12).eval()
+    with torch.no_grad():
+        enc = method.encode(torch.randn(2, 8, 4, 4, 12))
+        one = [type(enc)(*(f[i] for f in enc)) for i in range(2)]
+        explanation = method.explain(one[0], one[1])
+    k = enc.candidates.shape[1]
+    assert explanation.kind == "transport plan" and explanation.weights.shape == (k, k)
+    torch.testing.assert_close(explanation.weights.sum(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    assert explanation.query_items.min() >= 0 and explanation.query_items.max() <= 1  # window centres

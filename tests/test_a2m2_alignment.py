@@ -83,3 +83,18 @@ def test_identical_sets_are_closer_than_different_ones():
     same = transport_distance(a, logits, a, logits, epsilon=0.01, iterations=200)
     other = transport_distance(a, logits, torch.randn(1, 1, 6, 8), logits, epsilon=0.01, iterations=200)
     assert float(same) < 0.05 < float(other)
+
+
+def test_transport_plans_carry_the_candidate_weights_and_sum_to_the_distance():
+    """The plan A2M2 explains itself with: its marginals are the two videos' candidate weights, and ⟨P, C⟩ is the
+    distance ``transport_distance`` reports for the pair."""
+    from fsar.methods.a2m2.alignment import transport_plans
+
+    torch.manual_seed(0)
+    q, s = torch.randn(1, 1, 5, 8), torch.randn(1, 1, 7, 8)
+    ql, sl = torch.randn(1, 1, 5), torch.randn(1, 1, 7)
+    plan, total = transport_plans(q, ql, s, sl, epsilon=0.05, iterations=300)
+    torch.testing.assert_close(plan[0].sum(dim=1), torch.softmax(ql[0, 0], -1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(plan[0].sum(dim=0), torch.softmax(sl[0, 0], -1), atol=1e-4, rtol=0)
+    distance = transport_distance(q, ql, s, sl, epsilon=0.05, iterations=300)
+    torch.testing.assert_close(distance.reshape(-1), total.reshape(-1).to(distance.dtype))

@@ -126,3 +126,19 @@ def test_damaged_store_metadata_is_named_with_a_fix_that_works(store):
     meta.write_text(meta.read_text()[:20])
     with pytest.raises(FeatureStoreError, match=f"{meta} does not read.*delete it and rerun the `fsar embed`"):
         read_meta(root)
+
+
+@pytest.mark.parametrize("view,as_grid,shape", [("pooled", False, (4, 6)), ("grid", False, (4, 24)),
+                                                ("patches", False, (4, 2, 2, 6)), ("pooled", True, (4, 1, 1, 6))])
+def test_a_shard_read_alone_holds_every_split_in_the_view_asked(store, view, as_grid, shape):
+    root, written = store
+    fs = FeatureStore(root)
+    ids, features = [], []
+    for shard in fs.shard_files():
+        part_ids, part = fs.read_shard(shard, view=view, as_grid=as_grid)
+        ids += part_ids
+        features.append(part)
+    features = np.concatenate(features)
+    assert ids == [r["video_id"] for r in written] and features.shape == (9, *shape)
+    column = "frames" if view == "pooled" else "patches"
+    np.testing.assert_allclose(features[6].reshape(-1), written[6][column].astype(np.float16).reshape(-1))

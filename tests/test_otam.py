@@ -76,3 +76,16 @@ def test_gradient_flows_to_features_and_projection():
     for grad in (support.grad, query.grad, method.proj.weight.grad):
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
+
+
+def test_a_video_against_itself_is_explained_by_the_diagonal_path():
+    """OTAM's explanation is the expected soft-DTW path: for a video and itself, each frame meets its own frame."""
+    torch.manual_seed(0)
+    method = build_method("otam", feature_dim=16).eval()
+    video = method.encode(torch.randn(1, 6, 16))
+    one = type(video)(video.frames[0])
+    explanation = method.explain(one, one)
+    assert explanation.kind == "frame alignment" and explanation.weights.shape == (6, 6)
+    assert explanation.weights.argmax(dim=1).tolist() == list(range(6))
+    torch.testing.assert_close(explanation.query_items[:, 0], (torch.arange(6) + 0.5) / 6)
+    assert build_method("protonet", feature_dim=16).explain(one, one) is None  # aligns nothing

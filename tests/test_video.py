@@ -85,3 +85,39 @@ def test_a_video_on_object_storage_decodes_like_the_local_file(counter_video, s3
     storage.write_bytes(f"{s3}/videos/empty.mp4", b"")
     with pytest.raises(VideoDecodeError, match="empty"):
         load_clip(f"{s3}/videos/empty.mp4", num_segments=8)
+
+
+def test_window_spans_cover_the_video_and_end_at_its_end():
+    from fsar.data.video import window_spans
+
+    assert window_spans(100, 10.0, 3.0, 2.0) == [(0, 30), (20, 50), (40, 70), (60, 90), (70, 100)]
+    assert window_spans(25, 10.0, 3.0, 1.0) == [(0, 25)]  # shorter than a window: the whole video
+    with pytest.raises(ValueError, match="positive seconds"):
+        window_spans(100, 10.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_windows_of_a_long_video_hold_their_own_frames(counter_video, backend):
+    """A 4 s video at 10 fps, 2 s windows every 1.5 s: each window's frames are its segment centres, in seconds
+    as the container's frame rate says."""
+    from fsar.data.video import load_windows
+
+    path = counter_video(40, fps=10)
+    windows = load_windows(path, num_segments=4, window_s=2.0, stride_s=1.5, backend=backend)
+    assert [(w.start_s, w.end_s) for w in windows] == [(0.0, 2.0), (1.5, 3.5), (2.0, 4.0)]
+    for w in windows:
+        start = round(w.start_s * 10)
+        assert w.indices.tolist() == [start + 2, start + 7, start + 12, start + 17]
+        assert [decoded_index(f, 40) for f in w.frames] == w.indices.tolist()
+    with open(path, "rb") as f:  # the same from bytes in memory (an upload)
+        again = load_windows(f.read(), num_segments=4, window_s=2.0, stride_s=1.5, backend=backend)
+    assert [w.indices.tolist() for w in again] == [w.indices.tolist() for w in windows]
+
+
+def test_a_broken_upload_is_named_as_such():
+    from fsar.data.video import load_windows
+
+    with pytest.raises(VideoDecodeError, match="<uploaded video>: cannot be decoded"):
+        load_clip(b"not a video at all", num_segments=4)
+    with pytest.raises(VideoDecodeError, match="<uploaded video>"):
+        load_windows(b"\x00" * 100, num_segments=4, window_s=1.0, stride_s=1.0)

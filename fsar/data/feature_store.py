@@ -315,14 +315,34 @@ class FeatureStore:
                         del rows
             pool.release_unused()  # Arrow's allocator would keep the decoded pages for reuse
         table = pa.concat_tables(parts)
-        features = features.reshape(n, m.frames, width // m.frames)
-        if view == "patches":
-            features = features.reshape(n, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
-        elif as_grid and view == "pooled":
-            features = features.reshape(n, m.frames, 1, 1, m.embed_dim)
+        features = self._shaped(features, view, as_grid)
         labels, names = self._labels(table)
         return SplitFeatures(table["video_id"].to_pylist(), labels, names, features,
                              frame_indices=_frame_indices(table, m.frames))
+
+    def _shaped(self, flat: np.ndarray, view: View, as_grid: bool) -> np.ndarray:
+        """Rows of a feature column ``(n, T·F)`` as the view's per-video arrays (see ``load_split``)."""
+        m, n = self.meta, flat.shape[0]
+        if view == "patches":
+            return flat.reshape(n, m.frames, m.patch_grid, m.patch_grid, m.embed_dim)
+        if as_grid and view == "pooled":
+            return flat.reshape(n, m.frames, 1, 1, m.embed_dim)
+        return flat.reshape(n, m.frames, -1)
+
+    def shard_files(self) -> list[Location]:
+        """The store's shard files, in shard order: units of work for a job that reads the store piece by piece."""
+        return storage.list_files(self.root, "shard-*.parquet")
+
+    def read_shard(self, location: Location, *, view: View, as_grid: bool = False) -> tuple[list[str], np.ndarray]:
+        """One shard's video ids and features in ``view`` (shapes as ``load_split``), every split: what a job
+        that scores a whole store reads at a time."""
+        self.check(view=view)
+        column = "frames" if view == "pooled" else "patches"
+        width = self.meta.frames * self.meta.view_dim("pooled" if view == "pooled" else "grid")
+        with self._open(storage.filesystem(location)[1]) as parquet:
+            rows = parquet.read(columns=["video_id", column], use_threads=False)
+        flat = fixed_width_values(rows.column(column).combine_chunks(), width, self.root)
+        return rows["video_id"].to_pylist(), self._shaped(flat.copy(), view, as_grid)
 
     def has_class_text(self) -> bool:
         return storage.is_file(storage.join(self.root, CLASS_TEXT_FILE))

@@ -178,8 +178,20 @@ class Clip:
     backend: str
 
 
+def _source_of(path: str | Path | bytes) -> tuple[Source, str]:
+    """What a decoder opens (a checked local path, or bytes: fetched from object storage or received in memory)
+    and the name errors give it."""
+    if isinstance(path, bytes):  # a video received in memory (an upload)
+        return path, "<uploaded video>"
+    path = str(path)
+    if storage.is_uri(path):
+        return _fetch(path), path
+    _precheck(path)
+    return path, path
+
+
 def load_clip(
-    path: str | Path,
+    path: str | Path | bytes,
     *,
     num_segments: int,
     mode: SampleMode = "eval",
@@ -192,10 +204,7 @@ def load_clip(
     ``backend="auto"`` tries decord and falls back to PyAV; a video neither can read raises
     VideoDecodeError naming the file and both reasons.
     """
-    path = str(path)
-    source: Source = _fetch(path) if storage.is_uri(path) else path
-    if isinstance(source, str):
-        _precheck(path)
+    source, path = _source_of(path)
     names = ["decord", "pyav"] if backend == "auto" else [backend]
     reasons = []
 
@@ -213,6 +222,71 @@ def load_clip(
                 raise VideoDecodeError(f"unexpected decoded shape {frames.shape}")
             return Clip(frames=frames, indices=indices, num_frames=n, backend=name)
         except ShortVideoError as exc:  # a property of the video, not of the backend: no fallback
+            raise VideoDecodeError(f"video {path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 — any other backend failure means "try the next one"
+            reasons.append(f"{name}: {_describe(exc)}")
+    raise VideoDecodeError(f"video {path}: cannot be decoded ({'; '.join(reasons)}) — the file is corrupt or "
+                           "not a video; re-encode or remove it")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of a long video: its sampled ``frames`` (T, H, W, 3) uint8, their ``indices`` and its span."""
+
+    frames: np.ndarray
+    indices: np.ndarray
+    start_s: float
+    end_s: float
+
+
+def window_spans(num_frames: int, fps: float, window_s: float, stride_s: float) -> list[tuple[int, int]]:
+    """Frame ranges ``[start, stop)`` of ``window_s``-second windows every ``stride_s`` seconds, the last one
+    ending at the video's end (so its tail is covered); a video shorter than a window is one window."""
+    if window_s <= 0 or stride_s <= 0:
+        raise ValueError(f"window and stride must be positive seconds, got {window_s} and {stride_s}")
+    length = max(1, round(window_s * fps))
+    step = max(1, round(stride_s * fps))
+    if num_frames <= length:
+        return [(0, num_frames)]
+    starts = list(range(0, num_frames - length + 1, step))
+    if starts[-1] + length < num_frames:
+        starts.append(num_frames - length)
+    return [(s, s + length) for s in starts]
+
+
+def _frame_rate(decoder: VideoDecoder, source: Source) -> tuple[int, float]:
+    if decoder.name == "decord":
+        reader = DecordDecoder()._reader(source)
+        return len(reader), float(reader.get_avg_fps())
+    import av
+
+    with av.open(_openable(source)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+    return decoder.num_frames(source), float(rate) if rate else 0.0
+
+
+def load_windows(path: str | Path | bytes, *, num_segments: int, window_s: float, stride_s: float,
+                 backend: Backend = "auto", short_video: ShortVideoPolicy = "repeat") -> list[Window]:
+    """Decode ``num_segments`` segment-centre frames of every window of a long video (``window_spans``), reading
+    each needed frame once. Raises VideoDecodeError naming the file, as :func:`load_clip`."""
+    source, path = _source_of(path)
+    reasons = []
+    for name in (["decord", "pyav"] if backend == "auto" else [backend]):
+        decoder = _DECODERS[name]
+        try:
+            n, fps = _frame_rate(decoder, source)
+            if fps <= 0:
+                raise VideoDecodeError("the video declares no frame rate, so windows in seconds have no frames")
+            spans = window_spans(n, fps, window_s, stride_s)
+            picks = [start + segment_indices(stop - start, num_segments, mode="eval", short_video=short_video)
+                     for start, stop in spans]
+            wanted = np.unique(np.concatenate(picks))
+            frames = decoder.read(source, wanted)
+            where = {int(i): k for k, i in enumerate(wanted)}
+            return [Window(frames[[where[int(i)] for i in idx]], idx, start / fps, stop / fps)
+                    for (start, stop), idx in zip(spans, picks, strict=True)]
+        except ShortVideoError as exc:
             raise VideoDecodeError(f"video {path}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 — any other backend failure means "try the next one"
             reasons.append(f"{name}: {_describe(exc)}")

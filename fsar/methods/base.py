@@ -112,6 +112,29 @@ def keep_fields(encoding: Encoding, names: tuple[str, ...]) -> Encoding:
     return encoding._replace(**{f: None for f in encoding._fields if f not in names})
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Why one query matched one support video, in the method's own terms (``FewShotMethod.explain``).
+
+    ``weights`` ``(I, J)``: how strongly query item i meets support item j (≥ 0), where items are what the method
+    aligns: frames (OTAM's path, Bi-MHM's matches), temporal candidates (A2M2's transport plan), frame tuples
+    (TRX). ``query_items`` ``(I, k)`` and ``support_items`` ``(J, k)``: each item's frame positions in [0, 1]
+    (a frame's centre; a candidate's window centre; a tuple's frames), so a picture can place it on the clips.
+    ``query_masks`` ``(T, g, g)`` in [0, 1]: where in each query frame the method looked (I2ST's instance masks),
+    or None."""
+
+    kind: str  # frame path, transport plan, tuple attention, instance masks
+    weights: Tensor
+    query_items: Tensor
+    support_items: Tensor
+    query_masks: Tensor | None = None
+
+
+def frame_positions(frames: int, device: torch.device | None = None) -> Tensor:
+    """Centres in [0, 1] of ``frames`` frames, as ``(T, 1)`` item positions."""
+    return ((torch.arange(frames, device=device, dtype=torch.float32) + 0.5) / frames)[:, None]
+
+
 class FewShotMethod(nn.Module):
     """Base of every registered method; see the module docstring for the contract.
 
@@ -146,6 +169,11 @@ class FewShotMethod(nn.Module):
     @property
     def mask_request(self) -> MaskRequest | None:
         """The mask supervision this instance trains with, or None."""
+        return None
+
+    def explain(self, support: Encoding, query: Encoding) -> Explanation | None:
+        """The alignment behind one (query, support) pair: encodings of one video each (no leading axes). None: the
+        method aligns nothing (ProtoNet compares one vector per video); a picture then shows the class scores."""
         return None
 
     def encode(self, videos: Tensor) -> Encoding:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fsar.methods.base import FrameEncoding, PairTableMethod
+from fsar.methods.base import Explanation, FrameEncoding, PairTableMethod, frame_positions
 
 
 def class_average(values: Tensor, support_labels: Tensor, way: int) -> Tensor:
@@ -137,3 +137,17 @@ class FrameAlignmentMethod(PairTableMethod):
     def logits_from_pairs(self, distance: Tensor, support: FrameEncoding, support_labels: Tensor,
                           query: FrameEncoding, way: int, *, class_text: Tensor | None = None) -> Tensor:
         return self.scale(class_average(distance, support_labels, way))
+
+    def explain(self, support: FrameEncoding, query: FrameEncoding) -> Explanation:
+        """How much each (query frame, support frame) distance counts in the pair's alignment cost: its gradient,
+        which for a soft-DTW alignment (OTAM) is the expected alignment path and for a matching (Bi-MHM) the
+        matched pairs."""
+        from fsar.ops.frame_distance import pairwise_frame_distance
+
+        with torch.enable_grad():
+            dist = pairwise_frame_distance(query.frames[None, None], support.frames[None, None]).detach()
+            dist.requires_grad_(True)
+            (path,) = torch.autograd.grad(self.alignment_cost(dist).sum(), dist)
+        t_q, t_s = query.frames.shape[0], support.frames.shape[0]
+        return Explanation("frame alignment", path[0, 0, 0].clamp_min(0).float(),
+                           frame_positions(t_q, path.device), frame_positions(t_s, path.device))

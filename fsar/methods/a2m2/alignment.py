@@ -80,6 +80,17 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
     Returns:
         ``(B, N_q, N_s)`` transport costs ⟨P, C⟩ with C = 1 − cos (+ ``extra_cost``).
     """
+    b, nq, ns = query.shape[0], query.shape[1], support.shape[1]
+    _, total = transport_plans(query, query_logits, support, support_logits, epsilon=epsilon, iterations=iterations,
+                               backend=backend, unit=unit, extra_cost=extra_cost, extra_spread=extra_spread)
+    return total.reshape(b, nq, ns).to(query.dtype)
+
+
+def transport_plans(query: Tensor, query_logits: Tensor, support: Tensor, support_logits: Tensor, *,
+                    epsilon: float, iterations: int, backend: str = "scaling", unit: bool = False,
+                    extra_cost: Tensor | None = None, extra_spread: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``transport_distance``'s problems solved: plans ``(B·N_q·N_s, K, K')`` (how much of each query candidate goes
+    to each support candidate) and their costs ``(B·N_q·N_s,)``."""
     b, nq, k, _ = query.shape
     ns, k2 = support.shape[1], support.shape[2]
     q = query if unit else nn.functional.normalize(query, dim=-1, eps=1e-8)
@@ -93,7 +104,5 @@ def transport_distance(query: Tensor, query_logits: Tensor, support: Tensor, sup
         spread += extra_spread
     a = torch.softmax(query_logits.to(work), dim=-1)[:, :, None].expand(b, nq, ns, k)
     w = torch.softmax(support_logits.to(work), dim=-1)[:, None].expand(b, nq, ns, k2)
-    _, total = sinkhorn(cost.reshape(-1, k, k2), a.reshape(-1, k), w.reshape(-1, k2),
-                        epsilon=epsilon, iterations=iterations, backend=backend, validate=False,  # type: ignore[arg-type]
-                        spread_bound=spread)
-    return total.reshape(b, nq, ns).to(query.dtype)
+    return sinkhorn(cost.reshape(-1, k, k2), a.reshape(-1, k), w.reshape(-1, k2), epsilon=epsilon,
+                    iterations=iterations, backend=backend, validate=False, spread_bound=spread)  # type: ignore[arg-type]

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.a2m2.alignment import CandidateWeights, motion_summary, transport_distance
+from fsar.methods.a2m2.alignment import CandidateWeights, motion_summary, transport_distance, transport_plans
 from fsar.methods.a2m2.moments import M2Block, Scale
-from fsar.methods.base import PairTableMethod, Supervision
+from fsar.methods.base import Explanation, PairTableMethod, Supervision
 from fsar.methods.parts import LogitScale, class_average, class_prototypes
 from fsar.methods.registry import Configuration, register_method
 from fsar.ops.frame_distance import mean_hausdorff, pairwise_frame_distance
@@ -178,23 +178,37 @@ class A2M2(PairTableMethod):
         times = self.m2.candidate_times(videos.shape[-4], videos.shape[-3], device=videos.device)
         return A2M2Encoding(candidates, logits, frames, embedding, times.expand(*logits.shape))
 
+    def _order_cost(self, support: A2M2Encoding, query: A2M2Encoding) -> Tensor | None:
+        """|t_q − t_s| of the candidates' window centres (the same for every pair) times ``order_prior``; None: off."""
+        if self.config.order_prior <= 0:
+            return None
+        k_q, k_s = query.candidates.shape[-2], support.candidates.shape[-2]
+        q_times, s_times = query.times.reshape(-1, k_q)[0], support.times.reshape(-1, k_s)[0]
+        return self.config.order_prior * (q_times[:, None] - s_times[None, :]).abs()
+
     def pair_distance(self, support: A2M2Encoding, query: A2M2Encoding) -> Tensor:
         """Distance of every (query, support) pair: encoded ``(B, N_s, ...)``, ``(B, N_q, ...)`` → ``(B, N_q, N_s)``."""
         c = self.config
-        order_cost = None
-        if c.order_prior > 0:  # |t_q − t_s| of the candidates' window centres, the same for every pair
-            k_q, k_s = query.candidates.shape[-2], support.candidates.shape[-2]
-            q_times, s_times = query.times.reshape(-1, k_q)[0], support.times.reshape(-1, k_s)[0]
-            order_cost = c.order_prior * (q_times[:, None] - s_times[None, :]).abs()
         dist = transport_distance(query.candidates, query.weight_logits, support.candidates, support.weight_logits,
                                   epsilon=c.ot_epsilon, iterations=c.ot_iters, backend=c.ot_backend, unit=True,
-                                  extra_cost=order_cost, extra_spread=c.order_prior)
+                                  extra_cost=self._order_cost(support, query), extra_spread=c.order_prior)
         if c.fusion > 0:
             frame_dist = pairwise_frame_distance(query.frames, support.frames)
             frame = (otam_distance(frame_dist, c.frame_gamma) if c.frame_metric == "otam"
                      else mean_hausdorff(frame_dist))
             dist = (1.0 - c.fusion) * dist + c.fusion * frame
         return dist
+
+    def explain(self, support: A2M2Encoding, query: A2M2Encoding) -> Explanation:
+        """The transport plan between the query's and the support's temporal candidates (one video each), items
+        placed at their windows' centres."""
+        c = self.config
+        one = [t[None, None] for t in (query.candidates, query.weight_logits, support.candidates,
+                                       support.weight_logits)]
+        plan, _ = transport_plans(*one, epsilon=c.ot_epsilon, iterations=c.ot_iters, backend=c.ot_backend, unit=True,
+                                  extra_cost=self._order_cost(support, query), extra_spread=c.order_prior)
+        return Explanation("transport plan", plan[0].float(), query.times[:, None].float(),
+                           support.times[:, None].float())
 
     def logits_from_pairs(self, distance: Tensor, support: A2M2Encoding, support_labels: Tensor, query: A2M2Encoding,
                           way: int, *, class_text: Tensor | None = None) -> Tensor:
