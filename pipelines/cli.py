@@ -17,7 +17,7 @@ from typing import Any
 
 from fsar.config import ConfigError, resolve
 from fsar.storage import as_location
-from pipelines import compare, demo, embed, evaluate, predict, reproduce, train, tune
+from pipelines import compare, demo, embed, evaluate, predict, reproduce, serve, train, tune
 from pipelines.command import Command, dispatch, flags
 
 
@@ -197,6 +197,7 @@ COMMANDS: tuple[Command, ...] = (
     compare.COMMAND,
     reproduce.COMMAND,
     predict.COMMAND,
+    serve.COMMAND,
     Command("methods", "list registered methods and the inputs each needs", _methods_arguments, _run_methods),
     Command("store", "check a feature store: every shard reads and holds what its merge recorded", _store_arguments,
             _run_store, takes_config=False),

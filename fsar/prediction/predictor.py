@@ -126,6 +126,10 @@ class Predictor:
             with torch.no_grad():
                 self._class_text = backbone.encode_text(self.class_names, template=TEXT_TEMPLATE).float()
 
+    def clear_supports(self) -> None:
+        """No classes: scoring is refused until ``set_supports``."""
+        self._supports, self._class_text = None, None
+
     def backbone(self) -> Any:
         """The run's encoder, built on first use (fsar embed's own builder, so features match the store's)."""
         if self._backbone is None:
