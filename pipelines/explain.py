@@ -105,7 +105,7 @@ def _frames(path: str | None, frames: int, span: tuple[float, float] | None) -> 
 
 def explain_predictions(config: Any, predictor: Any, classes: list[Any], kind: str, *, limit: int) -> int:
     """Draw up to ``limit`` pictures of the predictions in ``config.out``; returns how many were drawn."""
-    from pipelines.predict import EXPLAIN_DIR, QUERIES_FILE, read_predictions
+    from fsar.prediction.output import EXPLAIN_DIR, QUERIES_FILE, read_predictions
 
     rows = [r for r in read_predictions(config.out).to_pylist() if not r["error"]][:limit]
     if not rows:

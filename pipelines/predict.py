@@ -28,26 +28,26 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from fsar import storage
 from fsar.config import ConfigError, dump_yaml, resolve, to_dict
+from fsar.devices import resolve_device
+from fsar.prediction.inputs import encode_support_clips
+from fsar.prediction.output import (
+    CONFIG_FILE,
+    EXPLAIN_DIR,
+    MLFLOW_RUN_ID_FILE,
+    PREDICTION_SCHEMA,
+    PREDICTIONS_DIR,
+    QUERIES_FILE,
+    SUMMARY_FILE,
+    SUPPORTS_DIR,
+    part_file,
+    summarise,
+)
+from fsar.prediction.predictor import Predictor
 from fsar.storage import Location, as_location
 from pipelines.command import Command, flags, run_alone
-
-QUERIES_FILE = "queries.parquet"
-SUPPORTS_DIR = "supports"
-PREDICTIONS_DIR = "predictions"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "predict_config.yaml"
-EXPLAIN_DIR = "explain"
-MLFLOW_RUN_ID_FILE = "mlflow_run_id"
-
-PREDICTION_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("label", pa.string()), ("top_classes", pa.list_(pa.string())),
-    ("top_scores", pa.list_(pa.float32())), ("unknown", pa.bool_()), ("start_s", pa.float64()),
-    ("end_s", pa.float64()), ("true_class", pa.string()), ("error", pa.string()),
-])
 
 
 @dataclass
@@ -61,7 +61,8 @@ class PredictConfig:
     top_k: int = 3  # classes kept per prediction
     window: float = 0.0  # seconds per window of a long video (0: one prediction per video)
     stride: float = 0.0  # seconds between window starts (0: half the window)
-    threshold: float | None = None  # best-score threshold for "unknown" (None: the run's calibration for this set)
+    threshold: float | None = None  # open-set score below which a query is "unknown" (None: the run's calibration)
+    open_set_score: Literal["max_logit", "max_softmax"] = "max_logit"  # what the threshold applies to (see docs)
     target_far: float = 0.05  # calibration: wanted fraction of unknown-class queries accepted as a known class
     calibration_episodes: int = 500  # open-set episodes on the run's validation classes
     explain: bool = False  # a PNG per prediction: query and matched support frames, the method's alignment
@@ -86,10 +87,6 @@ class PredictConfig:
             raise ConfigError(f"predict: target_far={self.target_far} must be in [0, 1)")
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 @dataclass(frozen=True)
 class ShardJob:
     """What a worker needs to predict one shard (small: sent to every task)."""
@@ -99,21 +96,12 @@ class ShardJob:
     query: str
     query_kind: str
     threshold: float
+    score: str
     top_k: int
     batch_size: int
     window: float
     stride: float
     device: str
-
-
-def load_predictor(run: Location, threshold: float, top_k: int, device: torch.device | str) -> Any:
-    """The run's method and encoder settings as a ``Predictor`` (no supports yet)."""
-    from fsar.prediction.predictor import EncoderSettings, Predictor
-    from fsar.training.checkpoint import load_checkpoint
-
-    method, payload = load_checkpoint(run)
-    settings = EncoderSettings.of_run(payload, str(run), input_kind=method.input_kind)
-    return Predictor(method, settings, threshold=threshold, top_k=top_k, device=device), payload
 
 
 def _decode(path: str, job: ShardJob, frames: int) -> list[tuple[np.ndarray, tuple[float, float] | None]]:
@@ -138,7 +126,7 @@ def predict_shard(shard: int, job: ShardJob, predictor: Any) -> int:
         store = FeatureStore(job.query)
         ids, features = store.read_shard(store.shard_files()[shard], view=predictor.settings.view,  # type: ignore[arg-type]
                                          as_grid=predictor.settings.as_grid)
-        rows = [p.row() for p in predictor.predictions(ids, _scores(predictor, features, job.batch_size))]
+        rows = [p.row() for p in predictor.predictions(ids, predictor.logits(features))]
     else:
         fs, path = storage.filesystem(storage.join(job.out, QUERIES_FILE))
         with pq.ParquetFile(fs.open_input_file(path)) as queries:
@@ -165,7 +153,7 @@ def predict_shard(shard: int, job: ShardJob, predictor: Any) -> int:
         if clips:
             features = np.concatenate([predictor.encode(clips[i : i + job.batch_size])
                                        for i in range(0, len(clips), job.batch_size)])
-            found = predictor.predictions([r["video_id"] for r, _ in owners], _scores(predictor, features, job.batch_size),
+            found = predictor.predictions([r["video_id"] for r, _ in owners], predictor.logits(features),
                                           spans=[s for _, s in owners])
             for p, (row, _) in zip(found, owners, strict=True):
                 rows.append(p.row() | ({"true_class": row["true_class"]} if known else {}))
@@ -177,14 +165,6 @@ def predict_shard(shard: int, job: ShardJob, predictor: Any) -> int:
     return table.num_rows
 
 
-def _scores(predictor: Any, features: np.ndarray, batch: int) -> torch.Tensor:
-    return predictor.scores(torch.from_numpy(np.ascontiguousarray(features)))
-
-
-def part_file(out: Location, shard: int) -> Location:
-    return storage.join(out, PREDICTIONS_DIR, f"part-{shard:05d}.parquet")
-
-
 class _ShardWorker:
     """A Ray Data actor-or-task callable: the predictor (method, encoder, supports) built once per process."""
 
@@ -192,38 +172,12 @@ class _ShardWorker:
         from fsar.prediction.support_set import load_classes
 
         self.job = job
-        self.predictor, _ = load_predictor(job.run, job.threshold, job.top_k, _device(job.device))
+        self.predictor, _ = Predictor.from_run(job.run, job.threshold, job.top_k, resolve_device(job.device), score=job.score)
         self.predictor.set_supports(load_classes(storage.join(job.out, SUPPORTS_DIR)))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [int(s) for s in batch["shard"]]
         return {"shard": np.array(shards), "rows": np.array([predict_shard(s, self.job, self.predictor) for s in shards])}
-
-
-def encode_support_set(predictor: Any, clips: dict[str, list[tuple[str, str]]], root: Location, *,
-                       batch_size: int, progress: bool = True) -> list[Any]:
-    """Decode and encode every support clip once, save one file per class under ``root``; classes already saved
-    there (a rerun) are read back instead."""
-    from tqdm.auto import tqdm
-
-    from fsar.data.transforms import centre_square
-    from fsar.data.video import load_clip
-    from fsar.prediction.support_set import SupportClass, class_file, load_class, save_class
-
-    out = []
-    frames = predictor.settings.frames
-    for name, videos in tqdm(clips.items(), desc="supports", unit="class", disable=not progress):
-        if storage.is_file(class_file(root, name)):
-            out.append(load_class(root, name))
-            continue
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            decoded = list(pool.map(lambda v: centre_square(load_clip(v[1], num_segments=frames).frames), videos))
-        features = np.concatenate([predictor.encode(decoded[i : i + batch_size])
-                                   for i in range(0, len(decoded), batch_size)])
-        support = SupportClass(name, [v for v, _ in videos], features, [p for _, p in videos])
-        save_class(root, support)
-        out.append(support)
-    return out
 
 
 def resolve_threshold(config: PredictConfig, predictor: Any, payload: dict[str, Any], *, way: int, shot: int,
@@ -235,8 +189,8 @@ def resolve_threshold(config: PredictConfig, predictor: Any, payload: dict[str, 
     if config.threshold is not None:
         return config.threshold, {"threshold": config.threshold, "source": "given"}
     calibration = calibration_for(config.run, predictor.method, payload, way=way, shot=shot,
-                                  target_far=config.target_far, episodes=config.calibration_episodes,
-                                  device=predictor.device)
+                                  target_far=config.target_far, score=config.open_set_score,
+                                  episodes=config.calibration_episodes, device=predictor.device)
     return calibration.threshold, dataclasses.asdict(calibration) | {"source": "calibrated"}
 
 
@@ -271,21 +225,22 @@ def run(config: PredictConfig, *, address: str | None = None, progress: bool = T
     start = time.perf_counter()
     config = dataclasses.replace(config, run=storage.absolute(config.run), out=storage.absolute(config.out),
                                  query=storage.absolute(config.query), support=storage.absolute(config.support))
-    device = _device(config.device)
-    predictor, payload = load_predictor(config.run, 0.0, config.top_k, device)  # a wrong run fails first
+    device = resolve_device(config.device)
+    predictor, payload = Predictor.from_run(config.run, 0.0, config.top_k, device,  # a wrong run fails first
+                                        score=config.open_set_score)
     kind = query_kind(config.query)
     clips = support_clips(config.support)
     _check_rerun(config)
     with Lease(config.out, job="fsar predict"):
         dump_yaml(config, storage.join(config.out, CONFIG_FILE))
-        classes = encode_support_set(predictor, clips, storage.join(config.out, SUPPORTS_DIR),
+        classes = encode_support_clips(predictor, clips, storage.join(config.out, SUPPORTS_DIR),
                                      batch_size=config.batch_size, progress=progress)
         predictor.set_supports(classes)
         threshold, open_set = resolve_threshold(config, predictor, payload, way=len(classes),
                                                 shot=len(classes[0].video_ids), progress=progress)
         shards = _plan_queries(config, kind, predictor)
         job = ShardJob(run=str(config.run), out=str(config.out), query=str(config.query), query_kind=kind,
-                       threshold=threshold, top_k=config.top_k, batch_size=config.batch_size, window=config.window,
+                       threshold=threshold, score=config.open_set_score, top_k=config.top_k, batch_size=config.batch_size, window=config.window,
                        stride=config.stride, device=config.device)
         todo = [s for s in range(shards) if not storage.is_file(part_file(config.out, s))]
         predictor.threshold = threshold
@@ -314,7 +269,8 @@ def _check_rerun(config: PredictConfig) -> None:
 
     before = yaml.safe_load(storage.read_text(path))
     now = json.loads(json.dumps(to_dict(config), default=str))
-    keys = ("run", "support", "query", "top_k", "window", "stride", "threshold", "target_far", "shard_size")
+    keys = ("run", "support", "query", "top_k", "window", "stride", "threshold", "target_far", "open_set_score",
+            "shard_size")
     changed = [k for k in keys if str(before.get(k)) != str(now.get(k))]
     if changed:
         raise ConfigError(f"{config.out} holds predictions made with other settings ({', '.join(changed)} differ): "
@@ -340,47 +296,14 @@ def _predict_shards(config: PredictConfig, job: ShardJob, todo: list[int], predi
         use_gpu = gpus > 0 and config.device in ("auto", "cuda")
         workers = int(gpus) if use_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)))
         ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+        from ray.data import ActorPoolStrategy
+
+        # Actors: each builds the method, the encoder and the supports once, then takes shard after shard.
         ds = ds.map_batches(_ShardWorker, fn_constructor_args=(job,), batch_size=1,
-                            concurrency=min(workers, len(todo)), num_gpus=1 if use_gpu else 0,
+                            compute=ActorPoolStrategy(size=min(workers, len(todo))), num_gpus=1 if use_gpu else 0,
                             num_cpus=0 if use_gpu else 1)
         for _ in ds.iter_rows():
             bar.update(1)
-
-
-def read_predictions(out: Location, columns: list[str] | None = None) -> pa.Table:
-    """Every part's rows, in shard order."""
-    from fsar.data.feature_store import read_table
-
-    parts = storage.list_files(storage.join(out, PREDICTIONS_DIR), "part-*.parquet")
-    if not parts:
-        return PREDICTION_SCHEMA.empty_table()
-    return pa.concat_tables(read_table(p, columns) for p in parts)
-
-
-def summarise(out: Location) -> dict[str, Any]:
-    """Counts over the written parts; with known query classes, accuracy on the supports' classes and the
-    unknown answers on the others."""
-    table = read_predictions(out, ["video_id", "label", "top_classes", "unknown", "true_class", "error"])
-    labels = table["label"].to_pylist()
-    errors = [e for e in table["error"].to_pylist() if e]
-    summary: dict[str, Any] = {"predictions": table.num_rows - len(errors), "failed": len(errors),
-                               "videos": len(set(table["video_id"].to_pylist())),
-                               "unknown": sum(1 for u in table["unknown"].to_pylist() if u)}
-    truth = table["true_class"].to_pylist()
-    if any(t is not None for t in truth):
-        from fsar.prediction.support_set import class_names
-
-        known = set(class_names(storage.join(out, SUPPORTS_DIR)))
-        on_known = [(lab, t) for lab, t in zip(labels, truth, strict=True) if lab is not None and t in known]
-        on_unknown = [lab for lab, t in zip(labels, truth, strict=True) if lab is not None and t not in known]
-        top1 = [tc[0] == t for tc, t in zip(table["top_classes"].to_pylist(), truth, strict=True) if tc and t in known]
-        summary["known_accuracy"] = float(np.mean([lab == t for lab, t in on_known])) if on_known else None
-        summary["known_top1"] = float(np.mean(top1)) if top1 else None  # ignoring the threshold
-        summary["known_answered_unknown"] = (float(np.mean([lab == "unknown" for lab, _ in on_known]))
-                                             if on_known else None)
-        summary["unknown_false_accept_rate"] = (float(np.mean([lab != "unknown" for lab in on_unknown]))
-                                                if on_unknown else None)
-    return summary
 
 
 def log_prediction(config: PredictConfig, summary: dict[str, Any]) -> str:

@@ -51,7 +51,8 @@ class ServeConfig:
     max_request_mb: float = 64.0  # larger bodies are refused (413)
     refresh_s: float = 1.0  # how often a replica looks for classes another replica added or dropped
     top_k: int = 3
-    threshold: float | None = None  # best-score threshold for "unknown" (None: the run's calibration for the set)
+    threshold: float | None = None  # open-set score below which a clip is "unknown" (None: the run's calibration)
+    open_set_score: str = "max_logit"  # what the threshold applies to: max_logit or max_softmax
     target_far: float = 0.05  # calibration's wanted false-accept rate on classes not in the support set
     calibration_episodes: int = 500
     device: str = "auto"  # cpu, cuda, or auto (a GPU per replica when the cluster has them)
@@ -73,10 +74,12 @@ class Classifier:
     """What one replica does, without HTTP: the run's predictor and the support set kept in step with storage."""
 
     def __init__(self, config: ServeConfig) -> None:
-        from pipelines.predict import _device, load_predictor
+        from fsar.devices import resolve_device
+        from fsar.prediction.predictor import Predictor
 
         self.config = config
-        self.predictor, self.payload = load_predictor(config.run, 0.0, config.top_k, _device(config.device))
+        self.predictor, self.payload = Predictor.from_run(config.run, 0.0, config.top_k, resolve_device(config.device),
+                                                          score=config.open_set_score)  # type: ignore[arg-type]
         self.root = config.supports
         self._listing: tuple[tuple[str, int], ...] | None = None
         self._checked = 0.0
@@ -111,8 +114,8 @@ class Classifier:
         from fsar.prediction.open_set import calibration_for
 
         calibration = calibration_for(self.config.run, self.predictor.method, self.payload, way=way, shot=shot,
-                                      target_far=self.config.target_far, episodes=self.config.calibration_episodes,
-                                      device=self.predictor.device)
+                                      target_far=self.config.target_far, score=self.config.open_set_score,  # type: ignore[arg-type]
+                                      episodes=self.config.calibration_episodes, device=self.predictor.device)
         self.predictor.threshold = calibration.threshold
         self.open_set = dataclasses.asdict(calibration) | {"source": "calibrated"}
 
@@ -138,10 +141,9 @@ class Classifier:
         self.sync()
         if not self.predictor.class_names:
             raise UserError(409, "the support set is empty: add a class first (PUT /classes/{name} with its clips)")
-        scores = self.predictor.scores(features[None])
-        prediction = self.predictor.predictions(["upload"], scores)[0]
+        prediction = self.predictor.predictions(["upload"], self.predictor.logits(features[None]))[0]
         row = prediction.row()
-        return {k: row[k] for k in ("label", "unknown", "top_classes", "top_scores")} | {
+        return {k: row[k] for k in ("label", "unknown", "top_classes", "top_scores", "match_score")} | {
             "threshold": self.predictor.threshold, "classes": len(self.predictor.class_names)}
 
     def clips_of(self, body: bytes) -> list[bytes]:
@@ -252,15 +254,16 @@ def _cluster_gpus() -> float:
 
 def seed_classes(config: ServeConfig) -> list[str]:
     """Add the classes of ``support_folder`` that the support set lacks (encoded once, here); returns their names."""
-    from fsar.prediction.inputs import support_clips
+    from fsar.devices import resolve_device
+    from fsar.prediction.inputs import encode_support_clips, support_clips
+    from fsar.prediction.predictor import Predictor
     from fsar.prediction.support_set import class_names
-    from pipelines.predict import _device, encode_support_set, load_predictor
 
     if config.support_folder is None:
         return []
     before = set(class_names(config.supports))
-    predictor, _ = load_predictor(config.run, 0.0, config.top_k, _device(config.device))
-    classes = encode_support_set(predictor, support_clips(config.support_folder), config.supports, batch_size=16)
+    predictor, _ = Predictor.from_run(config.run, 0.0, config.top_k, resolve_device(config.device))
+    classes = encode_support_clips(predictor, support_clips(config.support_folder), config.supports, batch_size=16)
     return [c.name for c in classes if c.name not in before]
 
 
@@ -268,11 +271,11 @@ def start(config: ServeConfig, *, address: str | None = None) -> str:
     """Check the run, add the seed classes, deploy; returns the service's base URL. ``serve.shutdown()`` stops it."""
     from ray import serve
 
-    from pipelines.predict import load_predictor
+    from fsar.prediction.predictor import Predictor
     from pipelines.ray_runtime import init_ray
 
     config.run, config.supports = storage.absolute(config.run), storage.absolute(config.supports)
-    load_predictor(config.run, 0.0, config.top_k, "cpu")  # a wrong run fails before anything starts
+    Predictor.from_run(config.run, 0.0, config.top_k, "cpu")  # a wrong run fails before anything starts
     storage.make_dirs(config.supports)
     seed_classes(config)
     init_ray(address=address)

@@ -17,7 +17,6 @@ import contextlib
 import importlib
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -455,50 +454,10 @@ def pause_s3_server(seconds: float, *, after: float) -> None:
         server.send_signal(signal.SIGCONT)
 
 
-@dataclass(frozen=True)
-class OpenSetCase:
-    """A trained run and an open-set prediction task on synthetic videos (``open_set_case``)."""
+def open_set_case(root: Path) -> Any:
+    """``pipelines.bench.predict.build_case`` at test size: 20 synthetic classes (10 train / 4 val / 6 test) × 10
+    videos of 64 px, fsar-tiny with a 4×4 grid, OTAM trained 300 steps (~10 s); 5 test classes give 5 example clips
+    each, and the queries are their other 5 clips and the sixth test class's 10."""
+    from pipelines.bench.predict import build_case
 
-    run: Path
-    store: Path
-    support: Path  # <support>/<class>/<clip>: 5 clips of each of 5 test classes
-    query: Path  # the other videos of those classes, and every video of the test classes left out
-    truth: dict[str, str]  # query file name → its class
-    known: tuple[str, ...]
-    mlflow_uri: str
-
-
-def open_set_case(root: Path) -> OpenSetCase:
-    """Synthetic videos (20 classes: 10 train / 4 val / 6 test, 10 videos each, 64 px), embedded by fsar-tiny
-    with a 4×4 grid, and an OTAM run trained on the train classes (300 steps, ~10 s). Of the 6 test classes, 5
-    give supports (5 clips each) and queries (their other 5 clips); the sixth is among the queries only."""
-    import shutil
-
-    from fsar.data.manifest import read_manifest
-    from fsar.data.synthetic import SynthConfig, generate
-    from pipelines.cli import main
-
-    manifest = generate(SynthConfig(out=root / "data", classes=20, videos_per_class=10, frames=32, size=64,
-                                    class_split=(10, 4, 6), workers=1), progress=False)
-    store, run, uri = root / "store", root / "run", f"sqlite:///{root / 'mlflow.db'}"
-    assert main(["embed", "--manifest", str(manifest), "--out", str(store), "--backbone", "fsar-tiny", "--pretrained",
-                 "none", "--frames", "8", "--patch-grid", "4", "engine=local", "mlflow=false"]) == 0
-    assert main(["train", "--store", str(store), "--method", "otam", "--out", str(run), "--steps", "300",
-                 "knobs.proj_dim=64", "data.view=grid", "knobs.temporal_centre=true", "val_every=50",
-                 "val_episodes=100", "way=3", f"mlflow_uri={uri}"]) == 0
-    test = [r for r in read_manifest(manifest).to_pylist() if r["split"] == "test"]
-    classes = sorted({r["class_name"] for r in test})
-    known = tuple(classes[:5])
-    support, query = root / "support", root / "query"
-    truth, taken = {}, dict.fromkeys(known, 0)
-    for r in test:
-        name = Path(r["path"]).name
-        if r["class_name"] in known and taken[r["class_name"]] < 5:
-            (support / r["class_name"]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(r["path"], support / r["class_name"] / name)
-            taken[r["class_name"]] += 1
-        else:
-            query.mkdir(parents=True, exist_ok=True)
-            shutil.copy(r["path"], query / name)
-            truth[name] = r["class_name"]
-    return OpenSetCase(run, store, support, query, truth, known, uri)
+    return build_case(root)

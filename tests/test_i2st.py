@@ -335,3 +335,18 @@ def test_inference_never_touches_a_mask_source(patch_store, tmp_path, monkeypatc
     pseudo.load_state_dict(payloads[-1]["state_dict"])
     text = torch.from_numpy(FeatureStore(store).class_text())
     np.testing.assert_array_equal(episode_accuracies(pseudo, test.features, eps, class_text=text), before)
+
+
+def test_i2st_explains_a_match_by_its_frame_alignment_and_its_instance_masks():
+    method = build().eval()
+    videos = torch.randn(2, 4, 3, 3, 12)
+    with torch.no_grad():
+        enc = method.encode(videos)
+        one = [type(enc)(*(f[i] for f in enc)) for i in range(2)]
+        explanation = method.explain(one[0], one[0], query_video=videos[0])
+        without = method.explain(one[0], one[1])
+    assert explanation.kind.startswith("frame alignment") and explanation.weights.shape == (4, 4)
+    assert explanation.weights.argmax(dim=1).tolist() == [0, 1, 2, 3]  # a video against itself: the diagonal
+    assert explanation.query_masks.shape == (4, 3, 3)
+    assert explanation.query_masks.min() >= 0 and explanation.query_masks.max() <= 1
+    assert without.query_masks is None  # no input given: the alignment alone

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import open_set_case
 
+from fsar.prediction.output import PREDICTIONS_DIR, SUMMARY_FILE, read_predictions
 from pipelines.cli import main
-from pipelines.predict import PREDICTIONS_DIR, SUMMARY_FILE, read_predictions
 
 
 @pytest.fixture(scope="module")

@@ -38,16 +38,22 @@ def test_encoder_outputs_take_the_runs_view(view, as_grid, shape):
         assert np.array_equal(out[1, 3], patches[1, 3].reshape(-1))  # the store's flattening: row-major grid
 
 
-def test_predictions_are_top_k_and_unknown_below_the_threshold():
+@pytest.mark.parametrize("score,threshold", [("max_logit", 1.0), ("max_softmax", 0.5)])
+def test_predictions_are_top_k_and_unknown_below_the_threshold(score, threshold):
     rng = np.random.default_rng(0)
     method = build_method("protonet", feature_dim=6)
     settings = EncoderSettings("fsar-tiny", None, 0, 4, 0, "pooled", False)
-    predictor = Predictor(method, settings, threshold=0.6, top_k=2)
+    predictor = Predictor(method, settings, threshold=threshold, top_k=2, score=score)
     predictor.set_supports([SupportClass(n, ["a", "b"], rng.standard_normal((2, 4, 6)).astype(np.float16))
                             for n in ("b", "a", "c")])
-    scores = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2]])
-    first, second = predictor.predictions(["q1", "q2"], scores, spans=[(0.0, 2.0), None])
+    assert predictor.class_names == ["b", "a", "c"]
+    # Query 1: a clear winner with a high logit; query 2: low logits, nearly tied (far from every class).
+    logits = torch.tensor([[3.0, 0.5, 0.1], [0.3, 0.4, 0.2]])
+    first, second = predictor.predictions(["q1", "q2"], logits, spans=[(0.0, 2.0), None])
     assert (first.top_classes, first.unknown, first.start_s) == (["b", "a"], False, 0.0)
+    assert first.top_scores == pytest.approx(torch.softmax(logits[0], 0)[:2].tolist())
     assert (second.top_classes, second.unknown, second.row()["label"]) == (["a", "b"], True, "unknown")
+    expected = 3.0 if score == "max_logit" else float(torch.softmax(logits[0], 0)[0])
+    assert first.row()["match_score"] == pytest.approx(expected)
     with pytest.raises(ConfigError, match="run reads 4"):
         predictor.set_supports([SupportClass("x", ["a"], np.zeros((1, 8, 6), np.float16))])

@@ -273,3 +273,18 @@ def test_one_shot_pair_table_stays_on_the_features_device():
     with torch.no_grad():
         logits = episode_scorer(method, FeatureSplit(torch.empty(24, 4, 6, device=meta)).encode(method, meta), 3)(eps)
     assert logits.device == meta and logits.shape == (5, 3, 3)
+
+
+def test_trx_explains_a_match_by_its_tuple_attention():
+    """One block per cardinality; each query tuple's attention over the support's tuples sums to one."""
+    torch.manual_seed(0)
+    method = build_method("trx", feature_dim=16, temporal_set=[2, 3]).eval()
+    with torch.no_grad():
+        enc = method.encode(torch.randn(2, 6, 16))
+        one = [type(enc)(*(f[i] for f in enc)) for i in range(2)]
+        explanation = method.explain(one[0], one[1])
+    pairs, triples = math.comb(6, 2), math.comb(6, 3)
+    assert explanation.kind == "tuple attention" and explanation.weights.shape == (pairs + triples,) * 2
+    torch.testing.assert_close(explanation.weights.sum(dim=1), torch.ones(pairs + triples))
+    assert explanation.weights[:pairs, pairs:].abs().sum() == 0  # a pair attends to pairs only
+    assert explanation.query_items[0].item() == pytest.approx((0.5 + 1.5) / 2 / 6)  # frames 0 and 1

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fsar import storage
+from fsar.data.feature_columns import FeatureStoreError, fixed_width_values, frame_indices
 from fsar.storage import Location
 
 STORE_VERSION = 1
@@ -46,10 +47,6 @@ ROW_SCHEMA = pa.schema(
         pa.field("patches", pa.binary()),
     ]
 )
-
-
-class FeatureStoreError(ValueError):
-    """A feature store is missing, incomplete or incompatible with what a job expects."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +315,7 @@ class FeatureStore:
         features = self._shaped(features, view, as_grid)
         labels, names = self._labels(table)
         return SplitFeatures(table["video_id"].to_pylist(), labels, names, features,
-                             frame_indices=_frame_indices(table, m.frames))
+                             frame_indices=frame_indices(table, m.frames))
 
     def _shaped(self, flat: np.ndarray, view: View, as_grid: bool) -> np.ndarray:
         """Rows of a feature column ``(n, T·F)`` as the view's per-video arrays (see ``load_split``)."""
@@ -373,29 +370,6 @@ class FeatureStore:
 def _equals(column: pa.ChunkedArray, value: str) -> np.ndarray:
     """Boolean mask of the rows whose string ``column`` equals ``value``."""
     return pc.equal(column, value).to_numpy(zero_copy_only=False).astype(bool)
-
-
-def fixed_width_values(column: pa.Array, width: int, where: str | Path) -> np.ndarray:
-    """A binary column of fp16 vectors of ``width`` values each → ``(n, width)`` fp16, read straight from
-    the Arrow data buffer (no Python bytes objects, no join)."""
-    if column.null_count:
-        raise FeatureStoreError(f"feature store {where}: a row has no features in the column read; re-embed")
-    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32 if column.type == pa.binary() else np.int64,
-                            count=len(column) + 1, offset=column.offset * (4 if column.type == pa.binary() else 8))
-    if not np.all(np.diff(offsets) == 2 * width):
-        raise FeatureStoreError(f"feature store {where}: rows of {set(np.diff(offsets) // 2)} values, expected "
-                                f"{width} (frames × feature size in store.json); the store is damaged, re-embed")
-    data = np.frombuffer(column.buffers()[2], dtype="<f2", count=len(column) * width, offset=int(offsets[0]))
-    return data.reshape(len(column), width)
-
-
-def _frame_indices(rows: pa.Table, frames: int) -> np.ndarray:
-    """``(N, T)`` int64 sampled frame numbers of each row; -1 for a row that did not record ``frames`` of them."""
-    column = rows["frame_indices"].combine_chunks()
-    complete = pa.compute.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False) == frames
-    out = np.full((rows.num_rows, frames), -1, dtype=np.int64)
-    out[complete] = column.filter(pa.array(complete)).flatten().to_numpy(zero_copy_only=False).reshape(-1, frames)
-    return out
 
 
 def write_class_text(root: str | Path, labels: Iterable[int], class_names: Iterable[str], embeddings: np.ndarray,

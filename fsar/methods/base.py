@@ -171,9 +171,10 @@ class FewShotMethod(nn.Module):
         """The mask supervision this instance trains with, or None."""
         return None
 
-    def explain(self, support: Encoding, query: Encoding) -> Explanation | None:
-        """The alignment behind one (query, support) pair: encodings of one video each (no leading axes). None: the
-        method aligns nothing (ProtoNet compares one vector per video); a picture then shows the class scores."""
+    def explain(self, support: Encoding, query: Encoding, *, query_video: Tensor | None = None) -> Explanation | None:
+        """The alignment behind one (query, support) pair: encodings of one video each (no leading axes), and the
+        query's input ``(T, ...)`` for a method that shows where in a frame it looked. None: the method aligns
+        nothing (ProtoNet compares one vector per video); a picture then shows the class scores."""
         return None
 
     def encode(self, videos: Tensor) -> Encoding:

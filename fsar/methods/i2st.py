@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import MaskRequest, PairTableMethod, Supervision
+from fsar.methods.base import Explanation, MaskRequest, PairTableMethod, Supervision
 from fsar.methods.i2st_blocks import (
     FrameScale,
     InstancePerception,
@@ -61,6 +61,7 @@ from fsar.methods.parts import (
     check_metric_knobs,
     class_average,
     class_prototypes,
+    frame_alignment,
     make_projection,
 )
 from fsar.methods.registry import Configuration, register_method
@@ -247,7 +248,10 @@ class I2ST(PairTableMethod):
     def local_pairs(self, support: Tensor, query: Tensor) -> Tensor:
         """The local distance of every (query, support) pair: frames ``(B, N_s, M, E)``, ``(B, N_q, L, E)`` →
         ``(B, N_q, N_s)``, per aligned frame with ``local_mean``."""
-        dist = pairwise_frame_distance(query, support)
+        return self.local_from_distances(pairwise_frame_distance(query, support))
+
+    def local_from_distances(self, dist: Tensor) -> Tensor:
+        """Frame distances ``(B, N_q, N_s, L, M)`` → the pairs' local distances ``(B, N_q, N_s)``."""
         if self.config.local_metric == "otam":
             pair = otam_distance(dist, self.config.otam_gamma, bidirectional=True)
             terms = dist.shape[-2] + dist.shape[-1]  # a path of at least L (and M) cells, both ways
@@ -281,6 +285,19 @@ class I2ST(PairTableMethod):
         if self.config.lambda_global == 1:  # no local term: nothing to align
             return support.frames.new_zeros(query.frames.shape[0], query.frames.shape[1], support.frames.shape[1])
         return self.local_pairs(support.frames, query.frames)
+
+    def explain(self, support: I2STEncoding, query: I2STEncoding, *,
+                query_video: Tensor | None = None) -> Explanation:
+        """The local term's frame alignment (OTAM's path or Bi-MHM's matches) and, given the query's patch grid
+        ``(T, g, g, D)``, its instance masks: per frame, the strongest of the K instances' sigmoid masks."""
+        masks = None
+        if query_video is not None and self.perception is not None:
+            frames, grid = query_video.shape[0], query_video.shape[1]
+            flat = self.centre(query_video.reshape(1, frames, -1)).view(1, frames, grid, grid, -1)
+            _, logits = self._encode(flat)  # (T, K, g·g)
+            masks = logits.sigmoid().amax(dim=1).view(frames, grid, grid).float()
+        return frame_alignment(query.frames, support.frames, self.local_from_distances,
+                               kind=f"frame alignment ({self.config.local_metric})", query_masks=masks)
 
     def logits_from_pairs(self, distance: Tensor, support: I2STEncoding, support_labels: Tensor, query: I2STEncoding,
                           way: int, *, class_text: Tensor | None = None) -> Tensor:

@@ -138,16 +138,22 @@ class FrameAlignmentMethod(PairTableMethod):
                           query: FrameEncoding, way: int, *, class_text: Tensor | None = None) -> Tensor:
         return self.scale(class_average(distance, support_labels, way))
 
-    def explain(self, support: FrameEncoding, query: FrameEncoding) -> Explanation:
-        """How much each (query frame, support frame) distance counts in the pair's alignment cost: its gradient,
-        which for a soft-DTW alignment (OTAM) is the expected alignment path and for a matching (Bi-MHM) the
-        matched pairs."""
-        from fsar.ops.frame_distance import pairwise_frame_distance
+    def explain(self, support: FrameEncoding, query: FrameEncoding, *,
+                query_video: Tensor | None = None) -> Explanation:
+        """For a soft-DTW alignment (OTAM) the expected alignment path, for a matching (Bi-MHM) the matched pairs
+        (``frame_alignment``)."""
+        return frame_alignment(query.frames, support.frames, self.alignment_cost)
 
-        with torch.enable_grad():
-            dist = pairwise_frame_distance(query.frames[None, None], support.frames[None, None]).detach()
-            dist.requires_grad_(True)
-            (path,) = torch.autograd.grad(self.alignment_cost(dist).sum(), dist)
-        t_q, t_s = query.frames.shape[0], support.frames.shape[0]
-        return Explanation("frame alignment", path[0, 0, 0].clamp_min(0).float(),
-                           frame_positions(t_q, path.device), frame_positions(t_s, path.device))
+
+def frame_alignment(query_frames: Tensor, support_frames: Tensor, cost: Any, *, kind: str = "frame alignment",
+                    query_masks: Tensor | None = None) -> Explanation:
+    """How much each (query frame, support frame) distance counts in a pair's alignment cost: its gradient.
+    ``cost`` maps frame distances ``(1, 1, 1, L, M)`` to pair costs ``(1, 1, 1)``; frames ``(L, E)``, ``(M, E)``."""
+    from fsar.ops.frame_distance import pairwise_frame_distance
+
+    with torch.enable_grad():
+        dist = pairwise_frame_distance(query_frames[None, None], support_frames[None, None]).detach()
+        dist.requires_grad_(True)
+        (path,) = torch.autograd.grad(cost(dist).sum(), dist)
+    return Explanation(kind, path[0, 0, 0].clamp_min(0).float(), frame_positions(query_frames.shape[0], path.device),
+                       frame_positions(support_frames.shape[0], path.device), query_masks)

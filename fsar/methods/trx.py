@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from fsar.config import ConfigError
-from fsar.methods.base import FewShotMethod, HeadOutput, Supervision
+from fsar.methods.base import Explanation, FewShotMethod, HeadOutput, Supervision
 from fsar.methods.parts import LogitScale, check_metric_knobs, make_projection, sinusoid_code
 from fsar.methods.registry import register_method
 from fsar.methods.trx_tuples import (
@@ -46,6 +46,7 @@ from fsar.methods.trx_tuples import (
     TRXEncoding,
     TRXFactorEncoding,
     factored_distance,
+    frames_of,
     tuple_attention_distance,
     tuple_counts,
     tuple_frames,
@@ -216,6 +217,24 @@ class TRX(FewShotMethod):
             return HeadOutput(self.scale(self._factored_head(support, query, way)))
         return HeadOutput(self.scale(self._plain_distance(TRXEncoding(support.keys[rows, order],
                                                                       support.values[rows, order]), query, way)))
+
+    def explain(self, support: TRXEncoding, query: TRXEncoding, *, query_video: Tensor | None = None) -> Explanation:
+        """TRX's tuple attention of one query against one support video: how much each query tuple (a pair or a
+        triple of frames) attends to each support tuple, cardinality by cardinality (the blocks of the matrix);
+        items placed at their frames' positions."""
+        counts = tuple_counts(query.keys.shape[-2], self.config.temporal_set)
+        frames = frames_of(query.keys.shape[-2], self.config.temporal_set)
+        weights = query.keys.new_zeros(sum(counts), sum(counts))
+        items, start = [], 0
+        for k, n, q_keys, s_keys in zip(self.config.temporal_set, counts, query.keys.split(counts, -2),
+                                        support.keys.split(counts, -2), strict=True):
+            block = slice(start, start + n)
+            weights[block, block] = (q_keys @ s_keys.T / math.sqrt(q_keys.shape[-1])).softmax(dim=-1)
+            positions = (tuple_index(frames, k).float() + 0.5) / frames  # (C(T, k), k)
+            items.append(positions.mean(dim=1, keepdim=True).to(weights.device))
+            start += n
+        centres = torch.cat(items)
+        return Explanation("tuple attention", weights.float(), centres, centres)
 
     def pair_distance(self, support: TRXEncoding | TRXFactorEncoding, query: TRXEncoding | TRXFactorEncoding
                       ) -> Tensor:

@@ -52,15 +52,21 @@ def tuple_index(frames: int, cardinality: int) -> Tensor:
     return torch.tensor(list(itertools.combinations(range(frames), cardinality)), dtype=torch.long)
 
 
-def tuple_counts(total: int, temporal_set: list[int]) -> list[int]:
-    """Tuples per cardinality of an encoding with ``total`` tuples in all: the frame count T is the one whose
-    ``sum(C(T, k))`` is ``total`` (the sum grows strictly with T, so T is unique)."""
+def frames_of(total: int, temporal_set: list[int]) -> int:
+    """The frame count T of an encoding with ``total`` tuples in all: the one whose ``sum(C(T, k))`` is ``total``
+    (the sum grows strictly with T, so T is unique)."""
     frames = max(temporal_set)
-    while (counts := [math.comb(frames, k) for k in temporal_set]) and sum(counts) < total:
+    while sum(math.comb(frames, k) for k in temporal_set) < total:
         frames += 1
-    if sum(counts) != total:
+    if sum(math.comb(frames, k) for k in temporal_set) != total:
         raise ValueError(f"trx: {total} tuples is no frame count's tuples for temporal_set={temporal_set}")
-    return counts
+    return frames
+
+
+def tuple_counts(total: int, temporal_set: list[int]) -> list[int]:
+    """Tuples per cardinality of an encoding with ``total`` tuples in all (see ``frames_of``)."""
+    frames = frames_of(total, temporal_set)
+    return [math.comb(frames, k) for k in temporal_set]
 
 
 @full_precision

@@ -4,14 +4,14 @@ videos, a manifest, or a feature store), on a path or a URI."""
 from __future__ import annotations
 
 import posixpath
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 
 from fsar import storage
 from fsar.config import ConfigError
 from fsar.data.manifest import VIDEO_EXTENSIONS, natural_key, read_manifest
-from fsar.prediction.support_set import check_class_name
+from fsar.prediction.support_set import SupportClass, check_class_name, class_file, load_class, save_class
 from fsar.storage import Location
 
 QueryKind = Literal["store", "manifest", "folder"]
@@ -70,3 +70,39 @@ def query_table(location: Location, kind: QueryKind) -> pa.Table:
     if not paths:
         raise ConfigError(f"query folder {location} holds no videos ({', '.join(VIDEO_EXTENSIONS[:4])}, ...)")
     return pa.table({"video_id": [p[len(base) + 1:] for p in paths], "path": paths})
+
+
+def encode_support_clips(predictor: Any, clips: dict[str, list[tuple[str, str]]], root: Location, *,
+                         batch_size: int, progress: bool = True) -> list[SupportClass]:
+    """Decode and encode every support clip once (``clips``: ``support_clips``'s), save one file per class under
+    ``root``; classes already saved there (a rerun) are read back instead. ``predictor``: a ``Predictor``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from fsar.data.transforms import centre_square
+    from fsar.data.video import VideoDecodeError, load_clip
+
+    frames = predictor.settings.frames
+
+    def decode(name: str, video: tuple[str, str]) -> Any:
+        try:
+            return centre_square(load_clip(video[1], num_segments=frames).frames)
+        except VideoDecodeError as exc:
+            raise ConfigError(f"support clip {video[1]} of class {name!r} does not decode ({exc}): replace or remove "
+                              "it") from None
+
+    out = []
+    for name, videos in tqdm(clips.items(), desc="supports", unit="class", disable=not progress):
+        if storage.is_file(class_file(root, name)):
+            out.append(load_class(root, name))
+            continue
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            decoded = list(pool.map(lambda v, n=name: decode(n, v), videos))
+        features = np.concatenate([predictor.encode(decoded[i : i + batch_size])
+                                   for i in range(0, len(decoded), batch_size)])
+        support = SupportClass(name, [v for v, _ in videos], features, [p for _, p in videos])
+        save_class(root, support)
+        out.append(support)
+    return out

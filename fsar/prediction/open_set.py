@@ -1,10 +1,10 @@
 """"None of these": a threshold on a query's best class score, chosen on a run's validation classes.
 
 Open-set episodes are drawn from classes the run never trained on: ``way + 1`` classes, of which the first ``way``
-give supports and the last gives only queries (an *unknown* class). A query's score is its largest class score
-(the softmax of the method's logits over the episode's classes). The threshold is the ``1 - target_far`` quantile
-of the unknown queries' scores, so that about ``target_far`` of them are accepted as some known class; below it a
-prediction answers ``unknown``.
+give supports and the last gives only queries (an *unknown* class). A query's score (``open_set_score``) is its
+best logit by default (the method's scaled similarity to the nearest class), or its best softmax probability. The
+threshold is the ``1 - target_far`` quantile of the unknown queries' scores, so that about ``target_far`` of them
+are accepted as some known class; below it a prediction answers ``unknown``.
 
 The choice is stored with the run (``<run>/open_set-<way>way-<shot>shot-far<F>.json``: the best score of a query
 depends on how many classes compete) and reported with what it costs on the known classes.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ OPEN_SET_PATTERN = "open_set-*.json"
 class OpenSetCalibration:
     """A threshold on the best class score and what it gave on the episodes it was chosen on."""
 
-    threshold: float  # a query whose best score is below this is unknown
+    threshold: float  # a query whose score is below this is unknown
     target_far: float  # wanted fraction of unknown queries accepted as a known class
     false_accept_rate: float  # measured: unknown queries at or above the threshold
     known_accuracy: float  # known queries accepted and correctly classified
@@ -41,13 +42,14 @@ class OpenSetCalibration:
     shot: int
     episodes: int
     split: str
+    score: str = "max_logit"  # what the threshold applies to (open_set_score)
 
 
-def calibration_file(run: Location, *, way: int, shot: int, target_far: float) -> Location:
+def calibration_file(run: Location, *, way: int, shot: int, target_far: float, score: str) -> Location:
     """Where a run keeps the calibration for episodes of ``way`` classes and ``shot`` clips each."""
     from fsar.run_folder import RunFolder
 
-    return RunFolder.of_checkpoint(run).file(f"open_set-{way}way-{shot}shot-far{target_far:g}.json")
+    return RunFolder.of_checkpoint(run).file(f"open_set-{score}-{way}way-{shot}shot-far{target_far:g}.json")
 
 
 def calibration_files(run: Location) -> list[Location]:
@@ -57,7 +59,7 @@ def calibration_files(run: Location) -> list[Location]:
 
 
 def calibration_for(run: Location, method: torch.nn.Module, payload: dict, *, way: int, shot: int,
-                    target_far: float, episodes: int = 500, seed: int = 0,
+                    target_far: float, score: OpenSetScore = "max_logit", episodes: int = 500, seed: int = 0,
                     device: torch.device | str = "cpu") -> OpenSetCalibration:
     """The run's calibration for ``way`` classes of ``shot`` clips: read back when the run has it, else made now on
     the validation split of the store the run trained on, and stored with the run. With fewer validation classes
@@ -65,7 +67,7 @@ def calibration_for(run: Location, method: torch.nn.Module, payload: dict, *, wa
     from fsar.data.sections import StoreData
     from fsar.sources.features import StoreEvaluation
 
-    path = calibration_file(run, way=way, shot=shot, target_far=target_far)
+    path = calibration_file(run, way=way, shot=shot, target_far=target_far, score=score)
     if storage.is_file(path):
         try:
             return OpenSetCalibration(**json.loads(storage.read_text(path)))
@@ -92,7 +94,7 @@ def calibration_for(run: Location, method: torch.nn.Module, payload: dict, *, wa
     features = torch.as_tensor(data.split_for(key).features).to(device)
     text = data.class_text.to(device) if getattr(method, "uses_text", False) and data.class_text is not None else None
     result = calibrate(method.to(device), features, data.labels, way=min(way, classes - 1), shot=shot, query=query,
-                       episodes=episodes, seed=seed, target_far=target_far, class_text=text,
+                       episodes=episodes, seed=seed, target_far=target_far, score=score, class_text=text,
                        class_names=data.class_names, split=split)
     storage.write_text(path, json.dumps(asdict(result), indent=1) + "\n")
     return result
@@ -106,10 +108,24 @@ def open_set_episodes(labels: np.ndarray, *, way: int, shot: int, query: int, ep
     return sampler.batch(0, episodes)
 
 
-def open_set_scores(method: torch.nn.Module, features: torch.Tensor, episodes: Episodes, *,
+OpenSetScore = Literal["max_logit", "max_softmax"]
+
+
+def open_set_score(logits: torch.Tensor, kind: OpenSetScore) -> torch.Tensor:
+    """A query's "is it one of these" score from its logits ``(..., C)``: the best logit (the method's scaled
+    similarity to the nearest class: a query of an unseen class is far from all of them) or the best softmax
+    probability (how much the nearest class wins over the others)."""
+    if kind == "max_logit":
+        return logits.max(dim=-1).values
+    if kind == "max_softmax":
+        return torch.softmax(logits, dim=-1).max(dim=-1).values
+    raise ConfigError(f"open_set_score must be max_logit or max_softmax, got {kind!r}")
+
+
+def open_set_scores(method: torch.nn.Module, features: torch.Tensor, episodes: Episodes, *, score: OpenSetScore,
                     class_text: torch.Tensor | None = None, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per open-set episode batch: the known queries' best scores ``(E·way·query,)`` and whether their best class is
-    right, and the unknown queries' best scores ``(E·query,)``. ``features`` ``(N, T, ...)`` on the device."""
+    """Over open-set episodes: the known queries' scores ``(E·way·query,)`` and whether their best class is right,
+    and the unknown queries' scores ``(E·query,)``. ``features`` ``(N, T, ...)`` on the device."""
     known_best, known_right, unknown_best = [], [], []
     way = episodes.classes.shape[1] - 1
     with torch.no_grad():
@@ -120,9 +136,8 @@ def open_set_scores(method: torch.nn.Module, features: torch.Tensor, episodes: E
             s_lab, q_lab = episode_label_tensors(known, features.device)
             q_idx = torch.as_tensor(part.query.reshape(len(part), -1), device=features.device)
             text = episode_class_text(class_text, known)
-            logits = method(features[s_idx].float(), s_lab, features[q_idx].float(), way, class_text=text)
-            probs = torch.softmax(logits.float(), dim=-1)
-            best, which = probs.max(dim=-1)  # (E, (way + 1)·query)
+            logits = method(features[s_idx].float(), s_lab, features[q_idx].float(), way, class_text=text).float()
+            best, which = open_set_score(logits, score), logits.argmax(dim=-1)  # (E, (way + 1)·query)
             n_known = q_lab.shape[1]
             known_best.append(best[:, :n_known].reshape(-1).cpu().numpy())
             known_right.append((which[:, :n_known] == q_lab).reshape(-1).cpu().numpy())
@@ -155,12 +170,13 @@ def rates(known_best: np.ndarray, known_right: np.ndarray, unknown_best: np.ndar
 
 def calibrate(method: torch.nn.Module, features: torch.Tensor, labels: np.ndarray, *, way: int, shot: int,
               query: int = 5, episodes: int = 500, seed: int = 0, target_far: float = 0.05,
+              score: OpenSetScore = "max_logit",
               class_text: torch.Tensor | None = None, class_names: dict[int, str] | None = None,
               split: str = "val") -> OpenSetCalibration:
     """Choose the threshold on ``episodes`` open-set episodes of one split (``features`` ``(N, T, ...)``)."""
     eps = open_set_episodes(labels, way=way, shot=shot, query=query, episodes=episodes, seed=seed,
                             class_names=class_names, split=split)
-    known_best, known_right, unknown_best = open_set_scores(method, features, eps, class_text=class_text)
+    known_best, known_right, unknown_best = open_set_scores(method, features, eps, score=score, class_text=class_text)
     threshold = choose_threshold(unknown_best, target_far)
     return OpenSetCalibration(threshold=threshold, target_far=target_far, way=way, shot=shot, episodes=episodes,
-                              split=split, **rates(known_best, known_right, unknown_best, threshold))
+                              split=split, score=score, **rates(known_best, known_right, unknown_best, threshold))

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from fsar.config import ConfigError
-from fsar.prediction.support_set import SupportClass, class_scores, encode_supports
+from fsar.prediction.open_set import OpenSetScore, open_set_score
+from fsar.prediction.support_set import SupportClass, class_logits, encode_supports
 
 TEXT_TEMPLATE = "a video of {}"  # fsar embed's default prompt: what text methods were trained with
 
@@ -98,15 +99,25 @@ class Predictor:
     ``device``: where the method, the supports and (when ``encode`` is used) the encoder live."""
 
     def __init__(self, method: torch.nn.Module, settings: EncoderSettings, *, threshold: float, top_k: int = 3,
-                 device: torch.device | str = "cpu") -> None:
+                 score: OpenSetScore = "max_logit", device: torch.device | str = "cpu") -> None:
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1, got {top_k}")
         self.method = method.to(device).eval()
-        self.settings, self.threshold, self.top_k = settings, float(threshold), top_k
+        self.settings, self.threshold, self.top_k, self.score = settings, float(threshold), top_k, score
         self.device = torch.device(device)
         self._backbone: Any = None
         self._supports: Any = None
         self._class_text: torch.Tensor | None = None
+
+    @classmethod
+    def from_run(cls, run: Any, threshold: float, top_k: int, device: torch.device | str, *,
+                 score: OpenSetScore = "max_logit") -> tuple[Predictor, dict[str, Any]]:
+        """The run's method (its best checkpoint) and encoder settings, with no supports yet; and its payload."""
+        from fsar.training.checkpoint import load_checkpoint
+
+        method, payload = load_checkpoint(run)
+        settings = EncoderSettings.of_run(payload, str(run), input_kind=method.input_kind)
+        return cls(method, settings, threshold=threshold, top_k=top_k, score=score, device=device), payload
 
     @property
     def class_names(self) -> list[str]:
@@ -149,33 +160,27 @@ class Predictor:
                                        if self.settings.view != "pooled" else 0)
         return in_view(frames, patches, self.settings)
 
-    def scores(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Class scores ``(N, C)`` (rows sum to 1) of features ``(N, T, ...)`` in the run's view."""
+    def logits(self, features: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The method's logits ``(N, C)`` for features ``(N, T, ...)`` in the run's view."""
         if self._supports is None:
             raise ConfigError("no support set: add classes first")
         queries = torch.as_tensor(features).to(self.device)
-        return class_scores(self.method, self._supports, queries, class_text=self._class_text)
+        return class_logits(self.method, self._supports, queries, class_text=self._class_text)
 
-    def predictions(self, video_ids: Sequence[str], scores: torch.Tensor, *,
+    def predictions(self, video_ids: Sequence[str], logits: torch.Tensor, *,
                     spans: Sequence[tuple[float, float] | None] | None = None) -> list[Prediction]:
-        """Top-k classes per query; ``unknown`` when the best score is below the threshold."""
-        k = min(self.top_k, scores.shape[1])
-        top_scores, top = scores.topk(k, dim=-1)
+        """Top-k classes per query with their softmax probabilities; ``unknown`` when the open-set score (the best
+        logit, or the best probability) is below the threshold."""
+        probabilities = torch.softmax(logits, dim=-1)
+        k = min(self.top_k, logits.shape[1])
+        top_scores, top = probabilities.topk(k, dim=-1)
+        match = open_set_score(logits, self.score).tolist()
         names = self.class_names
         out = []
         for i, vid in enumerate(video_ids):
             span = spans[i] if spans is not None else None
-            best = [float(v) for v in top_scores[i].cpu()]
-            out.append(Prediction(vid, [names[j] for j in top[i].tolist()], best, best[0] < self.threshold,
-                                  *(span or (None, None))))
+            prediction = Prediction(vid, [names[j] for j in top[i].tolist()], [float(v) for v in top_scores[i].cpu()],
+                                    match[i] < self.threshold, *(span or (None, None)))
+            prediction.extra["match_score"] = float(match[i])
+            out.append(prediction)
         return out
-
-
-def prediction_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts of a prediction table: videos, windows, unknown answers, answers per class."""
-    per_class: dict[str, int] = {}
-    for r in rows:
-        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
-    return {"predictions": len(rows), "unknown": per_class.get("unknown", 0),
-            "videos": len({r["video_id"] for r in rows}), "per_label": dict(sorted(per_class.items()))}
-

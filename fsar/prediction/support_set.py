@@ -5,14 +5,14 @@ Layout on a path or a URI (one file per class, so a class is added or dropped wi
     <supports>/classes/<name>.npz   features (K, T, ...) fp16 of the class's K clips, and their video ids
 
 Queries are scored in one episode over every class: the method's ``encode`` runs once per support and per
-query, its ``head`` gives logits ``(N_q, C)``, and a softmax over the classes gives the scores. A query's scores
-never depend on another query (the method contract), so queries may be scored in any batches.
+query, and its ``head`` gives logits ``(N_q, C)``. A query's logits never depend on another query (the method
+contract), so queries may be scored in any batches.
 """
 
 from __future__ import annotations
 
 import io
-import re
+import urllib.parse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,15 +24,21 @@ from fsar.config import ConfigError
 from fsar.storage import Location
 
 CLASSES_DIR = "classes"
-CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
+MAX_NAME = 200
 
 
 def check_class_name(name: str) -> str:
-    """A class name that is also a safe file name: letters, digits, space, ``_ . + -``; 1-64 characters."""
-    if not CLASS_NAME.match(name) or name.strip() != name:
-        raise ConfigError(f"class name {name!r} is not allowed: use 1-64 letters, digits, spaces, '_', '.', '+' or "
-                          "'-', starting with a letter or digit")
+    """Any printable name of 1-200 characters without '/', no space at either end: dataset class names carry
+    brackets, commas and quotes ("Pushing [something] from left to right"). Files use its percent-encoding."""
+    if (not name or len(name) > MAX_NAME or name.strip() != name or "/" in name
+            or any(not c.isprintable() for c in name)):
+        raise ConfigError(f"class name {name!r} is not allowed: use 1-{MAX_NAME} printable characters, no '/', no "
+                          "space at either end")
     return name
+
+
+def _file_name(name: str) -> str:
+    return urllib.parse.quote(check_class_name(name), safe=" ,_-.()[]'+") + ".npz"
 
 
 @dataclass
@@ -46,7 +52,7 @@ class SupportClass:
 
 
 def class_file(root: Location, name: str) -> Location:
-    return storage.join(root, CLASSES_DIR, f"{check_class_name(name)}.npz")
+    return storage.join(root, CLASSES_DIR, _file_name(name))
 
 
 def save_class(root: Location, support: SupportClass) -> Location:
@@ -70,7 +76,8 @@ def delete_class(root: Location, name: str) -> bool:
 
 def class_names(root: Location) -> list[str]:
     """The classes stored under ``root``, sorted by name (the order of the score columns)."""
-    return sorted(storage.name(p)[: -len(".npz")] for p in storage.list_files(storage.join(root, CLASSES_DIR), "*.npz"))
+    return sorted(urllib.parse.unquote(storage.name(p)[: -len(".npz")])
+                  for p in storage.list_files(storage.join(root, CLASSES_DIR), "*.npz"))
 
 
 def listing(root: Location) -> tuple[tuple[str, int], ...]:
@@ -115,16 +122,15 @@ def encode_supports(method: torch.nn.Module, classes: list[SupportClass], device
     return EncodedSupports([c.name for c in classes], encoding, labels, shots)
 
 
-def class_scores(method: torch.nn.Module, supports: EncodedSupports, queries: Tensor, *,
+def class_logits(method: torch.nn.Module, supports: EncodedSupports, queries: Tensor, *,
                  class_text: Tensor | None = None, batch_size: int = 256) -> Tensor:
-    """Scores ``(N_q, C)`` of each query for each support class: the softmax of the method's logits over the
-    classes (rows sum to 1). ``queries`` ``(N_q, T, ...)`` in the run's view, on the supports' device."""
+    """The method's logits ``(N_q, C)`` of each query for each support class, as in one episode over all the
+    classes. ``queries`` ``(N_q, T, ...)`` in the run's view, on the supports' device."""
     way = len(supports.names)
     text = None if class_text is None else class_text[None]
     out = []
     with torch.no_grad():
         for start in range(0, queries.shape[0], batch_size):
             chunk = method.encode(queries[start : start + batch_size].float()[None])
-            logits = method.head(supports.encoding, supports.labels, chunk, way, class_text=text).logits[0]
-            out.append(torch.softmax(logits.float(), dim=-1))
+            out.append(method.head(supports.encoding, supports.labels, chunk, way, class_text=text).logits[0].float())
     return torch.cat(out) if out else torch.empty(0, way, device=supports.labels.device)

@@ -199,7 +199,7 @@ class A2M2(PairTableMethod):
             dist = (1.0 - c.fusion) * dist + c.fusion * frame
         return dist
 
-    def explain(self, support: A2M2Encoding, query: A2M2Encoding) -> Explanation:
+    def explain(self, support: A2M2Encoding, query: A2M2Encoding, *, query_video: Tensor | None = None) -> Explanation:
         """The transport plan between the query's and the support's temporal candidates (one video each), items
         placed at their windows' centres."""
         c = self.config
