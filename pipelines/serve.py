@@ -46,6 +46,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # address to bind: loopback unless told otherwise
     port: int = 8000
     replicas: int = 1  # Serve replicas (each holds the method, the encoder and the support set)
+    max_replicas: int = 0  # > replicas: Serve autoscales between the two on ongoing requests per replica
     max_batch_size: int = 8  # clips encoded in one forward across concurrent requests
     batch_wait_s: float = 0.02  # how long a request waits for others to batch with
     max_request_mb: float = 64.0  # larger bodies are refused (413)
@@ -199,7 +200,12 @@ def build_app(config: ServeConfig) -> Any:
 
     gpus = 1 if config.device in ("auto", "cuda") and _cluster_gpus() else 0
 
-    @serve.deployment(num_replicas=config.replicas, ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
+    scaling: dict[str, Any] = {"num_replicas": config.replicas}
+    if config.max_replicas > config.replicas:  # a replica per max_batch_size waiting requests, within the bounds
+        scaling = {"autoscaling_config": {"min_replicas": config.replicas, "max_replicas": config.max_replicas,
+                                          "target_ongoing_requests": config.max_batch_size}}
+
+    @serve.deployment(**scaling, ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
                       max_ongoing_requests=4 * config.max_batch_size)
     @serve.ingress(api)
     class FsarService:

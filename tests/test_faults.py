@@ -24,6 +24,16 @@ def test_a_killed_training_run_resumes_from_its_last_checkpoint(synth, tmp_path)
     assert "| fsar train (local disk) |" in table([row])
 
 
+def test_a_killed_prediction_job_then_a_rerun_predicts_every_video_once(synth, tmp_path):
+    from pipelines.bench.faults import predict_scenario
+
+    embed_scenario(synth, tmp_path / "store")
+    train_scenario(tmp_path / "store", tmp_path / "run", steps=20, val_every=10)
+    row = predict_scenario(synth, tmp_path / "run", tmp_path / "predict")
+    assert row["killed"] and row["rerun_ok"], row["told"]
+    assert row["lost"] == 0 and row["duplicated"] == 0
+
+
 def test_killed_drivers_on_object_storage_lose_and_repeat_nothing(synth, s3, tmp_path):
     """The same hard kills with the store and run folder in a bucket: the reruns find what the killed jobs left
     there (finished shards, the last checkpoint) through the S3 server."""

@@ -10,6 +10,8 @@ reruns the same command to the end:
 - ``train``: ``fsar train`` (in-process) killed after its first validation; the rerun must resume from the last
   checkpoint (its first metrics line says ``resumed_from_step``), repeat no more steps than one validation
   interval, and finish;
+- ``predict``: ``fsar predict`` killed after its first part file; afterwards every query must be predicted exactly
+  once;
 - ``sweep``: ``fsar tune`` killed once a trial has finished; the rerun must keep that trial as it was and finish
   the others (Tune's own experiment state, restored).
 
@@ -152,6 +154,32 @@ def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
             "told": _told(again)}
 
 
+def predict_scenario(manifest: Path, run_dir: Path, out: Path) -> dict[str, Any]:
+    """Kill ``fsar predict`` after its first part file, rerun it: every query predicted exactly once. Supports: two
+    clips of each test class (copied beside ``out``); queries: every video of the manifest, four per shard."""
+    import shutil
+
+    from fsar.data.manifest import read_manifest
+    from fsar.prediction.output import read_predictions
+
+    support = out.parent / f"{out.name}-support"
+    taken: dict[str, int] = {}
+    for r in read_manifest(manifest).to_pylist():
+        if r["split"] == "test" and taken.get(r["class_name"], 0) < 2:
+            (support / r["class_name"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(r["path"], support / r["class_name"] / Path(r["path"]).name)
+            taken[r["class_name"]] = taken.get(r["class_name"], 0) + 1
+    cmd = _fsar(["predict", "--run", str(run_dir), "--support", str(support), "--query", str(manifest), "--out",
+                 str(out), "engine=local", "shard_size=4", "threshold=-1000", "mlflow=false"])
+    killed = kill_when(cmd, lambda: any((out / "predictions").glob("part-*.parquet")))
+    again = rerun(cmd)
+    ids = read_predictions(out)["video_id"].to_pylist()
+    wanted = set(read_manifest(manifest)["video_id"].to_pylist())
+    return {"job": "fsar predict (local disk)", "injected": "SIGKILL of the driver after its first part",
+            "killed": killed, "rerun_ok": again.returncode == 0, "lost": len(wanted - set(ids)),
+            "duplicated": len(ids) - len(set(ids)), "repeated": "—", "told": _told(again)}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| job | injected | rerun | videos lost | videos duplicated | steps repeated after resume | told |",
              "|---|---|---|---:|---:|---:|---|"]
@@ -178,6 +206,7 @@ def _run(args: Any) -> int:
     rows = [embed_scenario(manifest, out / "store")]
     rows.append(train_scenario(out / "store", out / "run"))
     rows.append(sweep_scenario(out / "store", out / "sweep", out / "space.yaml"))
+    rows.append(predict_scenario(manifest, out / "run", out / "predict"))
     if args.s3_port >= 0:
         rows += _s3_rows(manifest, port=args.s3_port or _free_port())
     print(table(rows))
