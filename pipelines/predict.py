@@ -229,9 +229,10 @@ def run(config: PredictConfig, *, address: str | None = None, progress: bool = T
     predictor, payload = Predictor.from_run(config.run, 0.0, config.top_k, device,  # a wrong run fails first
                                         score=config.open_set_score)
     kind = query_kind(config.query)
-    if kind == "store" and config.window:
-        raise ConfigError(f"query {config.query} is a feature store, which holds one clip per video: windows "
-                          "(--window) need the videos themselves (a folder or a manifest)")
+    if kind == "store" and (config.window or config.explain):
+        raise ConfigError(f"query {config.query} is a feature store, which holds one clip's features per video: "
+                          f"{'windows (--window)' if config.window else 'pictures (--explain)'} need the videos "
+                          "themselves (a folder or a manifest)")
     clips = support_clips(config.support)
     _check_rerun(config)
     with Lease(config.out, job="fsar predict"):

@@ -101,7 +101,10 @@ class Classifier:
         classes = load_classes(self.root)
         if classes:
             self.predictor.set_supports(classes)
-            self._set_threshold(len(classes), len(classes[0].video_ids))
+            try:
+                self._set_threshold(len(classes), len(classes[0].video_ids))
+            except ConfigError as exc:  # the run's store is out of reach: say so to the client, keep serving
+                raise UserError(503, f"no threshold for {len(classes)} classes: {exc}") from None
         else:
             self.predictor.clear_supports()
         self._listing = found
@@ -277,13 +280,17 @@ def start(config: ServeConfig, *, address: str | None = None) -> str:
     """Check the run, add the seed classes, deploy; returns the service's base URL. ``serve.shutdown()`` stops it."""
     from ray import serve
 
-    from fsar.prediction.predictor import Predictor
     from pipelines.ray_runtime import init_ray
 
     config.run, config.supports = storage.absolute(config.run), storage.absolute(config.supports)
-    Predictor.from_run(config.run, 0.0, config.top_k, "cpu")  # a wrong run fails before anything starts
     storage.make_dirs(config.supports)
     seed_classes(config)
+    # Here, before Ray starts: a wrong run or support set fails at once, and without threshold= the calibration
+    # for the seeded classes is made (or refused) now and then read back by every replica.
+    try:
+        Classifier(config)
+    except UserError as exc:
+        raise ConfigError(exc.detail) from None
     init_ray(address=address)
     serve.start(http_options={"host": config.host, "port": config.port})
     serve.run(build_app(config), name="fsar", route_prefix="/", blocking=False)
