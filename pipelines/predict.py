@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -104,24 +106,71 @@ class ShardJob:
     device: str
 
 
-def _decode(path: str, job: ShardJob, frames: int) -> list[tuple[np.ndarray, tuple[float, float] | None]]:
-    """One query's clips (centre squares) and spans: one clip, or one per window."""
+DECODE_AHEAD = 8  # videos decoded ahead of the encoder: memory follows this, not the shard
+
+
+def _clip_rows(table: pa.Table, job: ShardJob, predictor: Predictor) -> Iterator[dict[str, Any]]:
+    """One prediction per video: decoded in threads a few videos ahead, encoded ``batch_size`` at a time."""
     from fsar.data.transforms import centre_square
-    from fsar.data.video import load_clip, load_windows
+    from fsar.data.video import VideoDecodeError, load_clip
 
-    if job.window:
-        windows = load_windows(path, num_segments=frames, window_s=job.window, stride_s=job.stride or job.window / 2)
-        return [(centre_square(w.frames), (w.start_s, w.end_s)) for w in windows]
-    return [(centre_square(load_clip(path, num_segments=frames).frames), None)]
+    def decode(row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        try:
+            return row, centre_square(load_clip(row["path"], num_segments=predictor.settings.frames).frames)
+        except VideoDecodeError as exc:
+            return row, str(exc)
+
+    def predict(batch: list[tuple[dict[str, Any], np.ndarray]]) -> Iterator[dict[str, Any]]:
+        logits = predictor.logits(predictor.encode([clip for _, clip in batch]))
+        for p, (row, _) in zip(predictor.predictions([r["video_id"] for r, _ in batch], logits), batch, strict=True):
+            yield p.row() | {"true_class": row.get("true_class")}
+
+    batch: list[tuple[dict[str, Any], np.ndarray]] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for row, result in _bounded_map(pool, decode, table.to_pylist(), ahead=DECODE_AHEAD):
+            if isinstance(result, str):
+                yield {"video_id": row["video_id"], "error": result, "true_class": row.get("true_class")}
+                continue
+            batch.append((row, result))
+            if len(batch) == job.batch_size:
+                yield from predict(batch)
+                batch = []
+    if batch:
+        yield from predict(batch)
 
 
-def predict_shard(shard: int, job: ShardJob, predictor: Any) -> int:
+def _window_rows(table: pa.Table, job: ShardJob, predictor: Predictor) -> Iterator[dict[str, Any]]:
+    """One prediction per window of each video, video after video, a group of windows at a time."""
+    from fsar.data.transforms import centre_square
+    from fsar.data.video import VideoDecodeError, iter_windows
+
+    for row in table.to_pylist():
+        try:
+            for group in iter_windows(row["path"], num_segments=predictor.settings.frames, window_s=job.window,
+                                      stride_s=job.stride or job.window / 2, windows_per_read=job.batch_size):
+                logits = predictor.logits(predictor.encode([centre_square(w.frames) for w in group]))
+                for p in predictor.predictions([row["video_id"]] * len(group), logits,
+                                               spans=[(w.start_s, w.end_s) for w in group]):
+                    yield p.row() | {"true_class": row.get("true_class")}
+        except VideoDecodeError as exc:
+            yield {"video_id": row["video_id"], "error": str(exc), "true_class": row.get("true_class")}
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Any, items: list[Any], *, ahead: int) -> Iterator[Any]:
+    """``pool.map(fn, items)`` in order, with at most ``ahead`` results waiting to be taken."""
+    pending: deque[Any] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def predict_shard(shard: int, job: ShardJob, predictor: Predictor) -> int:
     """Predict one shard and write its part file; returns how many rows it wrote. ``predictor`` holds supports."""
-    from fsar.data.feature_store import FeatureStore
-    from fsar.data.video import VideoDecodeError
+    from fsar.data.feature_store import FeatureStore, write_table
 
-    target = part_file(job.out, shard)
-    rows: list[dict[str, Any]] = []
     if job.query_kind == "store":
         store = FeatureStore(job.query)
         ids, features = store.read_shard(store.shard_files()[shard], view=predictor.settings.view,  # type: ignore[arg-type]
@@ -131,37 +180,10 @@ def predict_shard(shard: int, job: ShardJob, predictor: Any) -> int:
         fs, path = storage.filesystem(storage.join(job.out, QUERIES_FILE))
         with pq.ParquetFile(fs.open_input_file(path)) as queries:
             table = queries.read_row_group(shard)
-        known = "true_class" in table.column_names
-        frames = predictor.settings.frames
-
-        def decode(row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-            try:
-                return row, _decode(row["path"], job, frames)
-            except VideoDecodeError as exc:
-                return row, str(exc)
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            decoded = list(pool.map(decode, table.to_pylist()))
-        clips, owners = [], []
-        for row, result in decoded:
-            if isinstance(result, str):
-                rows.append({"video_id": row["video_id"], "error": result, "true_class": row.get("true_class")})
-                continue
-            for clip, span in result:
-                clips.append(clip)
-                owners.append((row, span))
-        if clips:
-            features = np.concatenate([predictor.encode(clips[i : i + job.batch_size])
-                                       for i in range(0, len(clips), job.batch_size)])
-            found = predictor.predictions([r["video_id"] for r, _ in owners], predictor.logits(features),
-                                          spans=[s for _, s in owners])
-            for p, (row, _) in zip(found, owners, strict=True):
-                rows.append(p.row() | ({"true_class": row["true_class"]} if known else {}))
+        rows = list((_window_rows if job.window else _clip_rows)(table, job, predictor))
     table = pa.Table.from_pylist([{k: r.get(k) for k in PREDICTION_SCHEMA.names} for r in rows],
                                  schema=PREDICTION_SCHEMA)
-    from fsar.data.feature_store import write_table
-
-    write_table(target, table)  # atomic: the part appears whole, and marks the shard done
+    write_table(part_file(job.out, shard), table)  # atomic: the part appears whole, and marks the shard done
     return table.num_rows
 
 
@@ -180,8 +202,8 @@ class _ShardWorker:
         return {"shard": np.array(shards), "rows": np.array([predict_shard(s, self.job, self.predictor) for s in shards])}
 
 
-def resolve_threshold(config: PredictConfig, predictor: Any, payload: dict[str, Any], *, way: int, shot: int,
-                      progress: bool = True) -> tuple[float, dict[str, Any]]:
+def resolve_threshold(config: PredictConfig, predictor: Predictor, payload: dict[str, Any], *, way: int,
+                      shot: int) -> tuple[float, dict[str, Any]]:
     """``config.threshold``, or the run's calibration for ``way`` classes of ``shot`` clips (made now and stored
     with the run when it has none)."""
     from fsar.prediction.open_set import calibration_for
@@ -241,7 +263,7 @@ def run(config: PredictConfig, *, address: str | None = None, progress: bool = T
                                      batch_size=config.batch_size, progress=progress)
         predictor.set_supports(classes)
         threshold, open_set = resolve_threshold(config, predictor, payload, way=len(classes),
-                                                shot=len(classes[0].video_ids), progress=progress)
+                                                shot=len(classes[0].video_ids))
         shards = _plan_queries(config, kind, predictor)
         job = ShardJob(run=str(config.run), out=str(config.out), query=str(config.query), query_kind=kind,
                        threshold=threshold, score=config.open_set_score, top_k=config.top_k, batch_size=config.batch_size, window=config.window,

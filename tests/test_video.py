@@ -121,3 +121,13 @@ def test_a_broken_upload_is_named_as_such():
         load_clip(b"not a video at all", num_segments=4)
     with pytest.raises(VideoDecodeError, match="<uploaded video>"):
         load_windows(b"\x00" * 100, num_segments=4, window_s=1.0, stride_s=1.0)
+
+
+def test_windows_come_in_groups_that_together_are_every_window(counter_video):
+    from fsar.data.video import iter_windows, load_windows
+
+    path = counter_video(40, fps=10)
+    groups = list(iter_windows(path, num_segments=4, window_s=1.0, stride_s=0.5, windows_per_read=3))
+    assert [len(g) for g in groups] == [3, 3, 1]
+    every = load_windows(path, num_segments=4, window_s=1.0, stride_s=0.5)
+    assert [w.indices.tolist() for g in groups for w in g] == [w.indices.tolist() for w in every]

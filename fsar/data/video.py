@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -266,10 +266,21 @@ def _frame_rate(decoder: VideoDecoder, source: Source) -> tuple[int, float]:
     return decoder.num_frames(source), float(rate) if rate else 0.0
 
 
-def load_windows(path: str | Path | bytes, *, num_segments: int, window_s: float, stride_s: float,
-                 backend: Backend = "auto", short_video: ShortVideoPolicy = "repeat") -> list[Window]:
-    """Decode ``num_segments`` segment-centre frames of every window of a long video (``window_spans``), reading
-    each needed frame once. Raises VideoDecodeError naming the file, as :func:`load_clip`."""
+def _read_windows(decoder: VideoDecoder, source: Source, spans: list[tuple[int, int]], picks: list[np.ndarray],
+                  fps: float) -> list[Window]:
+    wanted = np.unique(np.concatenate(picks))
+    frames = decoder.read(source, wanted)
+    where = {int(i): k for k, i in enumerate(wanted)}
+    return [Window(frames[[where[int(i)] for i in idx]], idx, start / fps, stop / fps)
+            for (start, stop), idx in zip(spans, picks, strict=True)]
+
+
+def iter_windows(path: str | Path | bytes, *, num_segments: int, window_s: float, stride_s: float,
+                 backend: Backend = "auto", short_video: ShortVideoPolicy = "repeat",
+                 windows_per_read: int = 32) -> Iterator[list[Window]]:
+    """Decode ``num_segments`` segment-centre frames of every window of a long video (``window_spans``), in groups
+    of ``windows_per_read`` windows, each needed frame of a group read once: memory follows a group, not the
+    video. The first group picks the backend as :func:`load_clip` does; VideoDecodeError names the file."""
     source, path = _source_of(path)
     reasons = []
     for name in (["decord", "pyav"] if backend == "auto" else [backend]):
@@ -281,14 +292,27 @@ def load_windows(path: str | Path | bytes, *, num_segments: int, window_s: float
             spans = window_spans(n, fps, window_s, stride_s)
             picks = [start + segment_indices(stop - start, num_segments, mode="eval", short_video=short_video)
                      for start, stop in spans]
-            wanted = np.unique(np.concatenate(picks))
-            frames = decoder.read(source, wanted)
-            where = {int(i): k for k, i in enumerate(wanted)}
-            return [Window(frames[[where[int(i)] for i in idx]], idx, start / fps, stop / fps)
-                    for (start, stop), idx in zip(spans, picks, strict=True)]
+            first = _read_windows(decoder, source, spans[:windows_per_read], picks[:windows_per_read], fps)
         except ShortVideoError as exc:
             raise VideoDecodeError(f"video {path}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 — any other backend failure means "try the next one"
             reasons.append(f"{name}: {_describe(exc)}")
+            continue
+        yield first
+        for start in range(windows_per_read, len(spans), windows_per_read):
+            part = slice(start, start + windows_per_read)
+            try:
+                group = _read_windows(decoder, source, spans[part], picks[part], fps)
+            except Exception as exc:  # noqa: BLE001 — a video that breaks midway is named, with how far it got
+                raise VideoDecodeError(f"video {path}: {name} failed after {start} windows: {_describe(exc)}") from exc
+            yield group
+        return
     raise VideoDecodeError(f"video {path}: cannot be decoded ({'; '.join(reasons)}) — the file is corrupt or "
                            "not a video; re-encode or remove it")
+
+
+def load_windows(path: str | Path | bytes, *, num_segments: int, window_s: float, stride_s: float,
+                 backend: Backend = "auto", short_video: ShortVideoPolicy = "repeat") -> list[Window]:
+    """Every window of :func:`iter_windows` at once (a few windows: a picture, a test)."""
+    return [w for group in iter_windows(path, num_segments=num_segments, window_s=window_s, stride_s=stride_s,
+                                        backend=backend, short_video=short_video) for w in group]
