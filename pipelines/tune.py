@@ -212,8 +212,8 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
     init_ray(address=address)
     held = _check_resources(config, address)
     max_concurrent = min(c for c in (config.max_concurrent, held) if c) if config.max_concurrent or held else 0
-    # Every trial checkpoint forces a state snapshot (num_to_keep=1): what makes a resume exact. Tune
-    # warns when that happens often, which short validation intervals always do.
+    # Every trial checkpoint forces a state snapshot (num_to_keep): what makes a resume exact. Tune warns when
+    # that happens often, which short validation intervals always do.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     parent = _parent_run(config, space, out, uri)
     # What each trial's train_config.yaml records: how it ran and where it is logged.
@@ -255,7 +255,9 @@ def run(config: SweepConfig, *, address: str | None = None, callbacks: Sequence[
                 run_config=tune.RunConfig(
                     name=storage.name(experiment), storage_path=str(out), verbose=config.verbose,
                     callbacks=[tracker, *callbacks],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # Two, not one: the experiment state a killed driver left may be one snapshot behind its
+                    # trials (measured on object storage), and must still find the checkpoint it names.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 ),
             )

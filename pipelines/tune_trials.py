@@ -221,6 +221,10 @@ class SweepTracker(Callback):
         self._finish(trial, "finished" if last >= steps else "stopped", "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.folder(trial.trial_id).status() in ("finished", "stopped"):
+            # A trial that ended before its driver was killed, which the restored experiment state still holds
+            # running: its results are complete, and a failed restore must not turn them into an error.
+            return
         self._finish(trial, "error", "FAILED", error=str(trial.error_file or ""))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

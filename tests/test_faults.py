@@ -93,14 +93,18 @@ def test_a_training_run_on_object_storage_rides_through_a_pause(synth, s3, s3_se
     assert steps == list(range(10, 81, 10)) and storage.is_file(f"{out}/latest.pt")
 
 
-# Slow, and not yet reliable: 1 of 4 runs here ended with a trial not finished after the rerun (under study;
-# the diagnostics below print every trial's status when it happens).
+# Slow (about 70 s each). The flake an earlier version had (a trial left unfinished after the rerun, 1 run in 4
+# on disk, every run on the S3 server) came from the restored experiment state naming a checkpoint already
+# pruned; two are kept now, and a trial that had finished keeps its status whatever its restore does.
 @pytest.mark.slow
-def test_a_killed_sweep_keeps_its_finished_trials_and_completes(synth, tmp_path):
+@pytest.mark.parametrize("where", ["disk", "s3"])
+def test_a_killed_sweep_keeps_its_finished_trials_and_completes(synth, tmp_path, request, where):
     from pipelines.bench.faults import sweep_scenario
 
     embed_scenario(synth, tmp_path / "store")
-    row = sweep_scenario(tmp_path / "store", tmp_path / "sweep", tmp_path / "space.yaml")
+    sweep = tmp_path / "sweep" if where == "disk" else request.getfixturevalue("s3") + "/sweep"
+    row = sweep_scenario(tmp_path / "store", sweep, tmp_path / "space.yaml",
+                         mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert row["killed"] and row["rerun_ok"] and row["kept"], row
-    assert row["all_done"], (row, [(f.parent.name, f.read_text()) for f in (tmp_path / "sweep").glob("trials/*/status.json")])
+    assert row["all_done"], row["statuses"]
     assert row["repeated"] == 0  # no trial logs a step twice

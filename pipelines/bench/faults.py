@@ -15,8 +15,8 @@ reruns the same command to the end:
 - ``sweep``: ``fsar tune`` killed once a trial has finished; the rerun must keep that trial as it was and finish
   the others (Tune's own experiment state, restored).
 
-The embed and training rows run again with the store and run folder on a local S3 server (moto, on 127.0.0.1,
-stopped by its process id) unless ``--s3-port -1``.
+The embed, training and sweep rows run again with the store, run and sweep folders on a local S3 server (moto, on
+127.0.0.1, stopped by its process id) unless ``--s3-port -1``.
 
 ``tests/test_faults.py`` runs both at a tiny size; this prints one row per scenario.
 """
@@ -123,8 +123,9 @@ def train_scenario(store: Location, run_dir: Location, *, steps: int = 60, val_e
             "finished": bool(lines) and lines[-1]["step"] == steps, "told": _told(again)}
 
 
-def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
-    """Kill ``fsar tune`` once its first trial has finished, rerun it: finished trials must be kept as they were."""
+def sweep_scenario(store: Location, sweep: Location, space: Path, *, mlflow_uri: str = "") -> dict[str, Any]:
+    """Kill ``fsar tune`` once its first trial has finished, rerun it: finished trials must be kept as they were.
+    ``sweep``: a folder or a URI (then Tune keeps its experiment state there too)."""
     import yaml
 
     space.write_text(yaml.safe_dump({
@@ -133,23 +134,26 @@ def sweep_scenario(store: Path, sweep: Path, space: Path) -> dict[str, Any]:
                   "proj_dim": 8, "way": 3, "query": 2},
         "space": {"lr": {"loguniform": [1.0e-3, 3.0e-2]}}}))
     cmd = _fsar(["tune", "--store", str(store), "--space", str(space), "--out", str(sweep), "--cpus-per-trial", "1",
-                 "max_concurrent=1", "verbose=0"])
+                 "max_concurrent=1", "verbose=0", *([f"mlflow_uri={mlflow_uri}"] if mlflow_uri else [])])
 
-    def one_finished() -> bool:
-        return any(f.is_file() for f in sweep.glob("trials/*/status.json"))
+    def trial_files(name: str) -> list[Location]:
+        return storage.list_files(storage.join(sweep, "trials"), name, recursive=True)
 
-    killed = kill_when(cmd, one_finished)
-    finished = {f.parent.name: (f.parent / "metrics.jsonl").read_text() for f in sweep.glob("trials/*/status.json")}
+    def metrics_of(status: Location) -> str:
+        return storage.read_text(storage.join(storage.parent(status), "metrics.jsonl"))
+
+    killed = kill_when(cmd, lambda: bool(trial_files("status.json")))
+    finished = {str(f): metrics_of(f) for f in trial_files("status.json")}
     again = rerun(cmd)
-    kept = all((sweep / "trials" / t / "metrics.jsonl").read_text() == text for t, text in finished.items())
-    statuses = [json.loads(f.read_text())["status"] for f in sweep.glob("trials/*/status.json")]
+    kept = all(metrics_of(f) == text for f, text in finished.items())
+    statuses = [json.loads(storage.read_text(f))["status"] for f in trial_files("status.json")]
     repeated = 0
-    for metrics in sweep.glob("trials/*/metrics.jsonl"):
-        steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    for metrics in trial_files("metrics.jsonl"):
+        steps = [json.loads(line)["step"] for line in storage.read_text(metrics).splitlines()]
         repeated += len(steps) - len(set(steps))
-    return {"job": "fsar tune (local disk)", "injected": "SIGKILL of the driver after its first finished trial",
+    return {"job": f"fsar tune ({_where(sweep)})", "injected": "SIGKILL of the driver after its first finished trial",
             "killed": killed, "rerun_ok": again.returncode == 0, "lost": 0, "duplicated": 0,
-            "repeated": repeated, "kept": kept and bool(finished), "trials": len(statuses),
+            "repeated": repeated, "kept": kept and bool(finished), "trials": len(statuses), "statuses": statuses,
             "all_done": len(statuses) == 3 and all(s in ("finished", "stopped") for s in statuses),
             "told": _told(again)}
 
@@ -223,8 +227,8 @@ def _free_port() -> int:
 
 
 def _s3_rows(manifest: Path, *, port: int) -> list[dict[str, Any]]:
-    """The embed and training rows again with the store and run folder in a bucket of a local S3 server (the
-    commands find it through ``AWS_ENDPOINT_URL``, which their processes inherit)."""
+    """The embed, training and sweep rows again with their folders in a bucket of a local S3 server (the commands
+    find it through ``AWS_ENDPOINT_URL``, which their processes inherit)."""
     from pipelines.bench.local_s3 import client_settings, make_bucket, moto_server
 
     saved = {k: os.environ.get(k) for k in client_settings(port)}
@@ -232,9 +236,11 @@ def _s3_rows(manifest: Path, *, port: int) -> list[dict[str, Any]]:
     try:
         with moto_server(port):
             bucket = make_bucket("fsar-faults")
+            tracking = f"sqlite:///{manifest.parent.parent / 'mlflow-s3.db'}"
             return [embed_scenario(manifest, f"{bucket}/store"),
-                    train_scenario(f"{bucket}/store", f"{bucket}/run",
-                                   mlflow_uri=f"sqlite:///{manifest.parent.parent / 'mlflow-s3.db'}")]
+                    train_scenario(f"{bucket}/store", f"{bucket}/run", mlflow_uri=tracking),
+                    sweep_scenario(f"{bucket}/store", f"{bucket}/sweep", manifest.parent.parent / "space-s3.yaml",
+                                   mlflow_uri=tracking)]
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
