@@ -86,17 +86,18 @@ def draw(path: Location, *, query_frames: np.ndarray | None, support_frames: np.
     storage.write_bytes(path, buffer.getvalue())
 
 
-def _frames(path: str | None, frames: int, span: tuple[float, float] | None) -> np.ndarray | None:
+def _frames(predictor: Any, path: str | None, span: tuple[float, float] | None) -> np.ndarray | None:
     """The frames the method saw of a video (its segment centres, of the window when there is one)."""
     from fsar.data.transforms import centre_square
-    from fsar.data.video import VideoDecodeError, load_clip, load_windows
+    from fsar.data.video import VideoDecodeError, load_windows
 
     if path is None:
         return None
     try:
         if span is None:
-            return centre_square(load_clip(path, num_segments=frames).frames)
-        windows = load_windows(path, num_segments=frames, window_s=span[1] - span[0], stride_s=span[1] - span[0])
+            return predictor.decode(path)
+        windows = load_windows(path, num_segments=predictor.settings.frames, window_s=span[1] - span[0],
+                               stride_s=span[1] - span[0])
         near = min(windows, key=lambda w: abs(w.start_s - span[0]))
         return centre_square(near.frames)
     except VideoDecodeError:
@@ -117,10 +118,10 @@ def explain_predictions(config: Any, predictor: Any, classes: list[Any], kind: s
 
         table = read_table(storage.join(config.out, QUERIES_FILE), ["video_id", "path"])
         paths = dict(zip(table["video_id"].to_pylist(), table["path"].to_pylist(), strict=True))
-    frames, drawn = predictor.settings.frames, 0
+    drawn = 0
     for n, row in enumerate(rows):
         span = (row["start_s"], row["end_s"]) if row["start_s"] is not None else None
-        query_frames = _frames(paths.get(row["video_id"]), frames, span)
+        query_frames = _frames(predictor, paths.get(row["video_id"]), span)
         if query_frames is None:
             continue
         best_class = by_name[row["top_classes"][0]]
@@ -132,7 +133,7 @@ def explain_predictions(config: Any, predictor: Any, classes: list[Any], kind: s
         answer = "unknown" if row["unknown"] else row["top_classes"][0]
         where = f" {span[0]:.1f}-{span[1]:.1f} s" if span else ""
         draw(storage.join(config.out, EXPLAIN_DIR, f"{n:05d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', row['video_id'])}.png"),
-             query_frames=query_frames, support_frames=_frames(source, frames, None), explanation=explanation,
+             query_frames=query_frames, support_frames=_frames(predictor, source, None), explanation=explanation,
              scores=dict(zip(row["top_classes"], row["top_scores"], strict=True)),
              title=f"{row['video_id']}{where}: {answer} (best {row['top_classes'][0]} {row['top_scores'][0]:.2f}; "
                    f"support {best_class.video_ids[index]})")

@@ -111,12 +111,11 @@ DECODE_AHEAD = 8  # videos decoded ahead of the encoder: memory follows this, no
 
 def _clip_rows(table: pa.Table, job: ShardJob, predictor: Predictor) -> Iterator[dict[str, Any]]:
     """One prediction per video: decoded in threads a few videos ahead, encoded ``batch_size`` at a time."""
-    from fsar.data.transforms import centre_square
-    from fsar.data.video import VideoDecodeError, load_clip
+    from fsar.data.video import VideoDecodeError
 
     def decode(row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         try:
-            return row, centre_square(load_clip(row["path"], num_segments=predictor.settings.frames).frames)
+            return row, predictor.decode(row["path"])
         except VideoDecodeError as exc:
             return row, str(exc)
 

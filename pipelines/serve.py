@@ -131,13 +131,12 @@ class Classifier:
 
     def decode(self, body: bytes) -> np.ndarray:
         """One uploaded video → the centre squares of its sampled frames, as ``fsar embed`` decodes them."""
-        from fsar.data.transforms import centre_square
-        from fsar.data.video import VideoDecodeError, load_clip
+        from fsar.data.video import VideoDecodeError
 
         if not body:
             raise UserError(400, "the body is empty: send the bytes of a video file")
         try:
-            return centre_square(load_clip(body, num_segments=self.predictor.settings.frames).frames)
+            return self.predictor.decode(body)
         except VideoDecodeError as exc:
             raise UserError(400, str(exc)) from None
 
@@ -261,34 +260,23 @@ def _cluster_gpus() -> float:
     return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
 
 
-def seed_classes(config: ServeConfig) -> list[str]:
-    """Add the classes of ``support_folder`` that the support set lacks (encoded once, here); returns their names."""
-    from fsar.devices import resolve_device
-    from fsar.prediction.inputs import encode_support_clips, support_clips
-    from fsar.prediction.predictor import Predictor
-    from fsar.prediction.support_set import class_names
-
-    if config.support_folder is None:
-        return []
-    before = set(class_names(config.supports))
-    predictor, _ = Predictor.from_run(config.run, 0.0, config.top_k, resolve_device(config.device))
-    classes = encode_support_clips(predictor, support_clips(config.support_folder), config.supports, batch_size=16)
-    return [c.name for c in classes if c.name not in before]
-
-
 def start(config: ServeConfig, *, address: str | None = None) -> str:
     """Check the run, add the seed classes, deploy; returns the service's base URL. ``serve.shutdown()`` stops it."""
     from ray import serve
 
+    from fsar.prediction.inputs import encode_support_clips, support_clips
     from pipelines.ray_runtime import init_ray
 
     config.run, config.supports = storage.absolute(config.run), storage.absolute(config.supports)
     storage.make_dirs(config.supports)
-    seed_classes(config)
-    # Here, before Ray starts: a wrong run or support set fails at once, and without threshold= the calibration
-    # for the seeded classes is made (or refused) now and then read back by every replica.
+    # Here, before Ray starts: a wrong run or support set fails at once, the classes of support_folder that the
+    # support set lacks are encoded once, and without threshold= the calibration for the classes is made (or
+    # refused) now and then read back by every replica.
     try:
-        Classifier(config)
+        core = Classifier(config)
+        if config.support_folder is not None:
+            encode_support_clips(core.predictor, support_clips(config.support_folder), config.supports, batch_size=16)
+            core.sync(force=True)
     except UserError as exc:
         raise ConfigError(exc.detail) from None
     init_ray(address=address)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from pipelines.bench.local_s3 import free_port  # noqa: F401  (the tests' servers take ports from the same helper)
 
 if TYPE_CHECKING:
     from fsar.embedding import EmbedConfig
@@ -370,13 +371,6 @@ VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
 # What every Ray process of these tests sees (no hub, no auth token, no usage report).
 RAY_ENV = {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _psutil() -> Any:

@@ -81,14 +81,11 @@ def encode_support_clips(predictor: Any, clips: dict[str, list[tuple[str, str]]]
     import numpy as np
     from tqdm.auto import tqdm
 
-    from fsar.data.transforms import centre_square
-    from fsar.data.video import VideoDecodeError, load_clip
-
-    frames = predictor.settings.frames
+    from fsar.data.video import VideoDecodeError
 
     def decode(name: str, video: tuple[str, str]) -> Any:
         try:
-            return centre_square(load_clip(video[1], num_segments=frames).frames)
+            return predictor.decode(video[1])
         except VideoDecodeError as exc:
             raise ConfigError(f"support clip {video[1]} of class {name!r} does not decode ({exc}): replace or remove "
                               "it") from None

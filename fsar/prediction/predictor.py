@@ -152,6 +152,14 @@ class Predictor:
             self._backbone = load_backbone(config, device=str(self.device))
         return self._backbone
 
+    def decode(self, video: str | bytes) -> np.ndarray:
+        """One video (a path, a URI, or its bytes) → the centre squares of the run's frames ``(T, s, s, 3)`` uint8,
+        as ``fsar embed`` decodes them. Raises ``VideoDecodeError`` naming the video."""
+        from fsar.data.transforms import centre_square
+        from fsar.data.video import load_clip
+
+        return centre_square(load_clip(video, num_segments=self.settings.frames).frames)
+
     def encode(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 centre squares ``(T, s, s, 3)`` per clip (``decode_record``'s) → features in the run's view, fp16."""
         from fsar.backbones.encode import encode_clips

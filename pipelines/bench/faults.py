@@ -203,6 +203,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def _run(args: Any) -> int:
     from fsar.data.synthetic import SynthConfig, generate
+    from pipelines.bench.local_s3 import free_port
 
     out = args.out.resolve()
     manifest = generate(SynthConfig(out=out / "data", classes=12, class_split=(6, 3, 3),
@@ -212,18 +213,10 @@ def _run(args: Any) -> int:
     rows.append(sweep_scenario(out / "store", out / "sweep", out / "space.yaml"))
     rows.append(predict_scenario(manifest, out / "run", out / "predict"))
     if args.s3_port >= 0:
-        rows += _s3_rows(manifest, port=args.s3_port or _free_port())
+        rows += _s3_rows(manifest, port=args.s3_port or free_port())
     print(table(rows))
     (out / "faults.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _s3_rows(manifest: Path, *, port: int) -> list[dict[str, Any]]:

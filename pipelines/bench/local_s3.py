@@ -16,6 +16,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server a test or a benchmark starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def client_settings(port: int) -> dict[str, str]:
     """The AWS variables that point every S3 client at the local server (never real credentials)."""
     return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "fsar-test",

@@ -142,16 +142,13 @@ def bench_throughput(case: OpenSetCase, work: Path, *, engine: str) -> dict[str,
 
 def bench_serve(case: OpenSetCase, work: Path, *, requests: int, concurrency: int) -> dict[str, Any]:
     """Latency and throughput of POST /classify under a bounded load from a client in this process."""
-    import socket
-
     from ray import serve
 
+    from pipelines.bench.local_s3 import free_port
     from pipelines.serve import ServeConfig, start
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = start(ServeConfig(run=case.run, supports=work / "serve-supports", support_folder=case.support, port=port))
+    url = start(ServeConfig(run=case.run, supports=work / "serve-supports", support_folder=case.support,
+                            port=free_port()))
     bodies = [p.read_bytes() for p in sorted(case.query.iterdir())]
 
     def one(i: int) -> float:
